@@ -1,0 +1,28 @@
+"""测试公共设置：把仓库根目录放进 sys.path，并提供 ../shared 的定位。"""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+# 测试里画图一律用无界面后端
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared（参考权重、数据）。学习者的克隆里没有它，相关测试跳过并说明原因。"""
+    if not SHARED_DIR.is_dir():
+        pytest.skip(f"../shared 不存在（{SHARED_DIR}）：只有 CI/开发机上才有参考 fixture 与数据")
+    return SHARED_DIR
