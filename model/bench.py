@@ -1,0 +1,104 @@
+"""模型速度基准：训练步（前向+反向+AdamW，float32）与生成（KV cache 开/关）的 tokens/s。
+
+用法：python -m model.bench [--shape baby|small|26m|all] [--steps N] [--device auto|cpu|cuda|mps]
+这是基准脚本，不是测试：数字取决于机器，请在自己的机器上跑一遍再比较。
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
+from modules.common.device import get_device  # noqa: E402
+
+# 每种形状：模型配置 + 训练 batch（batch_size × seq_len）
+SHAPES = {
+    "baby": dict(config=dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                             num_key_value_heads=4, vocab_size=65), batch_size=12, seq_len=64),
+    "small": dict(config=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                              num_key_value_heads=2, vocab_size=6400), batch_size=8, seq_len=256),
+    "26m": dict(config=dict(), batch_size=4, seq_len=256),  # MiniMind2 默认配置（约 26M 参数）
+}
+PROMPT_LEN = 16
+NEW_TOKENS = 128
+
+
+def sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def bench_train(model, batch_size, seq_len, steps, device) -> float:
+    """返回训练 tokens/s（前 2 步热身不计时）。"""
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (batch_size, seq_len), device=device)
+    for step in range(steps + 2):
+        if step == 2:
+            sync(device)
+            start = time.perf_counter()
+        loss = model(ids, labels=ids).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    sync(device)
+    return steps * batch_size * seq_len / (time.perf_counter() - start)
+
+
+def bench_generate(model, use_cache, device, repeats=2) -> float:
+    """batch=1，16 个 token 的 prompt，贪心生成 128 个新 token；返回新 token/s（取最快一次）。"""
+    model.eval()
+    prompt = torch.randint(3, model.config.vocab_size, (1, PROMPT_LEN), device=device)
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        # eos_token_id=-1：不可能被生成，保证每次都生成满 128 个 token
+        out = model.generate(prompt, max_new_tokens=NEW_TOKENS, eos_token_id=-1, use_cache=use_cache)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    assert out.shape[1] == PROMPT_LEN + NEW_TOKENS
+    return NEW_TOKENS / best
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="MiniMind 训练/生成速度基准（tokens/s）")
+    parser.add_argument("--shape", choices=[*SHAPES, "all"], default="all", help="要测的模型形状")
+    parser.add_argument("--steps", type=int, default=20, help="计时的训练步数（另有 2 步热身）")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    args = parser.parse_args(argv)
+    if args.steps <= 0:
+        parser.error("--steps 必须是正整数")
+    try:
+        device = get_device(args.device)
+    except ValueError as e:
+        parser.exit(2, f"错误：{e}\n")
+
+    torch.manual_seed(0)
+    names = list(SHAPES) if args.shape == "all" else [args.shape]
+    print(f"device={device}  torch={torch.__version__}  threads={torch.get_num_threads()}  steps={args.steps}")
+    header = f"{'shape':<7}{'params':>9}{'batch':>10}{'train tok/s':>13}{'gen tok/s (cache)':>19}{'gen tok/s (no cache)':>22}{'speedup':>9}"
+    print(header)
+    print("-" * len(header))
+    for name in names:
+        spec = SHAPES[name]
+        model = MiniMindForCausalLM(MiniMindConfig(**spec["config"])).to(device)
+        n_params = sum(p.numel() for p in model.parameters()) / 1e6
+        train_tps = bench_train(model, spec["batch_size"], spec["seq_len"], args.steps, device)
+        gen_cache = bench_generate(model, True, device)
+        gen_nocache = bench_generate(model, False, device)
+        print(f"{name:<7}{n_params:>8.2f}M{spec['batch_size']:>5}x{spec['seq_len']:<4}{train_tps:>13,.0f}"
+              f"{gen_cache:>19,.0f}{gen_nocache:>22,.0f}{gen_cache / gen_nocache:>8.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,362 @@
+"""model/model_minimind.py 的性质测试：形状、因果性、KV cache、GQA、RoPE、RMSNorm、SDPA、MoE、generate、配置校验。"""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import (
+    Attention,
+    MiniMindConfig,
+    MiniMindForCausalLM,
+    MOEFeedForward,
+    RMSNorm,
+    apply_rotary_pos_emb,
+    precompute_freqs_cis,
+    repeat_kv,
+)
+
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=97, max_position_embeddings=128)
+
+
+def tiny_model(seed=0, **overrides) -> MiniMindForCausalLM:
+    torch.manual_seed(seed)
+    model = MiniMindForCausalLM(MiniMindConfig(**{**TINY, **overrides}))
+    # 随机化 RMSNorm 权重，让"放错位置的 norm"也能在比较里暴露出来
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("layernorm.weight") or name == "model.norm.weight":
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def random_ids(B=2, T=16, vocab=TINY["vocab_size"], seed=1):
+    return torch.randint(3, vocab, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------- 形状与配置
+def test_model_output_shapes_and_loss():
+    model = tiny_model()
+    ids = random_ids()
+    out = model(ids, labels=ids)
+    assert out.logits.shape == (2, 16, TINY["vocab_size"])
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    # 随机初始化时 loss 应接近 ln(V)
+    assert abs(out.loss.item() - math.log(TINY["vocab_size"])) < 0.5
+    assert out.past_key_values is None
+    assert model(ids, logits_to_keep=1).logits.shape == (2, 1, TINY["vocab_size"])
+
+
+def test_model_loss_is_shifted_and_ignores_minus_100():
+    model = tiny_model()
+    ids = random_ids()
+    logits = model(ids).logits
+    expected = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1))
+    assert torch.allclose(model(ids, labels=ids).loss, expected, atol=1e-6)
+    labels = ids.clone()
+    labels[:, :8] = -100  # 只对后半段计损失
+    expected = F.cross_entropy(logits[:, 7:-1].reshape(-1, logits.size(-1)), ids[:, 8:].reshape(-1))
+    assert torch.allclose(model(ids, labels=labels).loss, expected, atol=1e-6)
+
+
+def test_model_default_config_is_minimind2_small():
+    cfg = MiniMindConfig()
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (512, 8, 8, 2)
+    assert cfg.intermediate_size == 1408  # 64 * ceil(8/3 * 512 / 64)
+    model = MiniMindForCausalLM(cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 25e6 < n_params < 27e6, n_params  # "26M"
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_model_config_round_trip(tmp_path):
+    cfg = MiniMindConfig(**TINY, use_moe=True)
+    path = tmp_path / "config.json"
+    cfg.save(path)
+    assert json.loads(path.read_text(encoding="utf-8"))["use_moe"] is True
+    assert MiniMindConfig.load(path) == cfg
+    assert MiniMindConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (dict(hidden_size=100, num_attention_heads=8), "num_attention_heads"),
+    (dict(num_attention_heads=4, num_key_value_heads=3), "num_key_value_heads"),
+    (dict(hidden_act="swish"), "hidden_act"),
+    (dict(hidden_size=0), "hidden_size"),
+    (dict(num_experts_per_tok=5, n_routed_experts=4), "num_experts_per_tok"),
+    (dict(hidden_size=60, num_attention_heads=4), "hidden_size"),  # head_dim=15 为奇数，RoPE 无法两两配对
+])
+def test_model_config_rejects_bad_values(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        MiniMindConfig(**{**TINY, **overrides})
+
+
+def test_model_config_rejects_unknown_field():
+    with pytest.raises(ValueError, match="n_layer"):
+        MiniMindConfig.from_dict({**TINY, "n_layer": 4})
+
+
+def test_model_rejects_too_long_input():
+    model = tiny_model(max_position_embeddings=16)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model(random_ids(T=17))
+
+
+# ---------------------------------------------------------------- 因果性与 KV cache
+@pytest.mark.parametrize("flash", [True, False])
+def test_model_is_causal(flash):
+    model = tiny_model(flash_attn=flash)
+    ids = random_ids()
+    changed = ids.clone()
+    changed[:, 10] = (changed[:, 10] + 1) % TINY["vocab_size"]
+    a, b = model(ids).logits, model(changed).logits
+    assert torch.allclose(a[:, :10], b[:, :10], atol=1e-6)  # 改未来不影响过去
+    assert not torch.allclose(a[:, 10:], b[:, 10:], atol=1e-3)  # 但确实影响它之后的位置
+
+
+@pytest.mark.parametrize("flash", [True, False])
+@pytest.mark.parametrize("use_moe", [False, True])
+def test_model_kv_cache_matches_full_forward(flash, use_moe):
+    model = tiny_model(flash_attn=flash, use_moe=use_moe)
+    ids = random_ids(T=20)
+    full = model(ids).logits
+    # 先预填充 8 个，再一次喂 5 个（多 token 的 cache 路径），再逐个喂
+    out = model(ids[:, :8], use_cache=True)
+    pieces = [out.logits]
+    out = model(ids[:, 8:13], past_key_values=out.past_key_values, use_cache=True)
+    pieces.append(out.logits)
+    past = out.past_key_values
+    for t in range(13, 20):
+        out = model(ids[:, t:t + 1], past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        pieces.append(out.logits)
+    assert past[0][0].shape == (2, 20, TINY["num_key_value_heads"], 16)
+    assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
+
+
+def test_model_generate_with_cache_equals_without():
+    model = tiny_model()
+    prompt = random_ids(T=6)
+    a = model.generate(prompt, max_new_tokens=12, eos_token_id=-1, use_cache=True)
+    b = model.generate(prompt, max_new_tokens=12, eos_token_id=-1, use_cache=False)
+    assert a.shape == (2, 18)
+    assert torch.equal(a, b)
+    # 贪心生成等于"每步对整段做前向再取 argmax"
+    seq = prompt
+    for _ in range(12):
+        seq = torch.cat([seq, model(seq).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(a, seq)
+
+
+# ---------------------------------------------------------------- 注意力：SDPA、GQA、padding
+def attention_layer(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return Attention(MiniMindConfig(**{**TINY, **overrides})).eval()
+
+
+def rope_for(T, head_dim=16):
+    cos, sin = precompute_freqs_cis(head_dim, 64)
+    return cos[:T], sin[:T]
+
+
+def test_model_sdpa_path_equals_explicit_path():
+    sdpa = attention_layer(flash_attn=True)
+    explicit = attention_layer(flash_attn=False)
+    explicit.load_state_dict(sdpa.state_dict())
+    x = torch.randn(2, 10, 64)
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[1, :3] = 0  # 第二行左侧 3 个 padding
+    for attention_mask in (None, mask):
+        a, _ = sdpa(x, rope_for(10), attention_mask=attention_mask)
+        b, _ = explicit(x, rope_for(10), attention_mask=attention_mask)
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_model_padding_mask_hides_pad_tokens():
+    model = tiny_model()
+    ids = random_ids(B=1, T=8)
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], dim=1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 8, dtype=torch.long)], dim=1)
+    other_pad = padded.clone()
+    other_pad[:, :3] = 5
+    a = model(padded, attention_mask=mask).logits[:, 3:]
+    b = model(other_pad, attention_mask=mask).logits[:, 3:]
+    assert torch.allclose(a, b, atol=1e-5)  # pad 的内容不影响真实 token
+    assert torch.isfinite(model(padded, attention_mask=mask).logits).all()  # 全屏蔽行也不出 NaN
+
+
+def reference_mha(x, q_w, k_w, v_w, o_w, n_heads, cos, sin):
+    """独立实现的多头注意力（每头各自的 K/V），作为 GQA 的对照。"""
+    B, T, H = x.shape
+    hd = H // n_heads
+    q = (x @ q_w.T).view(B, T, n_heads, hd)
+    k = (x @ k_w.T).view(B, T, n_heads, hd)
+    v = (x @ v_w.T).view(B, T, n_heads, hd).transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(hd)
+    scores = scores.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
+    y = scores.softmax(-1) @ v
+    return y.transpose(1, 2).reshape(B, T, H) @ o_w.T
+
+
+def test_model_gqa_with_all_kv_heads_equals_plain_mha():
+    attn = attention_layer(num_key_value_heads=4)
+    x = torch.randn(2, 9, 64)
+    out, _ = attn(x, rope_for(9))
+    ref = reference_mha(x, attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight, attn.o_proj.weight,
+                        4, *rope_for(9))
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_model_gqa_equals_mha_with_shared_kv_weights():
+    """GQA（2 个 KV 头）= 把每个 KV 头复制给它那一组 query 头的 MHA。"""
+    gqa = attention_layer(num_key_value_heads=2)
+    hd = 16
+    k_w = gqa.k_proj.weight.view(2, hd, 64).repeat_interleave(2, dim=0).reshape(64, 64)
+    v_w = gqa.v_proj.weight.view(2, hd, 64).repeat_interleave(2, dim=0).reshape(64, 64)
+    x = torch.randn(2, 9, 64)
+    out, _ = gqa(x, rope_for(9))
+    ref = reference_mha(x, gqa.q_proj.weight, k_w, v_w, gqa.o_proj.weight, 4, *rope_for(9))
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_model_repeat_kv():
+    x = torch.randn(2, 5, 2, 8)
+    y = repeat_kv(x, 3)
+    assert y.shape == (2, 5, 6, 8)
+    assert torch.equal(y[:, :, 0], y[:, :, 2]) and torch.equal(y[:, :, 3], x[:, :, 1])
+    assert repeat_kv(x, 1) is x
+
+
+# ---------------------------------------------------------------- RoPE 与 RMSNorm
+def test_model_rope_score_depends_only_on_relative_position():
+    cos, sin = precompute_freqs_cis(16, 256)
+    q = torch.randn(1, 1, 1, 16)
+    k = torch.randn(1, 1, 1, 16)
+
+    def score(m, n):
+        qm, _ = apply_rotary_pos_emb(q, q, cos[m:m + 1], sin[m:m + 1])
+        _, kn = apply_rotary_pos_emb(k, k, cos[n:n + 1], sin[n:n + 1])
+        return (qm * kn).sum().item()
+
+    for offset in (0, 17, 100):
+        assert score(5 + offset, 2 + offset) == pytest.approx(score(5, 2), abs=1e-4)
+    assert score(5, 2) != pytest.approx(score(9, 2), abs=1e-3)
+
+
+def test_model_rope_preserves_norm():
+    cos, sin = precompute_freqs_cis(32, 512)
+    q = torch.randn(2, 512, 4, 32)
+    q_rot, _ = apply_rotary_pos_emb(q, q, cos, sin)
+    assert torch.allclose(q_rot.norm(dim=-1), q.norm(dim=-1), atol=1e-4)
+
+
+def test_model_yarn_only_changes_long_wavelength_dims():
+    plain_cos, _ = precompute_freqs_cis(16, 8192, 1e6)
+    yarn_cos, _ = precompute_freqs_cis(16, 8192, 1e6, MiniMindConfig(inference_rope_scaling=True).rope_scaling)
+    assert torch.allclose(plain_cos[:, 0], yarn_cos[:, 0], atol=0.05)  # 高频维度几乎不变
+    assert not torch.allclose(plain_cos[:, 7], yarn_cos[:, 7])  # 低频维度被插值
+
+
+def test_model_rmsnorm_matches_formula():
+    norm = RMSNorm(8, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.arange(1.0, 9.0))
+    x = torch.randn(3, 4, 8)
+    expected = x / torch.sqrt((x ** 2).mean(-1, keepdim=True) + 1e-5) * torch.arange(1.0, 9.0)
+    assert torch.allclose(norm(x), expected, atol=1e-6)
+    # bf16 模型里输出仍是 bf16（内部在 float32 里求均方根）
+    assert norm.to(torch.bfloat16)(x.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------- MoE
+def test_model_moe_routing_weights_sum_to_one_and_aux_loss_has_grad():
+    model = tiny_model(use_moe=True).train()
+    moe = model.model.layers[0].mlp
+    assert isinstance(moe, MOEFeedForward)
+    x = torch.randn(2, 10, 64)
+    topk_idx, topk_weight, aux = moe.gate(x)
+    assert topk_idx.shape == (20, 2)
+    assert torch.allclose(topk_weight.sum(-1), torch.ones(20), atol=1e-6)
+    ids = random_ids()
+    out = model(ids, labels=ids)
+    assert out.aux_loss > 0
+    (out.loss + out.aux_loss).backward()
+    assert moe.gate.weight.grad is not None and moe.gate.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for e in moe.experts for p in e.parameters() if e is not None)
+
+
+def test_model_moe_batch_level_aux_loss():
+    model = tiny_model(use_moe=True, seq_aux=False).train()
+    ids = random_ids()
+    out = model(ids, labels=ids)
+    out.aux_loss.backward()
+    assert model.model.layers[0].mlp.gate.weight.grad.abs().sum() > 0
+
+
+def test_model_moe_train_path_equals_eval_path():
+    model = tiny_model(use_moe=True)
+    x = torch.randn(2, 10, 64)
+    moe = model.model.layers[1].mlp
+    y_eval = moe.eval()(x)
+    y_train = moe.train()(x)
+    assert y_train.dtype == torch.float32
+    assert torch.allclose(y_eval, y_train, atol=1e-5)
+
+
+# ---------------------------------------------------------------- generate
+def test_model_greedy_generate_is_deterministic_and_stops_at_eos():
+    model = tiny_model()
+    prompt = random_ids(B=1, T=5)
+    a = model.generate(prompt, max_new_tokens=10, eos_token_id=-1)
+    b = model.generate(prompt, max_new_tokens=10, eos_token_id=-1)
+    assert torch.equal(a, b)
+    eos = a[0, 7].item()  # 让第 3 个新 token 成为 EOS：生成应在那里停下
+    c = model.generate(prompt, max_new_tokens=10, eos_token_id=eos)
+    first_eos = (a[0, 5:] == eos).nonzero()[0].item() + 5
+    assert c.shape[1] == first_eos + 1 and c[0, -1].item() == eos
+
+
+def test_model_generate_batch_streamer_and_sampling():
+    model = tiny_model()
+    prompt = random_ids(B=3, T=4)
+    streamed = []
+    out = model.generate(prompt, max_new_tokens=6, eos_token_id=-1, streamer=streamed.append)
+    assert out.shape == (3, 10) and len(streamed) == 6
+    assert torch.equal(torch.stack(streamed, dim=1), out[:, 4:])
+    torch.manual_seed(0)
+    s1 = model.generate(prompt, max_new_tokens=6, do_sample=True, temperature=0.8, top_k=20, top_p=0.9,
+                        repetition_penalty=1.2, eos_token_id=-1)
+    torch.manual_seed(0)
+    s2 = model.generate(prompt, max_new_tokens=6, do_sample=True, temperature=0.8, top_k=20, top_p=0.9,
+                        repetition_penalty=1.2, eos_token_id=-1)
+    assert torch.equal(s1, s2)
+    # top_k=1 采样退化为贪心
+    assert torch.equal(model.generate(prompt, max_new_tokens=6, do_sample=True, top_k=1, eos_token_id=-1), out)
+
+
+def test_model_generate_left_padded_batch_matches_single_prompts():
+    model = tiny_model()
+    long_prompt, short_prompt = random_ids(B=1, T=7, seed=3), random_ids(B=1, T=4, seed=4)
+    batch = torch.cat([long_prompt, torch.cat([torch.zeros(1, 3, dtype=torch.long), short_prompt], 1)])
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, :3] = 0
+    out = model.generate(batch, max_new_tokens=5, eos_token_id=-1, attention_mask=mask)
+    alone = model.generate(long_prompt, max_new_tokens=5, eos_token_id=-1)
+    assert torch.equal(out[0], alone[0])
+
+
+def test_model_repetition_penalty_lowers_seen_tokens():
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    seq = torch.tensor([[0, 1]])
+    out = MiniMindForCausalLM._apply_repetition_penalty(logits, seq, 2.0)
+    assert torch.allclose(out, torch.tensor([[1.0, -2.0, 0.5]]))
+
+
+def test_model_generate_rejects_bad_arguments():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(random_ids(B=1, T=3), do_sample=True, temperature=0)
