@@ -81,7 +81,7 @@ def serve_directory(path, *, truncate_after=None, truncate_count=1, ignore_range
     }
     server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(Path(path).resolve(), state))
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"

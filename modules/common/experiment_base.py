@@ -1,0 +1,178 @@
+"""实验脚本的骨架：命令行参数、随机种子、设备、结果目录、JSON 记录与结论打印。
+
+    exp = Experiment(__file__, description="中文描述（--help 显示）")
+    ...  # 跑实验，exp.quick 决定规模
+    exp.save_figure(fig, "loss.png")
+    exp.save_metrics({"final_loss": 1.23})
+    exp.print_table(["model", "loss"], [["rmsnorm", 1.23]], title="final")
+    exp.conclude("RMSNorm 比不归一化收敛更快", holds=bool(a < b), evidence=f"{a:.3f} vs {b:.3f}")
+    exp.finish()  # 写 results/<脚本名>.json 并打印结论
+
+结论里的 holds 必须由本次运行的测量算出来（诚实实验）；没出现预期效应时如实打印 ⚠️。
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+import unicodedata
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from modules.common.device import DEVICE_CHOICES, describe_device, get_device
+from modules.common.visualization import plt  # 经 visualization 导入 pyplot：无显示器时先切到 Agg 后端
+
+
+def to_json_safe(value):
+    """把张量、numpy 数值/数组、Path 等转成 JSON 能写的 Python 对象；NaN/inf 写成 null（JSON 不支持它们）。"""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        return to_json_safe(value.item() if value.dim() == 0 else value.tolist())
+    if isinstance(value, np.ndarray):
+        return to_json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        return to_json_safe(value.item())
+    if isinstance(value, dict):
+        return {str(k): to_json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_safe(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"无法写进 JSON 的类型 {type(value).__name__}：{value!r}；请先转成数字、字符串或列表")
+
+
+def _display_width(text: str) -> int:
+    """终端显示宽度：全角/宽字符（中文等）占 2 列。"""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _format_cell(value) -> str:
+    if isinstance(value, torch.Tensor) or isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+class Experiment:
+    def __init__(self, script_file: str, description: str, extra_args=None):
+        self.script = Path(script_file).resolve()
+        self.name = self.script.stem
+        parser = argparse.ArgumentParser(
+            prog=self.script.name, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        parser.add_argument("--quick", action="store_true", help="快速模式：缩小规模，2 核 CPU 上 1 分钟内跑完")
+        parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="计算设备（默认 auto：cuda > mps > cpu）")
+        parser.add_argument("--seed", type=int, default=42, help="随机种子（默认 42）")
+        parser.add_argument("--output-dir", type=Path, default=None, help="结果目录（默认：脚本旁边的 results/）")
+        if extra_args is not None:
+            extra_args(parser)
+        self.args = parser.parse_args()
+        self.quick: bool = self.args.quick
+        self.seed: int = self.args.seed
+        try:
+            self.device = get_device(self.args.device)
+        except ValueError as e:
+            parser.error(str(e))  # 打印用法和错误信息，退出码 2
+
+        random.seed(self.seed)
+        np.random.seed(self.seed)
+        torch.manual_seed(self.seed)
+
+        self.results_dir = (self.args.output_dir or self.script.parent / "results").expanduser().resolve()
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self._started = datetime.now().astimezone()
+        self._t0 = time.perf_counter()
+        self._figures: list[str] = []
+        self._metrics: dict = {}
+        self._conclusions: list[dict] = []
+        mode = "quick" if self.quick else "full"
+        print(f"== {self.name} | mode={mode} | device={describe_device(self.device)} | seed={self.seed} ==", flush=True)
+
+    def save_figure(self, fig, name: str) -> Path:
+        """存到 results_dir/name（tight bbox，dpi 120），关闭图并记进 metadata["figures"]。"""
+        path = self.results_dir / name
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        if name not in self._figures:
+            self._figures.append(name)
+        print(f"图已保存：{path}")
+        return path
+
+    def save_metrics(self, metrics: dict) -> None:
+        """合并进记录的 metrics（dict.update 语义）。"""
+        self._metrics.update(to_json_safe(metrics))
+
+    def print_table(self, headers: list[str], rows: list[list], title: str | None = None) -> None:
+        """打印对齐的纯文本表格（中文按 2 列宽计算）；给了 title 就同时存进 metrics["tables"][title]。"""
+        for row in rows:
+            if len(row) != len(headers):
+                raise ValueError(f"表格行 {row!r} 有 {len(row)} 列，表头有 {len(headers)} 列")
+        cells = [[str(h) for h in headers]] + [[_format_cell(v) for v in row] for row in rows]
+        widths = [max(_display_width(row[i]) for row in cells) for i in range(len(headers))]
+
+        def line(row):
+            return "  ".join(c + " " * (w - _display_width(c)) for c, w in zip(row, widths)).rstrip()
+
+        if title:
+            print(f"\n{title}")
+        print(line(cells[0]))
+        print("  ".join("-" * w for w in widths))
+        for row in cells[1:]:
+            print(line(row))
+        if title:
+            tables = self._metrics.setdefault("tables", {})
+            tables[title] = {"headers": to_json_safe(list(headers)), "rows": to_json_safe([list(r) for r in rows])}
+
+    def conclude(self, claim: str, holds, evidence: str) -> None:
+        """记录一条结论。holds 必须是由测量算出的布尔值（bool / numpy.bool_ / 单元素布尔张量）。"""
+        if isinstance(holds, torch.Tensor) and holds.dtype == torch.bool and holds.numel() == 1:
+            holds = holds.item()
+        if isinstance(holds, np.bool_):
+            holds = bool(holds)
+        if not isinstance(holds, bool):
+            raise TypeError(f"holds 必须是由测量算出的布尔值，收到 {type(holds).__name__}：{holds!r}")
+        self._conclusions.append({"claim": claim, "holds": holds, "evidence": evidence})
+
+    def finish(self) -> Path:
+        """原子写入 results/<脚本名>.json，打印摘要和每条结论，返回 JSON 路径。"""
+        record = {
+            "metadata": {
+                "experiment": self.name,
+                "mode": "quick" if self.quick else "full",
+                "seed": self.seed,
+                "device": str(self.device),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "started": self._started.isoformat(timespec="seconds"),
+                "duration_s": round(time.perf_counter() - self._t0, 3),
+                "argv": list(sys.argv),
+                "figures": list(self._figures),
+            },
+            "metrics": self._metrics,
+            "conclusions": self._conclusions,
+        }
+        path = self.results_dir / f"{self.name}.json"
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(record, f, ensure_ascii=False, indent=2)
+        os.replace(tmp, path)
+
+        print(f"\n== {self.name} 完成，用时 {record['metadata']['duration_s']:.1f} s ==")
+        for c in self._conclusions:
+            mark = "✅ 成立" if c["holds"] else "⚠️ 本次运行未成立"
+            print(f"{mark}：{c['claim']}\n    证据：{c['evidence']}")
+        if not self._conclusions:
+            print("（本实验没有记录结论）")
+        print(f"结果记录：{path}")
+        return path
