@@ -1,0 +1,329 @@
+"""实验用的"可拆装" MiniMind：同一份代码，用开关做消融。
+
+默认开关就是 MiniMind 本身（RMSNorm、Pre-Norm、RoPE、残差、SwiGLU、权重共享），参数名也相同，
+所以 MiniMindForCausalLM 的 state_dict 可以原样加载进来、得到逐位相同的 logits（tests 里有证明）。
+改一个开关 = 只去掉/替换一个设计，其余保持不变，这就是对照实验。
+
+    model = LabModel(LabConfig(norm="none"))              # 不要归一化会怎样？
+    model = LabModel(LabConfig(pos_encoding="learned"))   # 换成 GPT-2 的可学习位置编码
+    with record_activations(model) as stats: model(ids)   # 每层输出的 std / rms
+    with record_attention(model) as attn: model(ids)      # 每层的注意力权重 (B, nh, T, T)
+"""
+import math
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.model_minimind import (
+    Attention,
+    CausalLMOutput,
+    FeedForward,
+    MiniMindConfig,
+    RMSNorm,
+    apply_rotary_pos_emb,
+    attention_bias,
+    precompute_freqs_cis,
+    repeat_kv,
+)
+from modules.common.training import layer_of
+
+NORMS = ("rmsnorm", "layernorm", "none")
+NORM_POSITIONS = ("pre", "post")
+POS_ENCODINGS = ("rope", "learned", "sinusoidal", "alibi", "none")
+FFNS = ("swiglu", "gelu", "relu")
+QK_SCALES = ("inv_sqrt_d", "one")
+
+
+@dataclass
+class LabConfig:
+    """尺寸 + 消融开关。默认尺寸是适合 CPU 的小模型；默认开关等于 MiniMind。"""
+
+    vocab_size: int = 65
+    hidden_size: int = 128
+    num_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: Optional[int] = None  # None = 与 n_heads 相同（MHA）
+    max_seq_len: int = 256
+    dropout: float = 0.0
+    rope_theta: float = 1e6
+    norm_eps: float = 1e-5
+    # ---- 开关 ----
+    norm: str = "rmsnorm"
+    norm_position: str = "pre"
+    pos_encoding: str = "rope"
+    residual: bool = True
+    ffn: str = "swiglu"
+    ffn_ratio: Optional[float] = None  # 中间层 = ratio * hidden；None 用默认（SwiGLU 按 MiniMind 的 8/3 规则，其余 4）
+    ffn_param_matched: bool = False  # True：GELU/ReLU 的中间层放大 1.5 倍，与同 ratio 的 SwiGLU 参数量相等
+    qk_scale: str = "inv_sqrt_d"  # 注意力分数除以 √d（"inv_sqrt_d"）或不缩放（"one"）
+    tie_embeddings: bool = True
+
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        for name, allowed in (("norm", NORMS), ("norm_position", NORM_POSITIONS), ("pos_encoding", POS_ENCODINGS),
+                              ("ffn", FFNS), ("qk_scale", QK_SCALES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"LabConfig.{name}={getattr(self, name)!r} 未知，可选 {allowed}")
+        if self.ffn_ratio is not None and self.ffn_ratio <= 0:
+            raise ValueError(f"LabConfig.ffn_ratio 必须为正，收到 {self.ffn_ratio}")
+        self.to_minimind_config()  # 借 MiniMindConfig 校验头数、整除等
+
+    @property
+    def intermediate_size(self) -> int:
+        if self.ffn_ratio is None:
+            swiglu = 64 * math.ceil(8 / 3 * self.hidden_size / 64)  # MiniMind 的规则
+            if self.ffn == "swiglu":
+                return swiglu
+            return int(1.5 * swiglu) if self.ffn_param_matched else 4 * self.hidden_size
+        base = int(self.ffn_ratio * self.hidden_size)
+        return int(1.5 * base) if (self.ffn_param_matched and self.ffn != "swiglu") else base
+
+    def to_minimind_config(self) -> MiniMindConfig:
+        """尺寸相同的 MiniMindConfig（只有默认开关下两者才是同一个模型）。"""
+        return MiniMindConfig(hidden_size=self.hidden_size, num_hidden_layers=self.num_layers,
+                              num_attention_heads=self.n_heads, num_key_value_heads=self.n_kv_heads,
+                              vocab_size=self.vocab_size, max_position_embeddings=self.max_seq_len,
+                              rms_norm_eps=self.norm_eps, rope_theta=self.rope_theta, dropout=self.dropout,
+                              intermediate_size=self.intermediate_size)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_norm(config: LabConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.hidden_size, eps=config.norm_eps)
+    if config.norm == "layernorm":
+        return nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+    return nn.Identity()
+
+
+class MLP(nn.Module):
+    """经典两层 FFN：down(act(up(x)))，GPT-2 用 GELU，原始 Transformer 用 ReLU。"""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, act: str, dropout: float):
+        super().__init__()
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.act_fn = {"gelu": F.gelu, "relu": F.relu}[act]
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout(self.down_proj(self.act_fn(self.up_proj(x))))
+
+
+def sinusoidal_table(max_len: int, dim: int) -> torch.Tensor:
+    """《Attention Is All You Need》的固定位置编码：PE[pos, 2i] = sin(pos/10000^(2i/d))，奇数维用 cos。"""
+    pos = torch.arange(max_len).float()[:, None]  # (L, 1)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))  # (dim/2,)
+    table = torch.zeros(max_len, dim)
+    table[:, 0::2] = torch.sin(pos * inv_freq)
+    table[:, 1::2] = torch.cos(pos * inv_freq)
+    return table  # (L, dim)
+
+
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """ALiBi 每个头的斜率：2^(-8/n), 2^(-16/n), …（n 为 2 的幂时的原论文公式；否则按论文的插值办法补齐）。"""
+    def power_of_2_slopes(n):
+        start = 2 ** (-8 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    closest = 2 ** math.floor(math.log2(n_heads))
+    slopes = power_of_2_slopes(closest)
+    if closest < n_heads:
+        slopes += power_of_2_slopes(2 * closest)[0::2][: n_heads - closest]
+    return torch.tensor(slopes)  # (nh,)
+
+
+class LabAttention(Attention):
+    """复用 model/ 的 Attention（同样的 q/k/v/o 投影和参数名），前向加上位置编码与缩放开关。"""
+
+    def __init__(self, config: LabConfig):
+        super().__init__(config.to_minimind_config())
+        self.pos_encoding = config.pos_encoding
+        self.scale = 1 / math.sqrt(self.head_dim) if config.qk_scale == "inv_sqrt_d" else 1.0
+        if self.pos_encoding == "alibi":
+            self.register_buffer("slopes", alibi_slopes(self.n_heads), persistent=False)
+        self.record = False  # True 时把注意力权重存到 self.last_weights
+        self.last_weights: Optional[torch.Tensor] = None
+
+    def forward(self, x, position_embeddings=None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, nh, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, nkv, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if self.pos_encoding == "rope":
+            q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
+        q = q.transpose(1, 2)  # (B, nh, T, hd)
+        k = repeat_kv(k, self.n_rep).transpose(1, 2)  # (B, nh, T, hd)
+        v = repeat_kv(v, self.n_rep).transpose(1, 2)
+
+        bias = None
+        if self.pos_encoding == "alibi":
+            distance = torch.arange(T, device=x.device)[None, :] - torch.arange(T, device=x.device)[:, None]  # j - i
+            bias = self.slopes[:, None, None] * distance.clamp(max=0)  # (nh, T, T)：越远罚得越多
+            bias = bias + attention_bias(T, T, None, x.dtype, x.device)[0]  # 加上因果屏蔽
+
+        dropout_p = self.dropout if self.training else 0.0
+        if self.record:  # 显式路径：需要拿到 softmax 后的权重
+            scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, nh, T, T)
+            scores = scores + (bias if bias is not None else attention_bias(T, T, None, x.dtype, x.device))
+            weights = scores.float().softmax(dim=-1).type_as(q)
+            self.last_weights = weights.detach()
+            y = self.attn_dropout(weights) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p,
+                                               is_causal=bias is None, scale=self.scale)
+        y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, nh*hd)
+        return self.resid_dropout(self.o_proj(y))
+
+
+class LabBlock(nn.Module):
+    def __init__(self, layer_id: int, config: LabConfig):
+        super().__init__()
+        self.layer_id = layer_id
+        self.config = config
+        self.self_attn = LabAttention(config)
+        self.input_layernorm = make_norm(config)
+        self.post_attention_layernorm = make_norm(config)
+        if config.ffn == "swiglu":
+            self.mlp = FeedForward(config.to_minimind_config())
+        else:
+            self.mlp = MLP(config.hidden_size, config.intermediate_size, config.ffn, config.dropout)
+
+    def forward(self, x, position_embeddings=None):
+        residual = self.config.residual
+        if self.config.norm_position == "pre":
+            # Pre-Norm（MiniMind/Llama）：归一化只在支路上，残差主干是一条干净的恒等通路
+            a = self.self_attn(self.input_layernorm(x), position_embeddings)
+            x = x + a if residual else a
+            f = self.mlp(self.post_attention_layernorm(x))
+            return x + f if residual else f
+        # Post-Norm（原始 Transformer/BERT）：先相加再归一化，归一化挡在残差主干上
+        a = self.self_attn(x, position_embeddings)
+        x = self.input_layernorm(x + a if residual else a)
+        f = self.mlp(x)
+        return self.post_attention_layernorm(x + f if residual else f)
+
+
+class LabBackbone(nn.Module):
+    """与 MiniMindModel 同名的子模块（embed_tokens / layers / norm），便于互相加载权重。"""
+
+    def __init__(self, config: LabConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList([LabBlock(i, config) for i in range(config.num_layers)])
+        # Post-Norm 的最后一个块已经以归一化收尾，不再需要最终 norm
+        self.norm = make_norm(config) if config.norm_position == "pre" else nn.Identity()
+        if config.pos_encoding == "learned":
+            self.pos_embed = nn.Embedding(config.max_seq_len, config.hidden_size)
+        elif config.pos_encoding == "sinusoidal":
+            self.register_buffer("pos_table", sinusoidal_table(config.max_seq_len, config.hidden_size),
+                                 persistent=False)
+        elif config.pos_encoding == "rope":
+            cos, sin = precompute_freqs_cis(config.hidden_size // config.n_heads, config.max_seq_len, config.rope_theta)
+            self.register_buffer("freqs_cos", cos, persistent=False)
+            self.register_buffer("freqs_sin", sin, persistent=False)
+
+    def forward(self, input_ids):
+        B, T = input_ids.shape
+        if T > self.config.max_seq_len:
+            raise ValueError(f"序列长度 {T} 超过 LabConfig.max_seq_len={self.config.max_seq_len}")
+        x = self.embed_tokens(input_ids)  # (B, T, H)
+        position_embeddings = None
+        if self.config.pos_encoding == "learned":
+            x = x + self.pos_embed.weight[:T]
+        elif self.config.pos_encoding == "sinusoidal":
+            x = x + self.pos_table[:T]
+        elif self.config.pos_encoding == "rope":
+            position_embeddings = (self.freqs_cos[:T], self.freqs_sin[:T])
+        x = self.dropout(x)
+        for layer in self.layers:
+            x = layer(x, position_embeddings)
+        return self.norm(x)
+
+
+class LabModel(nn.Module):
+    """与 MiniMindForCausalLM 接口一致：model(input_ids, labels=...) → .logits / .loss / .aux_loss。"""
+
+    def __init__(self, config: Optional[LabConfig] = None):
+        super().__init__()
+        self.config = config or LabConfig()
+        self.model = LabBackbone(self.config)
+        self.lm_head = nn.Linear(self.config.hidden_size, self.config.vocab_size, bias=False)
+        if self.config.tie_embeddings:
+            self.model.embed_tokens.weight = self.lm_head.weight
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, input_ids, labels=None) -> CausalLMOutput:
+        hidden = self.model(input_ids)  # (B, T, H)
+        logits = self.lm_head(hidden)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
+                                   ignore_index=-100)
+        return CausalLMOutput(logits=logits, loss=loss, aux_loss=logits.new_zeros(()))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+# ---------------------------------------------------------------------------
+# 记录工具：激活统计、注意力权重、梯度范数
+# ---------------------------------------------------------------------------
+@contextmanager
+def record_activations(model: nn.Module):
+    """记录每个块输出的统计量：{"layers.0": {"std", "rms", "mean", "absmax"}, ...}（只保留最后一次前向）。"""
+    stats: Dict[str, Dict[str, float]] = {}
+    handles = []
+    for i, layer in enumerate(model.model.layers):
+        def hook(module, inputs, output, name=f"layers.{i}"):
+            out = output[0] if isinstance(output, tuple) else output
+            out = out.detach().float()
+            stats[name] = {"std": out.std().item(), "rms": out.pow(2).mean().sqrt().item(),
+                           "mean": out.mean().item(), "absmax": out.abs().max().item()}
+        handles.append(layer.register_forward_hook(hook))
+    try:
+        yield stats
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def record_attention(model: nn.Module):
+    """打开每层 LabAttention 的记录开关；产出 {"layers.0": (B, nh, T, T), ...}，前向结束后填好。"""
+    weights: Dict[str, torch.Tensor] = {}
+    attns = [(i, layer.self_attn) for i, layer in enumerate(model.model.layers)]
+    for _, attn in attns:
+        attn.record = True
+    try:
+        yield weights
+    finally:
+        for i, attn in attns:
+            attn.record = False
+            if attn.last_weights is not None:
+                weights[f"layers.{i}"] = attn.last_weights
+                attn.last_weights = None
+
+
+def layer_grad_norms(model: nn.Module) -> Dict[str, float]:
+    """反向传播之后调用：按层分组（分组规则同 training.layer_of）的梯度 L2 范数。"""
+    squared: Dict[str, float] = {}
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            group = layer_of(name)
+            squared[group] = squared.get(group, 0.0) + p.grad.detach().float().pow(2).sum().item()
+    return {group: math.sqrt(v) for group, v in squared.items()}
