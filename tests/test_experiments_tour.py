@@ -1,0 +1,67 @@
+"""30 分钟导览的三个实验：--quick 在子进程里从别的工作目录运行，检查 JSON 记录和测得的效应。"""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+FOUNDATION = REPO_ROOT / "modules" / "01-foundation"
+
+
+def run_quick(script, tmp_path):
+    out_dir = tmp_path / "results"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--output-dir", str(out_dir)],
+                          cwd=tmp_path, capture_output=True, text=True, encoding="utf-8", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((out_dir / f"{script.stem}.json").read_text(encoding="utf-8"))
+    assert record["metadata"]["mode"] == "quick"
+    for fig in record["metadata"]["figures"]:
+        assert (out_dir / fig).stat().st_size > 1000
+    assert record["conclusions"], "实验没有给出任何结论"
+    return record, proc.stdout
+
+
+def holds(record, fragment):
+    matches = [c for c in record["conclusions"] if fragment in c["claim"]]
+    assert len(matches) == 1, f"找不到唯一包含 {fragment!r} 的结论：{[c['claim'] for c in record['conclusions']]}"
+    return matches[0]["holds"]
+
+
+@pytest.mark.experiment
+def test_tour_gradient_vanishing(tmp_path):
+    record, stdout = run_quick(FOUNDATION / "01-normalization/experiments/exp1_gradient_vanishing.py", tmp_path)
+    runs = record["metrics"]["runs"]
+    assert record["metrics"]["depth"] >= 10
+    # 没有归一化：坍缩与爆炸都出现；有 RMSNorm：各层同量级
+    assert runs["none, g=0.5"]["act_std"][-1] < runs["none, g=0.5"]["act_std"][0] / 100
+    assert runs["none, g=1.5"]["act_std"][-1] > runs["none, g=1.5"]["act_std"][0] * 100
+    assert runs["rmsnorm, g=0.5"]["act_spread"] < 2 and runs["rmsnorm, g=1.5"]["grad_spread"] < 10
+    assert all(c["holds"] for c in record["conclusions"]), record["conclusions"]
+    assert "✅" in stdout
+
+
+@pytest.mark.experiment
+def test_tour_rope_basics(tmp_path):
+    record, _ = run_quick(FOUNDATION / "02-position-encoding/experiments/exp1_rope_basics.py", tmp_path)
+    m = record["metrics"]
+    assert m["rope_relative_max_abs_diff"] / m["typical_abs_score"] < 1e-3
+    assert m["absolute_relative_max_abs_diff"] > 0.1
+    assert m["rope_max_relative_norm_change"] < 1e-5
+    assert holds(record, "只取决于相对距离") and holds(record, "没有这个性质") and holds(record, "远程衰减")
+    assert holds(record, "base 越大衰减越慢")
+
+
+@pytest.mark.experiment
+def test_tour_attention_basics(tmp_path):
+    record, stdout = run_quick(FOUNDATION / "03-attention/experiments/exp1_attention_basics.py", tmp_path)
+    m = record["metrics"]
+    assert max(m["max_abs_diff"].values()) < 1e-5
+    weights = m["weights"]
+    assert all(weights[i][j] == 0 for i in range(6) for j in range(i + 1, 6))
+    sat = m["softmax_saturation"]
+    dims = sorted(sat, key=int)
+    assert sat[dims[-1]]["unscaled"]["entropy"] < sat[dims[0]]["unscaled"]["entropy"]
+    assert all(c["holds"] for c in record["conclusions"]), record["conclusions"]
+    assert "weights = softmax(masked)" in stdout  # 逐步打印了中间矩阵
