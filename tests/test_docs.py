@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import re
 import shlex
@@ -252,8 +253,9 @@ def check_links(docs: list[MarkdownDoc], root: Path) -> list[str]:
                 problems.append(f"{where}: link {target!r} points outside the repository")
                 continue
             if not exists_with_exact_case(dest, root):
-                problems.append(f"{where}: link target {target!r} does not exist "
-                                f"(resolved to {dest.relative_to(root).as_posix()})")
+                resolved = dest.relative_to(root).as_posix()
+                shown = "" if resolved == path_part else f" (resolved to {resolved})"
+                problems.append(f"{where}: link target {target!r} does not exist{shown}")
                 continue
             if not has_anchor:
                 continue
@@ -398,9 +400,14 @@ def parse_python_call(argv: list[str]) -> tuple[str, str, list[str]] | None:
     return None
 
 
-def resolve_module(module: str, cwd: Path) -> tuple[Path | None, str | None]:
+def is_repo_file(path: Path, root: Path) -> bool:
+    """path 在仓库里，且不在 .venv 等排除目录下（.venv 在仓库根目录里，但装的是第三方包）。"""
+    return root in path.parents and not EXCLUDED_DIRS.intersection(path.relative_to(root).parts)
+
+
+def resolve_module(module: str, cwd: Path, root: Path) -> tuple[Path | None, str | None]:
     """python -m 的模块：在 cwd 下找到返回 (文件, None)；是已安装的第三方/标准库模块返回 (None, None)；
-    都不是返回 (None, 问题)。"""
+    都不是（包括仓库里的包、但 cwd 不对）返回 (None, 问题)。"""
     parts = module.split(".")
     base = cwd.joinpath(*parts)
     for candidate in (base.with_suffix(".py"), base / "__main__.py"):
@@ -408,8 +415,11 @@ def resolve_module(module: str, cwd: Path) -> tuple[Path | None, str | None]:
             return candidate, None
     if (cwd / parts[0]).exists() or (cwd / f"{parts[0]}.py").exists():
         return None, f"module {module!r} not found (no {'/'.join(parts)}.py under {cwd.name or cwd})"
-    import importlib.util
-    if importlib.util.find_spec(parts[0]) is not None:
+    spec = importlib.util.find_spec(parts[0])
+    locations = [] if spec is None else [spec.origin, *(spec.submodule_search_locations or [])]
+    if any(loc and is_repo_file(Path(loc).resolve(), root) for loc in locations):
+        return None, f"module {module!r} lives in the repository: run it from the repository root"
+    if spec is not None:
         return None, None
     return None, f"module {module!r} is neither in the repository nor installed"
 
@@ -473,7 +483,7 @@ def check_python_commands(docs: list[MarkdownDoc], root: Path, help_runner=run_h
                 continue
             kind, name, args = call
             if kind == "module":
-                module_file, problem = resolve_module(name, cmd.cwd)
+                module_file, problem = resolve_module(name, cmd.cwd, root)
                 if problem:
                     problems.append(f"{cmd.where}: python -m {name}: {problem}")
                 if module_file is not None:
@@ -482,9 +492,9 @@ def check_python_commands(docs: list[MarkdownDoc], root: Path, help_runner=run_h
             if name.startswith(("$", "~", "<")) or "*" in name:
                 continue                                 # 占位符，不是具体脚本
             script = (cmd.cwd / name).resolve()
-            if not script.is_file() or not exists_with_exact_case(script, root):
-                problems.append(f"{cmd.where}: python {name}: script not found "
-                                f"(looked for {script.relative_to(root).as_posix() if root in script.parents else script})")
+            if root not in script.parents or not exists_with_exact_case(script, root) or not script.is_file():
+                looked = script.relative_to(root).as_posix() if root in script.parents else str(script)
+                problems.append(f"{cmd.where}: python {name}: script not found (looked for {looked})")
                 continue
             pending.append((cmd.where, HelpTarget(script, None, cmd.cwd), name, args))
 
@@ -585,14 +595,15 @@ MAKE_RULE_RE = re.compile(r"^(?P<targets>[^\s:=#][^:=#]*?)\s*::?(?!=)")
 
 
 def makefile_targets(makefile: Path) -> set[str]:
-    """Makefile 里定义的规则目标（跳过变量形式的目标，如 $(VPY)）。"""
+    """Makefile 里定义的规则目标（跳过变量形式的目标如 $(VPY)，和 .PHONY 这类特殊目标）。"""
     targets: set[str] = set()
     if not makefile.is_file():
         return targets
     for line in makefile.read_text(encoding="utf-8").splitlines():
         m = MAKE_RULE_RE.match(line)
         if m:
-            targets.update(t for t in m["targets"].split() if "$" not in t and "%" not in t)
+            targets.update(t for t in m["targets"].split()
+                           if not t.startswith(".") and "$" not in t and "%" not in t)
     return targets
 
 
@@ -638,7 +649,11 @@ def check_make_targets(docs: list[MarkdownDoc], root: Path) -> list[str]:
 # ---------------------------------------------------------------------------
 
 def report(title: str, problems: list[str]) -> str:
-    return f"{title} ({len(problems)}):\n  " + "\n  ".join(sorted(set(problems)))
+    """断言消息：每个问题一行，按文件、行号排序。"""
+    def key(problem: str) -> tuple[str, int, str]:
+        path, line, rest = (problem.split(":", 2) + ["", ""])[:3]
+        return path, int(line) if line.isdigit() else 0, rest
+    return f"{title} ({len(set(problems))}):\n  " + "\n  ".join(sorted(set(problems), key=key))
 
 
 @pytest.fixture(scope="module")
@@ -764,6 +779,7 @@ def test_check_python_commands_accepts_valid_commands(tmp_path):
                       "MINIMIND_DATA_DIR=/tmp/d python -m pkg.tool \\\n  --quick\n"
                       "python -m pip install -r requirements.txt\n"
                       "```\n"
+                      "```powershell\npython exps\\run.py --quick   # Windows 路径分隔符\n```\n"
                       "```text\npython missing.py --whatever\n```\n"),
     })
     assert check_python_commands(docs, tmp_path) == []
@@ -795,6 +811,13 @@ def test_check_python_commands_catches_missing_scripts_and_unknown_flags(tmp_pat
     assert "--epochs" in text and "gpu" in text and "missing.py" in text and "boom" in text
 
 
+def test_module_command_from_wrong_directory_is_reported():
+    """`python -m model.bench` 只能在仓库根目录运行；在 tests/ 里运行要报错，而不是当成已安装的包放过。"""
+    _, problem = resolve_module("model.bench", REPO_ROOT / "tests", REPO_ROOT)
+    assert problem and "repository root" in problem
+    assert resolve_module("pytest", REPO_ROOT / "tests", REPO_ROOT) == (None, None)
+
+
 def test_check_code_references_catches_missing_symbols_and_paths(tmp_path):
     docs = write_repo(tmp_path, {
         "model/m.py": ("X = 1\nclass Attention:\n    scale: float = 1.0\n"
@@ -820,6 +843,7 @@ def test_check_make_targets_catches_unknown_targets(tmp_path):
         "README.md": ("```bash\nmake quickstart  # 注释\nmake test PYTHON=python3.11\nmake tets\n```\n"
                       "先跑 `make quickstart`，再跑 `make deploy`。\n"),
     })
+    assert makefile_targets(tmp_path / "Makefile") == {"test", "quickstart"}
     problems = check_make_targets(docs, tmp_path)
     assert len(problems) == 2, problems
     assert problems[0].startswith("README.md:4: make tets")
