@@ -70,6 +70,18 @@ def bench_generate(model, use_cache, device, repeats=2) -> float:
     return NEW_TOKENS / best
 
 
+def run_benchmark(name: str, steps: int, device: torch.device) -> dict:
+    """测一种形状：参数量、训练 tokens/s、生成 tokens/s（有/无 KV cache）。"""
+    spec = SHAPES[name]
+    model = MiniMindForCausalLM(MiniMindConfig(**spec["config"])).to(device)
+    gen_cache = bench_generate(model, True, device)
+    gen_nocache = bench_generate(model, False, device)
+    return {"shape": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            "batch": f"{spec['batch_size']}x{spec['seq_len']}",
+            "train_tok_s": bench_train(model, spec["batch_size"], spec["seq_len"], steps, device),
+            "gen_cache_tok_s": gen_cache, "gen_nocache_tok_s": gen_nocache, "cache_speedup": gen_cache / gen_nocache}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="MiniMind 训练/生成速度基准（tokens/s）")
     parser.add_argument("--shape", choices=[*SHAPES, "all"], default="all", help="要测的模型形状")
@@ -85,19 +97,16 @@ def main(argv=None):
 
     torch.manual_seed(0)
     names = list(SHAPES) if args.shape == "all" else [args.shape]
-    print(f"device={device}  torch={torch.__version__}  threads={torch.get_num_threads()}  steps={args.steps}")
-    header = f"{'shape':<7}{'params':>9}{'batch':>10}{'train tok/s':>13}{'gen tok/s (cache)':>19}{'gen tok/s (no cache)':>22}{'speedup':>9}"
+    print(f"device={device}  torch={torch.__version__}  threads={torch.get_num_threads()}  steps={args.steps}  "
+          f"generation: batch 1, prompt {PROMPT_LEN}, {NEW_TOKENS} new tokens, greedy")
+    header = (f"{'shape':<7}{'params':>9}{'batch':>10}{'train tok/s':>13}{'gen tok/s (cache)':>19}"
+              f"{'gen tok/s (no cache)':>22}{'speedup':>9}")
     print(header)
     print("-" * len(header))
     for name in names:
-        spec = SHAPES[name]
-        model = MiniMindForCausalLM(MiniMindConfig(**spec["config"])).to(device)
-        n_params = sum(p.numel() for p in model.parameters()) / 1e6
-        train_tps = bench_train(model, spec["batch_size"], spec["seq_len"], args.steps, device)
-        gen_cache = bench_generate(model, True, device)
-        gen_nocache = bench_generate(model, False, device)
-        print(f"{name:<7}{n_params:>8.2f}M{spec['batch_size']:>5}x{spec['seq_len']:<4}{train_tps:>13,.0f}"
-              f"{gen_cache:>19,.0f}{gen_nocache:>22,.0f}{gen_cache / gen_nocache:>8.1f}x")
+        r = run_benchmark(name, args.steps, device)
+        print(f"{name:<7}{r['params_m']:>8.2f}M{r['batch']:>10}{r['train_tok_s']:>13,.0f}"
+              f"{r['gen_cache_tok_s']:>19,.0f}{r['gen_nocache_tok_s']:>22,.0f}{r['cache_speedup']:>8.1f}x", flush=True)
 
 
 if __name__ == "__main__":

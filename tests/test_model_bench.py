@@ -1,0 +1,20 @@
+"""model/bench.py：能跑通、数值为正（不对速度做断言——速度取决于机器，那是基准脚本的事）。"""
+import subprocess
+import sys
+
+import torch
+
+from conftest import REPO_ROOT
+from model.bench import run_benchmark
+
+
+def test_model_bench_measures_baby_shape():
+    r = run_benchmark("baby", steps=1, device=torch.device("cpu"))
+    assert r["batch"] == "12x64" and 0.5 < r["params_m"] < 1.5
+    assert r["train_tok_s"] > 0 and r["gen_cache_tok_s"] > 0 and r["gen_nocache_tok_s"] > 0
+
+
+def test_model_bench_cli_rejects_bad_arguments():
+    proc = subprocess.run([sys.executable, "-m", "model.bench", "--steps", "0"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, encoding="utf-8", timeout=120)
+    assert proc.returncode == 2 and "--steps" in proc.stderr and "Traceback" not in proc.stderr
