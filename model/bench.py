@@ -36,22 +36,36 @@ def sync(device: torch.device):
         torch.mps.synchronize()
 
 
-def bench_train(model, batch_size, seq_len, steps, device) -> float:
-    """返回训练 tokens/s（前 2 步热身不计时）。"""
+def bench_train(model, batch_size, seq_len, steps, device, compile_model=False, windows=5) -> float:
+    """返回训练 tokens/s：steps 步分成若干个计时窗口，取最快的窗口（像 timeit 一样，排除机器上其他负载的干扰）。
+
+    前 2 步热身不计时；--compile 时编译也发生在热身里。
+    """
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    vocab = model.config.vocab_size
-    ids = torch.randint(0, vocab, (batch_size, seq_len), device=device)
-    for step in range(steps + 2):
-        if step == 2:
-            sync(device)
-            start = time.perf_counter()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cpu", "cuda"))
+    ids = torch.randint(0, model.config.vocab_size, (batch_size, seq_len), device=device)
+    if compile_model:
+        model = torch.compile(model)
+
+    def step():
         loss = model(ids, labels=ids).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    sync(device)
-    return steps * batch_size * seq_len / (time.perf_counter() - start)
+
+    for _ in range(2):
+        step()
+    windows = min(windows, steps)
+    per_window = steps // windows
+    best = float("inf")
+    for _ in range(windows):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(per_window):
+            step()
+        sync(device)
+        best = min(best, (time.perf_counter() - start) / per_window)
+    return batch_size * seq_len / best
 
 
 def bench_generate(model, use_cache, device, repeats=2) -> float:
@@ -70,7 +84,7 @@ def bench_generate(model, use_cache, device, repeats=2) -> float:
     return NEW_TOKENS / best
 
 
-def run_benchmark(name: str, steps: int, device: torch.device) -> dict:
+def run_benchmark(name: str, steps: int, device: torch.device, compile_model: bool = False) -> dict:
     """测一种形状：参数量、训练 tokens/s、生成 tokens/s（有/无 KV cache）。"""
     spec = SHAPES[name]
     model = MiniMindForCausalLM(MiniMindConfig(**spec["config"])).to(device)
@@ -78,15 +92,17 @@ def run_benchmark(name: str, steps: int, device: torch.device) -> dict:
     gen_nocache = bench_generate(model, False, device)
     return {"shape": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
             "batch": f"{spec['batch_size']}x{spec['seq_len']}",
-            "train_tok_s": bench_train(model, spec["batch_size"], spec["seq_len"], steps, device),
+            "train_tok_s": bench_train(model, spec["batch_size"], spec["seq_len"], steps, device, compile_model),
             "gen_cache_tok_s": gen_cache, "gen_nocache_tok_s": gen_nocache, "cache_speedup": gen_cache / gen_nocache}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="MiniMind 训练/生成速度基准（tokens/s）")
     parser.add_argument("--shape", choices=[*SHAPES, "all"], default="all", help="要测的模型形状")
-    parser.add_argument("--steps", type=int, default=20, help="计时的训练步数（另有 2 步热身）")
+    parser.add_argument("--steps", type=int, default=20, help="计时的训练步数，分 5 个窗口取最快（另有 2 步热身）")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    parser.add_argument("--compile", action="store_true",
+                        help="训练步先 torch.compile（需要 C++ 编译器；首次编译约 30 秒以上，之后更快）")
     args = parser.parse_args(argv)
     if args.steps <= 0:
         parser.error("--steps 必须是正整数")
@@ -98,13 +114,14 @@ def main(argv=None):
     torch.manual_seed(0)
     names = list(SHAPES) if args.shape == "all" else [args.shape]
     print(f"device={device}  torch={torch.__version__}  threads={torch.get_num_threads()}  steps={args.steps}  "
+          f"train: float32, AdamW{', torch.compile' if args.compile else ''}  "
           f"generation: batch 1, prompt {PROMPT_LEN}, {NEW_TOKENS} new tokens, greedy")
     header = (f"{'shape':<7}{'params':>9}{'batch':>10}{'train tok/s':>13}{'gen tok/s (cache)':>19}"
               f"{'gen tok/s (no cache)':>22}{'speedup':>9}")
     print(header)
     print("-" * len(header))
     for name in names:
-        r = run_benchmark(name, args.steps, device)
+        r = run_benchmark(name, args.steps, device, args.compile)
         print(f"{name:<7}{r['params_m']:>8.2f}M{r['batch']:>10}{r['train_tok_s']:>13,.0f}"
               f"{r['gen_cache_tok_s']:>19,.0f}{r['gen_nocache_tok_s']:>22,.0f}{r['cache_speedup']:>8.1f}x", flush=True)
 

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.fused_ops import apply_rotary_pos_emb_fused, rms_norm_fused
+
 # 一层的 KV cache：(k, v)，形状都是 (B, S, nkv, hd)
 KVCache = Tuple[torch.Tensor, torch.Tensor]
 
@@ -43,6 +45,7 @@ class MiniMindConfig:
     intermediate_size: Optional[int] = None  # None → 64 * ceil(8/3 * hidden / 64)
     dropout: float = 0.0
     flash_attn: bool = True  # True 走 F.scaled_dot_product_attention，False 走手写 softmax 路径
+    fused_ops: bool = True  # True 时 RMSNorm/RoPE 用手写反向（model/fused_ops.py，结果相同、训练更快）；不影响权重
     bos_token_id: int = 1
     eos_token_id: int = 2
     # YaRN：推理时把上下文从 2048 外推到 factor 倍
@@ -132,15 +135,18 @@ class MiniMindConfig:
 class RMSNorm(nn.Module):
     """y = x / sqrt(mean(x²) + eps) * weight。比 LayerNorm 少了减均值和 bias，更省、效果相当。"""
 
-    def __init__(self, dim: int, eps: float = 1e-5):
+    def __init__(self, dim: int, eps: float = 1e-5, fused: bool = False):
         super().__init__()
         self.eps = eps
+        self.fused = fused  # True：同样的前向，手写的反向（见 model/fused_ops.py）
         self.weight = nn.Parameter(torch.ones(dim))
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return rms_norm_fused(x, self.weight, self.eps)
         # 在 float32 里求均方根，避免 bf16/fp16 下平方和溢出或精度不足
         return self.weight * self._norm(x.float()).type_as(x)
 
@@ -241,6 +247,7 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
         self.flash = config.flash_attn
+        self.rope = apply_rotary_pos_emb_fused if config.fused_ops else apply_rotary_pos_emb
 
     def forward(self, x: torch.Tensor, position_embeddings: Tuple[torch.Tensor, torch.Tensor],
                 past_key_value: Optional[KVCache] = None, use_cache: bool = False,
@@ -251,7 +258,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, nkv, hd)
 
         cos, sin = position_embeddings  # (T, hd)，已按本段的起始位置切好
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        q, k = self.rope(q, k, cos, sin)
 
         if past_key_value is not None:  # 把历史 K/V 接在前面：只需为新 token 计算投影
             k = torch.cat([past_key_value[0], k], dim=1)  # (B, S, nkv, hd)
@@ -259,13 +266,11 @@ class Attention(nn.Module):
         present = (k, v) if use_cache else None
 
         q = q.transpose(1, 2)  # (B, nh, T, hd)
-        k = repeat_kv(k, self.n_rep).transpose(1, 2)  # (B, nh, S, hd)
-        v = repeat_kv(v, self.n_rep).transpose(1, 2)  # (B, nh, S, hd)
-        S = k.shape[2]
-
-        if self.flash:
-            y = self._sdpa(q, k, v, attention_mask)
+        if self.flash:  # SDPA 内部处理 GQA（enable_gqa），不必真的把 K/V 复制 n_rep 份
+            y = self._sdpa(q, k.transpose(1, 2), v.transpose(1, 2), attention_mask)  # k, v: (B, nkv, S, hd)
         else:
+            k = repeat_kv(k, self.n_rep).transpose(1, 2)  # (B, nh, S, hd)
+            v = repeat_kv(v, self.n_rep).transpose(1, 2)  # (B, nh, S, hd)
             y = self._explicit_attention(q, k, v, attention_mask)  # (B, nh, T, hd)
 
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, nh*hd)
@@ -283,13 +288,13 @@ class Attention(nn.Module):
     def _sdpa(self, q, k, v, attention_mask):
         """同一个数学，交给 PyTorch 的融合内核（CPU/GPU 上都更快、更省内存）。"""
         T, S = q.shape[2], k.shape[2]
-        dropout_p = self.dropout if self.training else 0.0
+        gqa = dict(dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.n_rep > 1)
         if attention_mask is None and T == S:  # 训练 / 无 cache 的预填充：标准因果
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa)
         if attention_mask is None and T == 1:  # 逐 token 解码：新 token 可以看全部历史
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+            return F.scaled_dot_product_attention(q, k, v, **gqa)
         bias = attention_bias(T, S, attention_mask, q.dtype, q.device)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, **gqa)
 
 
 # ---------------------------------------------------------------------------
@@ -416,8 +421,8 @@ class MiniMindBlock(nn.Module):
         super().__init__()
         self.layer_id = layer_id
         self.self_attn = Attention(config)
-        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.fused_ops)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.fused_ops)
         self.mlp = MOEFeedForward(config) if config.use_moe else FeedForward(config)
 
     def forward(self, hidden_states, position_embeddings, past_key_value=None, use_cache=False,
@@ -438,7 +443,7 @@ class MiniMindModel(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList([MiniMindBlock(i, config) for i in range(config.num_hidden_layers)])
-        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.fused_ops)
         freqs_cos, freqs_sin = precompute_freqs_cis(config.head_dim, config.max_position_embeddings,
                                                     config.rope_theta, config.rope_scaling)
         # 非持久 buffer：随 .to(device) 移动，但不写进 state_dict（与 MiniMind2 一致）

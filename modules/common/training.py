@@ -45,7 +45,9 @@ def _build_optimizer(model, lr, weight_decay, betas):
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    # fused=True：把所有参数的更新合成一个内核（CPU/CUDA 上更快，数学相同）
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
 
 
 @torch.no_grad()
