@@ -26,3 +26,15 @@ def shared_dir() -> Path:
     if not SHARED_DIR.is_dir():
         pytest.skip(f"../shared 不存在（{SHARED_DIR}）：只有 CI/开发机上才有参考 fixture 与数据")
     return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def experiment_env(shared_dir, tmp_path_factory):
+    """给实验子进程用的环境变量：数据从回环 HTTP 服务器（提供 ../shared/data）经镜像设置下载，
+    缓存到本次测试会话的临时目录——走的是真实的下载代码，但不碰外网。"""
+    from loopback_http import serve_directory
+
+    cache = tmp_path_factory.mktemp("data_cache")
+    with serve_directory(shared_dir / "data") as base_url:
+        env = dict(os.environ, MINIMIND_DATA_MIRROR=base_url, MINIMIND_DATA_DIR=str(cache), MPLBACKEND="Agg")
+        yield env

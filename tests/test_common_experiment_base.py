@@ -86,9 +86,10 @@ def test_record_schema_and_output(runs):
     record, out = records["a"], paths["a"]
     assert set(record) == {"metadata", "metrics", "conclusions"}
     meta = record["metadata"]
-    assert set(meta) == {"experiment", "mode", "seed", "device", "torch", "python", "started", "duration_s",
+    assert set(meta) == {"experiment", "mode", "seed", "seeds", "device", "torch", "python", "started", "duration_s",
                          "argv", "figures"}
     assert meta["experiment"] == "toy_exp" and meta["mode"] == "quick" and meta["seed"] == 7
+    assert meta["seeds"] == [7]  # quick 只用一个种子；完整模式是 [7, 8, 9]
     assert meta["device"] == "cpu" and meta["torch"] == torch.__version__
     assert datetime.fromisoformat(meta["started"]).tzinfo is not None
     assert meta["duration_s"] >= 0 and "--quick" in meta["argv"]
@@ -165,3 +166,14 @@ def test_to_json_safe():
     assert to_json_safe(value) == {"1": [1.5, 2.0], "n": 3, "inf": None, "nested": [True]}
     with pytest.raises(TypeError, match="JSON"):
         to_json_safe({"bad": object()})
+
+
+def test_mean_std_helpers():
+    from modules.common.experiment_base import format_mean_std, mean_std
+
+    assert mean_std([1.0, 3.0]) == (2.0, 1.0)
+    assert mean_std([5.0]) == (5.0, 0.0)
+    assert format_mean_std([1.0, 3.0]) == "2 ± 1"
+    assert format_mean_std([2.5]) == "2.5"
+    with pytest.raises(ValueError):
+        mean_std([])

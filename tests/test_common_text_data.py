@@ -93,3 +93,18 @@ def test_batch_sampler_device_and_bad_input():
     assert x.device.type == y.device.type == "cpu"
     with pytest.raises(ValueError, match="block_size"):
         BatchSampler(torch.arange(5), block_size=8, batch_size=2)
+
+
+def test_char_lm_batches_shapes_and_splits():
+    from modules.common.text_data import char_lm_batches
+
+    text = "hello world, this is a tiny corpus for testing. " * 20
+    tok, get_batch = char_lm_batches(text, block_size=16, batch_size=4, seed=0)
+    x, y = get_batch("train")
+    assert x.shape == (4, 16) and torch.equal(x, y) and int(x.max()) < tok.vocab_size
+    xv, _ = get_batch("val")
+    assert xv.shape == (4, 16)
+    _, again = char_lm_batches(text, block_size=16, batch_size=4, seed=0)
+    assert torch.equal(again("train")[0], x)  # 同种子同批次
+    with pytest.raises(ValueError, match="split"):
+        get_batch("test")

@@ -51,6 +51,21 @@ def to_json_safe(value):
     raise TypeError(f"无法写进 JSON 的类型 {type(value).__name__}：{value!r}；请先转成数字、字符串或列表")
 
 
+def mean_std(values) -> tuple[float, float]:
+    """多种子结果的均值与（总体）标准差；只有一个值时 std 为 0。NaN 会传播，说明有一次发散。"""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_std 需要至少一个值")
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def format_mean_std(values, digits: int = 4) -> str:
+    """'1.234 ± 0.012'（一个值时只显示它本身）。"""
+    mean, std = mean_std(values)
+    return f"{mean:.{digits}g}" if len(list(values)) == 1 else f"{mean:.{digits}g} ± {std:.2g}"
+
+
 def _display_width(text: str) -> int:
     """终端显示宽度：全角/宽字符（中文等）占 2 列。"""
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
@@ -80,14 +95,14 @@ class Experiment:
         self.args = parser.parse_args()
         self.quick: bool = self.args.quick
         self.seed: int = self.args.seed
+        # 完整模式把每个配置用 3 个种子各跑一遍，报告 mean ± std；quick 模式只用 --seed 一个
+        self.seeds: list[int] = [self.seed] if self.quick else [self.seed + i for i in range(3)]
         try:
             self.device = get_device(self.args.device)
         except ValueError as e:
             parser.error(str(e))  # 打印用法和错误信息，退出码 2
 
-        random.seed(self.seed)
-        np.random.seed(self.seed)
-        torch.manual_seed(self.seed)
+        self.seed_everything(self.seed)
 
         self.results_dir = (self.args.output_dir or self.script.parent / "results").expanduser().resolve()
         self.results_dir.mkdir(parents=True, exist_ok=True)
@@ -98,6 +113,13 @@ class Experiment:
         self._conclusions: list[dict] = []
         mode = "quick" if self.quick else "full"
         print(f"== {self.name} | mode={mode} | device={describe_device(self.device)} | seed={self.seed} ==", flush=True)
+
+    @staticmethod
+    def seed_everything(seed: int) -> None:
+        """多种子实验里，每次重复之前调用，让这一次从同一个已知状态开始。"""
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
 
     def save_figure(self, fig, name: str) -> Path:
         """存到 results_dir/name（tight bbox，dpi 120），关闭图并记进 metadata["figures"]。"""
@@ -151,6 +173,7 @@ class Experiment:
                 "experiment": self.name,
                 "mode": "quick" if self.quick else "full",
                 "seed": self.seed,
+                "seeds": list(self.seeds),
                 "device": str(self.device),
                 "torch": torch.__version__,
                 "python": platform.python_version(),

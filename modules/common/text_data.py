@@ -83,3 +83,23 @@ class BatchSampler:
         if device is not None:
             input_ids, labels = input_ids.to(device), labels.to(device)
         return input_ids, labels
+
+
+def char_lm_batches(text: str, block_size: int, batch_size: int, seed: int = 0, val_fraction: float = 0.1,
+                    device: torch.device | str | None = None):
+    """字符级语言模型实验的一站式数据：返回 (tokenizer, get_batch)。
+
+    get_batch(split) 里 split 为 "train" 或 "val"，返回 (input_ids, labels)，可直接交给 training.train_model。
+    验证集的取批用另一个种子，训练批的顺序不受评估次数影响。
+    """
+    tokenizer = CharTokenizer(text)
+    train_ids, val_ids = train_val_split(torch.tensor(tokenizer.encode(text)), val_fraction)
+    samplers = {"train": BatchSampler(train_ids, block_size, batch_size, seed),
+                "val": BatchSampler(val_ids, block_size, batch_size, seed + 1)}
+
+    def get_batch(split: str):
+        if split not in samplers:
+            raise ValueError(f"split 应为 'train' 或 'val'，收到 {split!r}")
+        return samplers[split].sample(device)
+
+    return tokenizer, get_batch
