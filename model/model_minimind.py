@@ -288,13 +288,13 @@ class Attention(nn.Module):
     def _sdpa(self, q, k, v, attention_mask):
         """同一个数学，交给 PyTorch 的融合内核（CPU/GPU 上都更快、更省内存）。"""
         T, S = q.shape[2], k.shape[2]
-        gqa = dict(dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.n_rep > 1)
+        sdpa_args = dict(dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.n_rep > 1)
         if attention_mask is None and T == S:  # 训练 / 无 cache 的预填充：标准因果
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, **sdpa_args)
         if attention_mask is None and T == 1:  # 逐 token 解码：新 token 可以看全部历史
-            return F.scaled_dot_product_attention(q, k, v, **gqa)
+            return F.scaled_dot_product_attention(q, k, v, **sdpa_args)
         bias = attention_bias(T, S, attention_mask, q.dtype, q.device)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, **gqa)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, **sdpa_args)
 
 
 # ---------------------------------------------------------------------------
