@@ -14,6 +14,12 @@ if str(REPO_ROOT) not in sys.path:
 # 测试里画图一律用无界面后端
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# pytest-xdist 并行时每个 worker（及它启动的实验子进程）只用一个线程：
+# 两个 worker 各开两个 OpenMP 线程挤在 2 个核上会互相空转等待，整体反而慢好几倍
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import REPO_ROOT
 from modules.common import experiment_base
 from modules.common.experiment_base import Experiment, to_json_safe
 
@@ -177,3 +178,21 @@ def test_mean_std_helpers():
     assert format_mean_std([2.5]) == "2.5"
     with pytest.raises(ValueError):
         mean_std([])
+
+
+def test_missing_data_gives_clear_message_not_traceback(tmp_path):
+    from loopback_http import unused_port_url
+
+    script = tmp_path / "needs_data.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(REPO_ROOT)!r})\n"
+        "from modules.common.experiment_base import Experiment\n"
+        "from modules.common.datasets import get_experiment_data\n"
+        "exp = Experiment(__file__, description='needs data')\n"
+        "get_experiment_data('shakespeare')\n", encoding="utf-8")
+    env = dict(os.environ, MINIMIND_DATA_MIRROR=unused_port_url(), MINIMIND_DATA_DIR=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, str(script), "--quick"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, encoding="utf-8", timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and "input.txt" in proc.stderr and "MINIMIND_DATA_MIRROR" in proc.stderr

@@ -123,3 +123,97 @@ def test_lab_model_initial_loss_near_uniform():
     model = LabModel(LabConfig(**SMALL))
     x = ids()
     assert abs(model(x, labels=x).loss.item() - math.log(SMALL["vocab_size"])) < 0.3
+
+
+# ---------------------------------------------------------------------------
+# RoPE 长度外推开关：rope_scaling ∈ {None, pi, ntk, yarn} 与 set_rope_scaling
+# ---------------------------------------------------------------------------
+def test_rope_scaling_default_is_plain_minimind_rope():
+    from model.model_minimind import precompute_freqs_cis
+    from modules.common.lab_model import rope_cos_sin
+
+    config = LabConfig(**SMALL)
+    assert config.rope_scaling is None and config.rope_scaling_factor == 1.0
+    cos, sin = rope_cos_sin(config)
+    ref_cos, ref_sin = precompute_freqs_cis(16, 32, 1e6)
+    assert torch.equal(cos, ref_cos) and torch.equal(sin, ref_sin)
+    # factor=1 时 PI 与 NTK 都退化为普通 RoPE
+    for scaling in ("pi", "ntk"):
+        c, s = rope_cos_sin(LabConfig(**SMALL, rope_scaling=scaling))
+        assert torch.allclose(c, ref_cos, atol=1e-6) and torch.allclose(s, ref_sin, atol=1e-6)
+
+
+def test_rope_scaling_formulas():
+    from model.model_minimind import precompute_freqs_cis
+    from modules.common.lab_model import rope_cos_sin
+
+    hd, end, factor = 16, 64, 4.0
+    plain_long_cos, plain_long_sin = precompute_freqs_cis(hd, 4 * end, 1e6)
+    # PI：位置 4m 的角度除以 4 = 位置 m 的原始角度
+    cos, sin = rope_cos_sin(LabConfig(**{**SMALL, "max_seq_len": 4 * end}, rope_scaling="pi", rope_scaling_factor=factor))
+    ref_cos, ref_sin = precompute_freqs_cis(hd, end, 1e6)
+    assert torch.allclose(cos[::4], ref_cos, atol=1e-5) and torch.allclose(sin[::4], ref_sin, atol=1e-5)
+    # NTK-aware：base → base·s^(d/(d-2))；最高频（第 0 对，θ=1）不变，其余都变慢
+    cos, sin = rope_cos_sin(LabConfig(**{**SMALL, "max_seq_len": 4 * end}, rope_scaling="ntk", rope_scaling_factor=factor))
+    ntk_cos, _ = precompute_freqs_cis(hd, 4 * end, 1e6 * factor ** (hd / (hd - 2)))
+    assert torch.equal(cos, ntk_cos)
+    assert torch.allclose(cos[:, 0], plain_long_cos[:, 0]) and not torch.allclose(cos[:, 3], plain_long_cos[:, 3])
+    # YaRN：与 MiniMind 的 inference_rope_scaling（precompute_freqs_cis 的 YaRN 分支）完全相同
+    cos, sin = rope_cos_sin(LabConfig(**{**SMALL, "max_seq_len": 4 * end}, rope_scaling="yarn", rope_scaling_factor=factor))
+    yarn = {"type": "yarn", "factor": factor, "original_max_position_embeddings": end, "beta_fast": 4, "beta_slow": 1}
+    yarn_cos, yarn_sin = precompute_freqs_cis(hd, 4 * end, 1e6, rope_scaling=yarn)
+    assert torch.equal(cos, yarn_cos) and torch.equal(sin, yarn_sin)
+    assert not torch.allclose(yarn_cos, plain_long_cos)
+
+
+def test_set_rope_scaling_rebuilds_buffers_and_keeps_weights():
+    from modules.common.lab_model import rope_cos_sin, set_rope_scaling
+
+    torch.manual_seed(0)
+    model = LabModel(LabConfig(**SMALL)).eval()  # max_seq_len=32
+    x = ids(T=16)
+    before = model(x).logits
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(ids(T=64))
+    set_rope_scaling(model, 64, "yarn", factor=2)
+    assert model.config.max_seq_len == 64 and model.config.rope_scaling == "yarn"
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    assert torch.equal(model.model.freqs_cos, rope_cos_sin(model.config)[0])
+    assert model(ids(T=64)).logits.shape == (2, 64, SMALL["vocab_size"])
+    assert not torch.allclose(model(x).logits, before, atol=1e-5)  # 缩放真的改变了位置编码
+    set_rope_scaling(model, 32)  # 换回普通 RoPE：逐位回到原来的输出
+    assert torch.equal(model(x).logits, before)
+
+
+def test_rope_scaling_rejects_bad_values():
+    from modules.common.lab_model import set_rope_scaling
+
+    with pytest.raises(ValueError, match="rope_scaling"):
+        LabConfig(rope_scaling="linear")
+    with pytest.raises(ValueError, match="rope_scaling_factor"):
+        LabConfig(rope_scaling="pi", rope_scaling_factor=0.5)
+    with pytest.raises(ValueError, match="pos_encoding='rope'"):
+        set_rope_scaling(LabModel(LabConfig(**SMALL, pos_encoding="alibi")), 64, "pi", factor=2)
+
+
+def test_lab_model_attention_only_has_no_ffn_params():
+    attn_only = LabModel(LabConfig(**SMALL, ffn="none"))
+    assert all(layer.mlp is None for layer in attn_only.model.layers)
+    assert not any("mlp" in name for name, _ in attn_only.named_parameters())
+    x = ids()
+    assert torch.isfinite(attn_only(x, labels=x).loss)
+
+
+@pytest.mark.parametrize("pos_encoding", ["rope", "alibi"])
+def test_lab_model_without_causal_mask_sees_the_future(pos_encoding):
+    torch.manual_seed(0)
+    model = LabModel(LabConfig(**SMALL, causal=False, pos_encoding=pos_encoding)).eval()
+    x = ids()
+    changed = x.clone()
+    changed[:, 9] = (changed[:, 9] + 1) % SMALL["vocab_size"]
+    # 没有因果 mask：改第 9 个 token，前面位置的输出也变了
+    assert not torch.allclose(model(changed).logits[:, :9], model(x).logits[:, :9], atol=1e-5)
+    with record_attention(model) as attn:
+        model(x)
+    assert attn["layers.0"].triu(1).sum() > 0

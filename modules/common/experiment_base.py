@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from modules.common.datasets import DataDownloadError
 from modules.common.device import DEVICE_CHOICES, describe_device, get_device
 from modules.common.visualization import plt  # 经 visualization 导入 pyplot：无显示器时先切到 Agg 后端
 
@@ -49,6 +50,14 @@ def to_json_safe(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"无法写进 JSON 的类型 {type(value).__name__}：{value!r}；请先转成数字、字符串或列表")
+
+
+def _report_missing_data(exc_type, exc, tb, _default_hook=sys.excepthook):
+    """数据下载失败是环境问题，不是代码 bug：只打印说明（去哪里放文件、怎么设镜像），不打印 traceback。"""
+    if issubclass(exc_type, DataDownloadError):
+        print(f"\n实验需要的数据拿不到：\n{exc}", file=sys.stderr)  # 解释器随后以退出码 1 结束
+    else:
+        _default_hook(exc_type, exc, tb)
 
 
 def mean_std(values) -> tuple[float, float]:
@@ -108,6 +117,7 @@ class Experiment:
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self._started = datetime.now().astimezone()
         self._t0 = time.perf_counter()
+        sys.excepthook = _report_missing_data
         self._figures: list[str] = []
         self._metrics: dict = {}
         self._conclusions: list[dict] = []

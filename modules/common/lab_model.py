@@ -8,23 +8,24 @@
     model = LabModel(LabConfig(pos_encoding="learned"))   # 换成 GPT-2 的可学习位置编码
     with record_activations(model) as stats: model(ids)   # 每层输出的 std / rms
     with record_attention(model) as attn: model(ids)      # 每层的注意力权重 (B, nh, T, T)
+    set_rope_scaling(model, 256, "yarn", factor=4)        # 在 64 上训练的 RoPE 模型，用 YaRN 读 256 长的序列
 """
 import math
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.fused_ops import apply_rotary_pos_emb_fused
 from model.model_minimind import (
     Attention,
     CausalLMOutput,
     FeedForward,
     MiniMindConfig,
     RMSNorm,
-    apply_rotary_pos_emb,
     attention_bias,
     precompute_freqs_cis,
     repeat_kv,
@@ -34,8 +35,9 @@ from modules.common.training import layer_of
 NORMS = ("rmsnorm", "layernorm", "none")
 NORM_POSITIONS = ("pre", "post")
 POS_ENCODINGS = ("rope", "learned", "sinusoidal", "alibi", "none")
-FFNS = ("swiglu", "gelu", "relu")
+FFNS = ("swiglu", "gelu", "relu", "none")  # "none"：只有注意力、没有 FFN 的块
 QK_SCALES = ("inv_sqrt_d", "one")
+ROPE_SCALINGS = (None, "pi", "ntk", "yarn")
 
 
 @dataclass
@@ -60,15 +62,21 @@ class LabConfig:
     ffn_ratio: Optional[float] = None  # 中间层 = ratio * hidden；None 用默认（SwiGLU 按 MiniMind 的 8/3 规则，其余 4）
     ffn_param_matched: bool = False  # True：GELU/ReLU 的中间层放大 1.5 倍，与同 ratio 的 SwiGLU 参数量相等
     qk_scale: str = "inv_sqrt_d"  # 注意力分数除以 √d（"inv_sqrt_d"）或不缩放（"one"）
+    causal: bool = True  # False：去掉因果 mask，每个位置都能看到后面的 token（训练时等于偷看答案）
     tie_embeddings: bool = True
+    # ---- RoPE 长度外推（只在 pos_encoding="rope" 时生效；默认 None = MiniMind 训练时的普通 RoPE）----
+    rope_scaling: Optional[str] = None  # None / "pi"（位置插值）/ "ntk"（NTK-aware）/ "yarn"（MiniMind 的 YaRN）
+    rope_scaling_factor: float = 1.0  # s = max_seq_len / 训练长度；YaRN 的 original_max_position_embeddings 取 max_seq_len / s
 
     def __post_init__(self):
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         for name, allowed in (("norm", NORMS), ("norm_position", NORM_POSITIONS), ("pos_encoding", POS_ENCODINGS),
-                              ("ffn", FFNS), ("qk_scale", QK_SCALES)):
+                              ("ffn", FFNS), ("qk_scale", QK_SCALES), ("rope_scaling", ROPE_SCALINGS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"LabConfig.{name}={getattr(self, name)!r} 未知，可选 {allowed}")
+        if self.rope_scaling_factor < 1:
+            raise ValueError(f"LabConfig.rope_scaling_factor 必须 >= 1（目标长度 / 训练长度），收到 {self.rope_scaling_factor}")
         if self.ffn_ratio is not None and self.ffn_ratio <= 0:
             raise ValueError(f"LabConfig.ffn_ratio 必须为正，收到 {self.ffn_ratio}")
         self.to_minimind_config()  # 借 MiniMindConfig 校验头数、整除等
@@ -97,7 +105,7 @@ class LabConfig:
 
 def make_norm(config: LabConfig) -> nn.Module:
     if config.norm == "rmsnorm":
-        return RMSNorm(config.hidden_size, eps=config.norm_eps)
+        return RMSNorm(config.hidden_size, eps=config.norm_eps, fused=True)  # 与 MiniMind 默认一致：手写反向
     if config.norm == "layernorm":
         return nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
     return nn.Identity()
@@ -140,6 +148,28 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
     return torch.tensor(slopes)  # (nh,)
 
 
+def rope_cos_sin(config: LabConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """按 config 的 RoPE 缩放方式算 (max_seq_len, head_dim) 的 cos/sin 表；rope_scaling=None 就是 MiniMind 原样。
+
+    s = rope_scaling_factor（要把训练长度 L 拉长到 s·L）：
+      pi   位置插值：位置 m 当成 m/s 来转 = 每个频率都除以 s，角度永远落在训练时见过的范围里；
+      ntk  NTK-aware：只把 base 换成 base·s^(d/(d-2))，高频几乎不变、最低频恰好被压缩 s 倍；
+      yarn MiniMind 的 inference_rope_scaling：低频（波长 > L）按 1/s 插值，高频只轻微缩放。
+    """
+    hd, end, base, s = config.hidden_size // config.n_heads, config.max_seq_len, config.rope_theta, config.rope_scaling_factor
+    if config.rope_scaling == "pi":
+        freqs = 1.0 / (base ** (torch.arange(0, hd, 2).float() / hd)) / s  # (hd/2,)
+        angles = torch.outer(torch.arange(end).float(), freqs)  # (end, hd/2)
+        return torch.cat([angles.cos(), angles.cos()], dim=-1), torch.cat([angles.sin(), angles.sin()], dim=-1)
+    if config.rope_scaling == "ntk":
+        return precompute_freqs_cis(hd, end, base * s ** (hd / (hd - 2)))
+    if config.rope_scaling == "yarn":
+        yarn = {"type": "yarn", "factor": s, "original_max_position_embeddings": round(end / s),
+                "beta_fast": 4, "beta_slow": 1}
+        return precompute_freqs_cis(hd, end, base, rope_scaling=yarn)
+    return precompute_freqs_cis(hd, end, base)
+
+
 class LabAttention(Attention):
     """复用 model/ 的 Attention（同样的 q/k/v/o 投影和参数名），前向加上位置编码与缩放开关。"""
 
@@ -147,6 +177,7 @@ class LabAttention(Attention):
         super().__init__(config.to_minimind_config())
         self.pos_encoding = config.pos_encoding
         self.scale = 1 / math.sqrt(self.head_dim) if config.qk_scale == "inv_sqrt_d" else 1.0
+        self.causal = config.causal
         if self.pos_encoding == "alibi":
             self.register_buffer("slopes", alibi_slopes(self.n_heads), persistent=False)
         self.record = False  # True 时把注意力权重存到 self.last_weights
@@ -158,7 +189,7 @@ class LabAttention(Attention):
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, nkv, hd)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
         if self.pos_encoding == "rope":
-            q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
+            q, k = apply_rotary_pos_emb_fused(q, k, *position_embeddings)
         q = q.transpose(1, 2)  # (B, nh, T, hd)
         k = repeat_kv(k, self.n_rep).transpose(1, 2)  # (B, nh, T, hd)
         v = repeat_kv(v, self.n_rep).transpose(1, 2)
@@ -167,18 +198,22 @@ class LabAttention(Attention):
         if self.pos_encoding == "alibi":
             distance = torch.arange(T, device=x.device)[None, :] - torch.arange(T, device=x.device)[:, None]  # j - i
             bias = self.slopes[:, None, None] * distance.clamp(max=0)  # (nh, T, T)：越远罚得越多
-            bias = bias + attention_bias(T, T, None, x.dtype, x.device)[0]  # 加上因果屏蔽
+            if self.causal:
+                bias = bias + attention_bias(T, T, None, x.dtype, x.device)[0]  # 加上因果屏蔽
 
         dropout_p = self.dropout if self.training else 0.0
         if self.record:  # 显式路径：需要拿到 softmax 后的权重
             scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, nh, T, T)
-            scores = scores + (bias if bias is not None else attention_bias(T, T, None, x.dtype, x.device))
+            if bias is not None:
+                scores = scores + bias
+            elif self.causal:
+                scores = scores + attention_bias(T, T, None, x.dtype, x.device)
             weights = scores.float().softmax(dim=-1).type_as(q)
             self.last_weights = weights.detach()
             y = self.attn_dropout(weights) @ v
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p,
-                                               is_causal=bias is None, scale=self.scale)
+                                               is_causal=self.causal and bias is None, scale=self.scale)
         y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, nh*hd)
         return self.resid_dropout(self.o_proj(y))
 
@@ -191,7 +226,9 @@ class LabBlock(nn.Module):
         self.self_attn = LabAttention(config)
         self.input_layernorm = make_norm(config)
         self.post_attention_layernorm = make_norm(config)
-        if config.ffn == "swiglu":
+        if config.ffn == "none":
+            self.mlp = None
+        elif config.ffn == "swiglu":
             self.mlp = FeedForward(config.to_minimind_config())
         else:
             self.mlp = MLP(config.hidden_size, config.intermediate_size, config.ffn, config.dropout)
@@ -202,11 +239,15 @@ class LabBlock(nn.Module):
             # Pre-Norm（MiniMind/Llama）：归一化只在支路上，残差主干是一条干净的恒等通路
             a = self.self_attn(self.input_layernorm(x), position_embeddings)
             x = x + a if residual else a
+            if self.mlp is None:
+                return x
             f = self.mlp(self.post_attention_layernorm(x))
             return x + f if residual else f
         # Post-Norm（原始 Transformer/BERT）：先相加再归一化，归一化挡在残差主干上
         a = self.self_attn(x, position_embeddings)
         x = self.input_layernorm(x + a if residual else a)
+        if self.mlp is None:
+            return x
         f = self.mlp(x)
         return self.post_attention_layernorm(x + f if residual else f)
 
@@ -228,7 +269,7 @@ class LabBackbone(nn.Module):
             self.register_buffer("pos_table", sinusoidal_table(config.max_seq_len, config.hidden_size),
                                  persistent=False)
         elif config.pos_encoding == "rope":
-            cos, sin = precompute_freqs_cis(config.hidden_size // config.n_heads, config.max_seq_len, config.rope_theta)
+            cos, sin = rope_cos_sin(config)
             self.register_buffer("freqs_cos", cos, persistent=False)
             self.register_buffer("freqs_sin", sin, persistent=False)
 
@@ -278,6 +319,24 @@ class LabModel(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def set_rope_scaling(model: LabModel, max_seq_len: int, rope_scaling: Optional[str] = None,
+                     factor: float = 1.0) -> LabModel:
+    """把训练好的 RoPE 模型就地改成新的最大长度与缩放方式：权重不动，只重算 cos/sin 缓冲。
+
+        set_rope_scaling(model, 256, "yarn", factor=4)  # 在 64 上训练的模型，用 YaRN 读 256 长的序列
+    """
+    if model.config.pos_encoding != "rope":
+        raise ValueError(f"set_rope_scaling 只适用于 pos_encoding='rope' 的模型，这个模型是 {model.config.pos_encoding!r}")
+    config = replace(model.config, max_seq_len=max_seq_len, rope_scaling=rope_scaling, rope_scaling_factor=factor)
+    model.config = model.model.config = config
+    for layer in model.model.layers:
+        layer.config = config
+    device = model.model.freqs_cos.device
+    cos, sin = rope_cos_sin(config)
+    model.model.freqs_cos, model.model.freqs_sin = cos.to(device), sin.to(device)
+    return model
 
 
 # ---------------------------------------------------------------------------
