@@ -1,0 +1,235 @@
+"""实验 3：FFN 是键值记忆（Geva et al. 2021, "Transformer Feed-Forward Layers Are Key-Value Memories"）。
+
+合成"事实回忆"任务：事实的"键"是一对 token (a, b)（a、b 各有 A 种取值，共 A² 条事实），
+每条事实随机指定一个"值" token（M 种取值之一）。序列是 [a, b, →, 值]，只有"值"计分。
+值是随机指定的，没有规律可循——唯一的办法是把 A² 条事实背下来。
+  - 键是两个 token 的组合：单个 token 的嵌入背不下来（它对应 A 条不同的事实），
+    注意力只能把 a、b 的向量加权混合，也表达不了"随机的组合 → 值"这种查表；需要 FFN 的非线性。
+  - 1 层、hidden 很小的 LabModel，只扫 FFN 宽度（intermediate_size）：回忆准确率随宽度上升 = 容量。
+然后取一个训练好的模型，做 Geva 式的解读：对每条事实，找出在"→"位置上激活最强的 FFN 神经元，
+把它的输出向量（down_proj 的第 i 列，乘以激活的符号）经过最终 RMSNorm 的增益和解嵌入（lm_head）投到词表上，
+看它最推高哪个 token——是不是这条事实的值？与随机神经元的命中率对比。
+"""
+import math
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[4]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
+from modules.common.lab_model import LabConfig, LabModel  # noqa: E402
+from modules.common.training import train_model  # noqa: E402
+from modules.common.visualization import set_style  # noqa: E402
+
+HIDDEN, HEADS, LR = 16, 2, 1e-2
+
+
+def add_args(parser):
+    parser.add_argument("--n-a", type=int, default=32, help="键的每个 token 有几种取值 A（事实条数 = A²，默认 32）")
+    parser.add_argument("--n-values", type=int, default=32, help="值 token 的种类 M（随机猜的准确率 = 1/M，默认 32）")
+    parser.add_argument("--steps", type=int, default=None, help="每个模型的训练步数（默认 400）")
+
+
+def make_facts(n_a: int, n_values: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """生成全部 A² 条事实。词表：a 取 0..A-1，b 取 A..2A-1，值取 2A..2A+M-1，最后一个是 "→"。
+
+    返回 input_ids (A², 4) = [a, b, →, 值]，labels (A², 4)（只有值计分，其余 -100），以及词表说明。
+    """
+    gen = torch.Generator().manual_seed(seed)
+    arrow = 2 * n_a + n_values
+    a = torch.arange(n_a).repeat_interleave(n_a)  # (A²,)
+    b = torch.arange(n_a).repeat(n_a) + n_a  # (A²,)
+    value = torch.randint(n_values, (n_a * n_a,), generator=gen) + 2 * n_a  # (A²,) 随机指定，无规律
+    input_ids = torch.stack([a, b, torch.full_like(a, arrow), value], dim=1)  # (A², 4)
+    labels = torch.full_like(input_ids, -100)
+    labels[:, 3] = value
+    vocab = {"vocab_size": arrow + 1, "value_ids": list(range(2 * n_a, 2 * n_a + n_values)), "arrow": arrow}
+    return input_ids, labels, vocab
+
+
+def token_name(i: int, n_a: int, n_values: int) -> str:
+    if i < n_a:
+        return f"a{i}"
+    if i < 2 * n_a:
+        return f"b{i - n_a}"
+    if i < 2 * n_a + n_values:
+        return f"v{i - 2 * n_a}"
+    return "->"
+
+
+@torch.no_grad()
+def recall_accuracy(model: LabModel, input_ids: torch.Tensor) -> float:
+    """在"→"位置取 argmax（整个词表），等于值的比例。"""
+    model.eval()
+    pred = model(input_ids[:, :3]).logits[:, 2].argmax(-1)  # (N,)
+    model.train()
+    return (pred == input_ids[:, 3]).float().mean().item()
+
+
+@torch.no_grad()
+def ffn_memory_readout(model: LabModel, input_ids: torch.Tensor, top_k: int = 5) -> dict:
+    """Geva 式解读：每条事实在"→"位置的 FFN 系数 a_i（SwiGLU：silu(gate)·up），
+    神经元 i 写入残差流的向量是 a_i · down_proj[:, i]；把 sign(a_i)·down_proj[:, i] 乘最终 norm 的增益后经 lm_head
+    投到词表，argmax 就是这个神经元"推高"的 token。"""
+    model.eval()
+    mlp = model.model.layers[-1].mlp
+    captured = {}
+    handle = mlp.down_proj.register_forward_hook(lambda m, inp, out: captured.update(coef=inp[0].detach()))
+    model(input_ids[:, :3])
+    handle.remove()
+    model.train()
+    coef = captured["coef"][:, 2]  # (N, I)：每条事实在"→"位置的神经元系数
+    values = mlp.down_proj.weight.T  # (I, H)：第 i 行 = 神经元 i 的输出向量
+    gain = model.model.norm.weight if hasattr(model.model.norm, "weight") else torch.ones(values.shape[1])
+    logits_per_neuron = (values * gain) @ model.lm_head.weight.T  # (I, V)：每个神经元正向写入时推高哪些 token
+    promoted_pos = logits_per_neuron.argmax(-1)  # (I,)
+    promoted_neg = (-logits_per_neuron).argmax(-1)  # (I,)：系数为负时，推高的是反方向
+    promoted = torch.where(coef > 0, promoted_pos[None], promoted_neg[None])  # (N, I)
+    target = input_ids[:, 3:4]  # (N, 1)
+    hits = promoted == target  # (N, I)
+    order = coef.abs().argsort(dim=1, descending=True)  # (N, I)：按激活强度排序
+    top_hits = hits.gather(1, order[:, :top_k])  # (N, k)
+    return {"coef": coef, "order": order, "promoted": promoted, "logits_per_neuron": logits_per_neuron,
+            "top1_hit_rate": top_hits[:, 0].float().mean().item(),
+            "topk_any_hit_rate": top_hits.any(1).float().mean().item(),
+            "random_neuron_hit_rate": hits.float().mean().item()}
+
+
+def main():
+    exp = Experiment(__file__, extra_args=add_args, description=(
+        "FFN 实验 3：FFN 是键值记忆。随机事实 (a, b) → 值 的回忆准确率随 FFN 宽度上升；\n"
+        "并找出为某条事实激活最强的神经元，看它的输出向量推高的是不是这条事实的值（Geva et al. 2021）。"))
+    n_a, n_values = exp.args.n_a, exp.args.n_values
+    if n_a < 2 or n_values < 2:
+        raise SystemExit(f"--n-a 和 --n-values 都至少为 2（收到 {n_a}, {n_values}）")
+    steps = exp.args.steps or 400
+    if steps < 1:
+        raise SystemExit(f"--steps 必须 >= 1（收到 {steps}）")
+    widths = (0, 16, 256) if exp.quick else (0, 16, 64, 256)  # 0 = 没有 FFN（attention-only）
+    n_facts = n_a * n_a
+
+    acc = {w: [] for w in widths}
+    params = {}
+    kept = None  # 最宽、第一个种子的模型留给解读
+    for seed in exp.seeds:
+        input_ids, labels, vocab = make_facts(n_a, n_values, seed)
+        input_ids, labels = input_ids.to(exp.device), labels.to(exp.device)
+
+        def get_batch(split):  # 训练与"验证"都是全部事实：任务本身就是背诵
+            return input_ids, labels
+
+        for w in widths:
+            Experiment.seed_everything(seed)
+            config = LabConfig(vocab_size=vocab["vocab_size"], hidden_size=HIDDEN, num_layers=1, n_heads=HEADS,
+                               max_seq_len=4, ffn="none" if w == 0 else "swiglu",
+                               ffn_ratio=None if w == 0 else w / HIDDEN)
+            model = LabModel(config).to(exp.device)
+            params[w] = model.num_params()
+            hist = train_model(model, get_batch, steps=steps, lr=LR, weight_decay=0.0, eval_every=steps,
+                               eval_batches=1, device=exp.device, desc=f"width={w} seed={seed}")
+            if hist["diverged_at"] is not None:
+                raise SystemExit(f"width={w}（seed={seed}）在第 {hist['diverged_at']} 步发散；请减小学习率后重试")
+            acc[w].append(recall_accuracy(model, input_ids))
+            if seed == exp.seeds[0] and w == widths[-1]:
+                kept = (model, input_ids)
+
+    chance = 1 / n_values
+    exp.print_table(["FFN width", "params", "recall accuracy"],
+                    [["none (attention-only)" if w == 0 else w, params[w], format_mean_std(acc[w])] for w in widths],
+                    title=f"Recall of {n_facts} random facts (a, b) -> value, hidden {HIDDEN}, 1 layer, {steps} steps; "
+                          f"chance = {chance:.3f}")
+
+    # ---- Geva 式解读：最宽的模型 ----
+    model, input_ids = kept
+    readout = ffn_memory_readout(model, input_ids)
+    examples = []
+    for n in range(3):  # 前 3 条事实各列出激活最强的 3 个神经元
+        fact = input_ids[n].tolist()
+        for i in readout["order"][n, :3].tolist():
+            examples.append([f"({token_name(fact[0], n_a, n_values)}, {token_name(fact[1], n_a, n_values)})",
+                             token_name(fact[3], n_a, n_values), i, f"{readout['coef'][n, i].item():+.3f}",
+                             token_name(readout["promoted"][n, i].item(), n_a, n_values)])
+    exp.print_table(["fact key", "value", "neuron", "coefficient", "promotes"], examples,
+                    title=f"Top-3 neurons at '->' for the first 3 facts (width {widths[-1]})")
+    exp.print_table(["neurons examined", "promote the fact's value"],
+                    [["most active neuron", f"{readout['top1_hit_rate']:.3f}"],
+                     ["any of the 5 most active", f"{readout['topk_any_hit_rate']:.3f}"],
+                     ["a random neuron", f"{readout['random_neuron_hit_rate']:.3f}"]],
+                    title=f"How often a neuron's output vector, projected to the vocabulary, promotes the correct value "
+                          f"({n_facts} facts, width {widths[-1]})")
+
+    exp.save_metrics({
+        "n_facts": n_facts, "n_a": n_a, "n_values": n_values, "chance": chance, "steps": steps, "widths": list(widths),
+        "model": {"hidden_size": HIDDEN, "num_layers": 1, "n_heads": HEADS, "lr": LR, "weight_decay": 0.0},
+        "params": {str(w): params[w] for w in widths},
+        "accuracy": {str(w): {"mean": mean_std(acc[w])[0], "std": mean_std(acc[w])[1], "runs": acc[w]} for w in widths},
+        "readout": {k: readout[k] for k in ("top1_hit_rate", "topk_any_hit_rate", "random_neuron_hit_rate")},
+    })
+
+    # ---- 图：左 准确率 vs 宽度；右 一条事实的 top 神经元各自推高的值 token 的 logit ----
+    set_style()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    ffn_widths = [w for w in widths if w > 0]
+    axes[0].errorbar(ffn_widths, [mean_std(acc[w])[0] for w in ffn_widths],
+                     yerr=[mean_std(acc[w])[1] for w in ffn_widths], marker="o", capsize=3, label="SwiGLU FFN")
+    axes[0].axhline(mean_std(acc[0])[0], color="gray", ls="--", label="attention-only (no FFN)")
+    axes[0].axhline(chance, color="black", ls=":", label=f"chance 1/{n_values}")
+    axes[0].set_xscale("log", base=2)
+    axes[0].set_xlabel("FFN width (intermediate_size)")
+    axes[0].set_ylabel("recall accuracy")
+    axes[0].set_ylim(0, 1.05)
+    axes[0].set_title(f"Recall of {n_facts} random facts vs FFN width")
+    axes[0].legend(fontsize=8)
+
+    n = 0  # 第一条事实
+    fact = input_ids[n].tolist()
+    top = readout["order"][n, :5].tolist()
+    value_ids = list(range(2 * n_a, 2 * n_a + n_values))
+    coef_n = readout["coef"][n]  # (I,)
+    # 每个神经元实际写入的 aᵢ·vᵢ 投到值 token 上；最后一行是全部 I 个神经元之和（整个 FFN 的写入）
+    rows = [coef_n[i] * readout["logits_per_neuron"][i, value_ids] for i in top]
+    rows.append(coef_n @ readout["logits_per_neuron"][:, value_ids])
+    grid = torch.stack(rows)  # (6, M)
+    grid = grid - grid.mean(dim=1, keepdim=True)  # 只有值 token 之间的相对高低决定谁胜出：减去每行的均值
+    grid = grid / grid.abs().amax(dim=1, keepdim=True)  # 再除以每行的最大绝对值，便于比较形状
+    image = axes[1].imshow(grid.detach().numpy(), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1)
+    fig.colorbar(image, ax=axes[1], fraction=0.046, pad=0.04)
+    correct = fact[3] - 2 * n_a
+    axes[1].add_patch(plt.Rectangle((correct - 0.5, -0.5), 1, len(rows), fill=False, edgecolor="black", lw=2))
+    axes[1].set_xticks(range(0, n_values, max(1, n_values // 8)))
+    axes[1].set_yticks(range(len(rows)), labels=[f"neuron {i}" for i in top] + [f"all {len(coef_n)} neurons"])
+    axes[1].set_xlabel(f"value token index (black box: correct value v{correct})")
+    axes[1].set_title(f"Fact ({token_name(fact[0], n_a, n_values)}, {token_name(fact[1], n_a, n_values)}): "
+                      "a_i * v_i projected to values (row-centered, normalized)", fontsize=10)
+    axes[1].grid(False)
+    exp.save_figure(fig, "exp3_ffn_as_memory.png")
+
+    # ---- 结论（全部由测量算出）----
+    means = {w: mean_std(acc[w])[0] for w in widths}
+    smallest, largest = ffn_widths[0], ffn_widths[-1]
+    exp.conclude(f"FFN 越宽，背下的事实越多：宽度 {largest} 的回忆准确率高于宽度 {smallest}",
+                 means[largest] > means[smallest],
+                 "准确率：" + "，".join(f"{w}: {means[w]:.3f}" for w in ffn_widths))
+    exp.conclude("只有注意力（没有 FFN）几乎背不下这些随机事实：准确率不到最宽 FFN 的一半",
+                 means[0] < 0.5 * means[largest],
+                 f"attention-only {means[0]:.3f} vs 宽度 {largest} {means[largest]:.3f}；随机猜 {chance:.3f}")
+    # 最强神经元"命中"的次数是否显著多于随机神经元？按二项分布算 z 分数（z > 3 约等于 p < 0.0015）
+    p0 = readout["random_neuron_hit_rate"]
+    z = (readout["top1_hit_rate"] - p0) * n_facts / math.sqrt(n_facts * p0 * (1 - p0))
+    exp.conclude("激活最强的神经元，其输出向量经解嵌入后推高这条事实的值的频率，显著高于随机神经元（二项检验 z > 3）",
+                 z > 3,
+                 f"最强神经元命中 {readout['top1_hit_rate']:.3f}，前 5 个中任一命中 {readout['topk_any_hit_rate']:.3f}，"
+                 f"随机神经元 {p0:.3f}（{readout['top1_hit_rate'] / p0:.1f} 倍，z = {z:.1f}）")
+    exp.conclude("记忆是分布式的：单个最强神经元只在不到一半的事实上直接推高正确的值，一条事实由许多神经元共同写出",
+                 readout["top1_hit_rate"] < 0.5,
+                 f"最强神经元命中率 {readout['top1_hit_rate']:.3f}，而整个模型的回忆准确率是 {acc[widths[-1]][0]:.3f}")
+    exp.finish()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""04-feedforward 模块：三个实验的 --quick 在子进程里从别的工作目录运行，检查测得的效应。"""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+EXPERIMENTS = REPO_ROOT / "modules" / "01-foundation" / "04-feedforward" / "experiments"
+
+
+def run_quick(script_name, tmp_path, env, *extra):
+    out_dir = tmp_path / "results"
+    script = EXPERIMENTS / script_name
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--output-dir", str(out_dir), *extra],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, encoding="utf-8", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((out_dir / f"{script.stem}.json").read_text(encoding="utf-8"))
+    assert record["metadata"]["mode"] == "quick"
+    assert record["metadata"]["figures"], "实验没有保存图"
+    for fig in record["metadata"]["figures"]:
+        assert (out_dir / fig).stat().st_size > 1000
+    assert record["conclusions"], "实验没有给出任何结论"
+    return record, proc.stdout
+
+
+def conclusion(record, fragment):
+    matches = [c for c in record["conclusions"] if fragment in c["claim"]]
+    assert len(matches) == 1, f"找不到唯一包含 {fragment!r} 的结论：{[c['claim'] for c in record['conclusions']]}"
+    return matches[0]
+
+
+@pytest.mark.experiment
+def test_exp1_ffn_beats_attention_only(tmp_path, experiment_env):
+    record, _ = run_quick("exp1_feedforward.py", tmp_path, experiment_env)
+    m = record["metrics"]
+    val = {name: v["mean"] for name, v in m["val_loss"].items()}
+    assert set(val) == {"none", "swiglu 1x", "swiglu 4x"}
+    assert all(v == v and v < 10 for v in val.values())  # 有限
+    # 相同步数：带 FFN 的模型验证 loss 低于只有注意力的
+    assert val["swiglu 1x"] < val["none"] and val["swiglu 4x"] < val["none"]
+    # 参数量：none < 1x < 4x，FFN 参数 = 层数 × 3 × H × (ratio·H)
+    params = m["params"]
+    assert params["none"]["ffn"] == 0
+    assert params["none"]["total"] < params["swiglu 1x"]["total"] < params["swiglu 4x"]["total"]
+    hidden, layers = m["model"]["hidden_size"], m["model"]["num_layers"]
+    assert params["swiglu 4x"]["ffn"] == layers * 3 * hidden * 4 * hidden
+    # 结论与数字一致
+    assert conclusion(record, "任何一个带 FFN")["holds"] is True
+    assert conclusion(record, "放大倍数越大")["holds"] == (val["swiglu 4x"] < val["swiglu 1x"])
+
+
+@pytest.mark.experiment
+def test_exp2_glu_variants_train_and_ranking_matches(tmp_path, experiment_env):
+    record, stdout = run_quick("exp2_glu_variants.py", tmp_path, experiment_env)
+    m = record["metrics"]
+    val = {v: m["val_loss"][v]["mean"] for v in ("swiglu", "gelu", "relu")}
+    assert all(v is not None and v < 4.0 for v in val.values()), val  # 有限且明显低于 ln(65)≈4.17
+    # 参数匹配：三种 FFN 每层参数量完全相等
+    assert len({m["params"][v]["ffn_per_layer"] for v in val}) == 1
+    assert m["params"]["gelu"]["intermediate_size"] == 1.5 * m["params"]["swiglu"]["intermediate_size"]
+    # 打印与记录的排名与测得的数字一致
+    ranking = sorted(val, key=val.get)
+    assert m["ranking"] == ranking
+    assert " < ".join(ranking) in stdout
+    assert conclusion(record, "SwiGLU 是三者中最好的")["holds"] == (ranking[0] == "swiglu")
+    assert conclusion(record, "都能正常训练")["holds"] is True
+
+
+@pytest.mark.experiment
+def test_exp3_recall_grows_with_ffn_width(tmp_path, experiment_env):
+    record, stdout = run_quick("exp3_ffn_as_memory.py", tmp_path, experiment_env)
+    m = record["metrics"]
+    acc = {int(w): v["mean"] for w, v in m["accuracy"].items()}
+    widths = sorted(w for w in acc if w > 0)
+    assert acc[widths[-1]] > acc[widths[0]] + 0.1, acc  # 最宽的 FFN 明显背得更多
+    assert acc[widths[-1]] > 0.8 and acc[widths[-1]] > 5 * m["chance"]
+    assert acc[0] < acc[widths[-1]]  # attention-only 不如最宽的 FFN
+    assert conclusion(record, "FFN 越宽")["holds"] is True
+    readout = m["readout"]
+    assert 0 <= readout["random_neuron_hit_rate"] <= readout["topk_any_hit_rate"] <= 1
+    assert readout["top1_hit_rate"] > readout["random_neuron_hit_rate"]  # 最强神经元比随机神经元更常推高正确的值
+
+
+def test_exp3_rejects_bad_arguments(tmp_path):
+    proc = subprocess.run([sys.executable, str(EXPERIMENTS / "exp3_ffn_as_memory.py"), "--quick", "--n-a", "1",
+                           "--output-dir", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,
+                          encoding="utf-8", timeout=120)
+    assert proc.returncode != 0
+    assert "--n-a" in proc.stderr and "Traceback" not in proc.stderr
