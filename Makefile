@@ -47,7 +47,7 @@ tour: $(STAMP_RUN)  ## 30 分钟导览：三个入门实验（quick 模式）
 quickstart: install tour  ## 一步到位：建环境 + 跑导览
 
 test: $(STAMP_DEV)  ## 全部测试（实验测试并行跑）
-	$(VPY) -m pytest tests -n 2 --dist loadgroup
+	$(VPY) -m pytest tests -n 2 --dist loadgroup --durations=20
 
 test-fast: $(STAMP_DEV)  ## 除实验外的全部测试（< 2 分钟）
 	$(VPY) -m pytest tests -m "not experiment"
