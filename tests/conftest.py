@@ -1,5 +1,7 @@
 """测试公共设置：把仓库根目录放进 sys.path，并提供 ../shared 的定位。"""
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -44,3 +46,26 @@ def experiment_env(shared_dir, tmp_path_factory):
     with serve_directory(shared_dir / "data") as base_url:
         env = dict(os.environ, MINIMIND_DATA_MIRROR=base_url, MINIMIND_DATA_DIR=str(cache), MPLBACKEND="Agg")
         yield env
+
+
+def run_quick_experiment(script: Path, tmp_path: Path, env=None, extra_args=()):
+    """在临时工作目录里以 --quick 运行一个实验脚本（与学习者的用法相同），检查退出码、JSON 记录和图，
+    返回 (record, stdout)。各模块的测试都用它，再对 record 里测得的数值做断言。"""
+    out_dir = tmp_path / "results"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--output-dir", str(out_dir), *extra_args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, encoding="utf-8", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((out_dir / f"{script.stem}.json").read_text(encoding="utf-8"))
+    assert record["metadata"]["mode"] == "quick"
+    assert record["metadata"]["figures"], "实验没有保存图"
+    for fig in record["metadata"]["figures"]:
+        assert (out_dir / fig).stat().st_size > 1000
+    assert record["conclusions"], "实验没有给出任何结论"
+    return record, proc.stdout
+
+
+def find_conclusion(record, fragment) -> dict:
+    """record 里 claim 含 fragment 的那一条结论（必须恰好一条）。"""
+    matches = [c for c in record["conclusions"] if fragment in c["claim"]]
+    assert len(matches) == 1, f"找不到唯一包含 {fragment!r} 的结论：{[c['claim'] for c in record['conclusions']]}"
+    return matches[0]

@@ -1,32 +1,18 @@
 """30 分钟导览的三个实验：--quick 在子进程里从别的工作目录运行，检查 JSON 记录和测得的效应。"""
-import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
 
 FOUNDATION = REPO_ROOT / "modules" / "01-foundation"
 
 
 def run_quick(script, tmp_path):
-    out_dir = tmp_path / "results"
-    proc = subprocess.run([sys.executable, str(script), "--quick", "--output-dir", str(out_dir)],
-                          cwd=tmp_path, capture_output=True, text=True, encoding="utf-8", timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    record = json.loads((out_dir / f"{script.stem}.json").read_text(encoding="utf-8"))
-    assert record["metadata"]["mode"] == "quick"
-    for fig in record["metadata"]["figures"]:
-        assert (out_dir / fig).stat().st_size > 1000
-    assert record["conclusions"], "实验没有给出任何结论"
-    return record, proc.stdout
+    return run_quick_experiment(script, tmp_path)
 
 
 def holds(record, fragment):
-    matches = [c for c in record["conclusions"] if fragment in c["claim"]]
-    assert len(matches) == 1, f"找不到唯一包含 {fragment!r} 的结论：{[c['claim'] for c in record['conclusions']]}"
-    return matches[0]["holds"]
+    return find_conclusion(record, fragment)["holds"]
 
 
 @pytest.mark.experiment

@@ -1,27 +1,18 @@
 """03-attention 的实验 2、3：--quick 在子进程里运行，检查测得的关键效应。"""
-import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
 
 EXPERIMENTS = REPO_ROOT / "modules" / "01-foundation" / "03-attention" / "experiments"
 
 
 def run_quick(name, tmp_path, env):
-    out = tmp_path / "results"
-    proc = subprocess.run([sys.executable, str(EXPERIMENTS / name), "--quick", "--output-dir", str(out)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, encoding="utf-8", timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((out / name.replace(".py", ".json")).read_text(encoding="utf-8"))
+    return run_quick_experiment(EXPERIMENTS / name, tmp_path, env)[0]
 
 
 def conclusion(record, fragment):
-    matches = [c for c in record["conclusions"] if fragment in c["claim"]]
-    assert len(matches) == 1, [c["claim"] for c in record["conclusions"]]
-    return matches[0]
+    return find_conclusion(record, fragment)
 
 
 @pytest.mark.experiment

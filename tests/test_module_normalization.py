@@ -10,30 +10,18 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
 
 MODULE = REPO_ROOT / "modules" / "01-foundation" / "01-normalization"
 EXPERIMENTS = MODULE / "experiments"
 
 
 def run_quick(script_name, tmp_path, env):
-    out_dir = tmp_path / "results"
-    script = EXPERIMENTS / script_name
-    proc = subprocess.run([sys.executable, str(script), "--quick", "--output-dir", str(out_dir)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, encoding="utf-8", timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    record = json.loads((out_dir / f"{script.stem}.json").read_text(encoding="utf-8"))
-    assert record["metadata"]["mode"] == "quick"
-    assert record["metadata"]["figures"], "实验没有保存图"
-    for fig in record["metadata"]["figures"]:
-        assert (out_dir / fig).stat().st_size > 1000
-    return record
+    return run_quick_experiment(EXPERIMENTS / script_name, tmp_path, env)[0]
 
 
 def claim(record, fragment):
-    matches = [c for c in record["conclusions"] if fragment in c["claim"]]
-    assert len(matches) == 1, f"找不到唯一包含 {fragment!r} 的结论：{[c['claim'] for c in record['conclusions']]}"
-    return matches[0]["holds"]
+    return find_conclusion(record, fragment)["holds"]
 
 
 def as_loss(value):

@@ -92,7 +92,7 @@ def main():
                     title=f"Aliasing: which d in [1, {max_distance}) looks most like d = 0?")
     exp.print_table(["check", "value"], [
         [f"single frequency: max |score(m,n) - score(m+{PERIOD},n)|", single_diff],
-        [f"single frequency: max |R(P) - R(0)| entries", single_rot_diff],
+        ["single frequency: max |R(P) - R(0)| entries", single_rot_diff],
         [f"64-dim MiniMind RoPE: mean |score(m,n) - score(m+{PERIOD},n)| / mean |score|", multi_rel_diff],
     ], title=f"Scores one period ({PERIOD} positions) apart, {n_vectors} random (q, k, m, n)")
 
