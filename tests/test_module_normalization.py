@@ -60,10 +60,11 @@ def test_exp3_prenorm_vs_postnorm(tmp_path, experiment_env):
     assert no_wu == 0 and wu > 0 and deep >= 2 * shallow
     grid = {k: as_loss(v["mean"]) for k, v in m["grid"].items()}
     assert all(math.isfinite(v) and v < math.log(65) for v in grid.values()), grid  # 每个配置都学到了东西
-    # 结论与测量一致（没有写死）。注意：quick 的小模型、短训练下，Xiong et al. 的效应并不总能测出来，
-    # 所以这里检查的是"结论由测量算出"，效应本身看完整模式的参考结果与 teaching.md 的讨论。
+    # 关键效应（学习率 1e-2、固定种子）：深层且无 warmup 时 Pre-LN 明显好于 Post-LN
     pre_deep, post_deep = grid[f"Pre-LN, L={deep}, warmup=0"], grid[f"Post-LN, L={deep}, warmup=0"]
-    assert claim(record, "无 warmup 时，Pre-LN 的最终验证损失低于 Post-LN") == (pre_deep < post_deep)
+    assert pre_deep < post_deep - 0.1, grid
+    assert claim(record, "无 warmup 时，Pre-LN 的最终验证损失低于 Post-LN")
+    # 其余结论与测量一致（没有写死）；初始化梯度的形状与 Xiong et al. 不同，见 teaching.md
     post = m["init_grad"][f"Post-LN, L={deep}"]["per_layer"][0]
     pre = m["init_grad"][f"Pre-LN, L={deep}"]["per_layer"][0]
     assert len(post) == len(pre) == deep and all(g > 0 for g in post + pre)
