@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from model import MiniMindForCausalLM
 from modules.common.lab_model import (
@@ -46,7 +47,8 @@ def test_lab_model_default_switches_are_minimind(n_kv_heads):
     assert torch.allclose(recorded, lab(x).logits, atol=1e-5)
 
 
-SWITCHES = [dict(norm="layernorm"), dict(norm="none"), dict(norm_position="post"), dict(pos_encoding="learned"),
+SWITCHES = [dict(norm="layernorm"), dict(norm="none"), dict(norm_position="post"), dict(norm_position="sandwich"),
+            dict(parallel_block=True), dict(pos_encoding="learned"),
             dict(pos_encoding="sinusoidal"), dict(pos_encoding="alibi"), dict(pos_encoding="none"),
             dict(residual=False), dict(ffn="gelu"), dict(ffn="relu"), dict(qk_scale="one"),
             dict(n_kv_heads=1)]
@@ -69,6 +71,28 @@ def test_lab_model_each_switch_changes_the_model(switch):
     changed = x.clone()
     changed[:, 9] = (changed[:, 9] + 1) % SMALL["vocab_size"]
     assert torch.allclose(variant(changed).logits[:, :9], out.logits[:, :9], atol=1e-5)
+
+
+def test_lab_model_scaled_init_shrinks_only_the_output_projections():
+    layers = SMALL["num_layers"]
+    torch.manual_seed(0)
+    plain = LabModel(LabConfig(**SMALL))
+    torch.manual_seed(0)
+    scaled = LabModel(LabConfig(**SMALL, scaled_init=True))
+    for (name, p), q in zip(plain.named_parameters(), scaled.parameters()):
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            ratio = q.std().item() / p.std().item()
+            assert abs(ratio - 1 / math.sqrt(2 * layers)) < 0.1 / math.sqrt(2 * layers), name
+        else:
+            assert torch.equal(p, q), name
+
+
+def test_lab_model_block_layouts():
+    sandwich = LabModel(LabConfig(**SMALL, norm_position="sandwich"))
+    assert hasattr(sandwich.model.layers[0], "post_ffn_out_norm") and not isinstance(sandwich.model.norm, nn.Identity)
+    assert isinstance(LabModel(LabConfig(**SMALL, norm_position="post")).model.norm, nn.Identity)
+    with pytest.raises(ValueError, match="parallel_block"):
+        LabConfig(parallel_block=True, norm_position="post")
 
 
 def test_lab_model_untied_embeddings_are_separate():

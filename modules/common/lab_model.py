@@ -33,7 +33,7 @@ from model.model_minimind import (
 from modules.common.training import layer_of
 
 NORMS = ("rmsnorm", "layernorm", "none")
-NORM_POSITIONS = ("pre", "post")
+NORM_POSITIONS = ("pre", "post", "sandwich")
 POS_ENCODINGS = ("rope", "learned", "sinusoidal", "alibi", "none")
 FFNS = ("swiglu", "gelu", "relu", "none")  # "none"：只有注意力、没有 FFN 的块
 QK_SCALES = ("inv_sqrt_d", "one")
@@ -55,7 +55,8 @@ class LabConfig:
     norm_eps: float = 1e-5
     # ---- 开关 ----
     norm: str = "rmsnorm"
-    norm_position: str = "pre"
+    norm_position: str = "pre"  # "pre"（MiniMind）/ "post"（原始 Transformer）/ "sandwich"（支路进出各一个 norm）
+    parallel_block: bool = False  # True：GPT-J/PaLM 式并行块 x + attn(norm(x)) + ffn(norm(x))，只用 Pre-Norm
     pos_encoding: str = "rope"
     residual: bool = True
     ffn: str = "swiglu"
@@ -64,6 +65,7 @@ class LabConfig:
     qk_scale: str = "inv_sqrt_d"  # 注意力分数除以 √d（"inv_sqrt_d"）或不缩放（"one"）
     causal: bool = True  # False：去掉因果 mask，每个位置都能看到后面的 token（训练时等于偷看答案）
     tie_embeddings: bool = True
+    scaled_init: bool = False  # True：o_proj / down_proj 初始化 std 再乘 1/√(2·num_layers)（GPT-2 的做法）
     # ---- RoPE 长度外推（只在 pos_encoding="rope" 时生效；默认 None = MiniMind 训练时的普通 RoPE）----
     rope_scaling: Optional[str] = None  # None / "pi"（位置插值）/ "ntk"（NTK-aware）/ "yarn"（MiniMind 的 YaRN）
     rope_scaling_factor: float = 1.0  # s = max_seq_len / 训练长度；YaRN 的 original_max_position_embeddings 取 max_seq_len / s
@@ -77,6 +79,8 @@ class LabConfig:
                 raise ValueError(f"LabConfig.{name}={getattr(self, name)!r} 未知，可选 {allowed}")
         if self.rope_scaling_factor < 1:
             raise ValueError(f"LabConfig.rope_scaling_factor 必须 >= 1（目标长度 / 训练长度），收到 {self.rope_scaling_factor}")
+        if self.parallel_block and self.norm_position != "pre":
+            raise ValueError(f"LabConfig.parallel_block=True 只支持 norm_position='pre'，收到 {self.norm_position!r}")
         if self.ffn_ratio is not None and self.ffn_ratio <= 0:
             raise ValueError(f"LabConfig.ffn_ratio 必须为正，收到 {self.ffn_ratio}")
         self.to_minimind_config()  # 借 MiniMindConfig 校验头数、整除等
@@ -226,6 +230,9 @@ class LabBlock(nn.Module):
         self.self_attn = LabAttention(config)
         self.input_layernorm = make_norm(config)
         self.post_attention_layernorm = make_norm(config)
+        if config.norm_position == "sandwich":
+            self.post_attn_out_norm = make_norm(config)
+            self.post_ffn_out_norm = make_norm(config)
         if config.ffn == "none":
             self.mlp = None
         elif config.ffn == "swiglu":
@@ -235,21 +242,34 @@ class LabBlock(nn.Module):
 
     def forward(self, x, position_embeddings=None):
         residual = self.config.residual
-        if self.config.norm_position == "pre":
-            # Pre-Norm（MiniMind/Llama）：归一化只在支路上，残差主干是一条干净的恒等通路
-            a = self.self_attn(self.input_layernorm(x), position_embeddings)
-            x = x + a if residual else a
+        position = self.config.norm_position
+        if self.config.parallel_block:
+            # 并行块（GPT-J/PaLM）：注意力和 FFN 读同一个归一化后的输入，输出一起加回主干
+            h = self.input_layernorm(x)
+            branches = self.self_attn(h, position_embeddings)
+            if self.mlp is not None:
+                branches = branches + self.mlp(h)
+            return x + branches if residual else branches
+        if position == "post":
+            # Post-Norm（原始 Transformer/BERT）：先相加再归一化，归一化挡在残差主干上
+            a = self.self_attn(x, position_embeddings)
+            x = self.input_layernorm(x + a if residual else a)
             if self.mlp is None:
                 return x
-            f = self.mlp(self.post_attention_layernorm(x))
-            return x + f if residual else f
-        # Post-Norm（原始 Transformer/BERT）：先相加再归一化，归一化挡在残差主干上
-        a = self.self_attn(x, position_embeddings)
-        x = self.input_layernorm(x + a if residual else a)
+            f = self.mlp(x)
+            return self.post_attention_layernorm(x + f if residual else f)
+        # Pre-Norm（MiniMind/Llama）：归一化只在支路上，残差主干是一条干净的恒等通路；
+        # Sandwich：支路输出再过一个 norm 才加回主干，限制每个块能往主干里写多大的量
+        a = self.self_attn(self.input_layernorm(x), position_embeddings)
+        if position == "sandwich":
+            a = self.post_attn_out_norm(a)
+        x = x + a if residual else a
         if self.mlp is None:
             return x
-        f = self.mlp(x)
-        return self.post_attention_layernorm(x + f if residual else f)
+        f = self.mlp(self.post_attention_layernorm(x))
+        if position == "sandwich":
+            f = self.post_ffn_out_norm(f)
+        return x + f if residual else f
 
 
 class LabBackbone(nn.Module):
@@ -262,7 +282,7 @@ class LabBackbone(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList([LabBlock(i, config) for i in range(config.num_layers)])
         # Post-Norm 的最后一个块已经以归一化收尾，不再需要最终 norm
-        self.norm = make_norm(config) if config.norm_position == "pre" else nn.Identity()
+        self.norm = make_norm(config) if config.norm_position != "post" else nn.Identity()
         if config.pos_encoding == "learned":
             self.pos_embed = nn.Embedding(config.max_seq_len, config.hidden_size)
         elif config.pos_encoding == "sinusoidal":
@@ -302,6 +322,12 @@ class LabModel(nn.Module):
         if self.config.tie_embeddings:
             self.model.embed_tokens.weight = self.lm_head.weight
         self.apply(self._init_weights)
+        if self.config.scaled_init:
+            # 每个块往主干里写两次（注意力、FFN），共 2L 次：把写回主干的投影缩小 √(2L) 倍，主干方差不随深度累加变大
+            std = 0.02 / math.sqrt(2 * self.config.num_layers)
+            for name, p in self.named_parameters():
+                if name.endswith(("o_proj.weight", "down_proj.weight")):
+                    nn.init.normal_(p, mean=0.0, std=std)
 
     @staticmethod
     def _init_weights(module):
