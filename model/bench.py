@@ -1,6 +1,7 @@
 """模型速度基准：训练步（前向+反向+AdamW，float32）与生成（KV cache 开/关）的 tokens/s。
 
-用法：python -m model.bench [--shape baby|small|26m|all] [--steps N] [--device auto|cpu|cuda|mps]
+用法：python -m model.bench [--shape baby|small|default|all] [--family minimind2|minimind3] [--steps N]
+                          [--device auto|cpu|cuda|mps]
 这是基准脚本，不是测试：数字取决于机器，请在自己的机器上跑一遍再比较。
 """
 import argparse
@@ -14,7 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
+from model.model_minimind import FAMILIES, MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from modules.common.device import get_device  # noqa: E402
 
 # 每种形状：模型配置 + 训练 batch（batch_size × seq_len）
@@ -23,7 +24,7 @@ SHAPES = {
                              num_key_value_heads=4, vocab_size=65), batch_size=12, seq_len=64),
     "small": dict(config=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
                               num_key_value_heads=2, vocab_size=6400), batch_size=8, seq_len=256),
-    "26m": dict(config=dict(), batch_size=4, seq_len=256),  # MiniMind2 默认配置（约 26M 参数）
+    "default": dict(config=dict(), batch_size=4, seq_len=256),  # 该家族的默认配置：MiniMind2 26M / minimind-3 64M
 }
 PROMPT_LEN = 16
 NEW_TOKENS = 128
@@ -84,10 +85,11 @@ def bench_generate(model, use_cache, device, repeats=2) -> float:
     return NEW_TOKENS / best
 
 
-def run_benchmark(name: str, steps: int, device: torch.device, compile_model: bool = False) -> dict:
+def run_benchmark(name: str, steps: int, device: torch.device, compile_model: bool = False,
+                  family: str = "minimind2") -> dict:
     """测一种形状：参数量、训练 tokens/s、生成 tokens/s（有/无 KV cache）。"""
     spec = SHAPES[name]
-    model = MiniMindForCausalLM(MiniMindConfig(**spec["config"])).to(device)
+    model = MiniMindForCausalLM(MiniMindConfig(**spec["config"], family=family)).to(device)
     gen_cache = bench_generate(model, True, device)
     gen_nocache = bench_generate(model, False, device)
     return {"shape": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
@@ -99,6 +101,8 @@ def run_benchmark(name: str, steps: int, device: torch.device, compile_model: bo
 def main(argv=None):
     parser = argparse.ArgumentParser(description="MiniMind 训练/生成速度基准（tokens/s）")
     parser.add_argument("--shape", choices=[*SHAPES, "all"], default="all", help="要测的模型形状")
+    parser.add_argument("--family", choices=FAMILIES, default="minimind2",
+                        help="模型家族：minimind2（默认）或 minimind3（多了 QK-norm，默认配置 64M）")
     parser.add_argument("--steps", type=int, default=20, help="计时的训练步数，分 5 个窗口取最快（另有 2 步热身）")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     parser.add_argument("--compile", action="store_true",
@@ -113,16 +117,16 @@ def main(argv=None):
 
     torch.manual_seed(0)
     names = list(SHAPES) if args.shape == "all" else [args.shape]
-    print(f"device={device}  torch={torch.__version__}  threads={torch.get_num_threads()}  steps={args.steps}  "
+    print(f"family={args.family}  device={device}  torch={torch.__version__}  threads={torch.get_num_threads()}  steps={args.steps}  "
           f"train: float32, AdamW{', torch.compile' if args.compile else ''}  "
           f"generation: batch 1, prompt {PROMPT_LEN}, {NEW_TOKENS} new tokens, greedy")
-    header = (f"{'shape':<7}{'params':>9}{'batch':>10}{'train tok/s':>13}{'gen tok/s (cache)':>19}"
+    header = (f"{'shape':<8}{'params':>9}{'batch':>10}{'train tok/s':>13}{'gen tok/s (cache)':>19}"
               f"{'gen tok/s (no cache)':>22}{'speedup':>9}")
     print(header)
     print("-" * len(header))
     for name in names:
-        r = run_benchmark(name, args.steps, device, args.compile)
-        print(f"{name:<7}{r['params_m']:>8.2f}M{r['batch']:>10}{r['train_tok_s']:>13,.0f}"
+        r = run_benchmark(name, args.steps, device, args.compile, args.family)
+        print(f"{name:<8}{r['params_m']:>8.2f}M{r['batch']:>10}{r['train_tok_s']:>13,.0f}"
               f"{r['gen_cache_tok_s']:>19,.0f}{r['gen_nocache_tok_s']:>22,.0f}{r['cache_speedup']:>8.1f}x", flush=True)
 
 

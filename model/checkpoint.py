@@ -56,6 +56,7 @@ def infer_config(state: Dict[str, torch.Tensor]) -> dict:
     if layers:
         guess["num_hidden_layers"] = max(layers) + 1
     guess["use_moe"] = any(".mlp.experts." in k for k in state)
+    guess["family"] = "minimind3" if any(".self_attn.q_norm." in k for k in state) else "minimind2"
     return guess
 
 
@@ -72,8 +73,9 @@ def load_pretrained(path, config: MiniMindConfig) -> MiniMindForCausalLM:
         details = mismatched[:3] + [f"缺少 {k}" for k in missing[:3]] + [f"多出 {k}" for k in unexpected[:3]]
         raise CheckpointError(
             f"{path} 与当前配置不匹配：\n  " + "\n  ".join(details)
-            + f"\n这份权重看起来是 {infer_config(state)}；当前配置是 hidden_size={config.hidden_size}, "
-              f"num_hidden_layers={config.num_hidden_layers}, use_moe={config.use_moe}。请用与权重一致的配置。")
+            + f"\n这份权重看起来是 {infer_config(state)}；当前配置是 family={config.family!r}, "
+              f"hidden_size={config.hidden_size}, num_hidden_layers={config.num_hidden_layers}, "
+              f"use_moe={config.use_moe}。请用与权重一致的配置。")
     model.load_state_dict(state, strict=True)
     return model
 

@@ -1,11 +1,23 @@
-"""MiniMind2：一个 Llama 风格的因果语言模型，纯 PyTorch 实现（不依赖 transformers）。
+"""MiniMind：一个 Llama 风格的因果语言模型，纯 PyTorch 实现（不依赖 transformers）。
+
+同一份代码支持两代模型，由 MiniMindConfig.family 切换（默认 MiniMind2，即原课程讲的那一代）：
+
+    差异              minimind2（2025，26M/104M/145M-MoE）   minimind3（2026，64M / 198M-A64M MoE）
+    默认 hidden/kv头  512 / 2                                 768 / 4
+    head_dim          hidden / heads                          可单独指定（默认 hidden / heads）
+    FFN 中间层        64·⌈8/3·H/64⌉                           64·⌈π·H/64⌉
+    rms_norm_eps      1e-5                                    1e-6
+    Q/K 归一化        无                                      q_norm / k_norm：每个头在 RoPE 前做 RMSNorm
+    YaRN              factor 4，β 4/1，MiniMind2 自己的公式    factor 16，β 32/1，YaRN 论文的线性 ramp
+    MoE               4 路由 + 1 共享专家，top-2，             4 路由专家、无共享，top-1，专家中间层
+                      序列级 aux loss（α=0.1）                 moe_intermediate_size，批级 aux loss（系数 5e-4）
 
 阅读顺序就是数据流动的顺序：
     MiniMindConfig → RMSNorm → precompute_freqs_cis / apply_rotary_pos_emb（RoPE）
     → repeat_kv + Attention（GQA）→ FeedForward（SwiGLU）/ MoEGate + MOEFeedForward
     → MiniMindBlock（Pre-Norm + 残差）→ MiniMindModel → MiniMindForCausalLM（+ generate）
 
-state_dict 的键名和形状与 MiniMind2 完全一致，官方发布的 .pth 可以 strict=True 直接加载。
+state_dict 的键名和形状与官方实现完全一致，官方发布的权重可以 strict=True 直接加载。
 张量形状记号：B=batch，T=本次输入的序列长度，S=含 KV cache 的总长度，
 H=hidden_size，nh=注意力头数，nkv=KV 头数，hd=head_dim，V=词表大小。
 """
@@ -29,61 +41,123 @@ ACT2FN = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}
 # ---------------------------------------------------------------------------
 # 配置
 # ---------------------------------------------------------------------------
+FAMILIES = ("minimind2", "minimind3")
+
+# 每一代的默认值；MiniMindConfig 里写成 None 的字段在 __post_init__ 里按 family 从这里补上
+FAMILY_DEFAULTS = {
+    "minimind2": dict(hidden_size=512, num_key_value_heads=2, rms_norm_eps=1e-5, num_experts_per_tok=2,
+                      n_shared_experts=1, aux_loss_alpha=0.1, seq_aux=True),
+    "minimind3": dict(hidden_size=768, num_key_value_heads=4, rms_norm_eps=1e-6, num_experts_per_tok=1,
+                      n_shared_experts=0, aux_loss_alpha=5e-4, seq_aux=False),
+}
+# YaRN 参数：inference_rope_scaling=True 时生效；config.rope_scaling 里给出的键覆盖这些默认值
+YARN_DEFAULTS = {
+    "minimind2": {"type": "yarn", "factor": 4, "original_max_position_embeddings": 2048,
+                  "beta_fast": 4, "beta_slow": 1},
+    "minimind3": {"type": "yarn", "factor": 16, "original_max_position_embeddings": 2048,
+                  "beta_fast": 32, "beta_slow": 1, "attention_factor": 1.0},
+}
+
+
 @dataclass
 class MiniMindConfig:
-    """MiniMind2 的全部超参数；字段名与默认值和官方实现一致（默认即 26M 的 MiniMind2-Small）。"""
+    """全部超参数；字段名与官方实现一致。默认 family="minimind2"，即 26M 的 MiniMind2-Small。
 
-    hidden_size: int = 512
+    值为 None 的字段按 family 取默认（见 FAMILY_DEFAULTS），所以
+    MiniMindConfig() 是 MiniMind2-26M，MiniMindConfig(family="minimind3") 是 minimind-3 的 64M。
+    """
+
+    family: str = "minimind2"
+    hidden_size: Optional[int] = None  # minimind2: 512，minimind3: 768
     num_hidden_layers: int = 8
     num_attention_heads: int = 8
-    num_key_value_heads: int = 2
+    num_key_value_heads: Optional[int] = None  # minimind2: 2，minimind3: 4
+    head_dim: Optional[int] = None  # None → hidden_size / num_attention_heads
     vocab_size: int = 6400
     max_position_embeddings: int = 32768
-    rms_norm_eps: float = 1e-5
+    rms_norm_eps: Optional[float] = None  # minimind2: 1e-5，minimind3: 1e-6
     rope_theta: float = 1e6
     hidden_act: str = "silu"
-    intermediate_size: Optional[int] = None  # None → 64 * ceil(8/3 * hidden / 64)
+    intermediate_size: Optional[int] = None  # None → minimind2: 64·⌈8/3·H/64⌉，minimind3: 64·⌈π·H/64⌉
+    tie_word_embeddings: bool = True  # lm_head 与词嵌入共享权重（两代默认都共享）
     dropout: float = 0.0
     flash_attn: bool = True  # True 走 F.scaled_dot_product_attention，False 走手写 softmax 路径
     fused_ops: bool = True  # True 时 RMSNorm/RoPE 用手写反向（model/fused_ops.py，结果相同、训练更快）；不影响权重
     bos_token_id: int = 1
     eos_token_id: int = 2
-    # YaRN：推理时把上下文从 2048 外推到 factor 倍
+    # YaRN：推理时把上下文外推到训练长度的 factor 倍；参数见 YARN_DEFAULTS，rope_scaling 可覆盖
     inference_rope_scaling: bool = False
+    rope_scaling: Optional[dict] = None  # 解析后：开启 YaRN 时是完整参数 dict，否则 None
     # MoE
     use_moe: bool = False
-    num_experts_per_tok: int = 2
-    n_routed_experts: int = 4
-    n_shared_experts: int = 1
+    num_experts_per_tok: Optional[int] = None  # 每个 token 选几个路由专家；minimind2: 2，minimind3: 1
+    n_routed_experts: Optional[int] = None  # 路由专家数（MiniMind2 的叫法），默认 4
+    num_experts: Optional[int] = None  # 同一个量在 minimind-3 里的叫法；两者解析后总是相等
+    n_shared_experts: Optional[int] = None  # 每个 token 都经过的共享专家；minimind2: 1，minimind3: 0
+    moe_intermediate_size: Optional[int] = None  # 每个专家的中间层；None → intermediate_size
     scoring_func: str = "softmax"
-    aux_loss_alpha: float = 0.1
-    seq_aux: bool = True
+    aux_loss_alpha: Optional[float] = None  # 负载均衡损失系数（MiniMind2 的叫法）；minimind2: 0.1，minimind3: 5e-4
+    router_aux_loss_coef: Optional[float] = None  # 同一个系数在 minimind-3 里的叫法；两者解析后总是相等
+    seq_aux: Optional[bool] = None  # True：按序列统计负载（minimind2）；False：按整个 batch（minimind3）
     norm_topk_prob: bool = True
 
     def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"MiniMindConfig.family={self.family!r} 未知，可选 {FAMILIES}")
+        for name, value in FAMILY_DEFAULTS[self.family].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        self.n_routed_experts = self._same_value("n_routed_experts", "num_experts", default=4)
+        self.aux_loss_alpha = self._same_value("aux_loss_alpha", "router_aux_loss_coef",
+                                               default=FAMILY_DEFAULTS[self.family]["aux_loss_alpha"])
+        self.num_experts, self.router_aux_loss_coef = self.n_routed_experts, self.aux_loss_alpha
+        if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ValueError(f"MiniMindConfig.num_attention_heads={self.num_attention_heads} "
+                                 f"必须整除 hidden_size={self.hidden_size}（或显式给出 head_dim）")
+            self.head_dim = self.hidden_size // self.num_attention_heads
         if self.intermediate_size is None:
-            # SwiGLU 有三个矩阵，取 8/3·H 让参数量与 4H 的两矩阵 FFN 持平；再向上取整到 64 的倍数便于硬件对齐
-            self.intermediate_size = 64 * math.ceil(8 / 3 * self.hidden_size / 64)
+            if self.family == "minimind2":
+                # SwiGLU 有三个矩阵，取 8/3·H 让参数量与 4H 的两矩阵 FFN 持平；再向上取整到 64 的倍数便于硬件对齐
+                self.intermediate_size = 64 * math.ceil(8 / 3 * self.hidden_size / 64)
+            else:
+                # minimind-3 把比例放大到 π ≈ 3.14：同样的宽度下 FFN 多 18% 参数
+                self.intermediate_size = 64 * math.ceil(math.pi * self.hidden_size / 64)
+        if self.moe_intermediate_size is None:
+            self.moe_intermediate_size = self.intermediate_size
+        if self.inference_rope_scaling:
+            self.rope_scaling = {**YARN_DEFAULTS[self.family], **(self.rope_scaling or {})}
+        else:
+            self.rope_scaling = None  # 与官方一致：不开启 YaRN 时忽略 rope_scaling
         self.validate()
+
+    def _same_value(self, name: str, alias: str, default):
+        """两代对同一个量的不同叫法：给了哪个用哪个，都给了必须相等。"""
+        value, alias_value = getattr(self, name), getattr(self, alias)
+        if value is not None and alias_value is not None and value != alias_value:
+            raise ValueError(f"MiniMindConfig.{name}={value} 与 {alias}={alias_value} 是同一个量的两种叫法，"
+                             f"取值必须相同（只给一个即可）")
+        return next((v for v in (value, alias_value) if v is not None), default)
+
+    @property
+    def qk_norm(self) -> bool:
+        """minimind-3 在 RoPE 前对每个头的 q、k 做 RMSNorm（抑制注意力 logit 随训练无限增大）。"""
+        return self.family == "minimind3"
 
     def validate(self):
         """检查取值是否自洽；不合法时抛出点名字段的 ValueError。"""
-        positive = ["hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                    "vocab_size", "max_position_embeddings", "intermediate_size",
+        positive = ["hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+                    "vocab_size", "max_position_embeddings", "intermediate_size", "moe_intermediate_size",
                     "num_experts_per_tok", "n_routed_experts"]
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"MiniMindConfig.{name} 必须是正整数，收到 {value!r}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"MiniMindConfig.num_attention_heads={self.num_attention_heads} "
-                             f"必须整除 hidden_size={self.hidden_size}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(f"MiniMindConfig.num_key_value_heads={self.num_key_value_heads} "
                              f"必须整除 num_attention_heads={self.num_attention_heads}（GQA 每组共享一对 K/V）")
-        if (self.hidden_size // self.num_attention_heads) % 2:
-            raise ValueError(f"MiniMindConfig.hidden_size / num_attention_heads = "
-                             f"{self.hidden_size // self.num_attention_heads} 必须是偶数（RoPE 按两两一对旋转）")
+        if self.head_dim % 2:
+            raise ValueError(f"MiniMindConfig.head_dim={self.head_dim} 必须是偶数（RoPE 按两两一对旋转）")
         if self.hidden_act not in ACT2FN:
             raise ValueError(f"MiniMindConfig.hidden_act={self.hidden_act!r} 未知，可选 {sorted(ACT2FN)}")
         if self.scoring_func != "softmax":
@@ -95,18 +169,6 @@ class MiniMindConfig:
             raise ValueError(f"MiniMindConfig.n_shared_experts 不能为负，收到 {self.n_shared_experts}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"MiniMindConfig.dropout 必须在 [0, 1) 内，收到 {self.dropout}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
-    def rope_scaling(self) -> Optional[dict]:
-        """YaRN 参数（与 MiniMind2 相同）；未开启时为 None。"""
-        if not self.inference_rope_scaling:
-            return None
-        return {"type": "yarn", "factor": 4, "original_max_position_embeddings": 2048,
-                "beta_fast": 4, "beta_slow": 1}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -155,32 +217,60 @@ class RMSNorm(nn.Module):
 # 旋转位置编码 RoPE（含 YaRN 外推）
 # ---------------------------------------------------------------------------
 def precompute_freqs_cis(dim: int, end: int = 32 * 1024, rope_base: float = 1e6,
-                         rope_scaling: Optional[dict] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                         rope_scaling: Optional[dict] = None,
+                         family: str = "minimind2") -> Tuple[torch.Tensor, torch.Tensor]:
     """预先算好每个位置、每个频率的 cos/sin，返回两个 (end, dim) 张量。
 
     第 i 对维度的角速度 θ_i = base^(-2i/dim)：低维转得快（看局部），高维转得慢（看远处）。
+    rope_scaling 不为 None 且 end 超过训练长度时做 YaRN；两代的公式不同（family 选择）。
     """
     freqs = 1.0 / (rope_base ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim))  # (dim/2,)
-    if rope_scaling is not None:
-        orig_max = rope_scaling.get("original_max_position_embeddings", 2048)
-        factor = rope_scaling.get("factor", 4)
-        beta_fast = rope_scaling.get("beta_fast", 4.0)
-        beta_slow = rope_scaling.get("beta_slow", 1.0)
-        if end / orig_max > 1.0:
-            # 波长 2π/θ_i 已超过训练长度的维度（低频）需要插值；corr_dim 是第一个这样的维度
-            corr_dim = next((i for i in range(dim // 2) if 2 * math.pi / freqs[i] > orig_max), dim // 2)
-            power = torch.arange(0, dim // 2).float() / max(dim // 2 - 1, 1)
-            beta = beta_slow + (beta_fast - beta_slow) * power
-            # 高频维度按 (β·s - β + 1)/(β·s) 轻微缩放，低频维度按 1/s 线性插值
-            scale = torch.where(torch.arange(dim // 2) < corr_dim,
-                                (beta * factor - beta + 1) / (beta * factor), 1.0 / factor)
-            freqs = freqs * scale
+    attention_factor = 1.0
+    if rope_scaling is not None and end / rope_scaling["original_max_position_embeddings"] > 1.0:
+        if family == "minimind2":
+            freqs = freqs * yarn_scale_minimind2(freqs, rope_scaling)
+        else:
+            freqs = freqs * yarn_scale_minimind3(dim, rope_base, rope_scaling)
+            attention_factor = rope_scaling.get("attention_factor", 1.0)
     t = torch.arange(end)
     angles = torch.outer(t, freqs).float()  # (end, dim/2)：位置 m 第 i 对的转角 m·θ_i
     # 两半各放一份，配合 rotate_half 的"前半/后半配对"写法
-    freqs_cos = torch.cat([torch.cos(angles), torch.cos(angles)], dim=-1)  # (end, dim)
-    freqs_sin = torch.cat([torch.sin(angles), torch.sin(angles)], dim=-1)  # (end, dim)
+    freqs_cos = torch.cat([torch.cos(angles), torch.cos(angles)], dim=-1) * attention_factor  # (end, dim)
+    freqs_sin = torch.cat([torch.sin(angles), torch.sin(angles)], dim=-1) * attention_factor  # (end, dim)
     return freqs_cos, freqs_sin
+
+
+def yarn_scale_minimind2(freqs: torch.Tensor, rope_scaling: dict) -> torch.Tensor:
+    """MiniMind2 的 YaRN：每个频率乘的系数 (dim/2,)。
+
+    波长 2π/θ_i 已超过训练长度的维度（低频）按 1/s 线性插值；其余（高频）按 (β·s - β + 1)/(β·s) 轻微缩放，
+    β 从 beta_slow 到 beta_fast 随维度线性变化。
+    """
+    orig_max, factor = rope_scaling["original_max_position_embeddings"], rope_scaling["factor"]
+    beta_fast, beta_slow = rope_scaling["beta_fast"], rope_scaling["beta_slow"]
+    half = freqs.shape[0]
+    corr_dim = next((i for i in range(half) if 2 * math.pi / freqs[i] > orig_max), half)  # 第一个低频维度
+    power = torch.arange(0, half).float() / max(half - 1, 1)
+    beta = beta_slow + (beta_fast - beta_slow) * power
+    return torch.where(torch.arange(half) < corr_dim, (beta * factor - beta + 1) / (beta * factor), 1.0 / factor)
+
+
+def yarn_scale_minimind3(dim: int, rope_base: float, rope_scaling: dict) -> torch.Tensor:
+    """minimind-3 的 YaRN（即 YaRN 论文 Peng et al. 2023 的 "NTK-by-parts"）：每个频率乘的系数 (dim/2,)。
+
+    在训练长度内转满 beta_fast 圈以上的维度（高频）不动，转不满 beta_slow 圈的维度（低频）按 1/s 插值，
+    中间的维度用线性 ramp 过渡：系数 = (1 - γ) + γ/s。
+    """
+    orig_max, factor = rope_scaling["original_max_position_embeddings"], rope_scaling["factor"]
+    beta_fast, beta_slow = rope_scaling["beta_fast"], rope_scaling["beta_slow"]
+
+    def dim_of_rotations(n_rotations):  # 在 orig_max 个位置内恰好转 n 圈的维度下标（可为小数）
+        return dim * math.log(orig_max / (n_rotations * 2 * math.pi)) / (2 * math.log(rope_base))
+
+    low = max(math.floor(dim_of_rotations(beta_fast)), 0)
+    high = min(math.ceil(dim_of_rotations(beta_slow)), dim // 2 - 1)
+    ramp = ((torch.arange(dim // 2).float() - low) / max(high - low, 0.001)).clamp(0, 1)  # γ：0 = 不动，1 = 插值
+    return 1 - ramp + ramp / factor
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -243,6 +333,10 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
+        if config.qk_norm:  # minimind-3：每个头的 q、k 先各自归一化，注意力 logit 的尺度就被 weight 管住
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, config.fused_ops)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, config.fused_ops)
+        self.qk_norm = config.qk_norm
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
@@ -257,6 +351,8 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, nkv, hd)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, nkv, hd)
 
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)  # 在最后一维 hd 上归一化，先于 RoPE
         cos, sin = position_embeddings  # (T, hd)，已按本段的起始位置切好
         q, k = self.rope(q, k, cos, sin)
 
@@ -303,11 +399,12 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     """SwiGLU：down( act(gate(x)) * up(x) )。门控让网络逐维决定放行多少信息。"""
 
-    def __init__(self, config: MiniMindConfig):
+    def __init__(self, config: MiniMindConfig, intermediate_size: Optional[int] = None):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        intermediate_size = intermediate_size or config.intermediate_size  # MoE 专家可以用更窄的中间层
+        self.gate_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, config.hidden_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
         self.dropout = nn.Dropout(config.dropout)
         self.act_fn = ACT2FN[config.hidden_act]
 
@@ -325,6 +422,7 @@ class MoEGate(nn.Module):
         self.alpha = config.aux_loss_alpha
         self.seq_aux = config.seq_aux
         self.norm_topk_prob = config.norm_topk_prob
+        self.family = config.family
         self.weight = nn.Parameter(torch.empty(self.n_routed_experts, config.hidden_size))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
@@ -334,7 +432,8 @@ class MoEGate(nn.Module):
         x = hidden_states.view(-1, H)  # (B*T, H)
         scores = F.linear(x, self.weight).softmax(dim=-1)  # (B*T, E)：每个 token 对各专家的偏好
         topk_weight, topk_idx = torch.topk(scores, k=self.top_k, dim=-1, sorted=False)  # (B*T, k)
-        if self.top_k > 1 and self.norm_topk_prob:
+        # minimind-3 在 top-1 时也归一化：权重恒为 1，路由器只能从 aux loss 得到梯度；MiniMind2 只在 k>1 时归一化
+        if self.norm_topk_prob and (self.top_k > 1 or self.family == "minimind3"):
             topk_weight = topk_weight / (topk_weight.sum(dim=-1, keepdim=True) + 1e-20)
 
         aux_loss = scores.new_zeros(())
@@ -350,7 +449,10 @@ class MoEGate(nn.Module):
                 aux_loss = (f * P).sum(dim=1).mean() * self.alpha
             else:
                 # 批级：在整个 batch 上统计同样的 f·P
-                f = F.one_hot(topk_idx.view(-1), num_classes=E).float().mean(0) * E  # (E,)
+                counts = F.one_hot(topk_idx.view(-1), num_classes=E).float().sum(0)  # (E,)：各专家被选中的次数
+                # MiniMind2 除以槽位数 N·k，minimind-3 除以 token 数 N（所以 top-k 时大 k 倍）
+                slots = x.shape[0] * (self.top_k if self.family == "minimind2" else 1)
+                f = counts / slots * E  # (E,)
                 P = scores.mean(0)  # (E,)
                 aux_loss = (P * f).sum() * self.alpha
         return topk_idx, topk_weight, aux_loss
@@ -362,7 +464,8 @@ class MOEFeedForward(nn.Module):
     def __init__(self, config: MiniMindConfig):
         super().__init__()
         self.config = config
-        self.experts = nn.ModuleList([FeedForward(config) for _ in range(config.n_routed_experts)])
+        self.experts = nn.ModuleList([FeedForward(config, config.moe_intermediate_size)
+                                      for _ in range(config.n_routed_experts)])
         self.gate = MoEGate(config)
         if config.n_shared_experts > 0:
             self.shared_experts = nn.ModuleList([FeedForward(config) for _ in range(config.n_shared_experts)])
@@ -445,7 +548,7 @@ class MiniMindModel(nn.Module):
         self.layers = nn.ModuleList([MiniMindBlock(i, config) for i in range(config.num_hidden_layers)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.fused_ops)
         freqs_cos, freqs_sin = precompute_freqs_cis(config.head_dim, config.max_position_embeddings,
-                                                    config.rope_theta, config.rope_scaling)
+                                                    config.rope_theta, config.rope_scaling, config.family)
         # 非持久 buffer：随 .to(device) 移动，但不写进 state_dict（与 MiniMind2 一致）
         self.register_buffer("freqs_cos", freqs_cos, persistent=False)
         self.register_buffer("freqs_sin", freqs_sin, persistent=False)
@@ -487,8 +590,9 @@ class MiniMindForCausalLM(nn.Module):
         self.config = config or MiniMindConfig()
         self.model = MiniMindModel(self.config)
         self.lm_head = nn.Linear(self.config.hidden_size, self.config.vocab_size, bias=False)
-        # 权重共享：输入嵌入与输出投影是同一个矩阵，26M 模型因此省下 V·H ≈ 3.3M 参数
-        self.model.embed_tokens.weight = self.lm_head.weight
+        if self.config.tie_word_embeddings:
+            # 权重共享：输入嵌入与输出投影是同一个矩阵，26M 模型因此省下 V·H ≈ 3.3M 参数
+            self.model.embed_tokens.weight = self.lm_head.weight
         self.apply(self._init_weights)
 
     @staticmethod

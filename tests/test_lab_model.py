@@ -48,7 +48,7 @@ def test_lab_model_default_switches_are_minimind(n_kv_heads):
 
 
 SWITCHES = [dict(norm="layernorm"), dict(norm="none"), dict(norm_position="post"), dict(norm_position="sandwich"),
-            dict(parallel_block=True), dict(pos_encoding="learned"),
+            dict(parallel_block=True), dict(qk_norm=True), dict(pos_encoding="learned"),
             dict(pos_encoding="sinusoidal"), dict(pos_encoding="alibi"), dict(pos_encoding="none"),
             dict(residual=False), dict(ffn="gelu"), dict(ffn="relu"), dict(qk_scale="one"),
             dict(n_kv_heads=1)]
@@ -85,6 +85,22 @@ def test_lab_model_scaled_init_shrinks_only_the_output_projections():
             assert abs(ratio - 1 / math.sqrt(2 * layers)) < 0.1 / math.sqrt(2 * layers), name
         else:
             assert torch.equal(p, q), name
+
+
+def test_lab_model_qk_norm_is_minimind3_attention():
+    # qk_norm=True 的 LabModel 与同尺寸的 minimind-3 完全相同：state_dict 严格互载，logits 逐位相等
+    torch.manual_seed(0)
+    config = LabConfig(**SMALL, qk_norm=True)
+    lab = LabModel(config).eval()
+    with torch.no_grad():
+        for name, p in lab.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+    minimind3 = MiniMindForCausalLM(config.to_minimind_config()).eval()
+    assert minimind3.config.family == "minimind3"
+    minimind3.load_state_dict(lab.state_dict(), strict=True)
+    x = ids()
+    assert torch.equal(minimind3(x).logits, lab(x).logits)
 
 
 def test_lab_model_block_layouts():

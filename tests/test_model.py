@@ -21,13 +21,17 @@ TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_
             vocab_size=97, max_position_embeddings=128)
 
 
-def tiny_model(seed=0, **overrides) -> MiniMindForCausalLM:
+FAMILIES = ["minimind2", "minimind3"]
+each_family = pytest.mark.parametrize("family", FAMILIES)  # 两代共用同一份代码，性质测试两代都跑
+
+
+def tiny_model(seed=0, family="minimind2", **overrides) -> MiniMindForCausalLM:
     torch.manual_seed(seed)
-    model = MiniMindForCausalLM(MiniMindConfig(**{**TINY, **overrides}))
-    # 随机化 RMSNorm 权重，让"放错位置的 norm"也能在比较里暴露出来
+    model = MiniMindForCausalLM(MiniMindConfig(**{**TINY, **overrides}, family=family))
+    # 随机化 RMSNorm 权重（含 minimind-3 的 q_norm/k_norm），让"放错位置的 norm"也能在比较里暴露出来
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("layernorm.weight") or name == "model.norm.weight":
+            if name.endswith("norm.weight"):
                 p.copy_(1 + 0.1 * torch.randn_like(p))
     return model.eval()
 
@@ -71,13 +75,49 @@ def test_model_default_config_is_minimind2_small():
     assert model.lm_head.weight is model.model.embed_tokens.weight
 
 
-def test_model_config_round_trip(tmp_path):
-    cfg = MiniMindConfig(**TINY, use_moe=True)
+def test_model_minimind3_defaults():
+    cfg = MiniMindConfig(family="minimind3")
+    assert (cfg.hidden_size, cfg.num_key_value_heads, cfg.head_dim, cfg.rms_norm_eps) == (768, 4, 96, 1e-6)
+    assert cfg.intermediate_size == 2432  # 64 * ceil(π * 768 / 64)
+    assert (cfg.num_experts, cfg.num_experts_per_tok, cfg.n_shared_experts) == (4, 1, 0)
+    assert cfg.router_aux_loss_coef == cfg.aux_loss_alpha == 5e-4 and cfg.qk_norm
+    n_params = sum(p.numel() for p in MiniMindForCausalLM(cfg).parameters())
+    assert 63e6 < n_params < 65e6, n_params  # "64M"
+    yarn = MiniMindConfig(family="minimind3", inference_rope_scaling=True).rope_scaling
+    assert (yarn["factor"], yarn["beta_fast"], yarn["beta_slow"]) == (16, 32, 1)
+    # config 里给出的 rope_scaling 覆盖默认值；不开启 YaRN 时被忽略（与官方一致）
+    assert MiniMindConfig(family="minimind3", inference_rope_scaling=True,
+                          rope_scaling={"factor": 4}).rope_scaling["factor"] == 4
+    assert MiniMindConfig(family="minimind3", rope_scaling={"factor": 4}).rope_scaling is None
+    # MiniMind2 的默认值一个都没变
+    assert MiniMindConfig().rope_scaling is None and not MiniMindConfig().qk_norm
+    assert MiniMindConfig(inference_rope_scaling=True).rope_scaling["factor"] == 4
+
+
+def test_model_head_dim_can_differ_from_hidden_over_heads():
+    model = tiny_model(family="minimind3", head_dim=24)
+    attn = model.model.layers[0].self_attn
+    assert attn.q_proj.weight.shape == (4 * 24, 64) and attn.o_proj.weight.shape == (64, 4 * 24)
+    assert model(random_ids()).logits.shape == (2, 16, TINY["vocab_size"])
+
+
+@each_family
+def test_model_config_round_trip(tmp_path, family):
+    cfg = MiniMindConfig(**TINY, use_moe=True, inference_rope_scaling=True, family=family)
     path = tmp_path / "config.json"
     cfg.save(path)
-    assert json.loads(path.read_text(encoding="utf-8"))["use_moe"] is True
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    assert saved["use_moe"] is True and saved["family"] == family
     assert MiniMindConfig.load(path) == cfg
     assert MiniMindConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_model_config_rejects_unknown_family_and_conflicting_aliases():
+    with pytest.raises(ValueError, match="family.*minimind2.*minimind3"):
+        MiniMindConfig(family="minimind4")
+    with pytest.raises(ValueError, match="n_routed_experts.*num_experts"):
+        MiniMindConfig(n_routed_experts=4, num_experts=8)
+    assert MiniMindConfig(num_experts=8).n_routed_experts == 8
 
 
 @pytest.mark.parametrize("overrides, field", [
@@ -86,7 +126,7 @@ def test_model_config_round_trip(tmp_path):
     (dict(hidden_act="swish"), "hidden_act"),
     (dict(hidden_size=0), "hidden_size"),
     (dict(num_experts_per_tok=5, n_routed_experts=4), "num_experts_per_tok"),
-    (dict(hidden_size=60, num_attention_heads=4), "hidden_size"),  # head_dim=15 为奇数，RoPE 无法两两配对
+    (dict(hidden_size=60, num_attention_heads=4), "head_dim"),  # head_dim=15 为奇数，RoPE 无法两两配对
 ])
 def test_model_config_rejects_bad_values(overrides, field):
     with pytest.raises(ValueError, match=field):
@@ -106,8 +146,9 @@ def test_model_rejects_too_long_input():
 
 # ---------------------------------------------------------------- 因果性与 KV cache
 @pytest.mark.parametrize("flash", [True, False])
-def test_model_is_causal(flash):
-    model = tiny_model(flash_attn=flash)
+@each_family
+def test_model_is_causal(flash, family):
+    model = tiny_model(flash_attn=flash, family=family)
     ids = random_ids()
     changed = ids.clone()
     changed[:, 10] = (changed[:, 10] + 1) % TINY["vocab_size"]
@@ -118,8 +159,9 @@ def test_model_is_causal(flash):
 
 @pytest.mark.parametrize("flash", [True, False])
 @pytest.mark.parametrize("use_moe", [False, True])
-def test_model_kv_cache_matches_full_forward(flash, use_moe):
-    model = tiny_model(flash_attn=flash, use_moe=use_moe)
+@each_family
+def test_model_kv_cache_matches_full_forward(flash, use_moe, family):
+    model = tiny_model(flash_attn=flash, use_moe=use_moe, family=family)
     ids = random_ids(T=20)
     full = model(ids).logits
     # 先预填充 8 个，再一次喂 5 个（多 token 的 cache 路径），再逐个喂
@@ -136,8 +178,9 @@ def test_model_kv_cache_matches_full_forward(flash, use_moe):
     assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
 
 
-def test_model_generate_with_cache_equals_without():
-    model = tiny_model()
+@each_family
+def test_model_generate_with_cache_equals_without(family):
+    model = tiny_model(family=family)
     prompt = random_ids(T=6)
     a = model.generate(prompt, max_new_tokens=12, eos_token_id=-1, use_cache=True)
     b = model.generate(prompt, max_new_tokens=12, eos_token_id=-1, use_cache=False)
@@ -151,9 +194,14 @@ def test_model_generate_with_cache_equals_without():
 
 
 # ---------------------------------------------------------------- 注意力：SDPA、GQA、padding
-def attention_layer(seed=0, **overrides):
+def attention_layer(seed=0, family="minimind2", **overrides):
     torch.manual_seed(seed)
-    return Attention(MiniMindConfig(**{**TINY, **overrides})).eval()
+    attn = Attention(MiniMindConfig(**{**TINY, **overrides}, family=family)).eval()
+    if attn.qk_norm:  # 随机化 q_norm/k_norm 的权重，两条路径都必须用上它们
+        with torch.no_grad():
+            for p in (attn.q_norm.weight, attn.k_norm.weight):
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+    return attn
 
 
 def rope_for(T, head_dim=16):
@@ -161,9 +209,10 @@ def rope_for(T, head_dim=16):
     return cos[:T], sin[:T]
 
 
-def test_model_sdpa_path_equals_explicit_path():
-    sdpa = attention_layer(flash_attn=True)
-    explicit = attention_layer(flash_attn=False)
+@each_family
+def test_model_sdpa_path_equals_explicit_path(family):
+    sdpa = attention_layer(flash_attn=True, family=family)
+    explicit = attention_layer(flash_attn=False, family=family)
     explicit.load_state_dict(sdpa.state_dict())
     x = torch.randn(2, 10, 64)
     mask = torch.ones(2, 10, dtype=torch.long)
@@ -274,9 +323,10 @@ def test_model_rmsnorm_matches_formula():
 
 # ---------------------------------------------------------------- 手写反向（fused_ops）
 @pytest.mark.parametrize("use_moe", [False, True])
-def test_model_fused_ops_match_readable_path(use_moe):
-    fused = tiny_model(fused_ops=True, use_moe=use_moe).train()
-    readable = tiny_model(fused_ops=False, use_moe=use_moe).train()
+@each_family
+def test_model_fused_ops_match_readable_path(use_moe, family):
+    fused = tiny_model(fused_ops=True, use_moe=use_moe, family=family).train()
+    readable = tiny_model(fused_ops=False, use_moe=use_moe, family=family).train()
     readable.load_state_dict(fused.state_dict())
     ids = random_ids()
     out_f, out_r = fused(ids, labels=ids), readable(ids, labels=ids)
@@ -307,8 +357,9 @@ def test_model_fused_ops_backward_formulas():
 
 
 # ---------------------------------------------------------------- MoE
-def test_model_moe_routing_weights_sum_to_one_and_aux_loss_has_grad():
-    model = tiny_model(use_moe=True).train()
+@each_family
+def test_model_moe_routing_weights_sum_to_one_and_aux_loss_has_grad(family):
+    model = tiny_model(use_moe=True, num_experts_per_tok=2, family=family).train()
     moe = model.model.layers[0].mlp
     assert isinstance(moe, MOEFeedForward)
     x = torch.randn(2, 10, 64)
@@ -323,16 +374,45 @@ def test_model_moe_routing_weights_sum_to_one_and_aux_loss_has_grad():
     assert all(p.grad is not None for e in moe.experts for p in e.parameters() if e is not None)
 
 
-def test_model_moe_batch_level_aux_loss():
-    model = tiny_model(use_moe=True, seq_aux=False).train()
+@each_family
+def test_model_moe_batch_level_aux_loss(family):
+    model = tiny_model(use_moe=True, seq_aux=False, family=family).train()
     ids = random_ids()
     out = model(ids, labels=ids)
     out.aux_loss.backward()
     assert model.model.layers[0].mlp.gate.weight.grad.abs().sum() > 0
 
 
-def test_model_moe_train_path_equals_eval_path():
-    model = tiny_model(use_moe=True)
+def test_model_minimind3_top1_router_learns_only_from_aux_loss():
+    # minimind-3 默认 top-1 且 norm_topk_prob：选中专家的权重恒为 1，语言模型损失传不到路由器
+    model = tiny_model(use_moe=True, family="minimind3").train()
+    gate = model.model.layers[0].mlp.gate
+    _, topk_weight, _ = gate(torch.randn(2, 10, 64))
+    assert topk_weight.shape == (20, 1) and torch.allclose(topk_weight, torch.ones(20, 1))
+    ids = random_ids()
+    out = model(ids, labels=ids)
+    out.loss.backward(retain_graph=True)
+    from_lm_loss = gate.weight.grad.abs().max().item()  # 只剩 s/(s+1e-20) 的舍入误差
+    gate.weight.grad = None
+    out.aux_loss.backward()
+    assert from_lm_loss < 1e-8 and gate.weight.grad.abs().max().item() > 1e3 * from_lm_loss
+
+
+def test_model_minimind3_aux_loss_formula():
+    # minimind-3：aux = E · coef · Σ_e (被选中次数_e / N) · P_e（按 token 数 N 归一，不除以 k）
+    model = tiny_model(use_moe=True, num_experts_per_tok=2, family="minimind3").train()
+    gate = model.model.layers[0].mlp.gate
+    x = torch.randn(2, 10, 64)
+    topk_idx, _, aux = gate(x)
+    scores = F.linear(x.view(-1, 64), gate.weight).softmax(-1)
+    counts = torch.bincount(topk_idx.view(-1), minlength=4).float()
+    expected = 4 * 5e-4 * (counts / 20 * scores.mean(0)).sum()
+    assert torch.allclose(aux, expected, rtol=1e-5)
+
+
+@each_family
+def test_model_moe_train_path_equals_eval_path(family):
+    model = tiny_model(use_moe=True, num_experts_per_tok=2, family=family)
     x = torch.randn(2, 10, 64)
     moe = model.model.layers[1].mlp
     y_eval = moe.eval()(x)
@@ -342,8 +422,9 @@ def test_model_moe_train_path_equals_eval_path():
 
 
 # ---------------------------------------------------------------- generate
-def test_model_greedy_generate_is_deterministic_and_stops_at_eos():
-    model = tiny_model()
+@each_family
+def test_model_greedy_generate_is_deterministic_and_stops_at_eos(family):
+    model = tiny_model(family=family)
     prompt = random_ids(B=1, T=5)
     a = model.generate(prompt, max_new_tokens=10, eos_token_id=-1)
     b = model.generate(prompt, max_new_tokens=10, eos_token_id=-1)
@@ -354,8 +435,9 @@ def test_model_greedy_generate_is_deterministic_and_stops_at_eos():
     assert c.shape[1] == first_eos + 1 and c[0, -1].item() == eos
 
 
-def test_model_generate_batch_streamer_and_sampling():
-    model = tiny_model()
+@each_family
+def test_model_generate_batch_streamer_and_sampling(family):
+    model = tiny_model(family=family)
     prompt = random_ids(B=3, T=4)
     streamed = []
     out = model.generate(prompt, max_new_tokens=6, eos_token_id=-1, streamer=streamed.append)
@@ -372,8 +454,9 @@ def test_model_generate_batch_streamer_and_sampling():
     assert torch.equal(model.generate(prompt, max_new_tokens=6, do_sample=True, top_k=1, eos_token_id=-1), out)
 
 
-def test_model_generate_left_padded_batch_matches_single_prompts():
-    model = tiny_model()
+@each_family
+def test_model_generate_left_padded_batch_matches_single_prompts(family):
+    model = tiny_model(family=family)
     long_prompt, short_prompt = random_ids(B=1, T=7, seed=3), random_ids(B=1, T=4, seed=4)
     batch = torch.cat([long_prompt, torch.cat([torch.zeros(1, 3, dtype=torch.long), short_prompt], 1)])
     mask = torch.ones(2, 7, dtype=torch.long)

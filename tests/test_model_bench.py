@@ -14,6 +14,14 @@ def test_model_bench_measures_baby_shape():
     assert r["train_tok_s"] > 0 and r["gen_cache_tok_s"] > 0 and r["gen_nocache_tok_s"] > 0
 
 
+def test_model_bench_cli_minimind3_family():
+    proc = subprocess.run([sys.executable, "-m", "model.bench", "--shape", "baby", "--steps", "1",
+                           "--family", "minimind3", "--device", "cpu"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, encoding="utf-8", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "family=minimind3" in proc.stdout and "baby" in proc.stdout
+
+
 def test_model_bench_cli_rejects_bad_arguments():
     proc = subprocess.run([sys.executable, "-m", "model.bench", "--steps", "0"], cwd=REPO_ROOT,
                           capture_output=True, text=True, encoding="utf-8", timeout=120)

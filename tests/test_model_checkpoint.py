@@ -40,7 +40,16 @@ def test_model_checkpoint_strips_compile_and_ddp_prefixes(tmp_path):
     torch.save(wrapped, tmp_path / "wrapped.pth")
     state = load_state_dict_file(tmp_path / "wrapped.pth")
     assert set(state) == set(model.state_dict())
-    assert infer_config(state) == {"vocab_size": 97, "hidden_size": 64, "num_hidden_layers": 2, "use_moe": False}
+    assert infer_config(state) == {"vocab_size": 97, "hidden_size": 64, "num_hidden_layers": 2, "use_moe": False,
+                                   "family": "minimind2"}
+
+
+def test_model_checkpoint_minimind3_weights_with_minimind2_config_say_which_family(tmp_path):
+    path = save_checkpoint(MiniMindForCausalLM(MiniMindConfig(**TINY, family="minimind3")), tmp_path / "m3.pth")
+    with pytest.raises(CheckpointError) as err:
+        load_pretrained(path, MiniMindConfig(**TINY))
+    assert "q_norm" in str(err.value) and "'family': 'minimind3'" in str(err.value)
+    assert load_pretrained(path, MiniMindConfig(**TINY, family="minimind3")).config.family == "minimind3"
 
 
 def test_model_checkpoint_corrupt_or_missing_file(tmp_path):

@@ -1,24 +1,28 @@
-"""一致性测试：加载原版 MiniMind2 生成的参考 checkpoint（../shared/fixtures），逐位对比 logits。"""
+"""一致性测试：加载原版 MiniMind2 / minimind-3 代码生成的参考 checkpoint（../shared/fixtures），逐位对比 logits。"""
 import pytest
 import torch
 
 from model import MiniMindConfig, MiniMindForCausalLM
 
-FIXTURES = ["minimind2_dense_small", "minimind2_moe_small", "minimind2_yarn_small"]
+# (family, fixture 目录, 文件名)
+FIXTURES = [(family, folder, f"{folder}_{kind}")
+            for family, folder in (("minimind2", "minimind2"), ("minimind3", "minimind3"))
+            for kind in ("dense_small", "moe_small", "yarn_small")]
 
 
-def load_fixture(shared_dir, name):
-    path = shared_dir / "fixtures" / "minimind2" / f"{name}.pt"
+def load_fixture(shared_dir, folder, name):
+    path = shared_dir / "fixtures" / folder / f"{name}.pt"
     if not path.is_file():
         pytest.skip(f"缺少参考 fixture {path}")
     return torch.load(path, weights_only=False)
 
 
 @pytest.mark.parametrize("flash_attn", [True, False], ids=["sdpa", "explicit"])
-@pytest.mark.parametrize("name", FIXTURES)
-def test_model_matches_minimind2_reference(shared_dir, name, flash_attn):
-    fx = load_fixture(shared_dir, name)
-    model = MiniMindForCausalLM(MiniMindConfig(**{**fx["config"], "flash_attn": flash_attn})).eval()
+@pytest.mark.parametrize("family, folder, name", FIXTURES, ids=[f[2] for f in FIXTURES])
+def test_model_matches_reference(shared_dir, family, folder, name, flash_attn):
+    fx = load_fixture(shared_dir, folder, name)
+    config = MiniMindConfig(**{**fx["config"], "flash_attn": flash_attn}, family=family)
+    model = MiniMindForCausalLM(config).eval()
     model.load_state_dict(fx["state_dict"], strict=True)
     ids = fx["input_ids"]  # (2, 24)
     with torch.no_grad():
@@ -34,9 +38,16 @@ def test_model_matches_minimind2_reference(shared_dir, name, flash_attn):
     assert (torch.cat(pieces, dim=1) - fx["logits_incremental"]).abs().max().item() < 1e-5
 
 
-@pytest.mark.parametrize("name", FIXTURES)
-def test_model_state_dict_keys_match_minimind2(shared_dir, name):
-    fx = load_fixture(shared_dir, name)
-    ours = MiniMindForCausalLM(MiniMindConfig(**fx["config"])).state_dict()
+@pytest.mark.parametrize("family, folder, name", FIXTURES, ids=[f[2] for f in FIXTURES])
+def test_model_state_dict_keys_match_reference(shared_dir, family, folder, name):
+    fx = load_fixture(shared_dir, folder, name)
+    ours = MiniMindForCausalLM(MiniMindConfig(**fx["config"], family=family)).state_dict()
     assert set(ours) == set(fx["state_dict"])
     assert all(ours[k].shape == v.shape for k, v in fx["state_dict"].items())
+
+
+def test_model_wrong_family_cannot_load_minimind3_weights(shared_dir):
+    fx = load_fixture(shared_dir, "minimind3", "minimind3_dense_small")
+    model = MiniMindForCausalLM(MiniMindConfig(**fx["config"]))  # 忘了 family="minimind3"
+    with pytest.raises(RuntimeError, match="q_norm"):
+        model.load_state_dict(fx["state_dict"], strict=True)

@@ -63,6 +63,7 @@ class LabConfig:
     ffn_ratio: Optional[float] = None  # 中间层 = ratio * hidden；None 用默认（SwiGLU 按 MiniMind 的 8/3 规则，其余 4）
     ffn_param_matched: bool = False  # True：GELU/ReLU 的中间层放大 1.5 倍，与同 ratio 的 SwiGLU 参数量相等
     qk_scale: str = "inv_sqrt_d"  # 注意力分数除以 √d（"inv_sqrt_d"）或不缩放（"one"）
+    qk_norm: bool = False  # True：minimind-3 的 QK-norm，RoPE 前对每个头的 q、k 做 RMSNorm
     causal: bool = True  # False：去掉因果 mask，每个位置都能看到后面的 token（训练时等于偷看答案）
     tie_embeddings: bool = True
     scaled_init: bool = False  # True：o_proj / down_proj 初始化 std 再乘 1/√(2·num_layers)（GPT-2 的做法）
@@ -96,8 +97,9 @@ class LabConfig:
         return int(1.5 * base) if (self.ffn_param_matched and self.ffn != "swiglu") else base
 
     def to_minimind_config(self) -> MiniMindConfig:
-        """尺寸相同的 MiniMindConfig（只有默认开关下两者才是同一个模型）。"""
-        return MiniMindConfig(hidden_size=self.hidden_size, num_hidden_layers=self.num_layers,
+        """尺寸相同的 MiniMindConfig（只有默认开关下两者才是同一个模型）。qk_norm 借 minimind3 的注意力实现。"""
+        return MiniMindConfig(family="minimind3" if self.qk_norm else "minimind2",
+                              hidden_size=self.hidden_size, num_hidden_layers=self.num_layers,
                               num_attention_heads=self.n_heads, num_key_value_heads=self.n_kv_heads,
                               vocab_size=self.vocab_size, max_position_embeddings=self.max_seq_len,
                               rms_norm_eps=self.norm_eps, rope_theta=self.rope_theta, dropout=self.dropout,
@@ -192,6 +194,8 @@ class LabAttention(Attention):
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, nh, hd)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, nkv, hd)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)  # 与 model/ 的 Attention 相同：先于位置编码
         if self.pos_encoding == "rope":
             q, k = apply_rotary_pos_emb_fused(q, k, *position_embeddings)
         q = q.transpose(1, 2)  # (B, nh, T, hd)
