@@ -204,6 +204,12 @@ def test_rope_scaling_formulas():
     yarn_cos, yarn_sin = precompute_freqs_cis(hd, 4 * end, 1e6, rope_scaling=yarn)
     assert torch.equal(cos, yarn_cos) and torch.equal(sin, yarn_sin)
     assert not torch.allclose(yarn_cos, plain_long_cos)
+    # minimind-3 的 YaRN：最高频一对不动，最低频一对按 1/s 插值（位置 4m 的角度 = 原位置 m 的角度）
+    cos, sin = rope_cos_sin(LabConfig(**{**SMALL, "max_seq_len": 4 * end}, rope_scaling="yarn_minimind3",
+                                      rope_scaling_factor=factor))
+    last = hd // 2 - 1
+    assert torch.allclose(cos[:, 0], plain_long_cos[:, 0])
+    assert torch.allclose(sin[::4, last], ref_sin[:, last], atol=1e-6)
 
 
 def test_set_rope_scaling_rebuilds_buffers_and_keeps_weights():

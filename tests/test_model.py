@@ -310,6 +310,23 @@ def test_model_yarn_only_changes_long_wavelength_dims():
     assert not torch.allclose(plain_cos[:, 7], yarn_cos[:, 7])  # 低频维度被插值
 
 
+def test_model_yarn_minimind3_is_the_paper_ramp():
+    from model.model_minimind import yarn_scale_minimind3
+
+    dim, base, orig, factor = 64, 1e6, 2048, 16
+    scale = yarn_scale_minimind3(dim, base, {"original_max_position_embeddings": orig, "factor": factor,
+                                             "beta_fast": 32, "beta_slow": 1})
+    freqs = 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim))
+    rotations = orig * freqs / (2 * math.pi)  # 每个维度在训练长度内转几圈
+    assert torch.all(scale[rotations > 32 + 1] == 1)  # 高频：不动（留 1 圈余量给取整）
+    assert torch.allclose(scale[rotations < 1 - 0.1], torch.tensor(1 / factor))  # 低频：按 1/s 插值
+    assert torch.all(scale[1:] <= scale[:-1])  # 中间单调过渡
+    # 表长不超过训练长度时 YaRN 不起作用
+    yarn = MiniMindConfig(family="minimind3", inference_rope_scaling=True).rope_scaling
+    short, _ = precompute_freqs_cis(dim, 1024, base, yarn, family="minimind3")
+    assert torch.equal(short, precompute_freqs_cis(dim, 1024, base)[0])
+
+
 def test_model_rmsnorm_matches_formula():
     norm = RMSNorm(8, eps=1e-5)
     with torch.no_grad():

@@ -24,6 +24,7 @@ from model.model_minimind import (
     Attention,
     CausalLMOutput,
     FeedForward,
+    YARN_DEFAULTS,
     MiniMindConfig,
     RMSNorm,
     attention_bias,
@@ -37,7 +38,7 @@ NORM_POSITIONS = ("pre", "post", "sandwich")
 POS_ENCODINGS = ("rope", "learned", "sinusoidal", "alibi", "none")
 FFNS = ("swiglu", "gelu", "relu", "none")  # "none"：只有注意力、没有 FFN 的块
 QK_SCALES = ("inv_sqrt_d", "one")
-ROPE_SCALINGS = (None, "pi", "ntk", "yarn")
+ROPE_SCALINGS = (None, "pi", "ntk", "yarn", "yarn_minimind3")
 
 
 @dataclass
@@ -68,7 +69,8 @@ class LabConfig:
     tie_embeddings: bool = True
     scaled_init: bool = False  # True：o_proj / down_proj 初始化 std 再乘 1/√(2·num_layers)（GPT-2 的做法）
     # ---- RoPE 长度外推（只在 pos_encoding="rope" 时生效；默认 None = MiniMind 训练时的普通 RoPE）----
-    rope_scaling: Optional[str] = None  # None / "pi"（位置插值）/ "ntk"（NTK-aware）/ "yarn"（MiniMind 的 YaRN）
+    # None / "pi"（位置插值）/ "ntk"（NTK-aware）/ "yarn"（MiniMind2 的 YaRN）/ "yarn_minimind3"（minimind-3 的 YaRN）
+    rope_scaling: Optional[str] = None
     rope_scaling_factor: float = 1.0  # s = max_seq_len / 训练长度；YaRN 的 original_max_position_embeddings 取 max_seq_len / s
 
     def __post_init__(self):
@@ -160,7 +162,8 @@ def rope_cos_sin(config: LabConfig) -> tuple[torch.Tensor, torch.Tensor]:
     s = rope_scaling_factor（要把训练长度 L 拉长到 s·L）：
       pi   位置插值：位置 m 当成 m/s 来转 = 每个频率都除以 s，角度永远落在训练时见过的范围里；
       ntk  NTK-aware：只把 base 换成 base·s^(d/(d-2))，高频几乎不变、最低频恰好被压缩 s 倍；
-      yarn MiniMind 的 inference_rope_scaling：低频（波长 > L）按 1/s 插值，高频只轻微缩放。
+      yarn MiniMind2 的 inference_rope_scaling：低频（波长 > L）按 1/s 插值，高频只轻微缩放；
+      yarn_minimind3 minimind-3 的 YaRN（论文的线性 ramp，β 32/1）：转满 32 圈的高频不动，不满 1 圈的低频按 1/s 插值。
     """
     hd, end, base, s = config.hidden_size // config.n_heads, config.max_seq_len, config.rope_theta, config.rope_scaling_factor
     if config.rope_scaling == "pi":
@@ -173,6 +176,9 @@ def rope_cos_sin(config: LabConfig) -> tuple[torch.Tensor, torch.Tensor]:
         yarn = {"type": "yarn", "factor": s, "original_max_position_embeddings": round(end / s),
                 "beta_fast": 4, "beta_slow": 1}
         return precompute_freqs_cis(hd, end, base, rope_scaling=yarn)
+    if config.rope_scaling == "yarn_minimind3":
+        yarn = {**YARN_DEFAULTS["minimind3"], "factor": s, "original_max_position_embeddings": round(end / s)}
+        return precompute_freqs_cis(hd, end, base, rope_scaling=yarn, family="minimind3")
     return precompute_freqs_cis(hd, end, base)
 
 
