@@ -80,16 +80,30 @@ def load_pretrained(path, config: MiniMindConfig) -> MiniMindForCausalLM:
     return model
 
 
-def save_checkpoint(model: torch.nn.Module, path) -> Path:
-    """原子保存 state_dict：写临时文件 → 读回核对键和形状 → os.replace 到目标位置。"""
+def atomic_save(obj, path, check=None) -> Path:
+    """原子地 torch.save：写临时文件 → 读回并用 check(原对象, 读回的对象) 核对 → os.replace 到目标位置。"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k.removeprefix("_orig_mod."): v.detach().cpu() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    reloaded = torch.load(tmp, map_location="cpu", weights_only=True)
-    if reloaded.keys() != state.keys() or any(reloaded[k].shape != v.shape for k, v in state.items()):
+    torch.save(obj, tmp)
+    try:
+        reloaded = torch.load(tmp, map_location="cpu", weights_only=False)
+        ok = check(obj, reloaded) if check is not None else True
+    except Exception:
+        ok = False
+    if not ok:
         tmp.unlink(missing_ok=True)
         raise CheckpointError(f"保存 {path} 后读回校验失败（磁盘满或写入出错？），原文件未被改动")
     os.replace(tmp, path)
     return path
+
+
+def save_checkpoint(model: torch.nn.Module, path) -> Path:
+    """保存 state_dict（与 MiniMind 发布的 .pth 同格式），原子写入并核对键和形状。"""
+    state = {k.removeprefix("_orig_mod.").removeprefix("module."): v.detach().cpu()
+             for k, v in model.state_dict().items()}
+
+    def same_keys_and_shapes(saved, reloaded):
+        return reloaded.keys() == saved.keys() and all(reloaded[k].shape == v.shape for k, v in saved.items())
+
+    return atomic_save(state, path, same_keys_and_shapes)

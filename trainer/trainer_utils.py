@@ -1,0 +1,400 @@
+"""所有训练脚本共用的部分：命令行参数、设备与精度、分布式、学习率、检查点与续训、训练循环。
+
+参数名沿用 MiniMind（--epochs --batch_size --learning_rate --hidden_size ...），官方教程里的命令换个脚本名就能用。
+单机单卡/CPU：  python trainer/train_pretrain.py --quick
+多卡：          torchrun --nproc_per_node=2 trainer/train_pretrain.py        （CUDA 用 nccl，CPU 用 gloo）
+"""
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from model.checkpoint import CheckpointError, atomic_save, load_pretrained, save_checkpoint  # noqa: E402
+from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
+from model.tokenization import TokenizerError, load_tokenizer  # noqa: E402
+from modules.common.device import get_device  # noqa: E402
+
+SAMPLES_DIR = REPO_ROOT / "dataset" / "samples"
+# --quick：几十万参数的小模型 + 仓库自带的样本，CPU 上一分钟内跑完
+QUICK_OVERRIDES = dict(hidden_size=128, num_hidden_layers=2, max_seq_len=64, batch_size=16, epochs=4,
+                       learning_rate=3e-3, log_interval=5, save_interval=20)
+
+
+class TrainingError(RuntimeError):
+    """训练无法继续（loss 发散、配置不一致……）；消息说明原因和对策。"""
+
+
+# ---------------------------------------------------------------------------
+# 命令行参数
+# ---------------------------------------------------------------------------
+def build_parser(description: str, data_path: Path, save_weight: str, learning_rate: float,
+                 epochs: int = 1, batch_size: int = 32, max_seq_len: int = 512,
+                 from_weight: str = "none") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="小模型 + 自带样本，CPU 上一分钟内跑完（覆盖尺寸与 batch 相关的参数）")
+    p.add_argument("--data_path", type=Path, default=data_path, help="训练数据 jsonl")
+    p.add_argument("--tokenizer", type=Path, default=None, help="分词器目录或 tokenizer.json（默认 model/tokenizer/）")
+    p.add_argument("--save_dir", type=Path, default=REPO_ROOT / "out", help="权重、续训状态和日志的目录")
+    p.add_argument("--save_weight", default=save_weight, help="保存的权重名前缀：<save_dir>/<名>_<hidden>[_moe].pth")
+    p.add_argument("--from_weight", default=from_weight,
+                   help="从哪个权重开始：none（随机初始化）、前一阶段的名字（如 pretrain），或 .pth 路径")
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch_size", type=int, default=batch_size, help="每张卡/每个进程的 batch")
+    p.add_argument("--learning_rate", type=float, default=learning_rate, help="峰值学习率（warmup 后按余弦降到 1/10）")
+    p.add_argument("--warmup_ratio", type=float, default=0.03, help="warmup 占总优化步数的比例")
+    p.add_argument("--accumulation_steps", type=int, default=1, help="梯度累积：每几个 batch 更新一次")
+    p.add_argument("--grad_clip", type=float, default=1.0, help="梯度裁剪的最大范数（<=0 不裁剪）")
+    p.add_argument("--max_steps", type=int, default=None, help="最多训练多少个优化步（默认跑完所有 epoch）")
+    p.add_argument("--family", choices=["minimind2", "minimind3"], default="minimind2", help="模型家族")
+    p.add_argument("--hidden_size", type=int, default=512)
+    p.add_argument("--num_hidden_layers", type=int, default=8)
+    p.add_argument("--max_seq_len", type=int, default=max_seq_len, help="截断/补齐到的序列长度")
+    p.add_argument("--use_moe", type=int, choices=[0, 1], default=0, help="1 = MoE 前馈层")
+    p.add_argument("--device", default="auto", help="auto / cpu / cuda / mps（torchrun 下自动用本进程的 GPU）")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="auto：CUDA 上 bf16（不支持则 fp16）混合精度，CPU/MPS 上 float32")
+    p.add_argument("--num_workers", type=int, default=0, help="DataLoader 的进程数（Windows 上建议 0）")
+    p.add_argument("--log_interval", type=int, default=10, help="每多少个优化步记一次日志")
+    p.add_argument("--save_interval", type=int, default=100, help="每多少个优化步存一次权重和续训状态")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--resume", action="store_true", help="从 <save_dir> 里的续训状态接着训练（同样的参数）")
+    p.add_argument("--skip_bad_lines", action="store_true", help="跳过数据里的坏行（开头会扫描全文件并报告跳过了几行）")
+    p.add_argument("--use_wandb", action="store_true", help="同时记到 wandb（需已安装；否则只写本地 JSONL）")
+    return p
+
+
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK_OVERRIDES.items():
+            if parser.get_default(key) == getattr(args, key):  # 只改没在命令行上显式给出的
+                setattr(args, key, value)
+    for name in ("epochs", "batch_size", "accumulation_steps", "hidden_size", "num_hidden_layers", "max_seq_len",
+                 "log_interval", "save_interval"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} 必须是正整数，收到 {getattr(args, name)}")
+    if args.max_steps is not None and args.max_steps <= 0:
+        parser.error(f"--max_steps 必须是正整数，收到 {args.max_steps}")
+    if args.learning_rate <= 0:
+        parser.error(f"--learning_rate 必须为正，收到 {args.learning_rate}")
+    if not 0 <= args.warmup_ratio < 1:
+        parser.error(f"--warmup_ratio 必须在 [0, 1) 内，收到 {args.warmup_ratio}")
+    if not args.data_path.is_file():
+        parser.error(f"找不到数据文件 {args.data_path}（--data_path）；自带样本在 dataset/samples/，"
+                     "完整数据集的下载方式见 dataset/README.md")
+    return args
+
+
+def fail(message: str, code: int = 1):
+    """一行清楚的错误，非零退出（不打印 traceback）。"""
+    print(f"错误：{message}", file=sys.stderr)
+    sys.exit(code)
+
+
+# ---------------------------------------------------------------------------
+# 分布式、设备、精度
+# ---------------------------------------------------------------------------
+class Runtime:
+    """本进程在分布式训练里的位置，以及用的设备和精度。单进程时 rank=0、world_size=1。"""
+
+    def __init__(self, args):
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.distributed = self.world_size > 1
+        if self.distributed:
+            if torch.cuda.is_available() and args.device in ("auto", "cuda"):
+                self.device = torch.device("cuda", self.local_rank)
+                torch.cuda.set_device(self.device)
+                backend = "nccl"
+            else:
+                self.device = torch.device("cpu")
+                backend = "gloo"  # CPU、以及没有 NCCL 的 Windows
+            dist.init_process_group(backend=backend)
+        else:
+            self.device = get_device(args.device)
+        self.dtype = resolve_dtype(args.dtype, self.device)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self):
+        if self.device.type == "cuda" and self.dtype != torch.float32:
+            return torch.autocast("cuda", dtype=self.dtype)
+        return nullcontext()
+
+    def close(self):
+        if self.distributed:
+            dist.destroy_process_group()
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    if dtype != torch.float32 and device.type != "cuda":
+        raise ValueError(f"--dtype {name} 只在 CUDA 上用作混合精度；{device.type} 上请用 float32（或 auto）")
+    return dtype
+
+
+def lr_at(step: int, total_steps: int, peak_lr: float, warmup_steps: int) -> float:
+    """线性 warmup 到 peak_lr，再按余弦降到 peak_lr / 10。"""
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak_lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+# ---------------------------------------------------------------------------
+# 模型、分词器、权重文件
+# ---------------------------------------------------------------------------
+def weight_path(args, name: Optional[str] = None) -> Path:
+    """MiniMind 的命名：<save_dir>/<名>_<hidden>[_moe].pth，旁边的同名 .json 是模型配置。"""
+    return args.save_dir / f"{name or args.save_weight}_{args.hidden_size}{'_moe' if args.use_moe else ''}.pth"
+
+
+def load_tokenizer_or_exit(args):
+    try:
+        return load_tokenizer(args.tokenizer)
+    except TokenizerError as e:
+        fail(str(e))
+
+
+def build_model(args, tokenizer, from_weight: Optional[str] = None) -> MiniMindForCausalLM:
+    """按参数建模型；from_weight 是前一阶段的名字或 .pth 路径时加载它（配置取自旁边的 .json）。"""
+    from_weight = from_weight if from_weight is not None else args.from_weight
+    config = MiniMindConfig(family=args.family, hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers,
+                            vocab_size=tokenizer.vocab_size, use_moe=bool(args.use_moe),
+                            max_position_embeddings=max(args.max_seq_len, 2048))
+    if from_weight == "none":
+        return MiniMindForCausalLM(config)
+    path = Path(from_weight) if from_weight.endswith((".pth", ".pt")) else weight_path(args, from_weight)
+    config_file = path.with_suffix(".json")
+    if config_file.is_file():
+        config = MiniMindConfig.load(config_file)
+    if not path.is_file():
+        fail(f"找不到起点权重 {path}（--from_weight {from_weight}）：请先训练前一阶段"
+             f"（如 python trainer/train_pretrain.py{' --quick' if args.quick else ''}），或给出 .pth 路径")
+    if config.vocab_size != tokenizer.vocab_size:
+        fail(f"权重 {path} 的词表大小是 {config.vocab_size}，当前分词器是 {tokenizer.vocab_size}："
+             "请用训练这份权重时的分词器（--tokenizer）")
+    try:
+        return load_pretrained(path, config)
+    except CheckpointError as e:
+        fail(str(e))
+
+
+def save_weights(model, args, runtime: Runtime) -> Path:
+    """只在主进程保存：state_dict（与 MiniMind 发布的 .pth 同格式）+ 模型配置 .json。"""
+    path = weight_path(args)
+    save_checkpoint(model, path)
+    model.config.save(path.with_suffix(".json"))
+    return path
+
+
+# ---------------------------------------------------------------------------
+# 训练循环
+# ---------------------------------------------------------------------------
+def epoch_batches(n_items: int, batch_size: int, epoch: int, seed: int, rank: int, world_size: int):
+    """第 epoch 轮本进程的 batch 列表：按 (seed, epoch) 打乱，各进程取互不重叠的一份，丢掉凑不满的尾巴。
+
+    顺序只由 (seed, epoch) 决定，所以续训时跳过已经训过的 batch 就能接上原来的顺序。
+    """
+    order = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    per_rank = n_items // world_size
+    mine = order[rank * per_rank:(rank + 1) * per_rank]
+    return [mine[i:i + batch_size] for i in range(0, per_rank - batch_size + 1, batch_size)]
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(args, runtime: Runtime, model: torch.nn.Module, dataset,
+          compute_loss: Callable[[torch.nn.Module, Dict[str, torch.Tensor]], tuple],
+          desc: str = "train") -> dict:
+    """通用训练循环。compute_loss(model, batch) → (loss, {额外要记录的标量})；只训练 requires_grad 的参数。
+
+    负责：数据顺序、warmup+余弦学习率、梯度累积、混合精度、梯度裁剪、NaN 检查、日志、检查点与续训、多进程同步。
+    返回最后一次记录的指标。
+    """
+    device = runtime.device
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=0.0,
+                                  fused=device.type in ("cpu", "cuda"))
+    scaler = torch.amp.GradScaler("cuda", enabled=runtime.dtype == torch.float16)
+    train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if runtime.distributed else model
+
+    n_batches = len(epoch_batches(len(dataset), args.batch_size, 0, args.seed, runtime.rank, runtime.world_size))
+    if n_batches == 0:
+        raise TrainingError(f"数据只有 {len(dataset)} 条，不够 {runtime.world_size} 个进程各凑一个 batch_size={args.batch_size}")
+    steps_per_epoch = n_batches // args.accumulation_steps
+    total_steps = steps_per_epoch * args.epochs
+    if args.max_steps is not None:
+        total_steps = min(total_steps, args.max_steps)
+    warmup_steps = int(args.warmup_ratio * total_steps)
+    resume_file = weight_path(args).with_name(weight_path(args).stem + "_resume.pth")
+    log_file = weight_path(args).with_name(weight_path(args).stem + "_log.jsonl")
+
+    step = 0
+    if args.resume:
+        if not resume_file.is_file():
+            raise TrainingError(f"--resume 找不到续训状态 {resume_file}：请用与上次相同的 --save_dir/--save_weight/--hidden_size")
+        state = torch.load(resume_file, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        step = state["step"]
+        if runtime.is_main:
+            print(f"从 {resume_file} 续训：已完成 {step}/{total_steps} 步")
+    elif runtime.is_main:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        log_file.write_text("", encoding="utf-8")  # 新的一次训练，清空旧日志
+    wandb = start_wandb(args, runtime)
+
+    def save_state():
+        if not runtime.is_main:
+            return
+        save_weights(model, args, runtime)
+        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                     "rng": rng_state(), "step": step, "args": {k: str(v) for k, v in vars(args).items()}},
+                    resume_file, lambda saved, back: back["step"] == saved["step"])
+
+    train_model.train()
+    tokens_per_step = args.batch_size * args.accumulation_steps * args.max_seq_len * runtime.world_size
+    bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not runtime.is_main, dynamic_ncols=True)
+    last = {}
+    window_start, window_steps = time.perf_counter(), 0
+    while step < total_steps:
+        epoch, step_in_epoch = divmod(step, steps_per_epoch)
+        batches = epoch_batches(len(dataset), args.batch_size, epoch, args.seed, runtime.rank, runtime.world_size)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches[step_in_epoch * args.accumulation_steps:],
+                                             num_workers=args.num_workers)
+        micro_batches = iter(loader)
+        for _ in range(steps_per_epoch - step_in_epoch):
+            if step >= total_steps:
+                break
+            lr = lr_at(step, total_steps, args.learning_rate, warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum, extras = 0.0, {}
+            for micro in range(args.accumulation_steps):
+                batch = {k: v.to(device) for k, v in next(micro_batches).items()}
+                sync = micro == args.accumulation_steps - 1 or not runtime.distributed
+                with (nullcontext() if sync else train_model.no_sync()), runtime.autocast():
+                    loss, extra = compute_loss(train_model, batch)
+                    scaler.scale(loss / args.accumulation_steps).backward()
+                loss_sum += loss.item() / args.accumulation_steps
+                for k, v in extra.items():
+                    extras[k] = extras.get(k, 0.0) + float(v) / args.accumulation_steps
+            check_finite(loss_sum, step, runtime, resume_file)
+            if args.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            window_steps += 1
+            bar.update(1)
+            if step % args.log_interval == 0 or step == total_steps:
+                elapsed = time.perf_counter() - window_start
+                last = {"step": step, "epoch": epoch, "loss": loss_sum, "lr": lr,
+                        "tokens_per_s": window_steps * tokens_per_step / max(elapsed, 1e-9), **extras}
+                window_start, window_steps = time.perf_counter(), 0
+                if runtime.is_main:
+                    bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", tok_s=f"{last['tokens_per_s']:,.0f}")
+                    with open(log_file, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(last, ensure_ascii=False) + "\n")
+                    if wandb is not None:
+                        wandb.log(last)
+            if step % args.save_interval == 0 or step == total_steps:
+                save_state()
+    bar.close()
+    if runtime.distributed:
+        check_ranks_in_sync(model, runtime)
+    if runtime.is_main:
+        print(f"权重：{weight_path(args)}    日志：{log_file}")
+    return last
+
+
+def check_finite(loss: float, step: int, runtime: Runtime, resume_file: Path):
+    """任一进程的 loss 变成 NaN/inf 就让所有进程一起停下；已保存的检查点保持不变。"""
+    bad = torch.tensor([0.0 if math.isfinite(loss) else 1.0], device=runtime.device)
+    if runtime.distributed:
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    if bad.item() > 0:
+        kept = f"上一个检查点 {resume_file} 保持不变，可以 --resume 接着训" if resume_file.is_file() else "还没有保存过检查点"
+        raise TrainingError(f"第 {step + 1} 步的 loss 变成了 {loss}（发散）。{kept}；"
+                            "请减小 --learning_rate、开启 --grad_clip，或检查数据")
+
+
+def check_ranks_in_sync(model: torch.nn.Module, runtime: Runtime):
+    """DDP 训练结束时确认各进程的权重逐位相同（每个参数的和拼成一个向量来比较）。"""
+    sums = torch.stack([p.detach().double().sum() for p in model.parameters()]).to(runtime.device)
+    gathered = [torch.empty_like(sums) for _ in range(runtime.world_size)]
+    dist.all_gather(gathered, sums)
+    same = all(torch.equal(g, gathered[0]) for g in gathered)
+    if runtime.is_main:
+        print(f"{runtime.world_size} 个进程的权重{'完全一致' if same else '不一致！'}")
+    if not same:
+        raise TrainingError("DDP 训练后各进程的权重不一致")
+
+
+def start_wandb(args, runtime: Runtime):
+    if not (args.use_wandb and runtime.is_main):
+        return None
+    try:
+        import wandb
+    except ImportError:
+        print("提示：没有安装 wandb，只写本地 JSONL 日志（pip install wandb 后再加 --use_wandb）")
+        return None
+    wandb.init(project="minimind-notes", name=f"{args.save_weight}_{args.hidden_size}", config=vars(args))
+    return wandb
+
+
+def run_main(main: Callable[[], None]):
+    """训练脚本的入口：把可预期的错误变成一行说明 + 非零退出。"""
+    try:
+        main()
+    except (TrainingError, ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail("训练被中断；最近一次检查点可用 --resume 接着训", code=130)
