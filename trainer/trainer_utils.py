@@ -290,6 +290,9 @@ def train(args, runtime: Runtime, model: torch.nn.Module, dataset,
     wandb = start_wandb(args, runtime)
 
     def save_state():
+        # loss 还有限时，这一步的更新也可能已经把权重推成 inf：坏权重绝不覆盖上一个好的检查点（各进程一起检查）
+        weights_ok = all(torch.isfinite(p).all() for p in model.parameters())
+        check_finite(0.0 if weights_ok else float("nan"), step - 1, runtime, resume_file)
         if not runtime.is_main:
             return
         save_weights(model, args, runtime)
