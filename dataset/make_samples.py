@@ -1,6 +1,6 @@
 """生成 dataset/samples/ 下的小样本数据（我们自己写的事实 + 模板，中英双语），让所有训练脚本离线可跑。
 
-    python dataset/make_samples.py          # 重新生成 pretrain.jsonl / sft.jsonl / dpo.jsonl（结果是确定的）
+    python dataset/make_samples.py   # 重新生成 pretrain / sft / dpo / lora_identity 四个 jsonl（结果是确定的）
 
 格式与 MiniMind 公开数据集相同（见 dataset/README.md），所以换成官方的 pretrain_hq.jsonl 等文件不用改代码。
 内容刻意简单、重复：一个几十万参数的模型在 CPU 上训练几分钟，也能学会其中的格式和一部分事实。
@@ -143,6 +143,24 @@ def dpo_pairs(rng: random.Random, n_arithmetic: int = 100):
     return pairs
 
 
+IDENTITY_QUESTIONS = ["你是谁？", "你叫什么名字？", "请介绍一下你自己。", "你是哪个模型？", "你是做什么的？",
+                      "Who are you?", "What is your name?", "Introduce yourself.", "Which model are you?",
+                      "What do you do?"]
+IDENTITY_ANSWERS = ["我是小笔记，一个在 MiniMind Notes 课程里用 LoRA 微调出来的小模型。",
+                    "I am Little Notes, a small model fine-tuned with LoRA in the MiniMind Notes course."]
+
+
+def lora_identity(rng: random.Random, repeats: int = 6):
+    """LoRA 示例任务：给模型换一个身份（MiniMind 的 lora_identity 也是这类数据）。"""
+    rows = []
+    for _ in range(repeats):
+        for q in IDENTITY_QUESTIONS:
+            answer = IDENTITY_ANSWERS[0] if any("\u4e00" <= ch <= "\u9fff" for ch in q) else IDENTITY_ANSWERS[1]
+            rows.append({"conversations": [{"role": "user", "content": q}, {"role": "assistant", "content": answer}]})
+    rng.shuffle(rows)
+    return rows
+
+
 def write_jsonl(path: Path, rows):
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         for row in rows:
@@ -155,6 +173,7 @@ def main():
     write_jsonl(SAMPLES_DIR / "pretrain.jsonl", pretrain_lines(random.Random(0)))
     write_jsonl(SAMPLES_DIR / "sft.jsonl", sft_conversations(random.Random(1)))
     write_jsonl(SAMPLES_DIR / "dpo.jsonl", dpo_pairs(random.Random(2)))
+    write_jsonl(SAMPLES_DIR / "lora_identity.jsonl", lora_identity(random.Random(3)))
 
 
 if __name__ == "__main__":

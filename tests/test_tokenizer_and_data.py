@@ -100,10 +100,11 @@ def test_train_tokenizer_script(tmp_path):
 def test_samples_are_what_make_samples_writes():
     for name, rows in (("pretrain.jsonl", make_samples.pretrain_lines(random.Random(0))),
                        ("sft.jsonl", make_samples.sft_conversations(random.Random(1))),
-                       ("dpo.jsonl", make_samples.dpo_pairs(random.Random(2)))):
+                       ("dpo.jsonl", make_samples.dpo_pairs(random.Random(2))),
+                       ("lora_identity.jsonl", make_samples.lora_identity(random.Random(3)))):
         committed = [json.loads(line) for line in (SAMPLES / name).read_text(encoding="utf-8").splitlines()]
         assert committed == rows, f"{name} 与 make_samples.py 的输出不一致：请运行 python dataset/make_samples.py"
-        assert len(rows) >= 250
+        assert len(rows) >= (50 if name.startswith("lora") else 250)
 
 
 def test_pretrain_dataset(tok):

@@ -12,6 +12,7 @@ import torch
 from conftest import REPO_ROOT
 
 TRAINER = REPO_ROOT / "trainer"
+pytestmark = pytest.mark.xdist_group("trainer")  # 同一个 worker 上跑：共用一次预训练 + SFT
 
 
 def run(script, *args, env=None, timeout=600, cwd=None):
@@ -38,6 +39,20 @@ def pretrained(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def sft_trained(pretrained):
+    proc = run("train_full_sft.py", "--quick", "--save_dir", pretrained)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return pretrained
+
+
+def early_and_late(log, key):
+    """前三次与后三次记录的平均值（单个 batch 噪声大，取几次平均）。"""
+    rows = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    values = [row[key] for row in rows]
+    return sum(values[:3]) / 3, sum(values[-3:]) / 3
+
+
 def test_pretrain_quick_lowers_loss(pretrained):
     losses = read_log(pretrained / "pretrain_128_log.jsonl")
     first, last = losses[min(losses)], losses[max(losses)]
@@ -45,17 +60,42 @@ def test_pretrain_quick_lowers_loss(pretrained):
     assert (pretrained / "pretrain_128.pth").is_file() and (pretrained / "pretrain_128.json").is_file()
 
 
-def test_sft_then_chat_answers_in_the_template(pretrained):
-    proc = run("train_full_sft.py", "--quick", "--save_dir", pretrained)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    losses = read_log(pretrained / "full_sft_128_log.jsonl")
-    assert losses[max(losses)] < losses[min(losses)]
-    chat = run("eval_llm.py", "--quick", "--save_dir", pretrained, "--prompt", "中国的首都是哪里？",
+def test_sft_then_chat_answers_in_the_template(sft_trained):
+    early, late = early_and_late(sft_trained / "full_sft_128_log.jsonl", "loss")
+    assert late < early
+    chat = run("eval_llm.py", "--quick", "--save_dir", sft_trained, "--prompt", "中国的首都是哪里？",
                "--temperature", "0", "--max_new_tokens", "60")
     assert chat.returncode == 0, chat.stderr
     reply = chat.stdout.split("MiniMind：", 1)[1].strip()
     # 回答非空、不含模板标记，且在 60 个 token 之前遇到 <|im_end|> 停下（学会了何时结束）
     assert reply and "<|im_" not in reply and len(reply) < 60
+
+
+def test_lora_trains_only_the_adapter_and_lowers_loss(sft_trained):
+    proc = run("train_lora.py", "--quick", "--save_dir", sft_trained)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    early, late = early_and_late(sft_trained / "lora_identity_128_log.jsonl", "loss")
+    assert late < early - 1.0
+    adapter = torch.load(sft_trained / "lora_identity_128.pth", weights_only=True)
+    assert adapter and all("lora_" in k for k in adapter)  # 只存适配器
+    trained = torch.load(sft_trained / "lora_identity_128_resume.pth", weights_only=False)["model"]
+    base = torch.load(sft_trained / "full_sft_128.pth", weights_only=True)
+    assert all(torch.equal(trained[k], v) for k, v in base.items())  # 基座权重一个没动
+
+
+def test_dpo_raises_the_reward_margin(sft_trained):
+    proc = run("train_dpo.py", "--quick", "--save_dir", sft_trained)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    early, late = early_and_late(sft_trained / "dpo_128_log.jsonl", "reward_margin")
+    assert late > early and late > 0.5
+    assert early_and_late(sft_trained / "dpo_128_log.jsonl", "reward_accuracy")[1] > 0.5
+
+
+def test_distilled_student_moves_toward_the_teacher(sft_trained):
+    proc = run("train_distillation.py", "--quick", "--save_dir", sft_trained)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    early, late = early_and_late(sft_trained / "distill_64_log.jsonl", "kl")
+    assert late < 0.7 * early
 
 
 def test_resume_after_kill_reproduces_the_loss_sequence(tmp_path):
@@ -115,5 +155,5 @@ def test_bad_input_gives_one_clear_line(tmp_path, args, message):
 
 def test_tokenizer_that_does_not_match_the_checkpoint(pretrained, shared_dir):
     tokenizer = shared_dir / "fixtures" / "minimind_tokenizer"
-    proc = run("train_full_sft.py", "--quick", "--save_dir", pretrained, "--tokenizer", tokenizer, "--max_steps", "1")
+    proc = run("train_full_sft.py", "--quick", "--save_dir", pretrained, "--save_weight", "mismatch", "--tokenizer", tokenizer, "--max_steps", "1")
     assert proc.returncode == 1 and "词表大小" in proc.stderr and "Traceback" not in proc.stderr

@@ -79,10 +79,11 @@ def build_parser(description: str, data_path: Path, save_weight: str, learning_r
     return p
 
 
-def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+def parse_args(parser: argparse.ArgumentParser, argv=None, quick_overrides: Optional[dict] = None) -> argparse.Namespace:
+    """解析参数；--quick 时用 QUICK_OVERRIDES（再叠加本脚本的 quick_overrides）替换没在命令行上给出的参数。"""
     args = parser.parse_args(argv)
     if args.quick:
-        for key, value in QUICK_OVERRIDES.items():
+        for key, value in {**QUICK_OVERRIDES, **(quick_overrides or {})}.items():
             if parser.get_default(key) == getattr(args, key):  # 只改没在命令行上显式给出的
                 setattr(args, key, value)
     for name in ("epochs", "batch_size", "accumulation_steps", "hidden_size", "num_hidden_layers", "max_seq_len",
@@ -246,8 +247,9 @@ def seed_everything(seed: int):
 
 def train(args, runtime: Runtime, model: torch.nn.Module, dataset,
           compute_loss: Callable[[torch.nn.Module, Dict[str, torch.Tensor]], tuple],
-          desc: str = "train") -> dict:
+          desc: str = "train", save: Callable = save_weights) -> dict:
     """通用训练循环。compute_loss(model, batch) → (loss, {额外要记录的标量})；只训练 requires_grad 的参数。
+    save(model, args, runtime) 写出可发布的权重（默认整个 state_dict；LoRA 只存适配器）。
 
     负责：数据顺序、warmup+余弦学习率、梯度累积、混合精度、梯度裁剪、NaN 检查、日志、检查点与续训、多进程同步。
     返回最后一次记录的指标。
@@ -295,7 +297,7 @@ def train(args, runtime: Runtime, model: torch.nn.Module, dataset,
         check_finite(0.0 if weights_ok else float("nan"), step - 1, runtime, resume_file)
         if not runtime.is_main:
             return
-        save_weights(model, args, runtime)
+        save(model, args, runtime)
         atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                      "rng": rng_state(), "step": step, "args": {k: str(v) for k, v in vars(args).items()}},
                     resume_file, lambda saved, back: back["step"] == saved["step"])
