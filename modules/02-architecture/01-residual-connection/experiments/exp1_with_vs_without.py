@@ -1,0 +1,242 @@
+"""实验 1：有残差 vs 没残差——同一个深层 LabModel，只拆掉 x + F(x) 里的 "x +"。
+
+三个变体，同一份初始化随机流：
+  - residual：MiniMind 原样（Pre-Norm + 残差）；
+  - no residual：LabConfig(residual=False)，每个块只输出 F(x)，RMSNorm 仍在；
+  - no residual, no norm：连 RMSNorm 也去掉（经典的"纯堆叠"深网，只在初始化时测梯度）。
+测量：
+  1. 初始化时一次反向（固定的一批数据）的逐层梯度范数 layer_grad_norms；
+  2. 深度扫描（只测初始化）：2/6/12/24 层时，层间梯度范数相差多少倍（spread = max/min）；
+  3. 相同步数训练 residual 与 no residual：train/val loss 曲线、训练中第 0 层与最后一层的梯度范数。
+loss 的参照线是"只学会字符频率"的一元模型熵 H(unigram)：loss 停在它附近 = 模型没学到上下文。
+"""
+import math
+import sys
+from collections import Counter
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[4]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+from modules.common.datasets import get_experiment_data  # noqa: E402
+from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
+from modules.common.lab_model import LabConfig, LabModel, layer_grad_norms  # noqa: E402
+from modules.common.text_data import char_lm_batches  # noqa: E402
+from modules.common.training import train_model  # noqa: E402
+from modules.common.visualization import set_style  # noqa: E402
+
+HIDDEN, LAYERS, HEADS, BLOCK, BATCH, LR = 64, 12, 4, 64, 12, 3e-3
+SWEEP_DEPTHS = (2, 6, 12, 24)
+# 名字 → (residual, norm)
+VARIANTS = {"residual": (True, "rmsnorm"), "no residual": (False, "rmsnorm"),
+            "no residual, no norm": (False, "none")}
+TRAINED = ("residual", "no residual")  # 第三个变体梯度在初始化时就是 0，训练它没有意义
+
+
+def add_args(parser):
+    parser.add_argument("--steps", type=int, default=None, help="每个模型的训练步数（默认 quick 150 / full 300）")
+
+
+def build(vocab_size: int, num_layers: int, residual: bool, norm: str) -> LabModel:
+    return LabModel(LabConfig(vocab_size=vocab_size, hidden_size=HIDDEN, num_layers=num_layers, n_heads=HEADS,
+                              max_seq_len=BLOCK, residual=residual, norm=norm))
+
+
+def init_grad_profile(model: LabModel, batch) -> tuple[float, list[float]]:
+    """一次前向 + 反向，返回 (loss, [第 0 层, 第 1 层, ... 的梯度范数])，然后清掉梯度。"""
+    input_ids, labels = batch
+    out = model(input_ids, labels=labels)
+    out.loss.backward()
+    norms = layer_grad_norms(model)
+    model.zero_grad(set_to_none=True)
+    return out.loss.item(), [norms.get(f"layers.{i}", 0.0) for i in range(model.config.num_layers)]
+
+
+def spread(values: list[float]) -> float:
+    """max/min：同一个模型里梯度最大的层比最小的层大多少倍（1 = 各层一样大）。"""
+    return max(values) / min(values) if min(values) > 0 else math.inf
+
+
+def unigram_entropy(text: str) -> float:
+    """只按字符频率猜下一个字符时的交叉熵（nats）：没学到任何上下文的模型 loss 会停在这附近。"""
+    counts = Counter(text)
+    total = sum(counts.values())
+    return -sum(c / total * math.log(c / total) for c in counts.values())
+
+
+def main():
+    exp = Experiment(__file__, extra_args=add_args, description=(
+        "残差实验 1：12 层 LabModel 有/无残差连接（LabConfig(residual=False)），相同初始化、相同步数：\n"
+        "初始化时的逐层梯度范数、深度扫描、训练 loss 曲线与训练中的梯度。"))
+    steps = exp.args.steps or (150 if exp.quick else 300)
+    if steps < 10:
+        raise SystemExit(f"--steps 至少为 10（收到 {steps}）：步数太少看不出训练效果")
+    text = get_experiment_data("shakespeare")
+    h_unigram = unigram_entropy(text)
+
+    init = {name: {"loss": [], "grad": []} for name in VARIANTS}  # grad: 每个种子一条逐层曲线
+    sweep = {name: {d: [] for d in SWEEP_DEPTHS} for name in TRAINED}  # 每个深度每个种子的 spread
+    runs = {name: {"val_loss": [], "grad_l0_end": [], "grad_last_end": [], "curves": []} for name in TRAINED}
+    tail = max(1, steps // 10)  # "训练结束时的梯度" = 最后 10% 步的平均，比单独一步稳
+    for seed in exp.seeds:
+        tokenizer, get_batch = char_lm_batches(text, BLOCK, BATCH, seed=seed, device=exp.device)
+        _, probe_batches = char_lm_batches(text, BLOCK, BATCH, seed=seed + 1000, device=exp.device)
+        probe = probe_batches("val")  # 固定的一批，专门测初始化梯度，不打乱训练/验证的取批顺序
+        vocab = tokenizer.vocab_size
+
+        for name, (residual, norm) in VARIANTS.items():
+            Experiment.seed_everything(seed)  # 三个变体的权重来自同一个随机流：只差结构
+            model = build(vocab, LAYERS, residual, norm).to(exp.device)
+            loss0, grads = init_grad_profile(model, probe)
+            init[name]["loss"].append(loss0)
+            init[name]["grad"].append(grads)
+            if name not in TRAINED:
+                continue
+            hist = train_model(model, get_batch, steps=steps, lr=LR, eval_batches=8, record_grad_norms=True,
+                               device=exp.device, desc=f"{name} seed={seed}")
+            if hist["diverged_at"] is not None:
+                raise SystemExit(f"{name}（seed={seed}）在第 {hist['diverged_at']} 步发散；请减小步数后重试")
+            g0, g_last = hist["grad_norms"]["layers.0"], hist["grad_norms"][f"layers.{LAYERS - 1}"]
+            runs[name]["val_loss"].append(hist["val_loss"][-1])
+            runs[name]["grad_l0_end"].append(sum(g0[-tail:]) / tail)
+            runs[name]["grad_last_end"].append(sum(g_last[-tail:]) / tail)
+            runs[name]["curves"].append({"train_loss": hist["train_loss"], "val_steps": hist["val_steps"],
+                                         "val_loss": hist["val_loss"], "grad_l0": g0, "grad_last": g_last})
+
+        for name in TRAINED:  # 深度扫描：只看初始化，一次反向，很便宜
+            residual, norm = VARIANTS[name]
+            for depth in SWEEP_DEPTHS:
+                Experiment.seed_everything(seed)
+                _, grads = init_grad_profile(build(vocab, depth, residual, norm).to(exp.device), probe)
+                sweep[name][depth].append(spread(grads))
+
+    # ---- 汇总（多种子取均值）----
+    def layer_mean(name):
+        return [sum(g[i] for g in init[name]["grad"]) / len(exp.seeds) for i in range(LAYERS)]
+
+    init_mean = {name: layer_mean(name) for name in VARIANTS}
+    init_spread = {name: spread(init_mean[name]) for name in TRAINED}
+    val = {name: mean_std(r["val_loss"])[0] for name, r in runs.items()}
+    l0_end = {name: mean_std(r["grad_l0_end"])[0] for name, r in runs.items()}
+    sweep_mean = {name: {d: mean_std(v)[0] for d, v in by_depth.items()} for name, by_depth in sweep.items()}
+
+    rows = []
+    for name in VARIANTS:
+        trained = name in TRAINED
+        rows.append([name, format_mean_std(init[name]["loss"]),
+                     format_mean_std(runs[name]["val_loss"]) if trained else "(not trained)",
+                     f"{init_mean[name][0]:.3g}", f"{init_mean[name][-1]:.3g}",
+                     format_mean_std(runs[name]["grad_l0_end"], 3) if trained else "-",
+                     format_mean_std(runs[name]["grad_last_end"], 3) if trained else "-"])
+    exp.print_table(["model", "loss @ init", f"val loss @ {steps}", "|g| layer 0 @ init",
+                     f"|g| layer {LAYERS - 1} @ init", "|g| layer 0 @ end", f"|g| layer {LAYERS - 1} @ end"], rows,
+                    title=f"{LAYERS}-layer LabModel (hidden {HIDDEN}), char TinyShakespeare, {steps} steps, "
+                          f"{len(exp.seeds)} seed(s); unigram entropy = {h_unigram:.3f}")
+    exp.print_table(["depth"] + [f"grad spread @ init: {n}" for n in TRAINED],
+                    [[d] + [f"{sweep_mean[n][d]:.3g}" for n in TRAINED] for d in SWEEP_DEPTHS],
+                    title="Depth sweep at init: max/min per-layer gradient norm")
+    exp.save_metrics({
+        "steps": steps,
+        "model": {"hidden_size": HIDDEN, "num_layers": LAYERS, "n_heads": HEADS, "block_size": BLOCK,
+                  "batch_size": BATCH, "lr": LR},
+        "unigram_entropy": h_unigram,
+        "init": {name: {"loss": mean_std(v["loss"])[0], "grad_per_layer": init_mean[name],
+                        "grad_per_layer_runs": v["grad"]} for name, v in init.items()},
+        "init_grad_spread": init_spread,
+        "depth_sweep": {"depths": list(SWEEP_DEPTHS), "spread": {n: [sweep_mean[n][d] for d in SWEEP_DEPTHS]
+                                                                  for n in TRAINED}},
+        "val_loss": {name: {"mean": val[name], "std": mean_std(r["val_loss"])[1], "runs": r["val_loss"]}
+                     for name, r in runs.items()},
+        "grad_end": {name: {"layer0": l0_end[name], f"layer{LAYERS - 1}": mean_std(r["grad_last_end"])[0],
+                            "layer0_runs": r["grad_l0_end"]} for name, r in runs.items()},
+        "curves": {name: r["curves"] for name, r in runs.items()},
+    })
+
+    # ---- 图：loss 曲线 / 初始化逐层梯度 / 训练中的梯度 / 深度扫描 ----
+    set_style()
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    colors = {"residual": "C0", "no residual": "C3", "no residual, no norm": "C7"}
+    ax = axes[0, 0]
+    for name in TRAINED:
+        curve = runs[name]["curves"][0]
+        ax.plot(curve["train_loss"], color=colors[name], alpha=0.35, lw=1)
+        ax.plot(curve["val_steps"], curve["val_loss"], "o-", color=colors[name], label=f"{name} (val)")
+    ax.axhline(h_unigram, color="k", ls="--", lw=1, label=f"unigram entropy {h_unigram:.2f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"Loss, {LAYERS} layers (seed {exp.seeds[0]}; faint = train)")
+    ax.legend()
+    ax = axes[0, 1]
+    for name in VARIANTS:
+        if min(init_mean[name]) > 0:  # 对数坐标画不了 0
+            ax.plot(range(LAYERS), init_mean[name], "o-", color=colors[name], label=name)
+        else:
+            ax.plot([], [], color=colors[name], label=f"{name}: max |g| = {max(init_mean[name]):.1g} (vanished)")
+    ax.set_yscale("log")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("gradient norm (log)")
+    ax.set_title("Per-layer gradient norm at init")
+    ax.legend(fontsize=8)
+    ax = axes[1, 0]
+    for name in TRAINED:
+        curve = runs[name]["curves"][0]
+        ax.plot(curve["grad_l0"], color=colors[name], label=f"{name}: layer 0")
+        ax.plot(curve["grad_last"], color=colors[name], ls=":", label=f"{name}: layer {LAYERS - 1}")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("gradient norm (log, before clipping)")
+    ax.set_title("Gradient norm during training")
+    ax.legend(fontsize=8)
+    ax = axes[1, 1]
+    for name in TRAINED:
+        ax.plot(SWEEP_DEPTHS, [sweep_mean[name][d] for d in SWEEP_DEPTHS], "o-", color=colors[name], label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("number of layers")
+    ax.set_ylabel("max/min layer gradient norm (log)")
+    ax.set_title("Depth sweep at init: gradient imbalance")
+    ax.legend()
+    fig.tight_layout()
+    exp.save_figure(fig, "exp1_with_vs_without.png")
+
+    # ---- 结论（全部由上面的测量算出）----
+    gap = val["no residual"] - val["residual"]
+    exp.conclude("相同步数下，有残差的模型验证 loss 明显更低（差距 > 0.3）",
+                 gap > 0.3,
+                 f"residual {val['residual']:.3f} vs no residual {val['no residual']:.3f}，差 {gap:.3f}")
+    exp.conclude("没有残差的深层模型停在一元模型熵附近（±0.15）：只学到了字符频率，没学到上下文",
+                 abs(val["no residual"] - h_unigram) < 0.15,
+                 f"no residual 验证 loss {val['no residual']:.3f}，H(unigram) = {h_unigram:.3f}；"
+                 f"residual 已降到 {val['residual']:.3f}")
+    res_spread, nores_spread = init_spread["residual"], init_spread["no residual"]
+    exp.conclude("初始化时，有残差的各层梯度在同一量级（层间相差 < 5 倍）",
+                 res_spread < 5, f"residual 的 max/min = {res_spread:.3g}")
+    first_biggest = init_mean["no residual"][0] == max(init_mean["no residual"])
+    exp.conclude("初始化时，没残差（保留 RMSNorm）的梯度严重失衡：层间相差 > 10 倍，且越靠近输入越大（不是变小）",
+                 nores_spread > 10 and first_biggest,
+                 f"no residual 的 max/min = {nores_spread:.3g}；第 0 层 {init_mean['no residual'][0]:.3g}，"
+                 f"第 {LAYERS - 1} 层 {init_mean['no residual'][-1]:.3g}")
+    bare = init_mean["no residual, no norm"]
+    exp.conclude("连 RMSNorm 也去掉时，才是教科书式的梯度消失：第 0 层梯度 < 1e-6（初始化 std=0.02 的层层相乘）",
+                 bare[0] < 1e-6,
+                 f"no residual, no norm：第 0 层 {bare[0]:.3g}，第 {LAYERS - 1} 层 {bare[-1]:.3g}；"
+                 f"初始 loss {mean_std(init['no residual, no norm']['loss'])[0]:.3f}（ln V = {math.log(vocab):.3f}）")
+    ratio = l0_end["residual"] / max(l0_end["no residual"], 1e-30)
+    exp.conclude("训练结束时，没残差模型第 0 层的梯度已经坍缩（比有残差的小 100 倍以上）",
+                 ratio > 100,
+                 f"最后 {tail} 步平均：residual {l0_end['residual']:.3g} vs no residual {l0_end['no residual']:.3g}"
+                 f"（{ratio:.3g} 倍）")
+    nores_sweep = [sweep_mean["no residual"][d] for d in SWEEP_DEPTHS]
+    res_sweep = [sweep_mean["residual"][d] for d in SWEEP_DEPTHS]
+    exp.conclude("是深度把无残差模型弄坏的：无残差的梯度失衡随层数单调变大，有残差的始终 < 5 倍",
+                 all(b > a for a, b in zip(nores_sweep, nores_sweep[1:])) and max(res_sweep) < 5,
+                 "spread（层数 " + "/".join(map(str, SWEEP_DEPTHS)) + "）：no residual "
+                 + " → ".join(f"{v:.3g}" for v in nores_sweep) + "；residual "
+                 + " → ".join(f"{v:.3g}" for v in res_sweep))
+    exp.finish()
+
+
+if __name__ == "__main__":
+    main()

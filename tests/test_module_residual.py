@@ -1,0 +1,82 @@
+"""02-architecture/01-residual-connection 模块：两个实验的 --quick 在子进程里从别的工作目录运行，检查测得的效应。"""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
+
+EXPERIMENTS = REPO_ROOT / "modules" / "02-architecture" / "01-residual-connection" / "experiments"
+
+
+def run_quick(script_name, tmp_path, env, *extra):
+    return run_quick_experiment(EXPERIMENTS / script_name, tmp_path, env, extra)
+
+
+@pytest.mark.experiment
+def test_exp1_residual_trains_and_keeps_gradients_balanced(tmp_path, experiment_env):
+    record, stdout = run_quick("exp1_with_vs_without.py", tmp_path, experiment_env)
+    m = record["metrics"]
+    layers = m["model"]["num_layers"]
+    val = {name: v["mean"] for name, v in m["val_loss"].items()}
+    # 有残差的模型训练得动，没残差的停在一元模型熵附近
+    assert val["residual"] < val["no residual"] - 0.3, val
+    assert abs(val["no residual"] - m["unigram_entropy"]) < 0.3, (val, m["unigram_entropy"])
+    assert val["residual"] < m["unigram_entropy"] - 0.3
+
+    # 初始化时：有残差各层梯度同一量级；没残差（有 RMSNorm）层间相差十倍以上，且第 0 层最大
+    res, nores = m["init"]["residual"]["grad_per_layer"], m["init"]["no residual"]["grad_per_layer"]
+    assert len(res) == len(nores) == layers
+    assert max(res) / min(res) < 5
+    assert max(nores) / min(nores) > 10 * (max(res) / min(res))
+    assert nores[0] == max(nores) and nores[0] > 10 * res[0]
+    # 连 norm 也去掉：经典的梯度消失
+    assert max(m["init"]["no residual, no norm"]["grad_per_layer"]) < 1e-6
+    # 训练中：没残差的第 0 层梯度坍缩，有残差的没有
+    assert m["grad_end"]["residual"]["layer0"] > 100 * m["grad_end"]["no residual"]["layer0"]
+    # 深度扫描：没残差的失衡随深度变大
+    spread = m["depth_sweep"]["spread"]
+    assert spread["no residual"][-1] > 100 * spread["no residual"][0]
+    assert max(spread["residual"]) < 5
+
+    # 结论的 holds 与上面的数字一致
+    assert find_conclusion(record, "有残差的模型验证 loss 明显更低")["holds"] == \
+        (val["no residual"] - val["residual"] > 0.3)
+    assert find_conclusion(record, "梯度严重失衡")["holds"] is True
+    assert find_conclusion(record, "教科书式的梯度消失")["holds"] is True
+    assert find_conclusion(record, "是深度把无残差模型弄坏的")["holds"] is True
+    assert "unigram entropy" in stdout
+
+
+@pytest.mark.experiment
+def test_exp2_stream_grows_and_scaled_init_tames_it(tmp_path, experiment_env):
+    record, _ = run_quick("exp2_residual_stream.py", tmp_path, experiment_env)
+    m = record["metrics"]
+    layers = m["model"]["num_layers"]
+    untrained = m["anatomy"]["untrained"]
+    assert len(untrained["stream_rms"]) == layers + 1 and len(untrained["attn_write"]) == layers
+    # 默认初始化：主干 RMS 在最后一块之后大于第一块之后（累加和）
+    assert untrained["stream_rms"][-1] > 1.5 * untrained["stream_rms"][1]
+    # 初始化增长：默认随深度单调变大；scaled_init 每个深度都更小，最深处差距明显
+    growth = m["init_growth"]["mean"]
+    default, scaled = growth["default init"], growth["scaled init"]
+    assert all(b > a for a, b in zip(default, default[1:])), default
+    assert all(s < d for s, d in zip(scaled, default)), (scaled, default)
+    assert default[-1] > 2 * scaled[-1]
+    # 两种初始化都训练得动（明显低于 ln(65) ≈ 4.17）
+    assert all(v["mean"] < 3.5 for v in m["val_loss"].values()), m["val_loss"]
+
+    assert find_conclusion(record, "untrained 模型最后一块之后")["holds"] is True
+    assert find_conclusion(record, "层数越多")["holds"] == all(b > a for a, b in zip(default, default[1:]))
+    assert find_conclusion(record, "scaled_init（0.02/√(2L)）把初始化时的主干增长压小")["holds"] is True
+    diff = m["val_loss"]["scaled init"]["mean"] - m["val_loss"]["default init"]["mean"]
+    assert find_conclusion(record, "没有带来明显的 loss 优势")["holds"] == (diff > -0.05)
+
+
+@pytest.mark.parametrize("script", ["exp1_with_vs_without.py", "exp2_residual_stream.py"])
+def test_rejects_too_few_steps(tmp_path, script):
+    proc = subprocess.run([sys.executable, str(EXPERIMENTS / script), "--quick", "--steps", "3",
+                           "--output-dir", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,
+                          encoding="utf-8", timeout=120)
+    assert proc.returncode != 0
+    assert "--steps" in proc.stderr and "Traceback" not in proc.stderr
