@@ -12,7 +12,8 @@ STAMP_DEV := $(VENV)/.stamp-requirements-dev
 TOUR := \
 	modules/01-foundation/01-normalization/experiments/exp1_gradient_vanishing.py \
 	modules/01-foundation/02-position-encoding/experiments/exp1_rope_basics.py \
-	modules/01-foundation/03-attention/experiments/exp1_attention_basics.py
+	modules/01-foundation/03-attention/experiments/exp1_attention_basics.py \
+	modules/02-architecture/01-residual-connection/experiments/exp1_with_vs_without.py
 
 .PHONY: help venv install install-dev quickstart tour test test-fast data bench clean
 
@@ -38,7 +39,7 @@ install: $(STAMP_RUN)  ## 安装运行依赖
 
 install-dev: $(STAMP_DEV)  ## 安装运行 + 测试依赖
 
-tour: $(STAMP_RUN)  ## 30 分钟导览：三个入门实验（quick 模式）
+tour: $(STAMP_RUN)  ## 30 分钟导览：四个入门实验（quick 模式）
 	@for exp in $(TOUR); do \
 		echo "==> $$exp --quick"; \
 		$(VPY) $$exp --quick || exit 1; \
