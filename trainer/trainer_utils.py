@@ -29,6 +29,7 @@ from model.checkpoint import CheckpointError, atomic_save, load_pretrained, save
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from model.tokenization import TokenizerError, load_tokenizer  # noqa: E402
 from modules.common.device import get_device  # noqa: E402
+from modules.common.training import lr_at  # noqa: E402  与实验用同一个 warmup + 余弦调度
 
 SAMPLES_DIR = REPO_ROOT / "dataset" / "samples"
 # --quick：几十万参数的小模型 + 仓库自带的样本，CPU 上一分钟内跑完
@@ -155,14 +156,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if dtype != torch.float32 and device.type != "cuda":
         raise ValueError(f"--dtype {name} 只在 CUDA 上用作混合精度；{device.type} 上请用 float32（或 auto）")
     return dtype
-
-
-def lr_at(step: int, total_steps: int, peak_lr: float, warmup_steps: int) -> float:
-    """线性 warmup 到 peak_lr，再按余弦降到 peak_lr / 10。"""
-    if step < warmup_steps:
-        return peak_lr * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return peak_lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
 # ---------------------------------------------------------------------------
@@ -316,7 +309,7 @@ def train(args, runtime: Runtime, model: torch.nn.Module, dataset,
         for _ in range(steps_per_epoch - step_in_epoch):
             if step >= total_steps:
                 break
-            lr = lr_at(step, total_steps, args.learning_rate, warmup_steps)
+            lr = lr_at(step, lr=args.learning_rate, warmup_steps=warmup_steps, total_steps=total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum, extras = 0.0, {}
