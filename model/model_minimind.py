@@ -478,12 +478,13 @@ class MOEFeedForward(nn.Module):
         flat_x = x.view(-1, H)  # (B*T, H)
         if self.training:
             # 训练：每个 token 复制 k 份，各自送进被选中的专家；全程可导，保持输入的 dtype
+            # （autocast 下专家输出是 bf16/fp16，写回 float32 的 y 前先转回来）
             x_rep = flat_x.repeat_interleave(k, dim=0)  # (B*T*k, H)
             flat_idx = topk_idx.view(-1)  # (B*T*k,)
             y = torch.empty_like(x_rep)
             for i, expert in enumerate(self.experts):
                 chosen = flat_idx == i
-                y[chosen] = expert(x_rep[chosen])
+                y[chosen] = expert(x_rep[chosen]).to(y.dtype)
             y = (y.view(B * T, k, H) * topk_weight.unsqueeze(-1)).sum(dim=1)  # (B*T, H)
         else:
             y = self.moe_infer(flat_x, topk_idx.view(-1), topk_weight.view(-1, 1))

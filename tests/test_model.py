@@ -428,6 +428,17 @@ def test_model_minimind3_aux_loss_formula():
 
 
 @each_family
+def test_model_moe_trains_under_bf16_autocast(family):
+    # GPU 上训练默认 bf16 autocast：专家输出是 bf16，主干是 float32（曾在 H100 上报 dtype 不匹配）
+    model = tiny_model(use_moe=True, num_experts_per_tok=2, family=family).train()
+    ids = random_ids()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, labels=ids)
+    (out.loss + out.aux_loss).backward()
+    assert torch.isfinite(out.loss) and model.model.layers[0].mlp.experts[0].up_proj.weight.grad is not None
+
+
+@each_family
 def test_model_moe_train_path_equals_eval_path(family):
     model = tiny_model(use_moe=True, num_experts_per_tok=2, family=family)
     x = torch.randn(2, 10, 64)

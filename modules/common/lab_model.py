@@ -239,7 +239,8 @@ class LabBlock(nn.Module):
         self.config = config
         self.self_attn = LabAttention(config)
         self.input_layernorm = make_norm(config)
-        self.post_attention_layernorm = make_norm(config)
+        if not config.parallel_block:  # 并行块里注意力和 FFN 共用 input_layernorm
+            self.post_attention_layernorm = make_norm(config)
         if config.norm_position == "sandwich":
             self.post_attn_out_norm = make_norm(config)
             self.post_ffn_out_norm = make_norm(config)
