@@ -1,0 +1,225 @@
+"""实验 1：块内的零件按什么顺序接？Pre-Norm、Post-Norm、Sandwich-Norm、并行块，同预算对比。
+
+四个变体只差 LabConfig 的一个开关（其余尺寸、数据、步数、种子都相同）：
+  pre       x = x + Attn(Norm(x));  x = x + FFN(Norm(x))                  （MiniMind / Llama）
+  post      x = Norm(x + Attn(x));  x = Norm(x + FFN(x))                  （原始 Transformer / BERT）
+  sandwich  x = x + Norm(Attn(Norm(x)));  x = x + Norm(FFN(Norm(x)))      （CogView / NormFormer 一类）
+  parallel  x = x + Attn(Norm(x)) + FFN(Norm(x))                          （GPT-J / PaLM）
+在两个学习率下训练（正常 / 偏高，都用 10% 线性 warmup + 余弦衰减），记录：
+  - 最终验证损失（完整模式 3 个种子，mean ± std），是否出现 NaN（train_model 的 diverged_at）；
+  - 训练损失的最大回升（loss spike）：max_t [loss_t − min_{s<t} loss_s]；
+  - 每步耗时：另做一个前向 + 反向的微基准，各变体轮流测、取中位数（共享机器上比训练中的计时稳）。
+数据：TinyShakespeare 字符级；模型 8 层、hidden 64、序列 32，为了在 CPU 上跑得动。
+"""
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[4]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from modules.common.datasets import get_experiment_data  # noqa: E402
+from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
+from modules.common.lab_model import LabConfig, LabModel  # noqa: E402
+from modules.common.text_data import char_lm_batches  # noqa: E402
+from modules.common.training import train_model  # noqa: E402
+from modules.common.visualization import set_style  # noqa: E402
+
+VARIANTS = ("pre", "post", "sandwich", "parallel")
+LABELS = {"pre": "Pre-Norm", "post": "Post-Norm", "sandwich": "Sandwich-Norm", "parallel": "Parallel (GPT-J)"}
+SHORT_LABELS = {"pre": "Pre", "post": "Post", "sandwich": "Sandwich", "parallel": "Parallel"}
+BLOCK_SIZE, BATCH_SIZE = 32, 8
+HIDDEN, LAYERS, N_HEADS = 64, 8, 4
+# 正常学习率 3e-3：这个小模型上 Pre-Norm 训练得好的量级；偏高 3e-2：Post-Norm 在这里开始卡在"只学到字符频率"的水平。
+# 开发时（150 步，种子 42 与 0）两个种子都是这个排序，见 teaching.md
+LRS = {"normal": 3e-3, "high": 3e-2}
+SPIKE_THRESHOLD = 0.5  # 训练损失比此前最低点高出这么多（nats）算一次"回升"
+TIMING_ROUNDS = 12  # 微基准：每个变体测这么多次前向 + 反向，轮流进行
+
+
+def make_config(vocab_size: int, variant: str) -> LabConfig:
+    return LabConfig(vocab_size=vocab_size, hidden_size=HIDDEN, num_layers=LAYERS, n_heads=N_HEADS,
+                     max_seq_len=BLOCK_SIZE, norm_position="pre" if variant == "parallel" else variant,
+                     parallel_block=variant == "parallel")
+
+
+def max_rise(losses: list[float]) -> float:
+    """训练损失相对此前最低点的最大回升；单调下降时为 0。"""
+    best, rise = float("inf"), 0.0
+    for loss in losses:
+        rise = max(rise, loss - best)
+        best = min(best, loss)
+    return rise
+
+
+def count_spikes(losses: list[float], threshold: float = SPIKE_THRESHOLD) -> int:
+    best, spikes = float("inf"), 0
+    for loss in losses:
+        spikes += loss - best > threshold
+        best = min(best, loss)
+    return spikes
+
+
+def train_once(text: str, variant: str, lr: float, steps: int, seed: int, device) -> dict:
+    Experiment.seed_everything(seed)
+    tokenizer, get_batch = char_lm_batches(text, BLOCK_SIZE, BATCH_SIZE, seed=seed, device=device)
+    model = LabModel(make_config(tokenizer.vocab_size, variant))
+    history = train_model(model, get_batch, steps=steps, lr=lr, warmup_steps=max(1, steps // 10),
+                          eval_every=max(1, steps // 10), eval_batches=8, device=device,
+                          desc=f"{LABELS[variant]} lr={lr:g} seed={seed}")
+    diverged = history["diverged_at"] is not None or not history["val_loss"]
+    return {"final_val_loss": float("inf") if diverged else history["val_loss"][-1],
+            "diverged_at": history["diverged_at"], "max_rise": max_rise(history["train_loss"]),
+            "spikes": count_spikes(history["train_loss"]),
+            "val_steps": history["val_steps"], "val_loss": history["val_loss"], "train_loss": history["train_loss"]}
+
+
+def time_per_step_ms(text: str, seed: int, device) -> dict[str, float]:
+    """每个变体一次前向 + 反向（同一批数据）的耗时中位数（毫秒）。各变体轮流测，机器负载的波动摊到所有变体上。"""
+    Experiment.seed_everything(seed)
+    tokenizer, get_batch = char_lm_batches(text, BLOCK_SIZE, BATCH_SIZE, seed=seed, device=device)
+    models = {v: LabModel(make_config(tokenizer.vocab_size, v)).to(device) for v in VARIANTS}
+    input_ids, labels = get_batch("train")  # (B, T)
+    times = {v: [] for v in VARIANTS}
+    for round_ in range(TIMING_ROUNDS + 1):
+        for variant, model in models.items():
+            model.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            model(input_ids, labels=labels).loss.backward()
+            if round_ > 0:  # 第 0 轮是预热，不计
+                times[variant].append(1000 * (time.perf_counter() - t0))
+    return {v: statistics.median(t) for v, t in times.items()}
+
+
+def noise_verdict(a: list[float], b: list[float]) -> str:
+    """两组多种子结果的差是否超出种子噪声：|均值差| > 两者 std 之和 才算"有差别"。单种子时无法判断。"""
+    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+    if len(a) < 2:
+        return "单种子，无法估计噪声"
+    if not (np.isfinite(ma) and np.isfinite(mb)):
+        return "有发散的运行"
+    return "超出种子噪声" if abs(ma - mb) > sa + sb else "在种子噪声以内"
+
+
+def main():
+    exp = Experiment(__file__, description=(
+        "Transformer 块实验 1：Pre-Norm / Post-Norm / Sandwich-Norm / 并行块，在正常与偏高学习率下的"
+        "稳定性、最终验证损失与每步耗时。"))
+    steps = 100 if exp.quick else 300
+    text = get_experiment_data("shakespeare")
+
+    runs = {}  # (lr_name, variant) → 每个种子一条
+    for lr_name, lr in LRS.items():
+        for variant in VARIANTS:
+            runs[lr_name, variant] = [train_once(text, variant, lr, steps, seed, exp.device) for seed in exp.seeds]
+
+    vocab_size = char_lm_batches(text, BLOCK_SIZE, BATCH_SIZE, seed=exp.seed)[0].vocab_size
+    params = {v: LabModel(make_config(vocab_size, v)).num_params() for v in VARIANTS}
+    ms_per_step = time_per_step_ms(text, exp.seed, exp.device)
+
+    results = {}
+    for (lr_name, variant), per_seed in runs.items():
+        finals = [r["final_val_loss"] for r in per_seed]
+        results.setdefault(lr_name, {})[variant] = {
+            "lr": LRS[lr_name], "final_val_loss": finals, "mean": mean_std(finals)[0], "std": mean_std(finals)[1],
+            "diverged_at": [r["diverged_at"] for r in per_seed],
+            "max_rise": [r["max_rise"] for r in per_seed], "spikes": [r["spikes"] for r in per_seed],
+            "val_steps": per_seed[0]["val_steps"], "val_loss": [r["val_loss"] for r in per_seed]}
+
+    for lr_name, lr in LRS.items():
+        rows = []
+        for variant in VARIANTS:
+            r = results[lr_name][variant]
+            diverged = [d for d in r["diverged_at"] if d is not None]
+            rows.append([LABELS[variant], format_mean_std(r["final_val_loss"]),
+                         noise_verdict(r["final_val_loss"], results[lr_name]["pre"]["final_val_loss"])
+                         if variant != "pre" else "—",
+                         f"{len(diverged)}/{len(r['diverged_at'])}", format_mean_std(r["max_rise"], 3),
+                         format_mean_std(r["spikes"], 3)])
+        exp.print_table(["variant", "final val loss", "vs Pre-Norm", "NaN runs", "max loss rise", "spikes > 0.5"],
+                        rows, title=f"lr = {lr:g}, {steps} steps, seeds {exp.seeds}")
+    exp.print_table(["variant", "params", "extra params vs Pre", "ms / step (fwd+bwd, median)"],
+                    [[LABELS[v], params[v], params[v] - params["pre"], round(ms_per_step[v], 2)] for v in VARIANTS],
+                    title="Parameters and time per training step")
+    exp.save_metrics({"config": {"hidden": HIDDEN, "layers": LAYERS, "n_heads": N_HEADS, "block_size": BLOCK_SIZE,
+                                 "batch_size": BATCH_SIZE, "steps": steps, "lrs": LRS, "warmup_steps": max(1, steps // 10),
+                                 "spike_threshold": SPIKE_THRESHOLD, "timing_rounds": TIMING_ROUNDS},
+                      "results": results, "params": params, "ms_per_step": ms_per_step})
+
+    # ---- 图 1：两个学习率下的验证损失曲线（各种子的均值）----
+    set_style()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
+    for ax, (lr_name, lr) in zip(axes, LRS.items()):
+        for variant in VARIANTS:
+            r = results[lr_name][variant]
+            curves = [c for c in r["val_loss"] if len(c) == len(r["val_steps"])]  # 发散的运行曲线较短，不参与平均
+            if curves:
+                ax.plot(r["val_steps"], np.mean(curves, axis=0), marker=".", label=LABELS[variant])
+        ax.set(xlabel="step", ylabel="val loss", title=f"lr = {lr:g} (mean of {len(exp.seeds)} seed(s))")
+        ax.legend(fontsize=8)
+    exp.save_figure(fig, "exp1_block_order_curves.png")
+
+    # ---- 图 2：最终验证损失（两个学习率）与每步耗时 ----
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+    xs = np.arange(len(VARIANTS))
+    for offset, lr_name in ((-0.2, "normal"), (0.2, "high")):
+        means = [results[lr_name][v]["mean"] for v in VARIANTS]
+        stds = [results[lr_name][v]["std"] for v in VARIANTS]
+        finite = [m if np.isfinite(m) else np.nan for m in means]
+        bars = axes[0].bar(xs + offset, finite, width=0.4, yerr=stds, capsize=3, label=f"lr = {LRS[lr_name]:g}")
+        axes[0].bar_label(bars, labels=[f"{m:.3f}" if np.isfinite(m) else "NaN" for m in means], fontsize=7, padding=2)
+    axes[0].set_xticks(xs, labels=[LABELS[v] for v in VARIANTS])
+    lowest = min(r["mean"] for by_variant in results.values() for r in by_variant.values())
+    axes[0].set_ylim(bottom=lowest - 0.4)
+    axes[0].set(ylabel="final val loss (mean ± std)", title="Final validation loss, same budget")
+    axes[0].legend(fontsize=8)
+    bars = axes[1].bar(xs, [ms_per_step[v] for v in VARIANTS], color="gray")
+    axes[1].bar_label(bars, labels=[f"{ms_per_step[v]:.1f}" for v in VARIANTS], fontsize=7, padding=2)
+    axes[1].set_xticks(xs, labels=[SHORT_LABELS[v] for v in VARIANTS])
+    axes[1].set(ylabel="ms per fwd+bwd (median)", title="Time per step (CPU)")
+    exp.save_figure(fig, "exp1_block_order_bars.png")
+
+    # ---- 结论：全部由上面的测量算出 ----
+    def m(lr_name, variant):
+        return results[lr_name][variant]["mean"]
+
+    high, normal = "high", "normal"
+    exp.conclude(f"偏高学习率（{LRS[high]:g}）下 Post-Norm 的最终验证损失高于 Pre-Norm",
+                 m(high, "post") > m(high, "pre"),
+                 f"Post-Norm {format_mean_std(results[high]['post']['final_val_loss'])} vs "
+                 f"Pre-Norm {format_mean_std(results[high]['pre']['final_val_loss'])}"
+                 f"（{noise_verdict(results[high]['post']['final_val_loss'], results[high]['pre']['final_val_loss'])}）")
+    exp.conclude(f"学习率从 {LRS[normal]:g} 升到 {LRS[high]:g}，Post-Norm 损失变差的幅度大于 Pre-Norm",
+                 m(high, "post") - m(normal, "post") > m(high, "pre") - m(normal, "pre"),
+                 f"Post-Norm {m(normal, 'post'):.4f} → {m(high, 'post'):.4f}；"
+                 f"Pre-Norm {m(normal, 'pre'):.4f} → {m(high, 'pre'):.4f}")
+    post_rise, pre_rise = mean_std(results[high]["post"]["max_rise"])[0], mean_std(results[high]["pre"]["max_rise"])[0]
+    exp.conclude(f"偏高学习率下 Post-Norm 训练损失的最大回升（loss spike）大于 Pre-Norm",
+                 post_rise > pre_rise, f"最大回升：Post-Norm {post_rise:.3f}，Pre-Norm {pre_rise:.3f} nats")
+    for lr_name in LRS:
+        par, pre = results[lr_name]["parallel"], results[lr_name]["pre"]
+        verdict = noise_verdict(par["final_val_loss"], pre["final_val_loss"])
+        exp.conclude(f"学习率 {LRS[lr_name]:g} 下并行块不比串行 Pre-Norm 差（最终验证损失 ≤ Pre-Norm + 两者的种子 std）",
+                     par["mean"] <= pre["mean"] + par["std"] + pre["std"],
+                     f"Parallel {format_mean_std(par['final_val_loss'])} vs "
+                     f"Pre-Norm {format_mean_std(pre['final_val_loss'])}：{verdict}")
+    n_diverged = sum(d is not None for by_variant in results.values() for r in by_variant.values()
+                     for d in r["diverged_at"])
+    exp.conclude("所有运行都没有出现 NaN（梯度裁剪 + warmup 下，坏的块结构表现为'学不动'而不是数值爆炸）",
+                 n_diverged == 0, f"出现 NaN 的运行数：{n_diverged}")
+    exp.conclude("Sandwich-Norm 比 Pre-Norm 多出的参数正好是每层 2 个 norm 的 γ（2 × 层数 × hidden）",
+                 params["sandwich"] - params["pre"] == 2 * LAYERS * HIDDEN,
+                 f"多出 {params['sandwich'] - params['pre']} 个，2 × {LAYERS} × {HIDDEN} = {2 * LAYERS * HIDDEN}")
+    exp.conclude("Sandwich-Norm 每步比 Pre-Norm 慢（多了 2 × 层数 个 norm）",
+                 ms_per_step["sandwich"] > ms_per_step["pre"],
+                 f"{ms_per_step['sandwich']:.2f} vs {ms_per_step['pre']:.2f} ms（CPU 上的微基准，受机器负载影响）")
+    exp.finish()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""02-transformer-block 模块：实验的 --quick（子进程、临时工作目录）断言测得的效应；练习的 check.py 能分辨对错。"""
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
+
+MODULE = REPO_ROOT / "modules" / "02-architecture" / "02-transformer-block"
+EXPERIMENTS = MODULE / "experiments"
+EXERCISES = MODULE / "exercises"
+PARTS = ("RMSNorm", "precompute_rope", "apply_rope", "GQAttention", "SwiGLU", "Block")
+
+
+def run_check(tmp_path, *args):
+    proc = subprocess.run([sys.executable, str(EXERCISES / "check.py"), *args], cwd=tmp_path, capture_output=True,
+                          text=True, encoding="utf-8", timeout=300)
+    return proc, proc.stdout + proc.stderr
+
+
+def part_status(output: str) -> dict[str, str]:
+    """check.py 表格里每个部分的状态。"""
+    status = {}
+    for line in output.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] in PARTS and fields[1] in ("PASS", "FAIL", "TODO"):
+            status[fields[0]] = fields[1]
+    return status
+
+
+@pytest.mark.experiment
+def test_exp1_post_norm_suffers_at_high_lr(tmp_path, experiment_env):
+    record, stdout = run_quick_experiment(EXPERIMENTS / "exp1_block_order.py", tmp_path, experiment_env)
+    m = record["metrics"]
+    variants = {"pre", "post", "sandwich", "parallel"}
+    assert set(m["results"]) == {"normal", "high"}
+    assert all(set(by_variant) == variants for by_variant in m["results"].values())
+    assert set(m["ms_per_step"]) == variants and all(v > 0 for v in m["ms_per_step"].values())
+    high = {v: r["mean"] for v, r in m["results"]["high"].items()}
+    assert all(x is not None and x < 4.2 for x in high.values()), high  # 都有限，且低于均匀分布的 ln(65)≈4.17
+    # 关键效应（种子 42 的 quick 运行）：偏高学习率下 Post-Norm 明显比 Pre-Norm 差（开发时测得差约 0.3）
+    assert high["post"] > high["pre"] + 0.15, high
+    # sandwich 多出每层 2 个 norm 的 γ
+    cfg = m["config"]
+    assert m["params"]["sandwich"] - m["params"]["pre"] == 2 * cfg["layers"] * cfg["hidden"]
+    # 结论的 holds 与记录的数字一致
+    assert find_conclusion(record, "下 Post-Norm 的最终验证损失高于 Pre-Norm")["holds"] is True
+    rise = {v: r["max_rise"][0] for v, r in m["results"]["high"].items()}
+    assert find_conclusion(record, "loss spike")["holds"] == (rise["post"] > rise["pre"])
+    assert find_conclusion(record, "每步比 Pre-Norm 慢")["holds"] == (m["ms_per_step"]["sandwich"] > m["ms_per_step"]["pre"])
+    n_nan = sum(d is not None for by_variant in m["results"].values() for r in by_variant.values()
+                for d in r["diverged_at"])
+    assert find_conclusion(record, "没有出现 NaN")["holds"] == (n_nan == 0)
+    assert "单种子，无法估计噪声" in stdout  # quick 只有一个种子：如实说明无法判断噪声
+
+
+@pytest.mark.experiment
+def test_exp2_assembled_model_matches_and_counts(tmp_path):
+    from model.model_minimind import MiniMindConfig, MiniMindForCausalLM
+
+    record, stdout = run_quick_experiment(EXPERIMENTS / "exp2_build_a_block.py", tmp_path)
+    m = record["metrics"]
+    assert m["impl"] == "solution"
+    assert set(m["logits_max_diff"]) == {"lab", "minimind2-26m"}
+    assert all(d < 1e-5 for d in m["logits_max_diff"].values()), m["logits_max_diff"]
+    # 26M：与脚本无关地数一遍真实模型的参数
+    expected = sum(p.numel() for p in MiniMindForCausalLM(MiniMindConfig()).parameters())
+    assert 25.8e6 < expected < 25.9e6
+    counts = m["param_counts"]["minimind2-26m"]
+    assert counts["hand"]["total"] == counts["model_code"]["total"] == counts["mine_code"]["total"] == expected
+    assert f"{expected:,}" in stdout
+    for name in ("lab", "minimind2-26m"):
+        assert find_conclusion(record, f"{name} 配置：拼出来的模型")["holds"] is True
+        assert find_conclusion(record, f"{name} 配置：手算参数量")["holds"] is True
+    # 形状追踪里出现了按头拆开的 q 和注意力分数矩阵
+    symbolic = [row["symbolic"] for row in m["shape_trace"]]
+    assert "(B, T, nh, hd)" in symbolic and "(B, nh, T, T)" in symbolic and "(B, T, V)" in symbolic
+
+
+def test_exp2_mine_with_todos_fails_cleanly(tmp_path):
+    proc = subprocess.run([sys.executable, str(EXPERIMENTS / "exp2_build_a_block.py"), "--impl", "mine",
+                           "--output-dir", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,
+                          encoding="utf-8", timeout=300)
+    assert proc.returncode == 1
+    assert "还没写完" in proc.stderr and "check.py" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_check_solution_all_pass(tmp_path):
+    proc, output = run_check(tmp_path, "--solution")
+    assert proc.returncode == 0, output
+    assert part_status(output) == dict.fromkeys(PARTS, "PASS")
+
+
+def test_check_skeleton_reports_todo_for_every_part(tmp_path):
+    proc, output = run_check(tmp_path)
+    assert proc.returncode == 1
+    assert part_status(output) == dict.fromkeys(PARTS, "TODO")
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("part, old, new", [
+    ("RMSNorm", "eps: float = 1e-5", "eps: float = 1e-3"),
+    ("GQAttention", '        scores = scores.masked_fill(future, float("-inf"))\n', ""),
+    ("GQAttention", "k = k.repeat_interleave(group, dim=2)", "k = k.repeat(1, 1, group, 1)"),
+    ("SwiGLU", "F.silu(self.gate_proj(x)) * self.up_proj(x)", "self.gate_proj(x) * F.silu(self.up_proj(x))"),
+    ("apply_rope", "torch.cat([-x2, x1], dim=-1)", "torch.cat([x2, -x1], dim=-1)"),
+    ("Block", "x = x + self.mlp(self.post_attention_layernorm(x))", "x = x + self.mlp(x)"),
+])
+def test_check_flags_exactly_the_broken_part(tmp_path, part, old, new):
+    source = (EXERCISES / "solutions" / "my_block.py").read_text(encoding="utf-8")
+    assert source.count(old) == 1, f"解答里找不到要破坏的片段 {old!r}"
+    broken = tmp_path / "broken_block.py"
+    broken.write_text(source.replace(old, new), encoding="utf-8")
+    proc, output = run_check(tmp_path, "--file", str(broken))
+    assert proc.returncode == 1
+    expected = dict.fromkeys(PARTS, "PASS")
+    expected[part] = "FAIL"
+    assert part_status(output) == expected, output
+    assert "Traceback" not in output
+
+
+def test_check_dropped_mask_gets_causality_hint(tmp_path):
+    source = (EXERCISES / "solutions" / "my_block.py").read_text(encoding="utf-8")
+    broken = tmp_path / "no_mask.py"
+    broken.write_text(source.replace('        scores = scores.masked_fill(future, float("-inf"))\n', ""), encoding="utf-8")
+    _, output = run_check(tmp_path, "--file", str(broken))
+    assert "因果" in output
+
+
+def test_check_exception_in_learner_code_is_one_line_fail(tmp_path):
+    source = (EXERCISES / "solutions" / "my_block.py").read_text(encoding="utf-8")
+    broken = tmp_path / "typo.py"
+    broken.write_text(source.replace("return self.down_proj(", "return self.dwn_proj("), encoding="utf-8")
+    proc, output = run_check(tmp_path, "--file", str(broken))
+    assert proc.returncode == 1
+    assert part_status(output)["SwiGLU"] == "FAIL"
+    assert "AttributeError" in output and "Traceback" not in output
+
+
+def test_check_missing_or_unimportable_file(tmp_path):
+    proc, output = run_check(tmp_path, "--file", str(tmp_path / "nope.py"))
+    assert proc.returncode == 1 and "找不到" in output and "Traceback" not in output
+    bad = tmp_path / "bad.py"
+    bad.write_text("def broken(:\n", encoding="utf-8")
+    proc, output = run_check(tmp_path, "--file", str(bad))
+    assert proc.returncode == 1 and "无法导入" in output and "SyntaxError" in output and "Traceback" not in output
+
+
+def test_skeleton_keeps_model_parameter_names():
+    """骨架里写明的参数名与 model/ 的 MiniMindBlock 一致（学习者照着写就能加载 state_dict）。"""
+    from model.model_minimind import MiniMindBlock, MiniMindConfig
+
+    skeleton = (EXERCISES / "my_block.py").read_text(encoding="utf-8")
+    assert not re.search(r"^\s*(from|import) model\b", skeleton, re.MULTILINE)  # 骨架不依赖 model/
+    names = {part for key in MiniMindBlock(0, MiniMindConfig(hidden_size=64, num_attention_heads=4)).state_dict()
+             for part in key.split(".")}
+    for name in names:
+        assert name in skeleton, name
