@@ -105,7 +105,7 @@ class MiniMindConfig:
         if self.family not in FAMILIES:
             raise ValueError(f"MiniMindConfig.family={self.family!r} 未知，可选 {FAMILIES}")
         for name, value in FAMILY_DEFAULTS[self.family].items():
-            if getattr(self, name) is None:
+            if getattr(self, name) is None and name != "aux_loss_alpha":  # 它有别名，下面和别名一起解析
                 setattr(self, name, value)
         self.n_routed_experts = self._same_value("n_routed_experts", "num_experts", default=4)
         self.aux_loss_alpha = self._same_value("aux_loss_alpha", "router_aux_loss_coef",

@@ -118,6 +118,9 @@ def test_model_config_rejects_unknown_family_and_conflicting_aliases():
     with pytest.raises(ValueError, match="n_routed_experts.*num_experts"):
         MiniMindConfig(n_routed_experts=4, num_experts=8)
     assert MiniMindConfig(num_experts=8).n_routed_experts == 8
+    # 只给别名时取别名的值（不与家族默认值冲突）
+    assert MiniMindConfig(family="minimind3", router_aux_loss_coef=0.0).aux_loss_alpha == 0.0
+    assert MiniMindConfig(aux_loss_alpha=0.0).router_aux_loss_coef == 0.0
 
 
 @pytest.mark.parametrize("overrides, field", [

@@ -1,0 +1,207 @@
+"""实验 1：QK-norm（minimind-3 的 q_norm / k_norm）能不能管住注意力 logit、让大学习率也能训？
+
+同一个 LabModel，只差一个开关 qk_norm（True = minimind-3 的注意力：RoPE 前对每个头的 q、k 做 RMSNorm），
+在三个学习率上各训练同样的步数。每个训练步都用前向钩子记下每层的注意力 logit
+q·k/√d（softmax 之前、因果 mask 内）的最大绝对值，同时记录训练 loss 的尖峰、是否发散、最终验证 loss。
+预期（Dehghani et al. 2023；Wortsman et al. 2023）：没有 QK-norm 时 logit 随训练增大，大学习率下会尖峰/发散；
+有 QK-norm 时 logit 被 RMSNorm 的 weight 管住，大学习率也能训。
+"""
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[4]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from model.model_minimind import apply_rotary_pos_emb, repeat_kv  # noqa: E402
+from modules.common.datasets import get_experiment_data  # noqa: E402
+from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
+from modules.common.lab_model import LabConfig, LabModel  # noqa: E402
+from modules.common.text_data import char_lm_batches  # noqa: E402
+from modules.common.training import train_model  # noqa: E402
+from modules.common.visualization import set_style  # noqa: E402
+
+VARIANTS = {"no qk_norm (minimind2)": False, "qk_norm (minimind3)": True}
+
+
+def add_args(parser):
+    parser.add_argument("--lrs", type=float, nargs="+", default=None,
+                        help="要比较的峰值学习率（默认 1e-3 1e-2 1e-1）")
+    parser.add_argument("--steps", type=int, default=None, help="每个配置的训练步数（默认 quick 120 / full 250）")
+    parser.add_argument("--spike-threshold", type=float, default=0.3,
+                        help="训练 loss 比此前最低值高出多少 nats 记为一次尖峰（默认 0.3）")
+
+
+@contextmanager
+def track_max_logit(model: LabModel):
+    """训练模式下每次前向，记录所有层中注意力 logit（q·k·scale，因果 mask 内）的最大绝对值。
+
+    用前向预钩子拿到注意力层的输入，借同一层的 q_proj / k_proj / q_norm / k_norm 重算一遍 q、k（不参与反向）。
+    """
+    trace: list[float] = []
+    step_max = {}
+
+    def hook(attn, args):
+        if not attn.training:
+            return
+        x, (cos, sin) = args[0], args[1]  # x: (B, T, H)，cos/sin: (T, hd)
+        with torch.no_grad():
+            B, T, _ = x.shape
+            q = attn.q_proj(x).view(B, T, attn.n_heads, attn.head_dim)  # (B, T, nh, hd)
+            k = attn.k_proj(x).view(B, T, attn.n_kv_heads, attn.head_dim)  # (B, T, nkv, hd)
+            if attn.qk_norm:
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            k = repeat_kv(k, attn.n_rep)  # (B, T, nh, hd)
+            scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * attn.scale  # (B, nh, T, T)
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            step_max[id(attn)] = scores.abs().masked_fill(~causal, 0).max().item()
+        if len(step_max) == len(handles):  # 最后一层也算完了：记一个训练步
+            trace.append(max(step_max.values()))
+            step_max.clear()
+
+    handles = [layer.self_attn.register_forward_pre_hook(hook) for layer in model.model.layers]
+    try:
+        yield trace
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def count_spikes(losses: list[float], threshold: float, skip: int) -> tuple[int, float]:
+    """(尖峰步数, 最大回升)：第 skip 步之后，loss 比此前最低值高出 threshold 以上的步数，以及最大的高出量。"""
+    spikes, worst, best = 0, 0.0, float("inf")
+    for t, loss in enumerate(losses):
+        if t >= skip:
+            rise = loss - best
+            worst = max(worst, rise)
+            spikes += rise > threshold
+        best = min(best, loss)
+    return spikes, worst
+
+
+def main():
+    exp = Experiment(__file__, extra_args=add_args, description=(
+        "minimind2→3 实验 1：有无 QK-norm 时，注意力 logit 的增长与大学习率下的训练稳定性。\n"
+        "三个学习率 × {无 QK-norm, QK-norm}，记录每步最大注意力 logit、loss 尖峰、发散与验证 loss。"))
+    lrs = exp.args.lrs or [1e-3, 1e-2, 1e-1]
+    steps = exp.args.steps if exp.args.steps is not None else (120 if exp.quick else 250)
+    if steps < 10 or any(lr <= 0 for lr in lrs) or exp.args.spike_threshold <= 0:
+        raise SystemExit(f"--steps 至少为 10，--lrs 与 --spike-threshold 必须为正（收到 steps={steps}，lrs={lrs}，"
+                         f"spike-threshold={exp.args.spike_threshold}）")
+    lrs = sorted(lrs)
+    text = get_experiment_data("shakespeare")
+    set_style()
+    size = dict(hidden_size=128, num_layers=2, n_heads=4, max_seq_len=64)
+    warmup = max(1, steps // 10)
+
+    runs = {}  # (variant, lr) -> 每个种子一条记录
+    for lr in lrs:
+        for variant, qk_norm in VARIANTS.items():
+            for seed in exp.seeds:
+                Experiment.seed_everything(seed)
+                tokenizer, get_batch = char_lm_batches(text, 64, batch_size=12, seed=seed, device=exp.device)
+                model = LabModel(LabConfig(vocab_size=tokenizer.vocab_size, qk_norm=qk_norm, **size)).to(exp.device)
+                with track_max_logit(model) as trace:
+                    hist = train_model(model, get_batch, steps=steps, lr=lr, warmup_steps=warmup,
+                                       eval_every=steps, device=exp.device, desc=f"{variant} lr={lr:g} seed={seed}")
+                spikes, worst = count_spikes(hist["train_loss"], exp.args.spike_threshold, skip=warmup)
+                diverged = hist["diverged_at"] is not None
+                runs.setdefault((variant, lr), []).append({
+                    "max_logit_trace": trace[: len(hist["train_loss"])],
+                    "train_loss": hist["train_loss"],
+                    "final_max_logit": max(trace[-10:]) if trace else float("nan"),
+                    "peak_max_logit": max(trace) if trace else float("nan"),
+                    "val_loss": hist["val_loss"][-1] if (hist["val_loss"] and not diverged) else float("nan"),
+                    "spikes": spikes, "max_rise": worst, "diverged_at": hist["diverged_at"]})
+
+    def agg(variant, lr, key):
+        return [r[key] for r in runs[(variant, lr)]]
+
+    rows = []
+    for lr in lrs:
+        for variant in VARIANTS:
+            diverged = sum(r["diverged_at"] is not None for r in runs[(variant, lr)])
+            rows.append([f"{lr:g}", variant, format_mean_std(agg(variant, lr, "peak_max_logit"), 3),
+                         format_mean_std(agg(variant, lr, "final_max_logit"), 3),
+                         format_mean_std(agg(variant, lr, "spikes"), 2), format_mean_std(agg(variant, lr, "max_rise"), 2),
+                         f"{diverged}/{len(exp.seeds)}", format_mean_std(agg(variant, lr, "val_loss"), 4)])
+    exp.print_table(["lr", "variant", "peak max logit", "final max logit", "spike steps", "max loss rise",
+                     "diverged", "val loss"], rows, title=f"QK-norm vs none, {steps} steps per run")
+
+    # ---- 图：最大 logit 随训练步（左）与训练 loss（右），每个学习率一行 ----
+    colors = {"no qk_norm (minimind2)": "tab:red", "qk_norm (minimind3)": "tab:blue"}
+    fig, axes = plt.subplots(len(lrs), 2, figsize=(11, 2.8 * len(lrs)), squeeze=False)
+    for row, lr in enumerate(lrs):
+        for variant in VARIANTS:
+            for i, r in enumerate(runs[(variant, lr)]):
+                label = variant if i == 0 else None
+                axes[row, 0].plot(r["max_logit_trace"], color=colors[variant], alpha=0.8, lw=1, label=label)
+                axes[row, 1].plot(r["train_loss"], color=colors[variant], alpha=0.8, lw=1, label=label)
+        axes[row, 0].set_yscale("log")
+        axes[row, 0].set_ylabel(f"lr={lr:g}\nmax |attention logit|")
+        axes[row, 1].set_ylabel("train loss")
+        axes[row, 0].legend(fontsize=8)
+    axes[0, 0].set_title("Max attention logit (q.k/sqrt(d), pre-softmax)")
+    axes[0, 1].set_title("Training loss")
+    for ax in axes[-1]:
+        ax.set_xlabel("step")
+    exp.save_figure(fig, "exp1_logit_growth.png")
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for variant in VARIANTS:
+        means = [mean_std(agg(variant, lr, "val_loss"))[0] for lr in lrs]
+        stds = [mean_std(agg(variant, lr, "val_loss"))[1] for lr in lrs]
+        ax.errorbar(lrs, means, yerr=stds, marker="o", capsize=3, color=colors[variant], label=variant)
+    ax.set_xscale("log")
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel(f"val loss after {steps} steps")
+    ax.set_title("LR sensitivity (Wortsman et al. 2023 style)")
+    ax.legend(fontsize=8)
+    exp.save_figure(fig, "exp1_lr_sensitivity.png")
+
+    exp.save_metrics({"lrs": lrs, "steps": steps, "warmup_steps": warmup, "spike_threshold": exp.args.spike_threshold,
+                      "model": size, "runs": {f"{variant} @ {lr:g}": runs[(variant, lr)]
+                                              for lr in lrs for variant in VARIANTS},
+                      "summary": {f"{variant} @ {lr:g}": {key: mean_std(agg(variant, lr, key))[0] for key in
+                                                          ("peak_max_logit", "final_max_logit", "spikes", "max_rise",
+                                                           "val_loss")}
+                                  for lr in lrs for variant in VARIANTS}})
+
+    # ---- 结论（全部由上面的测量算出）----
+    off, on = VARIANTS
+    lo, hi = lrs[0], lrs[-1]
+
+    def m(variant, lr, key):
+        return mean_std(agg(variant, lr, key))[0]
+
+    exp.conclude(f"最大学习率 {hi:g} 下，无 QK-norm 的最大注意力 logit 高于有 QK-norm",
+                 m(off, hi, "final_max_logit") > m(on, hi, "final_max_logit"),
+                 f"训练末 10 步最大 logit：无 {m(off, hi, 'final_max_logit'):.2f} vs 有 {m(on, hi, 'final_max_logit'):.2f}")
+    exp.conclude(f"无 QK-norm 时学习率越大 logit 越大（{lo:g} → {hi:g}）",
+                 m(off, hi, "final_max_logit") > m(off, lo, "final_max_logit"),
+                 f"{m(off, lo, 'final_max_logit'):.2f} → {m(off, hi, 'final_max_logit'):.2f}；"
+                 f"有 QK-norm：{m(on, lo, 'final_max_logit'):.2f} → {m(on, hi, 'final_max_logit'):.2f}")
+    n_div = {v: sum(r["diverged_at"] is not None for r in runs[(v, hi)]) for v in VARIANTS}
+    exp.conclude(f"最大学习率 {hi:g} 下，无 QK-norm 出现了发散（loss 变成 NaN/inf）",
+                 n_div[off] > 0, f"发散的种子数：无 {n_div[off]}/{len(exp.seeds)}，有 {n_div[on]}/{len(exp.seeds)}")
+    exp.conclude(f"最大学习率 {hi:g} 下，无 QK-norm 的 loss 尖峰（回升）比有 QK-norm 更大",
+                 m(off, hi, "max_rise") > m(on, hi, "max_rise"),
+                 f"最大回升 {m(off, hi, 'max_rise'):.2f} vs {m(on, hi, 'max_rise'):.2f} nats；尖峰步数 "
+                 f"{m(off, hi, 'spikes'):.1f} vs {m(on, hi, 'spikes'):.1f}")
+    exp.conclude(f"最大学习率 {hi:g} 下，有 QK-norm 的验证 loss 更低",
+                 bool(m(on, hi, "val_loss") < m(off, hi, "val_loss")) or (n_div[off] > 0 and n_div[on] == 0),
+                 f"{m(on, hi, 'val_loss'):.4f} vs {m(off, hi, 'val_loss'):.4f}（NaN = 有种子发散）")
+    best = {v: min(lrs, key=lambda lr: m(v, lr, "val_loss") if m(v, lr, "val_loss") == m(v, lr, "val_loss")
+                   else float("inf")) for v in VARIANTS}
+    exp.conclude("有 QK-norm 时，最优学习率不小于无 QK-norm（能用更大的学习率）",
+                 best[on] >= best[off], f"最优学习率：无 {best[off]:g}，有 {best[on]:g}")
+    exp.finish()
+
+
+if __name__ == "__main__":
+    main()

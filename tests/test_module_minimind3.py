@@ -1,0 +1,137 @@
+"""04-advanced/01-minimind2-to-3 模块：三个实验的 --quick 在子进程里从别的工作目录运行，检查测得的效应。"""
+import importlib.util
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
+
+EXPERIMENTS = REPO_ROOT / "modules" / "04-advanced" / "01-minimind2-to-3" / "experiments"
+
+
+def load_script(name):
+    """把实验脚本当模块导入（文件夹名带连字符，不能直接 import），用来测它的小工具函数。"""
+    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_count_spikes_counts_rises_above_running_min():
+    count_spikes = load_script("exp1_qk_norm").count_spikes
+    # 第 2 步比此前最低值 2.0 高 0.5，第 4 步比 1.0 高 0.4：两次尖峰，最大回升 0.5；第 0 步在 skip 之内
+    spikes, worst = count_spikes([3.0, 2.0, 2.5, 1.0, 1.4], threshold=0.3, skip=1)
+    assert spikes == 2 and worst == pytest.approx(0.5)
+    assert count_spikes([3.0, 2.0, 1.0], threshold=0.3, skip=0)[0] == 0  # 单调下降没有尖峰
+
+
+def test_load_stats_entropy_and_dead_experts():
+    load_stats = load_script("exp3_moe_routing").load_stats
+    balanced = load_stats(np.full(4, 0.25))
+    assert balanced["norm_entropy"] == pytest.approx(1.0) and balanced["dead"] == 0 and balanced["max_share"] == 0.25
+    collapsed = load_stats(np.array([1.0, 0.0, 0.0, 0.0]))
+    assert collapsed["norm_entropy"] == pytest.approx(0.0) and collapsed["dead"] == 3
+    assert load_stats(np.array([0.5, 0.3, 0.15, 0.05]))["dead"] == 1  # 0.05 < 公平份额 0.25 的 1/4
+
+
+def test_paper_mscale_matches_yarn_formula():
+    paper_mscale = load_script("exp2_yarn_versions").paper_mscale
+    assert paper_mscale(16) == pytest.approx(0.1 * math.log(16) + 1)
+    assert paper_mscale(1) == 1.0
+
+
+@pytest.mark.experiment
+def test_exp1_qk_norm_bounds_logits_and_trains_at_high_lr(tmp_path, experiment_env):
+    record, stdout = run_quick_experiment(EXPERIMENTS / "exp1_qk_norm.py", tmp_path, experiment_env)
+    m = record["metrics"]
+    lo, hi = f"{min(m['lrs']):g}", f"{max(m['lrs']):g}"
+    s = m["summary"]
+    off, on = "no qk_norm (minimind2)", "qk_norm (minimind3)"
+    # 最大学习率下：无 QK-norm 的 logit 至少大一个数量级；有 QK-norm 的 logit 基本不随学习率增长
+    assert s[f"{off} @ {hi}"]["final_max_logit"] > 10 * s[f"{on} @ {hi}"]["final_max_logit"]
+    assert s[f"{off} @ {hi}"]["final_max_logit"] > 10 * s[f"{off} @ {lo}"]["final_max_logit"]
+    assert s[f"{on} @ {hi}"]["final_max_logit"] < 5 * s[f"{on} @ {lo}"]["final_max_logit"]
+    # 最大学习率下有 QK-norm 的验证 loss 明显更低；小学习率下两者相近
+    assert s[f"{on} @ {hi}"]["val_loss"] < s[f"{off} @ {hi}"]["val_loss"] - 0.1
+    assert abs(s[f"{on} @ {lo}"]["val_loss"] - s[f"{off} @ {lo}"]["val_loss"]) < 0.2
+    # 逐步记录的 logit 轨迹与训练步一一对应
+    run = m["runs"][f"{off} @ {hi}"][0]
+    assert len(run["max_logit_trace"]) == len(run["train_loss"]) == m["steps"]
+    # 结论与数字一致
+    assert find_conclusion(record, "最大注意力 logit 高于")["holds"] is True
+    assert find_conclusion(record, "验证 loss 更低")["holds"] is True
+    diverged = any(r["diverged_at"] is not None for r in m["runs"][f"{off} @ {hi}"])
+    assert find_conclusion(record, "出现了发散")["holds"] == diverged
+    assert "QK-norm vs none" in stdout
+
+
+@pytest.mark.experiment
+def test_exp2_yarn_scale_factors_and_context_extension(tmp_path, experiment_env):
+    record, _ = run_quick_experiment(EXPERIMENTS / "exp2_yarn_versions.py", tmp_path, experiment_env)
+    m = record["metrics"]
+    curves = m["scale_curves"]
+    m2, m3 = curves["minimind2 default"], curves["minimind3 default"]
+    # 两代的真实 head_dim 与默认 factor
+    assert (m2["head_dim"], m2["rope_scaling"]["factor"]) == (64, 4)
+    assert (m3["head_dim"], m3["rope_scaling"]["factor"]) == (96, 16)
+    # minimind-3：最高频一对恰好不动，最低频恰好 1/s；缩放系数随维度单调不增
+    assert m3["scale"][0] == 1.0 and m3["scale"][-1] == pytest.approx(1 / 16)
+    assert all(a >= b for a, b in zip(m3["scale"], m3["scale"][1:]))
+    # MiniMind2：高频区也被缩放（不为 1 也不为 1/s），低频区 1/s；与同 head_dim/factor 的 minimind-3 不同
+    same2, same3 = np.array(curves["minimind2 @hd64 s4"]["scale"]), np.array(curves["minimind3 @hd64 s4"]["scale"])
+    assert ((same2 < 1) & (same2 > 0.25 + 1e-6)).sum() >= 5
+    assert np.abs(same2 - same3).max() > 0.3
+    # cos/sin 表与缩放函数一致；minimind-3 不用论文的 mscale
+    assert m2["table_max_abs_err"] < 1e-5 and m3["table_max_abs_err"] < 1e-5
+    assert m3["attention_factor"] == 1.0 and m3["paper_mscale"] == pytest.approx(0.1 * math.log(16) + 1)
+    # 在 64 上训练、读 256：直接外推变差；两代 YaRN 都比直接外推好；PI 最差
+    loss = {k: v["mean"] for k, v in m["loss_at_long_len"].items()}
+    assert loss["plain"] > m["reference_loss_at_train_len"]["mean"] + 0.1
+    assert loss["yarn minimind2"] < loss["plain"] and loss["yarn minimind3"] < loss["plain"]
+    assert loss["pi"] == max(loss.values())
+    assert find_conclusion(record, "不差于 MiniMind2 的 YaRN")["holds"] == (loss["yarn minimind3"] <= loss["yarn minimind2"])
+    assert find_conclusion(record, "加上论文的 mscale")["holds"] == (loss["yarn minimind3 + mscale"] < loss["yarn minimind3"])
+
+
+@pytest.mark.experiment
+def test_exp3_moe_equal_active_params_and_aux_loss_balances(tmp_path, experiment_env):
+    record, _ = run_quick_experiment(EXPERIMENTS / "exp3_moe_routing.py", tmp_path, experiment_env)
+    m = record["metrics"]
+    params, s = m["params"], m["summary"]
+    # 激活参数相同（差别只有路由器的 E×H 权重），总参数 MoE 大得多
+    for v in params:
+        assert abs(params[v]["active"] - params["dense"]["active"]) <= 2 * 4 * 64
+    assert params["moe3 top1 +aux"]["total"] > 3 * params["dense"]["total"]
+    # 真实尺寸：minimind-3 MoE 总参数约 198M、激活约 64M（≈ 稠密 minimind-3），MiniMind2-26M ≈ 25.8M
+    real = m["real_sizes"]
+    assert real["minimind-3-MoE 198M-A64M"]["total"] == pytest.approx(198.4e6, rel=0.01)
+    assert real["minimind-3-MoE 198M-A64M"]["active"] == pytest.approx(real["minimind-3 64M"]["total"], rel=0.01)
+    assert real["MiniMind2-Small 26M"]["total"] == pytest.approx(25.8e6, rel=0.01)
+    # 去掉 aux loss：minimind-3 的门（路由器根本学不动）负载明显更不均衡
+    assert s["moe3 top1 no-aux"]["norm_entropy"] < s["moe3 top1 +aux"]["norm_entropy"] - 0.05
+    assert s["moe3 top1 no-aux"]["max_share"] > s["moe3 top1 +aux"]["max_share"] + 0.1
+    for v in ("moe3 top1 +aux", "moe2-gate top1 +aux"):
+        assert s[v]["norm_entropy"] > 0.9 and s[v]["max_share"] < 0.4
+    # 每个变体的负载份额是概率分布
+    for v, runs in m["runs"].items():
+        for layer_share in runs[0].get("share", {}).values():
+            assert sum(layer_share) == pytest.approx(1.0)
+    for gate, on, off in (("minimind-3 的门", "moe3 top1 +aux", "moe3 top1 no-aux"),
+                          ("MiniMind2 的门", "moe2-gate top1 +aux", "moe2-gate top1 no-aux")):
+        assert find_conclusion(record, gate)["holds"] == (s[off]["norm_entropy"] < s[on]["norm_entropy"])
+    assert find_conclusion(record, "低于稠密")["holds"] == (s["moe3 top1 +aux"]["val_loss"] < s["dense"]["val_loss"])
+
+
+@pytest.mark.parametrize("script, args, flag", [
+    ("exp1_qk_norm.py", ["--steps", "5"], "--steps"),
+    ("exp2_yarn_versions.py", ["--train-len", "4"], "--train-len"),
+    ("exp3_moe_routing.py", ["--ffn-size", "7"], "--ffn-size"),
+])
+def test_experiments_reject_bad_arguments(tmp_path, script, args, flag):
+    proc = subprocess.run([sys.executable, str(EXPERIMENTS / script), "--quick", *args, "--output-dir", str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, encoding="utf-8", timeout=120)
+    assert proc.returncode != 0
+    assert flag in proc.stderr and "Traceback" not in proc.stderr
