@@ -1,0 +1,235 @@
+"""实验 3：梯度累积与 batch 大小。
+
+A. 梯度累积 k × b 与一次算 k·b 的大 batch，梯度在数值上相同吗？
+   真实的 MiniMindForCausalLM，同一批数据，比较参数梯度的最大绝对差：
+     - 仓库的 BPE 分词器 + dataset/lm_dataset.py::PretrainDataset（句子长短不一，padding 位置 labels=-100）：
+         · 均值的均值：每个 micro-batch 的 loss / k（trainer/trainer_utils.py::train 的做法）；
+         · 按 token 数加权：每个 micro-batch 的 loss × (本 micro-batch 计 loss 的 token 数 / 全部计 loss 的 token 数)；
+     - 字符级 TinyShakespeare（没有 padding，每个 micro-batch 的 token 数相同）：均值的均值。
+B. 相同 token 预算下，不同 batch 大小的 loss 曲线：LR 按 √(batch / 基准 batch) 缩放（Adam 的平方根规则）。
+"""
+import math
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[4]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from dataset.lm_dataset import IGNORE_INDEX, PretrainDataset  # noqa: E402
+from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
+from model.tokenization import load_tokenizer  # noqa: E402
+from modules.common.datasets import get_experiment_data  # noqa: E402
+from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
+from modules.common.text_data import char_lm_batches  # noqa: E402
+from modules.common.training import train_model  # noqa: E402
+from modules.common.visualization import set_style  # noqa: E402
+
+HIDDEN, LAYERS, HEADS, KV_HEADS, BLOCK = 48, 2, 4, 2, 64
+SAMPLES = REPO_ROOT / "dataset" / "samples" / "pretrain.jsonl"
+ACCUM_MICRO, ACCUM_STEPS = 4, 4  # k = 4 个 micro-batch，每个 b = 4 条 → 等价 batch 16
+BASE_BATCH, BASE_LR = 16, 4e-3  # LR 在 batch 16 上选定，其余 batch 按 √ 缩放
+BATCH_SIZES = [4, 16, 64]
+VAL_BATCH, VAL_BATCHES = 32, 4
+
+
+def add_args(parser):
+    parser.add_argument("--tokens", type=int, default=None,
+                        help="B 部分每个 batch 大小的训练 token 预算（默认 quick 65536 / full 196608）")
+
+
+def build_model(vocab_size: int) -> MiniMindForCausalLM:
+    config = MiniMindConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                            num_key_value_heads=KV_HEADS, vocab_size=vocab_size, max_position_embeddings=256)
+    return MiniMindForCausalLM(config)
+
+
+def counted_tokens(labels: torch.Tensor) -> int:
+    """计 loss 的位置数：模型用 labels[:, 1:] 与 logits[:, :-1] 对齐，-100 不计。"""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def gradients(model) -> torch.Tensor:
+    return torch.cat([p.grad.flatten() for p in model.parameters()])  # (n_params,)
+
+
+def full_batch_grad(model, input_ids, labels) -> torch.Tensor:
+    model.zero_grad(set_to_none=True)
+    model(input_ids, labels=labels).loss.backward()
+    return gradients(model)
+
+
+def accumulated_grad(model, input_ids, labels, k: int, token_weighted: bool) -> torch.Tensor:
+    """把 (k·b, T) 切成 k 个 (b, T) 的 micro-batch，loss 反向传播 k 次、梯度累加，最后一次性取出。"""
+    model.zero_grad(set_to_none=True)
+    total = counted_tokens(labels)
+    for ids, lab in zip(input_ids.chunk(k), labels.chunk(k)):  # 各 (b, T)
+        loss = model(ids, labels=lab).loss  # 本 micro-batch 里计 loss 的 token 的平均
+        weight = counted_tokens(lab) / total if token_weighted else 1.0 / k
+        (loss * weight).backward()
+    return gradients(model)
+
+
+def grad_diff(g: torch.Tensor, ref: torch.Tensor) -> dict:
+    return {"max_abs_diff": (g - ref).abs().max().item(),
+            "rel_l2_diff": ((g - ref).norm() / ref.norm()).item()}
+
+
+def accumulation_check(seed: int, text: str) -> dict:
+    """A 部分：同一批数据，大 batch vs 梯度累积的三种情形。"""
+    Experiment.seed_everything(seed)
+    tokenizer = load_tokenizer()
+    dataset = PretrainDataset(SAMPLES, tokenizer, max_seq_len=BLOCK)
+    n = ACCUM_MICRO * ACCUM_STEPS
+    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    items = [dataset[i] for i in idx]
+    input_ids = torch.stack([it["input_ids"] for it in items])  # (k·b, T)
+    labels = torch.stack([it["labels"] for it in items])  # (k·b, T)，padding 处为 -100
+    micro_tokens = [counted_tokens(lab) for lab in labels.chunk(ACCUM_STEPS)]
+
+    model = build_model(tokenizer.vocab_size)
+    ref = full_batch_grad(model, input_ids, labels)
+    padded = {
+        "mean of means": grad_diff(accumulated_grad(model, input_ids, labels, ACCUM_STEPS, False), ref),
+        "token-weighted": grad_diff(accumulated_grad(model, input_ids, labels, ACCUM_STEPS, True), ref),
+    }
+
+    char_tok, get_batch = char_lm_batches(text, BLOCK, n, seed=seed)
+    char_model = build_model(char_tok.vocab_size)
+    char_ids, char_labels = get_batch("train")  # (k·b, T)，没有 -100
+    char_ref = full_batch_grad(char_model, char_ids, char_labels)
+    no_pad = grad_diff(accumulated_grad(char_model, char_ids, char_labels, ACCUM_STEPS, False), char_ref)
+    return {"micro_batch_tokens": micro_tokens, "grad_norm": ref.norm().item(),
+            "bpe_padded": padded, "char_no_padding_mean_of_means": no_pad}
+
+
+def batch_size_run(seed: int, text: str, batch: int, tokens: int, device) -> dict:
+    """B 部分：batch 大小 batch、LR = BASE_LR·√(batch/BASE_BATCH)，训练 tokens 个 token。验证批固定为 VAL_BATCH 条。"""
+    Experiment.seed_everything(seed)
+    tokenizer, train_batches = char_lm_batches(text, BLOCK, batch, seed=seed, device=device)
+    _, val_batches = char_lm_batches(text, BLOCK, VAL_BATCH, seed=seed, device=device)
+
+    def get_batch(split):
+        return train_batches(split) if split == "train" else val_batches(split)
+
+    steps = tokens // (batch * BLOCK)
+    lr = BASE_LR * math.sqrt(batch / BASE_BATCH)
+    hist = train_model(build_model(tokenizer.vocab_size), get_batch, steps=steps, lr=lr, eval_every=max(1, steps // 8),
+                       eval_batches=VAL_BATCHES, device=device, desc=f"batch={batch} seed={seed}")
+    if hist["diverged_at"] is not None:
+        raise SystemExit(f"batch={batch}（seed={seed}）在第 {hist['diverged_at']} 步发散；请减小 BASE_LR")
+    return {"batch": batch, "lr": lr, "steps": steps, "tokens_per_step": batch * BLOCK,
+            "val_steps": hist["val_steps"], "val_loss": hist["val_loss"], "final_val_loss": hist["val_loss"][-1],
+            "train_loss": hist["train_loss"], "tokens_per_s": hist["tokens_per_s"], "wall_s": hist["wall_s"]}
+
+
+def main():
+    exp = Experiment(__file__, extra_args=add_args, description=(
+        "预训练实验 3：梯度累积 k×b 与大 batch k·b 的梯度是否相同（含 padding 时要按 token 数加权），\n"
+        "以及相同 token 预算下不同 batch 大小（LR 按 √ 缩放）的 loss 曲线。"))
+    tokens = exp.args.tokens or (65_536 if exp.quick else 196_608)
+    if tokens < max(BATCH_SIZES) * BLOCK * 10:
+        raise SystemExit(f"--tokens 至少为 {max(BATCH_SIZES) * BLOCK * 10}（收到 {tokens}）：最大的 batch 也要训练 10 步")
+    text = get_experiment_data("shakespeare")
+
+    # ---- A：梯度累积（每个种子一份不同的数据和初始化）----
+    checks = [accumulation_check(seed, text) for seed in exp.seeds]
+    cases = {"BPE + padding, mean of means (trainer/)": [c["bpe_padded"]["mean of means"] for c in checks],
+             "BPE + padding, token-weighted": [c["bpe_padded"]["token-weighted"] for c in checks],
+             "char, no padding, mean of means": [c["char_no_padding_mean_of_means"] for c in checks]}
+    exp.print_table(["accumulation (k=4 x b=4 vs batch 16)", "max |grad diff|", "relative L2 diff"],
+                    [[name, f"{max(d['max_abs_diff'] for d in ds):.2e}", f"{max(d['rel_l2_diff'] for d in ds):.2e}"]
+                     for name, ds in cases.items()],
+                    title=f"A. Gradient accumulation vs one big batch (worst over {len(checks)} seed(s))")
+    print(f"（第一个种子里 4 个 micro-batch 计 loss 的 token 数：{checks[0]['micro_batch_tokens']}——"
+          f"不相等，所以\"均值的均值\"给短句的 token 更大的权重）")
+
+    # ---- B：batch 大小 ----
+    runs = {b: [batch_size_run(seed, text, b, tokens, exp.device) for seed in exp.seeds] for b in BATCH_SIZES}
+    final = {b: [r["final_val_loss"] for r in rs] for b, rs in runs.items()}
+    s_max = runs[max(BATCH_SIZES)][0]["steps"]  # 最大 batch 的步数：在这一步比较"相同步数"
+
+    def train_loss_at(r, step):  # 第 step 步附近（最后 5 步）的平均训练 loss
+        window = r["train_loss"][max(0, step - 5):step]
+        return sum(window) / len(window)
+
+    at_steps = {b: [train_loss_at(r, s_max) for r in rs] for b, rs in runs.items()}
+    exp.print_table(["batch", "peak LR", "steps", "final val loss (same tokens)", f"train loss @ step {s_max}",
+                     "tokens/s"],
+                    [[b, f"{rs[0]['lr']:.2e}", rs[0]["steps"], format_mean_std(final[b]), format_mean_std(at_steps[b]),
+                      f"{mean_std([r['tokens_per_s'] for r in rs])[0]:.0f}"] for b, rs in runs.items()],
+                    title=f"B. Batch size at a fixed budget of {tokens} tokens (LR ∝ √batch)")
+
+    exp.save_metrics({
+        "model": {"hidden_size": HIDDEN, "num_layers": LAYERS, "n_heads": HEADS, "n_kv_heads": KV_HEADS,
+                  "block_size": BLOCK},
+        "accumulation": {"k": ACCUM_STEPS, "micro_batch": ACCUM_MICRO,
+                         "max_abs_diff": {name: max(d["max_abs_diff"] for d in ds) for name, ds in cases.items()},
+                         "rel_l2_diff": {name: max(d["rel_l2_diff"] for d in ds) for name, ds in cases.items()},
+                         "per_seed": checks},
+        "batch_sizes": {"tokens": tokens, "base_batch": BASE_BATCH, "base_lr": BASE_LR, "lr_scaling": "sqrt",
+                        "final_val_loss": {str(b): mean_std(v)[0] for b, v in final.items()},
+                        "final_val_loss_std": {str(b): mean_std(v)[1] for b, v in final.items()},
+                        "compare_step": s_max,
+                        "train_loss_at_compare_step": {str(b): mean_std(v)[0] for b, v in at_steps.items()},
+                        "runs": {str(b): rs for b, rs in runs.items()}},
+    })
+
+    # ---- 图：左 累积误差（对数轴）；中 val loss vs 已见 token；右 train loss vs 步数 ----
+    set_style()
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    names = list(cases)
+    axes[0].bar(range(len(names)), [max(d["max_abs_diff"] for d in cases[n]) for n in names],
+                color=["C3", "C2", "C0"])
+    axes[0].axhline(1e-5, color="gray", ls="--", label="1e-5")
+    axes[0].set_yscale("log")
+    axes[0].set_xticks(range(len(names)), ["BPE+pad\nmean of means", "BPE+pad\ntoken-weighted", "char\nmean of means"])
+    axes[0].set_ylabel("max |grad(accum) - grad(big batch)|")
+    axes[0].set_title("Gradient accumulation k=4 x b=4 vs batch 16")
+    axes[0].legend(fontsize=8)
+    for b, rs in runs.items():
+        r = rs[0]
+        val_mean = [sum(x["val_loss"][i] for x in rs) / len(rs) for i in range(len(r["val_loss"]))]
+        axes[1].plot([(s + 1) * r["tokens_per_step"] for s in r["val_steps"]], val_mean, marker=".",
+                     label=f"batch {b} (lr {r['lr']:.1e})")
+        smooth = [sum(r["train_loss"][max(0, i - 4):i + 1]) / len(r["train_loss"][max(0, i - 4):i + 1])
+                  for i in range(len(r["train_loss"]))]
+        axes[2].plot(range(1, len(smooth) + 1), smooth, label=f"batch {b}")
+    axes[1].ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
+    axes[1].set_xlabel("tokens seen")
+    axes[1].set_ylabel("val loss")
+    axes[1].set_title("Same token budget: val loss vs tokens")
+    axes[1].legend(fontsize=8)
+    axes[2].axvline(s_max, color="gray", ls=":", label=f"step {s_max}")
+    axes[2].set_xscale("log")
+    axes[2].set_xlabel("optimizer step (log)")
+    axes[2].set_ylabel("train loss (5-step mean, first seed)")
+    axes[2].set_title("Same number of optimizer steps")
+    axes[2].legend(fontsize=8)
+    exp.save_figure(fig, "exp3_batch_and_accumulation.png")
+
+    # ---- 结论（全部由上面的测量算出）----
+    diff = {n: max(d["max_abs_diff"] for d in cases[n]) for n in names}
+    exp.conclude("按 token 数加权的梯度累积与大 batch 梯度相同（最大绝对差 < 1e-5）",
+                 diff[names[1]] < 1e-5, f"最大绝对差 {diff[names[1]]:.2e}（梯度范数约 {checks[0]['grad_norm']:.3f}）")
+    exp.conclude("有 padding（-100）时，\"均值的均值\"（loss / k）与大 batch 梯度不同：误差比按 token 加权大 100 倍以上",
+                 diff[names[0]] > 100 * max(diff[names[1]], 1e-12),
+                 f"均值的均值 {diff[names[0]]:.2e} vs 按 token 加权 {diff[names[1]]:.2e}")
+    exp.conclude("没有 padding、每个 micro-batch token 数相同时，\"均值的均值\"就是精确的（< 1e-5）",
+                 diff[names[2]] < 1e-5, f"字符级数据上最大绝对差 {diff[names[2]]:.2e}")
+    fm = {b: mean_std(v)[0] for b, v in final.items()}
+    exp.conclude("相同 token 预算下，batch 越小（更新步数越多）最终验证 loss 越低",
+                 all(fm[a] < fm[b] for a, b in zip(BATCH_SIZES, BATCH_SIZES[1:])),
+                 "，".join(f"batch {b}: {fm[b]:.4f}（{runs[b][0]['steps']} 步）" for b in BATCH_SIZES))
+    st = {b: mean_std(v)[0] for b, v in at_steps.items()}
+    exp.conclude(f"相同步数（第 {s_max} 步）下，batch 越大训练 loss 越低",
+                 all(st[a] > st[b] for a, b in zip(BATCH_SIZES, BATCH_SIZES[1:])),
+                 "，".join(f"batch {b}: {st[b]:.4f}" for b in BATCH_SIZES))
+    exp.finish()
+
+
+if __name__ == "__main__":
+    main()
