@@ -140,7 +140,7 @@ def train_model(
             for group, norm in _group_grad_norms(named_params).items():
                 history["grad_norms"].setdefault(group, []).append(norm)
         if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for _, p in named_params], grad_clip)  # 只裁剪在训练的参数
         optimizer.step()
 
         tokens += input_ids.numel()

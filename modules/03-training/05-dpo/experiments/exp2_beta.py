@@ -1,0 +1,120 @@
+"""实验 2：β 控制什么？——同样的数据、同样的步数，β 从 0.01 到 2，奖励差与到参考模型的 KL 的取舍。
+
+DPO 的损失 −log σ(β·Δ)，Δ = (log π(y_c) − log π_ref(y_c)) − (log π(y_r) − log π_ref(y_r))。
+β 小：σ 一直停在 0.5 附近、损失不饱和，策略会把 Δ 推得很大，离参考模型也越远；
+β 大：β·Δ 很快变大、σ(−β·Δ) → 0，梯度自己消失，策略停在参考模型附近。
+本实验对每个 β 从同一个参考模型出发做同样步数的 DPO，在留出的偏好对上测 Δ（与 β 无关的对数概率差变化）、
+奖励差 β·Δ、偏好准确率和 KL(π ‖ π_ref)。
+
+    python exp2_beta.py --quick
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+import dpo_lab as lab  # noqa: E402
+from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
+from modules.common.visualization import set_style  # noqa: E402
+
+BETAS = [0.01, 0.1, 0.5, 2.0]
+
+
+def add_args(parser):
+    parser.add_argument("--ref-steps", type=int, default=100, help="参考模型 SFT 步数（默认 100）")
+    parser.add_argument("--dpo-steps", type=int, default=40, help="每个 β 的 DPO 步数（默认 40）")
+    parser.add_argument("--betas", type=float, nargs="+", default=BETAS, help="要比较的 β（默认 0.01 0.1 0.5 2）")
+
+
+def main():
+    exp = Experiment(__file__, description="β 扫描：DPO 的奖励差与到参考模型的 KL 之间的取舍", extra_args=add_args)
+    ref_steps = exp.args.ref_steps
+    dpo_steps = exp.args.dpo_steps
+    betas = sorted(exp.args.betas)
+    if ref_steps < 1 or dpo_steps < 1:
+        raise SystemExit(f"--ref-steps 与 --dpo-steps 必须 >= 1（收到 {ref_steps}、{dpo_steps}）")
+    if len(betas) < 2 or min(betas) <= 0:
+        raise SystemExit(f"--betas 至少给两个正数（收到 {betas}）")
+
+    tokenizer = lab.load_tokenizer()
+    sft_data = lab.SFTDataset(lab.SFT_PATH, tokenizer, lab.SEQ_LEN)
+    dpo_data = lab.DPODataset(lab.DPO_PATH, tokenizer, lab.SEQ_LEN)
+    train_idx, heldout_idx = lab.split_pairs(len(dpo_data))
+    print(f"偏好对：训练 {len(train_idx)}，留出 {len(heldout_idx)}；β = {betas}；每个 β DPO {dpo_steps} 步")
+
+    stats = {beta: [] for beta in betas}  # β → 每个种子在留出对上的 pair_stats
+    for seed in exp.seeds:
+        Experiment.seed_everything(seed)
+        ref, _ = lab.train_reference(tokenizer, sft_data, seed, ref_steps, exp.device)
+        ref_heldout = lab.pair_logprobs(ref, dpo_data, heldout_idx, exp.device)
+        for beta in betas:
+            policy, _ = lab.train_dpo(ref, dpo_data, train_idx, seed, dpo_steps, beta, exp.device)
+            stats[beta].append(lab.pair_stats(policy, ref, dpo_data, heldout_idx, beta, exp.device, ref_heldout))
+
+    def values(beta, key):
+        return [s[key] for s in stats[beta]]
+
+    keys = ("log_ratio_margin", "margin", "accuracy", "kl")
+    exp.print_table(["beta", "Δ log-ratio", "margin β·Δ", "accuracy", "KL nat/token"],
+                    [[beta] + [format_mean_std(values(beta, k), 3) for k in keys] for beta in betas],
+                    title=f"留出对上的指标（DPO {dpo_steps} 步后，mean ± std over seeds）")
+
+    kl = {beta: mean_std(values(beta, "kl"))[0] for beta in betas}
+    delta = {beta: mean_std(values(beta, "log_ratio_margin"))[0] for beta in betas}
+    small, large = betas[0], betas[-1]
+    exp.conclude(f"β 越大，策略离参考模型越近：β={large} 的 KL 小于 β={small}",
+                 bool(kl[large] < kl[small]), f"KL: β={small} → {kl[small]:.4f}, β={large} → {kl[large]:.4f} nat/token")
+    kl_order = [kl[b] for b in betas]
+    exp.conclude("KL 随 β 单调下降（每一档 β 都比前一档小）",
+                 bool(all(a > b for a, b in zip(kl_order, kl_order[1:]))),
+                 "KL by β: " + ", ".join(f"{b}: {kl[b]:.4f}" for b in betas))
+    exp.conclude(f"β 越小，chosen 与 rejected 的对数概率差被推得越开：β={small} 的 Δ 大于 β={large}",
+                 bool(delta[small] > delta[large]),
+                 f"Δ log-ratio: β={small} → {delta[small]:.2f}, β={large} → {delta[large]:.2f}")
+    acc = {beta: mean_std(values(beta, "accuracy"))[0] for beta in betas}
+    exp.conclude("每个 β 在留出对上的偏好准确率都高于 0.5",
+                 bool(min(acc.values()) > 0.5), "accuracy by β: " + ", ".join(f"{b}: {acc[b]:.3f}" for b in betas))
+
+    set_style()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax = axes[0]
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(betas)))
+    for beta, color in zip(betas, colors):
+        ax.scatter(values(beta, "kl"), values(beta, "log_ratio_margin"), color=color, alpha=0.4, s=20)
+        ax.scatter([kl[beta]], [delta[beta]], color=color, s=90, edgecolor="black", label=f"beta={beta}")
+    ax.set_xlabel("KL(π ‖ π_ref) per answer token [nat]")
+    ax.set_ylabel("Δ log-ratio (chosen − rejected)")
+    ax.set_title("Held-out: margin bought with KL")
+    ax.legend()
+    ax = axes[1]
+    x = np.arange(len(betas))
+    ax.bar(x - 0.2, [kl[b] for b in betas], width=0.4, color="tab:purple", label="KL [nat/token]")
+    ax.set_xticks(x, [str(b) for b in betas])
+    ax.set_xlabel("beta")
+    ax.set_ylabel("KL [nat/token]")
+    ax2 = ax.twinx()
+    ax2.bar(x + 0.2, [acc[b] for b in betas], width=0.4, color="tab:orange", label="accuracy")
+    ax2.set_ylim(0, 1)
+    ax2.set_ylabel("held-out preference accuracy")
+    ax.set_title("KL and accuracy per beta")
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(handles, ["KL", "accuracy"], loc="upper right")
+    fig.suptitle(f"DPO beta sweep ({dpo_steps} steps each, {len(exp.seeds)} seed(s))")
+    fig.tight_layout()
+    exp.save_figure(fig, "exp2_beta.png")
+
+    exp.save_metrics({"config": {"ref_steps": ref_steps, "dpo_steps": dpo_steps, "betas": betas, "lr": lab.DPO_LR,
+                                 "batch_pairs": lab.DPO_BATCH, "n_heldout_pairs": len(heldout_idx)},
+                      "per_beta": {str(beta): {k: values(beta, k) for k in keys + ("chosen_logp", "rejected_logp")}
+                                   for beta in betas},
+                      "mean_kl": {str(b): kl[b] for b in betas},
+                      "mean_log_ratio_margin": {str(b): delta[b] for b in betas},
+                      "mean_accuracy": {str(b): acc[b] for b in betas}})
+    exp.finish()
+
+
+if __name__ == "__main__":
+    main()

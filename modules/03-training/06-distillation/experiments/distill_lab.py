@@ -1,0 +1,114 @@
+"""实验 1–3 共用的蒸馏小工具：真实的 MiniMindForCausalLM、trainer/ 同款训练循环、trainer/ 里的蒸馏损失。
+
+    text = get_experiment_data("shakespeare")
+    _, get_batch = char_lm_batches(text, BLOCK, BATCH, seed=seed)
+    teacher, t_hist = train_teacher(TEACHER_SIZE, vocab, get_batch, steps, seed, device)
+    student = new_model(STUDENT_SIZE, vocab, seed)
+    hist = train_student(student, teacher, get_batch, steps, temperature=2.0, alpha=1.0, device=device)
+    scores = evaluate(student, teacher, eval_batches(text, n, seed))   # 真实标签 CE、与老师 argmax 的一致率
+
+损失只有一份：trainer/train_distillation.py::distillation_loss（α·T²·KL + (1-α)·CE），这里不复制。
+"""
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[4]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from model.model_minimind import CausalLMOutput, MiniMindConfig, MiniMindForCausalLM  # noqa: E402
+from modules.common.text_data import char_lm_batches  # noqa: E402
+from modules.common.training import train_model  # noqa: E402
+from trainer.train_distillation import distillation_loss  # noqa: E402
+
+BLOCK, BATCH, LR = 64, 16, 3e-3
+# 老师：hidden 128、2 层；学生：hidden 64、1 层（参数约为老师的 1/8）。2 核 CPU 上几分钟内跑完三个种子
+TEACHER_SIZE = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+STUDENT_SIZE = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+
+
+def new_model(size: dict, vocab_size: int, seed: int) -> MiniMindForCausalLM:
+    """按 size（hidden_size / num_hidden_layers / 头数）建一个随机初始化的 MiniMind；seed 决定初始化。"""
+    torch.manual_seed(seed)
+    config = MiniMindConfig(**size, vocab_size=vocab_size, max_position_embeddings=BLOCK)
+    return MiniMindForCausalLM(config)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class DistillStudent(nn.Module):
+    """把 (学生, 冻结的老师) 包成 train_model 能直接训练的模型。
+
+    训练模式：loss = distillation_loss(学生 logits, 老师 logits, labels, T, α)——与 trainer/ 的 make_distill_step 相同；
+    评估模式：loss = 学生在真实标签上的交叉熵，于是 train_model 记录的 val_loss 就是我们要比较的"学生验证 loss"。
+    """
+
+    def __init__(self, student: MiniMindForCausalLM, teacher: MiniMindForCausalLM, temperature: float, alpha: float):
+        super().__init__()
+        # 清掉老师自己训练时留下的 .grad：train_model 对 model.parameters() 做梯度裁剪，老师是子模块，
+        # 残留的梯度会算进总范数（并被反复缩放），让同一个学生的训练结果依赖之前训练过什么
+        teacher.zero_grad(set_to_none=True)
+        self.student, self.teacher = student, teacher.eval().requires_grad_(False)
+        self.temperature, self.alpha = temperature, alpha
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # 老师永远是推理模式
+        return self
+
+    def forward(self, input_ids, labels):
+        if not self.training:
+            return self.student(input_ids, labels=labels)
+        with torch.no_grad():
+            teacher_logits = self.teacher(input_ids).logits  # (B, T, V)
+        student_logits = self.student(input_ids).logits  # (B, T, V)
+        loss, _, _ = distillation_loss(student_logits, teacher_logits, labels, self.temperature, self.alpha)
+        return CausalLMOutput(logits=student_logits, loss=loss)
+
+
+def train_teacher(size: dict, vocab_size: int, get_batch, steps: int, seed: int, device, desc: str = "teacher"):
+    """在真实标签上普通预训练一个老师；返回 (冻结的老师, 训练历史)。"""
+    teacher = new_model(size, vocab_size, seed)
+    hist = train_model(teacher, get_batch, steps=steps, lr=LR, eval_every=steps, eval_batches=1, device=device,
+                       desc=desc)
+    if hist["diverged_at"] is not None:
+        raise SystemExit(f"老师在第 {hist['diverged_at']} 步发散；请减小学习率后重试")
+    return teacher.eval().requires_grad_(False), hist
+
+
+def train_student(student, teacher, get_batch, steps: int, *, temperature: float, alpha: float, device,
+                  eval_every: int | None = None, desc: str = "student") -> dict:
+    """用 α·T²·KL + (1-α)·CE 训练学生（α=0 就是只用真实标签）；返回 train_model 的历史（val_loss = 学生的真实 CE）。"""
+    hist = train_model(DistillStudent(student, teacher, temperature, alpha), get_batch, steps=steps, lr=LR,
+                       eval_every=eval_every or steps, eval_batches=2, device=device, desc=desc)
+    if hist["diverged_at"] is not None:
+        raise SystemExit(f"{desc} 在第 {hist['diverged_at']} 步发散；请减小学习率后重试")
+    return hist
+
+
+def eval_batches(text: str, n: int, seed: int, device=None) -> list:
+    """固定的 n 个验证批（来自验证切分，独立的随机源）：所有模型都在完全相同的位置上比较。"""
+    _, get_batch = char_lm_batches(text, BLOCK, BATCH, seed=10_000 + seed, device=device)
+    return [get_batch("val") for _ in range(n)]
+
+
+@torch.no_grad()
+def evaluate(student, teacher, batches) -> dict:
+    """在固定验证批上：学生/老师的真实标签交叉熵，以及学生 argmax 与老师 argmax 相同的位置占比（agreement）。"""
+    student.eval()
+    s_loss = t_loss = 0.0
+    same = total = 0
+    for input_ids, labels in batches:
+        s_out, t_out = student(input_ids, labels=labels), teacher(input_ids, labels=labels)
+        s_loss += s_out.loss.item()
+        t_loss += t_out.loss.item()
+        s_pred, t_pred = s_out.logits[:, :-1].argmax(-1), t_out.logits[:, :-1].argmax(-1)  # (B, T-1)：预测下一个 token
+        same += (s_pred == t_pred).sum().item()
+        total += s_pred.numel()
+    return {"student_val_loss": s_loss / len(batches), "teacher_val_loss": t_loss / len(batches),
+            "agreement": same / total}

@@ -1,0 +1,125 @@
+"""实验 3：老师越大越好吗？——同一个小学生，分别向三个大小不同的老师学（容量差距，Mirzadeh et al. 2020）。
+
+每个种子：三个老师（small = 与学生同样大小 / medium / large，hidden 与层数递增）在字符级 TinyShakespeare 上
+用相同步数、相同批次普通预训练；再把同一个学生（hidden 64、1 层，相同初始化、相同批次、相同步数）
+分别用 α=1、T=1 蒸馏（trainer/train_distillation.py::distillation_loss），另有一个 α=0 的硬标签学生作基线。
+比较：老师的验证 loss、学生的验证 loss（真实标签 CE）、学生与"自己的老师"的 argmax 一致率。
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # 同目录的 distill_lab（它再把仓库根目录放进 sys.path）
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+from distill_lab import (  # noqa: E402
+    BATCH, BLOCK, STUDENT_SIZE, eval_batches, evaluate, n_params, new_model, train_student, train_teacher,
+)
+from modules.common.datasets import get_experiment_data  # noqa: E402
+from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
+from modules.common.text_data import char_lm_batches  # noqa: E402
+from modules.common.visualization import set_style  # noqa: E402
+
+TEACHERS = {
+    "small": dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1),  # = 学生
+    "medium": dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    "large": dict(hidden_size=128, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2),
+}
+ALPHA, TEMPERATURE = 1.0, 1.0  # 只学老师分布：一致率直接反映"学得像不像"（T 的影响见实验 2）
+N_EVAL_BATCHES = 8
+
+
+def add_args(parser):
+    parser.add_argument("--steps", type=int, default=None, help="每个老师、每个学生的训练步数（默认 quick 80 / full 160）")
+
+
+def main():
+    exp = Experiment(__file__, extra_args=add_args, description=(
+        "蒸馏实验 3：三个大小不同的老师（相同训练步数）蒸馏同一个小学生（α=1, T=1）：\n"
+        "老师 val loss、学生 val loss、学生与老师的一致率；外加一个只用硬标签的学生作基线。"))
+    steps = exp.args.steps or (80 if exp.quick else 160)
+    if steps < 10:
+        raise SystemExit(f"--steps 至少 10（收到 {steps}）：太短的训练里老师还什么都没学会")
+    text = get_experiment_data("shakespeare")
+
+    runs = {name: [] for name in TEACHERS}
+    baseline = []  # 硬标签学生（α=0）：与老师无关，每个种子一个
+    for seed in exp.seeds:
+        Experiment.seed_everything(seed)
+        tokenizer, _ = char_lm_batches(text, BLOCK, BATCH, seed=seed)
+        vocab = tokenizer.vocab_size
+        batches = eval_batches(text, N_EVAL_BATCHES, seed, exp.device)
+        for name, size in TEACHERS.items():
+            _, teacher_batches = char_lm_batches(text, BLOCK, BATCH, seed=seed, device=exp.device)
+            teacher, _ = train_teacher(size, vocab, teacher_batches, steps, seed, exp.device,
+                                       desc=f"teacher {name} seed={seed}")
+            _, student_batches = char_lm_batches(text, BLOCK, BATCH, seed=seed, device=exp.device)
+            student = new_model(STUDENT_SIZE, vocab, seed)
+            train_student(student, teacher, student_batches, steps, temperature=TEMPERATURE, alpha=ALPHA,
+                          device=exp.device, desc=f"student<-{name} seed={seed}")
+            runs[name].append({"seed": seed, **evaluate(student, teacher, batches)})
+            if name == "small":  # 硬标签基线：α=0 时老师不参与梯度，哪个老师都一样
+                _, student_batches = char_lm_batches(text, BLOCK, BATCH, seed=seed, device=exp.device)
+                hard = new_model(STUDENT_SIZE, vocab, seed)
+                train_student(hard, teacher, student_batches, steps, temperature=1.0, alpha=0.0,
+                              device=exp.device, desc=f"hard seed={seed}")
+                baseline.append(evaluate(hard, teacher, batches)["student_val_loss"])
+
+    keys = ("teacher_val_loss", "student_val_loss", "agreement")
+    summary = {name: {k: mean_std([r[k] for r in rs]) for k in keys} for name, rs in runs.items()}
+    params = {name: n_params(new_model(size, vocab, 0)) for name, size in TEACHERS.items()}
+    params["student"] = n_params(new_model(STUDENT_SIZE, vocab, 0))
+    names = list(TEACHERS)
+    teacher_loss = [summary[n]["teacher_val_loss"][0] for n in names]
+    student_loss = [summary[n]["student_val_loss"][0] for n in names]
+    best_teacher_for_student = min(names, key=lambda n: summary[n]["student_val_loss"][0])
+    exp.save_metrics({
+        "steps": steps, "alpha": ALPHA, "temperature": TEMPERATURE, "teachers": TEACHERS, "student": STUDENT_SIZE,
+        "params": params, "runs": runs,
+        "summary": {n: {k: {"mean": m, "std": s} for k, (m, s) in d.items()} for n, d in summary.items()},
+        "hard_label_student_val_loss": {"mean": mean_std(baseline)[0], "std": mean_std(baseline)[1],
+                                        "values": baseline},
+        "best_teacher_for_student": best_teacher_for_student,
+    })
+
+    exp.print_table(
+        ["teacher", "params", "teacher val loss", "student val loss", "agreement"],
+        [[n, params[n], format_mean_std([r["teacher_val_loss"] for r in runs[n]]),
+          format_mean_std([r["student_val_loss"] for r in runs[n]]),
+          format_mean_std([r["agreement"] for r in runs[n]])] for n in names]
+        + [["(hard labels)", "-", "-", format_mean_std(baseline), "-"]],
+        title=f"学生 {params['student']} 参数，α={ALPHA}，T={TEMPERATURE:g}，每个模型 {steps} 步")
+
+    set_style()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    x = range(len(names))
+    labels = [f"{n}\n{params[n] / 1e3:.0f}k params" for n in names]
+    ax1.errorbar(x, teacher_loss, yerr=[summary[n]["teacher_val_loss"][1] for n in names], marker="s", capsize=4,
+                 label="teacher")
+    ax1.errorbar(x, student_loss, yerr=[summary[n]["student_val_loss"][1] for n in names], marker="o", capsize=4,
+                 label=f"student (alpha={ALPHA}, T={TEMPERATURE:g})")
+    ax1.axhline(mean_std(baseline)[0], color="gray", ls="--", label="student, hard labels only")
+    ax1.set_xticks(list(x), labels)
+    ax1.set(title="Val loss (true labels)", ylabel="cross-entropy")
+    ax1.legend()
+    ax2.errorbar(x, [summary[n]["agreement"][0] for n in names], yerr=[summary[n]["agreement"][1] for n in names],
+                 marker="o", capsize=4, color="#2ca02c")
+    ax2.set_xticks(list(x), labels)
+    ax2.set(title="Student top-1 agreement with its teacher", ylabel="fraction of positions")
+    exp.save_figure(fig, "exp3_teacher_size.png")
+
+    exp.conclude("老师越大，验证 loss 越低（small > medium > large）",
+                 holds=bool(teacher_loss[0] > teacher_loss[1] > teacher_loss[2]),
+                 evidence="teacher val loss " + ", ".join(f"{n} {v:.4f}" for n, v in zip(names, teacher_loss)))
+    exp.conclude("最大的老师教出的学生也最好",
+                 holds=bool(best_teacher_for_student == names[-1]),
+                 evidence="student val loss " + ", ".join(f"{n} {v:.4f}" for n, v in zip(names, student_loss))
+                          + f"；最好的是跟 {best_teacher_for_student} 学的")
+    exp.conclude("学生与老师的一致率随老师变大而下降（老师越强越难模仿）",
+                 holds=bool(summary[names[0]]["agreement"][0] > summary[names[-1]]["agreement"][0]),
+                 evidence="agreement " + ", ".join(f"{n} {summary[n]['agreement'][0]:.4f}" for n in names))
+    exp.finish()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""03-training/05-dpo 模块：三个实验的 --quick 在子进程里从别的工作目录运行，检查测得的效应与结论是否一致。
+
+这些实验只用仓库自带的分词器和 dataset/samples/ 的数据，不下载任何东西，所以不需要 experiment_env（../shared）。
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
+
+EXPERIMENTS = REPO_ROOT / "modules" / "03-training" / "05-dpo" / "experiments"
+
+
+def run_quick(script_name, tmp_path, *extra):
+    env = dict(os.environ, MPLBACKEND="Agg")
+    return run_quick_experiment(EXPERIMENTS / script_name, tmp_path, env, extra)
+
+
+@pytest.mark.experiment
+def test_exp1_margin_rises_and_generalises(tmp_path):
+    record, _ = run_quick("exp1_dpo_basics.py", tmp_path)
+    m = record["metrics"]
+    steps = m["eval_steps"]
+    assert steps[0] == 0 and steps[-1] == m["config"]["dpo_steps"]
+    train, heldout = m["curves"]["train"], m["curves"]["heldout"]
+    # 第 0 步策略就是参考模型：奖励差与 KL 都恰好为 0
+    assert np.allclose(np.array(train["margin"])[:, 0], 0) and np.allclose(np.array(heldout["kl"])[:, 0], 0)
+    margin = np.array(train["margin"]).mean(0)
+    assert margin[-1] > margin[1] > 0, margin  # 训练对上的奖励差上升且为正
+    acc = np.array(heldout["accuracy"]).mean(0)
+    assert acc[-1] > 0.5, acc  # 留出对上的偏好准确率高于随机
+    by_kind = m["heldout_accuracy_by_kind"]
+    assert by_kind["refusal"] > 0.8, by_kind  # "敷衍回答"这种表面特征推广得很好
+    assert find_conclusion(record, "refusal 的留出准确率高于")["holds"] == bool(
+        by_kind["refusal"] > max(by_kind["arithmetic"], by_kind["wrong_fact"]))
+    assert find_conclusion(record, "算术对")["holds"] == bool(by_kind["arithmetic"] > 0.5)
+    kl = np.array(heldout["kl"]).mean(0)
+    assert kl[-1] > 0
+    # 奖励差 = β × 对数概率比之差（dpo_loss 的定义）
+    beta = m["config"]["beta"]
+    assert np.allclose(np.array(heldout["margin"]), beta * np.array(heldout["log_ratio_margin"]), atol=1e-4)
+    # 结论与数字一致
+    assert find_conclusion(record, "训练对上的奖励差随训练上升")["holds"] == bool(margin[-1] > margin[1] > 0)
+    assert find_conclusion(record, "偏好准确率高于 0.5")["holds"] == bool(acc[-1] > 0.5)
+    assert find_conclusion(record, "KL 随训练增大")["holds"] == bool(kl[-1] > kl[1] > 0)
+    hm = np.array(heldout["margin"]).mean(0)
+    assert find_conclusion(record, "留出对上的奖励差也上升")["holds"] == bool(hm[-1] > hm[1])
+
+
+@pytest.mark.experiment
+def test_exp2_larger_beta_stays_closer_to_reference(tmp_path):
+    record, _ = run_quick("exp2_beta.py", tmp_path)
+    m = record["metrics"]
+    betas = m["config"]["betas"]
+    kl = {b: float(np.mean(m["per_beta"][str(b)]["kl"])) for b in betas}
+    delta = {b: float(np.mean(m["per_beta"][str(b)]["log_ratio_margin"])) for b in betas}
+    assert all(v > 0 for v in kl.values()), kl
+    # 最大的 β 的 KL 明显小于最小的 β（留了余量：至少小四分之一；参考运行里小一半以上）
+    assert kl[betas[-1]] < 0.75 * kl[betas[0]], kl
+    assert delta[betas[0]] > delta[betas[-1]], delta
+    assert find_conclusion(record, "β 越大，策略离参考模型越近")["holds"] == bool(kl[betas[-1]] < kl[betas[0]])
+    order = [kl[b] for b in betas]
+    assert find_conclusion(record, "KL 随 β 单调下降")["holds"] == all(a > b for a, b in zip(order, order[1:]))
+    assert find_conclusion(record, "推得越开")["holds"] == bool(delta[betas[0]] > delta[betas[-1]])
+
+
+@pytest.mark.experiment
+def test_exp3_dpo_pushes_rejected_down_more_than_sft(tmp_path):
+    record, _ = run_quick("exp3_sft_vs_dpo.py", tmp_path)
+    shifts = record["metrics"]["shifts"]
+    for split in ("heldout", "train"):
+        sft_r = np.mean(shifts["sft_chosen"][split]["rejected"])
+        dpo_r = np.mean(shifts["dpo"][split]["rejected"])
+        assert dpo_r < sft_r, (split, sft_r, dpo_r)
+        assert find_conclusion(record, f"[{split}] DPO 把 rejected")["holds"] == bool(dpo_r < sft_r)
+    assert np.mean(shifts["sft_chosen"]["train"]["chosen"]) > 0  # 在 chosen 上做 SFT，训练过的 chosen 似然上升
+    sft_c = np.mean(shifts["sft_chosen"]["heldout"]["chosen"])
+    assert find_conclusion(record, "SFT(chosen) 抬高了 chosen")["holds"] == bool(sft_c > 0)
+    sft_gap, dpo_gap = (np.mean(shifts[k]["heldout"]["gap"]) for k in ("sft_chosen", "dpo"))
+    assert find_conclusion(record, "拉开 chosen 与 rejected 的差距")["holds"] == bool(dpo_gap > sft_gap)
+
+
+@pytest.mark.parametrize("script, args, fragment", [
+    ("exp1_dpo_basics.py", ["--beta", "0"], "--beta 必须为正"),
+    ("exp2_beta.py", ["--betas", "0.1"], "--betas 至少给两个正数"),
+    ("exp3_sft_vs_dpo.py", ["--steps", "0"], "必须 >= 1"),
+])
+def test_bad_arguments_exit_with_message(tmp_path, script, args, fragment):
+    proc = subprocess.run([sys.executable, str(EXPERIMENTS / script), "--quick", "--output-dir", str(tmp_path), *args],
+                          cwd=tmp_path, capture_output=True, text=True, encoding="utf-8", timeout=120)
+    assert proc.returncode != 0
+    assert fragment in proc.stderr
+    assert "Traceback" not in proc.stderr
