@@ -50,8 +50,8 @@ class DistillStudent(nn.Module):
 
     def __init__(self, student: MiniMindForCausalLM, teacher: MiniMindForCausalLM, temperature: float, alpha: float):
         super().__init__()
-        # 清掉老师自己训练时留下的 .grad：train_model 对 model.parameters() 做梯度裁剪，老师是子模块，
-        # 残留的梯度会算进总范数（并被反复缩放），让同一个学生的训练结果依赖之前训练过什么
+        # 清掉老师自己训练时留下的 .grad：对 model.parameters() 做梯度裁剪的训练循环会把老师（子模块）
+        # 残留的梯度算进总范数（并反复缩放），让同一个学生的训练结果依赖之前训练过什么
         teacher.zero_grad(set_to_none=True)
         self.student, self.teacher = student, teacher.eval().requires_grad_(False)
         self.temperature, self.alpha = temperature, alpha
