@@ -1,0 +1,166 @@
+"""LoRA 实验 3：合并后的权重与"基座 + 适配器"前向完全等价；微调后旧任务忘了多少：全参数 vs LoRA。
+
+    python exp3_merge_and_forget.py --quick      # 2 核 CPU 约半分钟，1 个种子
+    python exp3_merge_and_forget.py              # 完整：3 个种子
+
+设计：
+1. 合并：LoRA 模型在留出对话上的 logits（适配器旁路），merge_lora 之后再算一次，unmerge_lora 之后再算一次，
+   报告最大绝对差；并检查 unmerge 之后的 W 与训练前的基座 W 差多少（浮点加减一次的舍入）。
+2. 遗忘：全参数微调与 LoRA（rank 8 与 64，MiniMind 默认位置 q_proj/o_proj）都在新任务上微调同样的步数
+   （匹配步数，不是匹配新任务 loss），比较旧任务（留出的预训练文本）loss 相对基座上升了多少；
+   另报告 "每降低 1 单位新任务 loss 付出的旧任务 loss 上升"，作为匹配效果的粗略对照。
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lora_lab import (  # noqa: E402  (lora_lab 会把仓库根目录放进 sys.path)
+    BATCH, FULL_LR, LORA_LR, MODEL_SIZE, finetune, load_tasks, load_tokenizer, pretrain_base,
+    stack, task_loss,
+)
+
+import torch  # noqa: E402
+
+from model.model_lora import lora_modules, merge_lora, unmerge_lora  # noqa: E402
+from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
+from modules.common.visualization import plt, set_style  # noqa: E402
+
+
+def add_args(parser):
+    parser.add_argument("--pretrain-steps", type=int, default=None, help="基座预训练步数（默认 quick 80 / 完整 200）")
+    parser.add_argument("--finetune-steps", type=int, default=None, help="每种微调的步数（默认 quick 30 / 完整 60）")
+
+
+@torch.no_grad()
+def merge_check(model, base, tasks, device) -> dict:
+    """LoRA 模型：旁路前向 vs merge 后 vs unmerge 后的 logits 最大绝对差，以及 unmerge 后 W 与基座 W 的最大差。"""
+    model.eval()
+    data = tasks["new"]["data"]
+    input_ids, _ = stack([data[i] for i in tasks["new"]["val"]], data.tokenizer.pad_token_id)
+    input_ids = input_ids.to(device)  # (N_val, T)
+    adapter_logits = model(input_ids).logits  # (N_val, T, vocab)
+    base_logits = base.eval()(input_ids).logits
+    merge_lora(model)
+    all_merged = all(m.merged for m in lora_modules(model))
+    merged_logits = model(input_ids).logits
+    unmerge_lora(model)
+    unmerged_logits = model(input_ids).logits
+    base_weights = dict(base.named_parameters())
+    weight_diff = max((m.weight - base_weights[name + ".weight"]).abs().max().item()
+                      for name, m in model.named_modules() if m in lora_modules(model))
+    model.train()
+    return {"merged_vs_adapter": (merged_logits - adapter_logits).abs().max().item(),
+            "unmerged_vs_adapter": (unmerged_logits - adapter_logits).abs().max().item(),
+            "adapter_vs_base": (adapter_logits - base_logits).abs().max().item(),
+            "unmerged_weight_vs_base": weight_diff, "all_merged": all_merged,
+            "logit_scale": adapter_logits.abs().max().item()}
+
+
+def main():
+    exp = Experiment(__file__, extra_args=add_args, description=(
+        "LoRA 实验 3：merge_lora 前后 logits 是否相同；同样步数下全参数微调与 LoRA 对旧任务的遗忘。"))
+    pretrain_steps = (80 if exp.quick else 200) if exp.args.pretrain_steps is None else exp.args.pretrain_steps
+    finetune_steps = (30 if exp.quick else 60) if exp.args.finetune_steps is None else exp.args.finetune_steps
+    if pretrain_steps < 1 or finetune_steps < 1:
+        raise SystemExit(f"--pretrain-steps 与 --finetune-steps 必须 >= 1（收到 {pretrain_steps}、{finetune_steps}）")
+
+    tokenizer = load_tokenizer()
+    tasks = load_tasks(tokenizer)
+    variants = {"full FT": None, "LoRA r=8": 8, "LoRA r=64": 64}
+    runs = {v: {"new_loss": [], "old_loss": [], "old_rise": [], "new_drop": []} for v in variants}
+    merges = {v: [] for v in variants if variants[v] is not None}
+    base_new, base_old = [], []
+    for seed in exp.seeds:
+        Experiment.seed_everything(seed)
+        base, _ = pretrain_base(tasks, seed, pretrain_steps, exp.device)
+        b_new, b_old = task_loss(base, tasks["new"], exp.device), task_loss(base, tasks["old"], exp.device)
+        base_new.append(b_new)
+        base_old.append(b_old)
+        for v, rank in variants.items():
+            model, _, _ = finetune(base, tasks, seed, finetune_steps, exp.device, rank=rank)
+            new, old = task_loss(model, tasks["new"], exp.device), task_loss(model, tasks["old"], exp.device)
+            runs[v]["new_loss"].append(new)
+            runs[v]["old_loss"].append(old)
+            runs[v]["old_rise"].append(old - b_old)
+            runs[v]["new_drop"].append(b_new - new)
+            if rank is not None:
+                merges[v].append(merge_check(model, base, tasks, exp.device))
+
+    rows = []
+    for v in variants:
+        cost = [r / d for r, d in zip(runs[v]["old_rise"], runs[v]["new_drop"])]
+        runs[v]["cost"] = cost
+        rows.append([v, format_mean_std(runs[v]["new_loss"]), format_mean_std(runs[v]["new_drop"], 3),
+                     format_mean_std(runs[v]["old_loss"]), format_mean_std(runs[v]["old_rise"], 3),
+                     format_mean_std(cost, 3)])
+    exp.print_table(["variant", "new-task loss", "new drop", "old-task loss", "old rise (forgetting)", "rise / drop"],
+                    rows, title=f"forgetting after {finetune_steps} fine-tuning steps (matched steps; base: new "
+                                f"{format_mean_std(base_new)}, old {format_mean_std(base_old)})")
+    worst = {v: {k: max(m[k] for m in merges[v]) for k in ("merged_vs_adapter", "unmerged_vs_adapter",
+                                                            "adapter_vs_base", "unmerged_weight_vs_base", "logit_scale")}
+             for v in merges}
+    exp.print_table(["variant", "max|merged − adapter|", "max|unmerged − adapter|", "max|adapter − base|",
+                     "max|W_unmerged − W_base|"],
+                    [[v, f"{w['merged_vs_adapter']:.2e}", f"{w['unmerged_vs_adapter']:.2e}",
+                      f"{w['adapter_vs_base']:.3f}", f"{w['unmerged_weight_vs_base']:.2e}"] for v, w in worst.items()],
+                    title="merge / unmerge on held-out dialogues (logits, worst over seeds)")
+
+    stat = {v: {k: mean_std(runs[v][k]) for k in ("new_loss", "old_loss", "old_rise", "new_drop", "cost")}
+            for v in variants}
+    exp.save_metrics({
+        "config": {"model": MODEL_SIZE, "pretrain_steps": pretrain_steps, "finetune_steps": finetune_steps,
+                   "batch_size": BATCH, "full_lr": FULL_LR, "lora_lr": LORA_LR, "comparison": "matched steps",
+                   "lora_targets": "MiniMind default: square Linear layers (q_proj, o_proj)"},
+        "base": {"new_loss": {"mean": mean_std(base_new)[0], "values": base_new},
+                 "old_loss": {"mean": mean_std(base_old)[0], "values": base_old}},
+        "variants": {v: {k: {"mean": stat[v][k][0], "std": stat[v][k][1], "values": runs[v][k]} for k in stat[v]}
+                     for v in variants},
+        "merge": {v: {"worst": worst[v], "per_seed": merges[v]} for v in merges},
+    })
+
+    set_style()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    names = list(variants)
+    x = torch.arange(len(names)).float()
+    axes[0].bar(x - 0.2, [stat[v]["new_drop"][0] for v in names], 0.4, yerr=[stat[v]["new_drop"][1] for v in names],
+                capsize=3, label="new-task loss drop (gain)")
+    axes[0].bar(x + 0.2, [stat[v]["old_rise"][0] for v in names], 0.4, yerr=[stat[v]["old_rise"][1] for v in names],
+                capsize=3, label="old-task loss rise (forgetting)")
+    axes[0].set_xticks(x.tolist(), names)
+    axes[0].axhline(0, color="black", lw=0.8)
+    axes[0].set(title=f"Gain vs forgetting after {finetune_steps} steps", ylabel="loss change")
+    axes[0].legend()
+    labels = ["merged\nvs adapter", "unmerged\nvs adapter", "W unmerged\nvs W base", "adapter\nvs base"]
+    keys = ["merged_vs_adapter", "unmerged_vs_adapter", "unmerged_weight_vs_base", "adapter_vs_base"]
+    for i, v in enumerate(worst):
+        values = [max(worst[v][k], 1e-12) for k in keys]
+        axes[1].bar(torch.arange(len(keys)).float() + (i - 0.5) * 0.4, values, 0.4, label=v)
+    axes[1].set_xticks(range(len(keys)), labels, fontsize=8)
+    axes[1].axhline(1e-5, color="red", ls="--", lw=1, label="1e-5")
+    axes[1].set(yscale="log", title="Max abs difference (logits / weights)", ylabel="max |diff| (log)")
+    axes[1].legend()
+    exp.save_figure(fig, "exp3_merge_and_forget.png")
+
+    # fp32 只有约 7 位有效数字：logits 越大，加法顺序不同带来的绝对舍入差越大，所以按 logits 的量级取相对差
+    relative = {v: max(w["merged_vs_adapter"], w["unmerged_vs_adapter"]) / w["logit_scale"] for v, w in worst.items()}
+    exp.save_metrics({"merge_relative_diff": relative})
+    exp.conclude("merge_lora 后的普通前向与适配器旁路前向相同（只差 fp32 舍入：最大差 / 最大 |logit| < 1e-5），"
+                 "unmerge 后也回到原样", all(r < 1e-5 for r in relative.values()),
+                 "; ".join(f"{v}: merged {w['merged_vs_adapter']:.1e}, unmerged {w['unmerged_vs_adapter']:.1e}, "
+                           f"relative {relative[v]:.1e} (logits up to {w['logit_scale']:.1f}; adapter changes them by "
+                           f"{w['adapter_vs_base']:.2f})" for v, w in worst.items()))
+    rise = {v: stat[v]["old_rise"][0] for v in variants}
+    exp.conclude(f"同样 {finetune_steps} 步，全参数微调对旧任务的遗忘大于 LoRA（两个 rank 都是）",
+                 all(rise["full FT"] > rise[v] for v in merges),
+                 "旧任务 loss 上升：" + ", ".join(f"{v} {rise[v]:+.3f}" for v in variants))
+    cost = {v: stat[v]["cost"][0] for v in variants}
+    exp.conclude("按单位新任务收益折算（旧任务上升 / 新任务下降），全参数微调的代价也更高",
+                 all(cost["full FT"] > cost[v] for v in merges),
+                 "rise/drop：" + ", ".join(f"{v} {cost[v]:.3f}" for v in variants))
+    exp.conclude("rank 越大，LoRA 遗忘越多（更接近全参数微调）", rise["LoRA r=64"] > rise["LoRA r=8"],
+                 f"LoRA r=64 {rise['LoRA r=64']:+.3f} vs LoRA r=8 {rise['LoRA r=8']:+.3f}")
+    exp.finish()
+
+
+if __name__ == "__main__":
+    main()
