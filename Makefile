@@ -1,6 +1,7 @@
 # MiniMind Notes —— 只需 python3 (3.10+) 和 make。
 # make quickstart：建 .venv、装依赖、跑 30 分钟导览（quick 模式）
 # make test：装开发依赖并跑全部测试
+# make site / make serve：构建课程网站到 site/ / 在本机预览（需要 Node.js 的 npm 取 KaTeX、mermaid）
 
 PYTHON ?= python3
 VENV   := .venv
@@ -8,6 +9,9 @@ VPY    := $(VENV)/bin/python
 # 用 stamp 文件记录"依赖已按当前 requirements 安装"，requirements 变了就重装
 STAMP_RUN := $(VENV)/.stamp-requirements
 STAMP_DEV := $(VENV)/.stamp-requirements-dev
+STAMP_DOCS := $(VENV)/.stamp-requirements-docs
+# 网站的前端资源（KaTeX、mermaid）由 npm ci 按 website/package-lock.json 装到 website/node_modules/
+SITE_ASSETS := website/node_modules/.package-lock.json
 
 TOUR := \
 	modules/01-foundation/01-normalization/experiments/exp1_gradient_vanishing.py \
@@ -15,7 +19,7 @@ TOUR := \
 	modules/01-foundation/03-attention/experiments/exp1_attention_basics.py \
 	modules/02-architecture/01-residual-connection/experiments/exp1_with_vs_without.py
 
-.PHONY: help venv install install-dev quickstart tour test test-fast data bench clean
+.PHONY: help venv install install-dev quickstart tour test test-fast data bench clean site serve site-assets-if-npm
 
 help:  ## 列出所有目标
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort
@@ -29,9 +33,23 @@ $(STAMP_RUN): requirements.txt | $(VPY)
 	$(VPY) -m pip install -q -r requirements.txt
 	@touch $@
 
-$(STAMP_DEV): requirements-dev.txt requirements.txt | $(VPY)
+$(STAMP_DEV): requirements-dev.txt requirements.txt requirements-docs.txt | $(VPY)
 	$(VPY) -m pip install -q -r requirements-dev.txt
-	@touch $(STAMP_RUN) $@
+	@touch $(STAMP_RUN) $(STAMP_DOCS) $@
+
+$(STAMP_DOCS): requirements-docs.txt | $(VPY)
+	$(VPY) -m pip install -q -r requirements-docs.txt
+	@touch $@
+
+$(SITE_ASSETS): website/package.json website/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "需要 Node.js 和 npm 来取 KaTeX、mermaid（Debian/Ubuntu：sudo apt-get install npm）"; exit 1; }
+	cd website && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# 测试前装好网站资源；没有 npm 时只提示（网站测试在本机跳过、在 CI 里失败）
+site-assets-if-npm:
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(SITE_ASSETS); \
+	else echo "没有 npm：tests/test_site.py 会跳过（CI 里会失败）"; fi
 
 venv: $(VPY)  ## 只创建 .venv
 
@@ -47,14 +65,21 @@ tour: $(STAMP_RUN)  ## 30 分钟导览：四个入门实验（quick 模式）
 
 quickstart: install tour  ## 一步到位：建环境 + 跑导览
 
-test: $(STAMP_DEV)  ## 全部测试（实验测试并行跑）
+test: $(STAMP_DEV) site-assets-if-npm  ## 全部测试（实验测试并行跑）
 	$(VPY) -m pytest tests -n 2 --dist loadgroup --durations=20
 
-test-fast: $(STAMP_DEV)  ## 除实验外的全部测试（< 2 分钟）
+test-fast: $(STAMP_DEV) site-assets-if-npm  ## 除实验外的全部测试（< 2 分钟）
 	$(VPY) -m pytest tests -m "not experiment"
 
 data: $(STAMP_RUN)  ## 下载全部实验数据到 data/（或 $$MINIMIND_DATA_DIR）
 	$(VPY) modules/common/datasets.py --download-all
+
+site: $(STAMP_DOCS) $(SITE_ASSETS)  ## 构建课程网站到 site/（mkdocs build --strict：坏链接让构建失败）
+	@mkdir -p build/site-docs
+	NO_MKDOCS_2_WARNING=1 $(VPY) -m mkdocs build --strict
+
+serve: site  ## 构建后在 http://127.0.0.1:8000 预览网站（Ctrl+C 停止）
+	$(VPY) -m http.server 8000 --bind 127.0.0.1 --directory site
 
 bench: $(STAMP_RUN)  ## 模型速度基准（训练/生成 tokens/s）
 	$(VPY) -m model.bench
