@@ -330,8 +330,21 @@ def test_quiz_marks_wrong_answers_and_scores_right_ones(visit):
     q.scroll_into_view_if_needed()
     visit.shot("quiz.png")
 
+    open_ended = next((x for x in parse_quiz(quiz) if x.kind in ("predict", "short")), None)
+    if open_ended is not None:                                  # 预测/简答：先看答案，再自评
+        q3 = page.locator(f"#q{open_ended.number}")
+        assert q3.locator("details.quiz-answer").get_attribute("open") is None
+        q3.locator(".quiz-show").click()
+        assert q3.locator("details.quiz-answer").get_attribute("open") is not None
+        q3.locator(".quiz-self-right").click()
+        assert score.inner_text().startswith("得分：2 / ") and "已完成 3 题" in score.inner_text()
+    expected = "得分：2 / " if open_ended is not None else "得分：1 / "
+
     page.reload(wait_until="networkidle")                      # 进度存在 localStorage 里
-    assert page.locator(".quiz-score .quiz-score-text").first.inner_text().startswith("得分：1 / ")
+    final = page.locator(".quiz-score").last
+    assert final.locator(".quiz-score-text").inner_text().startswith(expected)
+    final.scroll_into_view_if_needed()
+    visit.shot("quiz_score.png")
     visit.check_clean()
 
 
@@ -359,4 +372,21 @@ def test_language_switch_reaches_an_english_page(visit):
     assert page.locator("h1").first.inner_text().startswith("MiniMind Notes")
     assert page.locator(".module-grid").is_visible()
     visit.shot("english_home.png")
+    visit.check_clean()
+
+
+def test_results_page_shows_reference_plots_and_the_english_fallback_has_a_note(visit):
+    module = next(m for m in MODULES if list(m.glob("experiments/results/reference/*.png")))
+    rel = module.relative_to(REPO_ROOT).as_posix()
+    page = visit.goto(f"/{rel}/results/")
+    images = page.locator("article img")
+    assert images.count() == len(list(module.glob("experiments/results/reference/*.png")))
+    assert page.evaluate("[...document.querySelectorAll('article img')].every(i => i.complete && i.naturalWidth > 0)")
+    assert page.locator(".conclusion-holds, .conclusion-fails").count() >= 1
+    visit.shot("results.png")
+
+    page = visit.goto(f"/en/{rel}/teaching/")                  # 没有英文版的页面：中文内容 + 提示
+    assert page.locator("html").get_attribute("lang") == "en"
+    assert page.locator(".admonition.info").first.inner_text().startswith("English version not available")
+    visit.shot("english_fallback.png")
     visit.check_clean()

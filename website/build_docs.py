@@ -44,6 +44,9 @@ DEFAULT_SOURCE_URL = "https://github.com/minimind-notes/minimind-notes"
 TOP_LEVEL_PAGES = ["README.md", "README_en.md", "ROADMAP.md", "trainer/README.md", "dataset/README.md",
                    "modules/README.md"]
 MODULE_PAGE_ORDER = ["README.md", "teaching.md", "code_guide.md", "quiz.md"]
+# 模块内的导航标题（英文见 mkdocs.yml 的 nav_translations）
+MODULE_NAV_TITLES = {"README.md": "概览", "teaching.md": "讲义", "code_guide.md": "代码导读", "quiz.md": "自测题",
+                     "results.md": "实验参考结果"}
 ASSET_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"}
 # 从 npm 包里拷到站点的文件：(包内路径, 站点内路径)
 VENDORED = [
@@ -461,11 +464,12 @@ def build_nav(pages: list[str], statuses: list[ModuleStatus], outputs: set[str])
     modules: list = ["modules/index.md"] if "modules/README.md" in pages else []
     tiers: dict[str, list] = {}
     for s in statuses:
-        entries = [site_path(f"{s.rel}/{name}") for name in MODULE_PAGE_ORDER if s.docs[name]]
+        entries: list = [{MODULE_NAV_TITLES[name]: site_path(f"{s.rel}/{name}")}
+                         for name in MODULE_PAGE_ORDER if s.docs[name]]
         others = sorted(p for p in pages if posixpath.dirname(p) == s.rel and posixpath.basename(p) not in MODULE_PAGE_ORDER)
-        entries += [site_path(p) for p in others]
+        entries += [site_path(p) for p in others]           # 其他 Markdown：标题取自页面
         if f"{s.rel}/results.md" in outputs:
-            entries.append(f"{s.rel}/results.md")
+            entries.append({MODULE_NAV_TITLES["results.md"]: f"{s.rel}/results.md"})
         tiers.setdefault(s.tier, []).append({s.name: entries})
     modules += [{tier: items} for tier, items in tiers.items()]
     if modules:
