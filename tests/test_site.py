@@ -58,11 +58,12 @@ def built_site(tmp_path_factory, build_docs) -> Path:
         missing(f"缺网站依赖（{exc.name}）：pip install -r requirements-docs.txt（或 make install-dev）")
     if not (REPO_ROOT / "website" / "node_modules" / "katex").is_dir():
         missing("缺 KaTeX/mermaid 的 npm 包：在仓库根目录运行 `npm ci --prefix website`（需要 Node.js 与 npm）")
-    site = tmp_path_factory.mktemp("site") / "site"
-    (REPO_ROOT / "build" / "site-docs").mkdir(parents=True, exist_ok=True)
+    work = tmp_path_factory.mktemp("site")
+    site, docs = work / "site", work / "docs"          # 生成的 docs_dir 也放临时目录，不碰仓库里的 build/
+    docs.mkdir()
     proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)],
                           cwd=REPO_ROOT, capture_output=True, text=True, encoding="utf-8",
-                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1", "SITE_DOCS_DIR": str(docs)})
     assert proc.returncode == 0, f"mkdocs build --strict 失败：\n{proc.stdout}\n{proc.stderr}"
     return site
 
