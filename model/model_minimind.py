@@ -620,7 +620,6 @@ class MiniMindForCausalLM(nn.Module):
         return CausalLMOutput(logits=logits, loss=loss, aux_loss=aux_loss,
                               past_key_values=presents if use_cache else None)
 
-    @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 128, temperature: float = 1.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None, do_sample: bool = False,
                  repetition_penalty: float = 1.0, eos_token_id: Optional[int] = None,
@@ -638,36 +637,38 @@ class MiniMindForCausalLM(nn.Module):
             raise ValueError(f"max_new_tokens 不能为负，收到 {max_new_tokens}")
         if do_sample and temperature <= 0:
             raise ValueError(f"采样时 temperature 必须 > 0，收到 {temperature}（想要确定性输出请用 do_sample=False）")
-        eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
-        was_training = self.training
-        self.eval()
-        B = input_ids.shape[0]
-        finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-        sequence = input_ids
-        past = None
-        next_input = input_ids
-        for _ in range(max_new_tokens):
-            if use_cache:
-                out = self(next_input, attention_mask=attention_mask, past_key_values=past,
-                           use_cache=True, logits_to_keep=1)
-                past = out.past_key_values
-            else:  # 每步重算整段：用来对照 KV cache 省下了多少
-                out = self(sequence, attention_mask=attention_mask, logits_to_keep=1)
-            logits = out.logits[:, -1, :].float()  # (B, V)
-            logits = self._apply_repetition_penalty(logits, sequence, repetition_penalty)
-            next_token = self._choose_next_token(logits, do_sample, temperature, top_k, top_p)  # (B,)
-            next_token = torch.where(finished, torch.full_like(next_token, eos), next_token)
-            sequence = torch.cat([sequence, next_token[:, None]], dim=1)
-            if attention_mask is not None:
-                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
-            if streamer is not None:
-                streamer(next_token)
-            finished |= next_token == eos
-            if finished.all():
-                break
-            next_input = next_token[:, None]
-        self.train(was_training)
-        return sequence
+        # inference_mode 比 no_grad 更省：不记录版本计数和视图关系，逐 token 解码时每个小算子都少一点开销
+        with torch.inference_mode():
+            eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
+            was_training = self.training
+            self.eval()
+            B = input_ids.shape[0]
+            finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+            sequence = input_ids
+            past = None
+            next_input = input_ids
+            for _ in range(max_new_tokens):
+                if use_cache:
+                    out = self(next_input, attention_mask=attention_mask, past_key_values=past,
+                               use_cache=True, logits_to_keep=1)
+                    past = out.past_key_values
+                else:  # 每步重算整段：用来对照 KV cache 省下了多少
+                    out = self(sequence, attention_mask=attention_mask, logits_to_keep=1)
+                logits = out.logits[:, -1, :].float()  # (B, V)
+                logits = self._apply_repetition_penalty(logits, sequence, repetition_penalty)
+                next_token = self._choose_next_token(logits, do_sample, temperature, top_k, top_p)  # (B,)
+                next_token = torch.where(finished, torch.full_like(next_token, eos), next_token)
+                sequence = torch.cat([sequence, next_token[:, None]], dim=1)
+                if attention_mask is not None:
+                    attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
+                if streamer is not None:
+                    streamer(next_token)
+                finished |= next_token == eos
+                if finished.all():
+                    break
+                next_input = next_token[:, None]
+            self.train(was_training)
+        return sequence.clone()  # 在 inference_mode 之外复制：返回普通张量，拿去训练（如 DPO 采样）也不报错
 
     @staticmethod
     def _apply_repetition_penalty(logits, sequence, penalty):

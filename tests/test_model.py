@@ -466,6 +466,16 @@ def test_model_greedy_generate_is_deterministic_and_stops_at_eos(family):
     assert c.shape[1] == first_eos + 1 and c[0, -1].item() == eos
 
 
+def test_model_generated_ids_can_be_trained_on():
+    """generate 在 inference_mode 里解码，但返回的是普通张量：拿生成结果直接训练（如在线采样的 DPO）不能报错，
+    模型也要回到调用前的 train/eval 状态。"""
+    model = tiny_model().train()
+    out = model.generate(random_ids(B=2, T=4), max_new_tokens=5, eos_token_id=-1)
+    assert not out.is_inference() and model.training
+    model(out, labels=out).loss.backward()
+    assert model.lm_head.weight.grad is not None
+
+
 @each_family
 def test_model_generate_batch_streamer_and_sampling(family):
     model = tiny_model(family=family)
