@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -126,14 +127,32 @@ def test_home_page_module_grid_is_generated_from_the_repository(built_site):
         assert f'href="{module.relative_to(REPO_ROOT).as_posix()}/"' in grid, module
 
 
-def test_no_page_loads_anything_from_another_host(built_site):
-    import re
+def external_resources(html: str) -> list[str]:
+    """会被浏览器自动加载、却来自别的主机的标签：脚本、图片、框架，以及样式表/预加载/图标类的 <link>。"""
+    found = []
+    for m in re.finditer(r"<(script|img|iframe|source|link)\b[^>]*>", html, re.I):
+        tag, name = m.group(0), m.group(1).lower()
+        url = re.search(r"\b(?:src|href)\s*=\s*[\"']([^\"']*)", tag)
+        if not url or not re.match(r"(?:https?:)?//", url.group(1)):
+            continue
+        rel = re.search(r"\brel\s*=\s*[\"']([^\"']*)", tag)
+        if name != "link" or (rel and set(rel.group(1).lower().split()) &
+                              {"stylesheet", "preload", "preconnect", "modulepreload", "icon"}):
+            found.append(tag)
+    return found
 
-    # 会被浏览器自动加载的标签：脚本、图片、框架、样式表/预加载/图标
-    loaded = re.compile(r"<(?:script|img|iframe|source|link\b[^>]*\brel=\"(?:stylesheet|preload|preconnect|"
-                        r"modulepreload|icon)\")\b[^>]*\b(?:src|href)=\"(?:https?:)?//[^\"]*\"", re.I)
+
+def test_external_resource_check_catches_cdn_tags():
+    assert external_resources('<script src="https://unpkg.com/mermaid.min.js"></script>')
+    assert external_resources('<link href="https://fonts.googleapis.com/css" rel="stylesheet">')
+    assert external_resources('<link rel="preconnect" href="https://fonts.gstatic.com" crossorigin>')
+    assert not external_resources('<a href="https://github.com">x</a><link rel="alternate" href="https://x/en/">')
+    assert not external_resources('<script src="../assets/vendor/katex/katex.min.js"></script>')
+
+
+def test_no_page_loads_anything_from_another_host(built_site):
     for html in built_site.rglob("*.html"):
-        found = loaded.findall(html.read_text(encoding="utf-8"))
+        found = external_resources(html.read_text(encoding="utf-8"))
         assert not found, f"{html} 从别的主机加载资源：{found}"
     for css in built_site.rglob("*.css"):
         assert not re.search(r"url\(['\"]?(?:https?:)?//", css.read_text(encoding="utf-8")), css
@@ -211,9 +230,10 @@ def browser(built_site):
 class Visit:
     """一个新页面：记下它发出的每个请求和控制台错误。"""
 
-    def __init__(self, browser_and_base):
+    def __init__(self, browser_and_base, javascript=True):
         chromium, self.base = browser_and_base
-        self.context = chromium.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
+        self.context = chromium.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN",
+                                            java_script_enabled=javascript)
         self.page = self.context.new_page()
         self.requests: list[str] = []
         self.errors: list[str] = []
@@ -391,3 +411,23 @@ def test_results_page_shows_reference_plots_and_the_english_fallback_has_a_note(
     assert page.locator(".admonition.info").first.inner_text().startswith("English version not available")
     visit.shot("english_fallback.png")
     visit.check_clean()
+
+
+def test_quiz_without_javascript_is_plain_details(browser):
+    from modules.common.quiz import parse_quiz
+
+    visit = Visit(browser, javascript=False)
+    try:
+        quiz = QUIZZES[0]
+        page = visit.goto(f"/{quiz.parent.relative_to(REPO_ROOT).as_posix()}/quiz/")
+        answers = page.locator("details.quiz-answer")
+        assert answers.count() == len(parse_quiz(quiz))
+        assert page.locator(".quiz-interactive").count() == 0 and page.locator(".quiz-controls").count() == 0
+        first = answers.first
+        assert first.get_attribute("open") is None
+        first.locator("summary").click()                            # 点开就是答案与解析
+        assert first.get_attribute("open") is not None and first.locator("p").last.is_visible()
+        visit.shot("quiz_no_js.png")
+        visit.check_clean()
+    finally:
+        visit.context.close()
