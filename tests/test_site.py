@@ -38,6 +38,14 @@ def missing(reason: str):
     pytest.skip(reason)
 
 
+@pytest.mark.parametrize("ci, outcome", [("true", pytest.fail.Exception), ("1", pytest.fail.Exception),
+                                          ("", pytest.skip.Exception), ("false", pytest.skip.Exception)])
+def test_missing_dependency_fails_in_ci_and_skips_elsewhere(monkeypatch, ci, outcome):
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="apt-get install chromium"):
+        missing("sudo apt-get install chromium chromium-driver")
+
+
 @pytest.fixture(scope="module")
 def build_docs():
     """website/build_docs.py（生成 docs_dir 的脚本）作为模块导入。"""
