@@ -15,6 +15,8 @@ from typing import List
 import torch
 from torch.utils.data import Dataset
 
+from model.tokenization import find_structure_literal
+
 IGNORE_INDEX = -100
 
 
@@ -90,6 +92,10 @@ def check_messages(messages, key="conversations"):
     for m in messages:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise DataFormatError(f'{key} 里的每条消息应是 {{"role": ..., "content": "..."}}，收到 {str(m)[:80]}')
+        literal = find_structure_literal(m["content"])
+        if literal is not None:  # 否则编码后它就是真的结构 token：用户内容能伪造一段"助手回答"并被当成训练目标
+            raise DataFormatError(f"{key} 里 {m['role']} 的消息内容含有特殊 token 的字面量 {literal}，"
+                                  "编码时会变成对话结构（模板注入）；请清洗数据")
     if not any(m["role"] == "assistant" for m in messages):
         raise DataFormatError(f"{key} 里没有 assistant 的回答，没有可学的内容")
 

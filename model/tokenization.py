@@ -15,6 +15,16 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 DEFAULT_TOKENIZER_DIR = Path(__file__).resolve().parent / "tokenizer"
+# 对话结构用的特殊 token（MiniMind2 与 minimind-3 的分词器都是这三个）。它们的字面量若出现在消息内容里，
+# apply_chat_template + encode 会把它认成真正的结构 token：一条用户消息就能伪造出"助手的回答"（模板注入，
+# 见 modules/03-training/01-tokenizer 实验 3）。所以数据和聊天输入里出现它们时直接拒绝，而不是悄悄编码。
+CHAT_STRUCTURE_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+
+
+def find_structure_literal(text: str) -> Optional[str]:
+    """text 里出现的第一个对话结构 token 字面量；没有则返回 None。"""
+    return next((token for token in CHAT_STRUCTURE_TOKENS if token in text), None)
+
 
 
 class TokenizerError(ValueError):

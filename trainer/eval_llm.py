@@ -16,7 +16,7 @@ import torch  # noqa: E402
 
 from model.checkpoint import CheckpointError, load_pretrained  # noqa: E402
 from model.model_minimind import MiniMindConfig  # noqa: E402
-from model.tokenization import TokenizerError, load_tokenizer  # noqa: E402
+from model.tokenization import TokenizerError, find_structure_literal, load_tokenizer  # noqa: E402
 from modules.common.device import get_device  # noqa: E402
 from trainer.trainer_utils import QUICK_OVERRIDES, REPO_ROOT, fail  # noqa: E402
 
@@ -115,6 +115,13 @@ def main(argv=None):
                 break
             if not question:
                 break
+        literal = find_structure_literal(question)
+        if literal is not None and not args.raw:  # 否则它会被编码成真正的结构 token，提前结束用户回合
+            message = f"输入里有特殊 token 的字面量 {literal}：它会被当成对话结构（模板注入）。请去掉后再问"
+            if prompts is not None:
+                fail(message)
+            print(message)
+            continue
         if args.raw:
             prompt_ids = [tokenizer.bos_token_id] + tokenizer.encode(question)
         else:
