@@ -79,7 +79,14 @@ def serve_directory(path, *, truncate_after=None, truncate_count=1, ignore_range
         "ignore_range": ignore_range,
         "request_log": request_log,
     }
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(Path(path).resolve(), state))
+    with serve_with_handler(_make_handler(Path(path).resolve(), state)) as base_url:
+        yield base_url
+
+
+@contextlib.contextmanager
+def serve_with_handler(handler):
+    """在后台线程里用给定的请求处理类提供服务（127.0.0.1 的随机端口），yield 基础 URL，退出时关闭。"""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

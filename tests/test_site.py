@@ -1,24 +1,24 @@
 """课程网站：严格构建通过、每个模块都有页面，并用无头 Chromium 在 127.0.0.1 上检查真实效果。
 
 - 构建：整个文件只构建一次（mkdocs build --strict 到临时目录）。
-- 浏览器：Playwright 驱动 Debian 的 /usr/bin/chromium（不下载浏览器）；站点由本文件里的回环
-  静态服务器提供（tests/loopback_http.py 只发 application/octet-stream，浏览器会当下载处理）。
+- 浏览器：Playwright 驱动 Debian 的 /usr/bin/chromium（不下载浏览器）；站点由 tests/loopback_http.py 的回环服务器
+  配上标准的 SimpleHTTPRequestHandler 提供（正确的 Content-Type；下载测试用的处理类只发 application/octet-stream）。
 - 缺 Chromium / npm 包 / 网站依赖时：CI（环境变量 CI 为真）里失败，其他地方跳过并说明怎样安装。
 - 截图存到 site-screenshots/（不进 git），供人查看。
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import re
 import subprocess
 import sys
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+
+from loopback_http import serve_with_handler
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -203,19 +203,9 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
-@contextlib.contextmanager
 def serve_site(root: Path):
     """在 127.0.0.1 的随机端口上提供静态站点（正确的 Content-Type，目录返回 index.html）。"""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    return serve_with_handler(functools.partial(_QuietHandler, directory=str(root)))
 
 
 @pytest.fixture(scope="module")
