@@ -20,30 +20,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 from sft_lab import (  # noqa: E402
-    MODEL_SIZE, SFT_PATH, SFT_SEQ_LEN, SFTDataset, answer_metrics, answer_prompts, finetune, heldout_prompts,
-    load_tokenizer, pretrain, role_losses, split_heldout,
+    MODEL_SIZE, add_step_args, answer_metrics, answer_prompts, finetune, load_sft_data, pretrain,
+    role_losses, step_counts,
 )
 
 VARIANTS = {"masked": False, "all-token": True}  # 名字 → finetune(all_tokens=...)
 
 
-def add_args(parser):
-    parser.add_argument("--pretrain-steps", type=int, default=None, help="预训练步数（默认 quick 120 / 完整 200）")
-    parser.add_argument("--sft-steps", type=int, default=None, help="每种 SFT 的步数（默认 quick 80 / 完整 100）")
-
-
 def main():
-    exp = Experiment(__file__, extra_args=add_args, description=(
+    exp = Experiment(__file__, extra_args=add_step_args, description=(
         "SFT 实验 2：只对助手回答算 loss（masked）vs 整段对话都算 loss（all-token）。\n"
         "比较留出对话上用户文本与助手回答的 loss、守模板的比例和回答质量。"))
-    pretrain_steps = exp.args.pretrain_steps or (120 if exp.quick else 200)
-    sft_steps = exp.args.sft_steps or (80 if exp.quick else 100)
-    if pretrain_steps < 1 or sft_steps < 1:
-        raise SystemExit(f"--pretrain-steps 与 --sft-steps 必须 >= 1（收到 {pretrain_steps}、{sft_steps}）")
-    tokenizer = load_tokenizer()
-    data = SFTDataset(SFT_PATH, tokenizer, SFT_SEQ_LEN)
-    train_idx, heldout_idx = split_heldout(len(data))
-    prompts = heldout_prompts(data, heldout_idx)
+    pretrain_steps, sft_steps = step_counts(exp)
+    tokenizer, data, train_idx, heldout_idx, prompts = load_sft_data()
 
     names = ["pretrained"] + list(VARIANTS)
     keys = ("user_loss", "assistant_loss", "on_template", "ended", "f1", "exact", "mean_tokens")

@@ -19,30 +19,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 from sft_lab import (  # noqa: E402
-    MODEL_SIZE, SFT_PATH, SFT_SEQ_LEN, SFTDataset, answer_metrics, answer_prompts, finetune, heldout_prompts,
-    load_tokenizer, pretrain, split_heldout,
+    MODEL_SIZE, add_step_args, answer_metrics, answer_prompts, finetune, load_sft_data, pretrain,
+    step_counts,
 )
 
 METRICS = ("ended", "on_template", "mean_tokens", "f1", "exact", "exact_fact", "exact_arithmetic", "exact_greeting")
 
 
-def add_args(parser):
-    parser.add_argument("--pretrain-steps", type=int, default=None, help="预训练步数（默认 quick 120 / 完整 200）")
-    parser.add_argument("--sft-steps", type=int, default=None, help="SFT 步数（默认 quick 80 / 完整 100）")
-
-
 def main():
-    exp = Experiment(__file__, extra_args=add_args, description=(
+    exp = Experiment(__file__, extra_args=add_step_args, description=(
         "SFT 实验 3：同样的留出问题，预训练模型 vs SFT 模型的回答：\n"
         "以 <|im_end|> 结束的比例、守模板比例、回答长度、与参考答案的 token F1 和完全匹配率。"))
-    pretrain_steps = exp.args.pretrain_steps or (120 if exp.quick else 200)
-    sft_steps = exp.args.sft_steps or (80 if exp.quick else 100)
-    if pretrain_steps < 1 or sft_steps < 1:
-        raise SystemExit(f"--pretrain-steps 与 --sft-steps 必须 >= 1（收到 {pretrain_steps}、{sft_steps}）")
-    tokenizer = load_tokenizer()
-    data = SFTDataset(SFT_PATH, tokenizer, SFT_SEQ_LEN)
-    train_idx, heldout_idx = split_heldout(len(data))
-    prompts = heldout_prompts(data, heldout_idx)
+    pretrain_steps, sft_steps = step_counts(exp)
+    tokenizer, data, train_idx, heldout_idx, prompts = load_sft_data()
 
     runs = {name: {k: [] for k in METRICS} for name in ("pretrained", "sft")}
     samples, ref_tokens = {}, None

@@ -45,6 +45,29 @@ FACT_ANSWERS = {a for zq, za, eq, ea in FACTS for a in (za, ea)}
 GREETING_ANSWERS = {a for _, a in GREETINGS}
 
 
+def add_step_args(parser):
+    """实验 2、3 共用的步数参数。"""
+    parser.add_argument("--pretrain-steps", type=int, default=None, help="预训练步数（默认 quick 120 / 完整 200）")
+    parser.add_argument("--sft-steps", type=int, default=None, help="每次 SFT 的步数（默认 quick 80 / 完整 100）")
+
+
+def step_counts(exp) -> tuple:
+    """(预训练步数, SFT 步数)：命令行给了就用它，否则按 quick / 完整模式取默认值。"""
+    pretrain_steps = exp.args.pretrain_steps or (120 if exp.quick else 200)
+    sft_steps = exp.args.sft_steps or (80 if exp.quick else 100)
+    if pretrain_steps < 1 or sft_steps < 1:
+        raise SystemExit(f"--pretrain-steps 与 --sft-steps 必须 >= 1（收到 {pretrain_steps}、{sft_steps}）")
+    return pretrain_steps, sft_steps
+
+
+def load_sft_data():
+    """分词器、SFT 样本、训练/留出下标、留出问题的 prompt（实验 2、3 用同一份切分）。"""
+    tokenizer = load_tokenizer()
+    data = SFTDataset(SFT_PATH, tokenizer, SFT_SEQ_LEN)
+    train_idx, heldout_idx = split_heldout(len(data))
+    return tokenizer, data, train_idx, heldout_idx, heldout_prompts(data, heldout_idx)
+
+
 def new_model(tokenizer, seed: int) -> MiniMindForCausalLM:
     torch.manual_seed(seed)
     config = MiniMindConfig(**MODEL_SIZE, vocab_size=tokenizer.vocab_size, max_position_embeddings=128)
