@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -37,7 +39,7 @@ def sync(device: torch.device):
         torch.mps.synchronize()
 
 
-def bench_train(model, batch_size, seq_len, steps, device, compile_model=False, windows=5) -> float:
+def bench_train(model, batch_size, seq_len, steps, device, windows=5) -> float:
     """返回训练 tokens/s：steps 步分成若干个计时窗口，取最快的窗口（像 timeit 一样，排除机器上其他负载的干扰）。
 
     前 2 步热身不计时；--compile 时编译也发生在热身里。
@@ -45,8 +47,6 @@ def bench_train(model, batch_size, seq_len, steps, device, compile_model=False, 
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cpu", "cuda"))
     ids = torch.randint(0, model.config.vocab_size, (batch_size, seq_len), device=device)
-    if compile_model:
-        model = torch.compile(model)
 
     def step():
         loss = model(ids, labels=ids).loss
@@ -90,17 +90,50 @@ def bench_generate(model, use_cache, device, repeats=3) -> float:
     return NEW_TOKENS / best
 
 
+@torch.inference_mode()
+def bench_decode_matmuls(model, device, repeats=50) -> float:
+    """只做一步解码里的矩阵-向量乘（每个 nn.Linear 作用于 1 个 token），返回这样算的 tokens/s。
+
+    有 KV cache 时每生成一个 token，都要把全部权重从内存读一遍、每个权重只乘一次：
+    计算量很小，速度由内存带宽（模型放不进缓存时）决定。这一列是 KV cache 生成速度的上限，
+    实测的生成速度离它越近，说明 Python 与算子调度的开销越小。
+    """
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    inputs = [torch.randn(1, 1, linear.in_features, device=device) for linear in linears]  # 各 (1, 1, in)
+
+    def one_token():
+        for linear, x in zip(linears, inputs):
+            F.linear(x, linear.weight)
+
+    one_token()  # 热身
+    best = float("inf")
+    for _ in range(5):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            one_token()
+        sync(device)
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return 1.0 / best
+
+
 def run_benchmark(name: str, steps: int, device: torch.device, compile_model: bool = False,
                   family: str = "minimind2") -> dict:
     """测一种形状：参数量、训练 tokens/s、生成 tokens/s（有/无 KV cache）。"""
     spec = SHAPES[name]
     model = MiniMindForCausalLM(MiniMindConfig(**spec["config"], family=family)).to(device)
+    matmul_only = bench_decode_matmuls(model, device)
+    if compile_model:
+        # 编译缓存挂在 forward 的代码对象上、各形状共用，有重编译次数上限：换形状时清空，免得后面的形状退回 eager
+        torch._dynamo.reset()
+        model.compile()  # 之后 model(...) 都走编译后的版本；编译发生在各项的热身里，不计时
     gen_cache = bench_generate(model, True, device)
     gen_nocache = bench_generate(model, False, device)
     return {"shape": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
             "batch": f"{spec['batch_size']}x{spec['seq_len']}",
-            "train_tok_s": bench_train(model, spec["batch_size"], spec["seq_len"], steps, device, compile_model),
-            "gen_cache_tok_s": gen_cache, "gen_nocache_tok_s": gen_nocache, "cache_speedup": gen_cache / gen_nocache}
+            "train_tok_s": bench_train(model, spec["batch_size"], spec["seq_len"], steps, device),
+            "gen_cache_tok_s": gen_cache, "gen_nocache_tok_s": gen_nocache, "cache_speedup": gen_cache / gen_nocache,
+            "gen_matmul_only_tok_s": matmul_only}
 
 
 def main(argv=None):
@@ -111,7 +144,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=20, help="计时的训练步数，分 5 个窗口取最快（另有 2 步热身）")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     parser.add_argument("--compile", action="store_true",
-                        help="训练步先 torch.compile（需要 C++ 编译器；首次编译约 30 秒以上，之后更快）")
+                        help="模型先 torch.compile 再测训练和生成（需要 C++ 编译器；每种形状首次编译约 1 分钟）")
     args = parser.parse_args(argv)
     if args.steps <= 0:
         parser.error("--steps 必须是正整数")
@@ -123,16 +156,18 @@ def main(argv=None):
     torch.manual_seed(0)
     names = list(SHAPES) if args.shape == "all" else [args.shape]
     print(f"family={args.family}  device={device}  torch={torch.__version__}  threads={torch.get_num_threads()}  steps={args.steps}  "
-          f"train: float32, AdamW{', torch.compile' if args.compile else ''}  "
-          f"generation: batch 1, prompt {PROMPT_LEN}, {NEW_TOKENS} new tokens, greedy")
+          f"train: float32, AdamW  generation: batch 1, prompt {PROMPT_LEN}, {NEW_TOKENS} new tokens, greedy"
+          f"{'  (torch.compile)' if args.compile else ''}")
     header = (f"{'shape':<8}{'params':>9}{'batch':>10}{'train tok/s':>13}{'gen tok/s (cache)':>19}"
-              f"{'gen tok/s (no cache)':>22}{'speedup':>9}")
+              f"{'gen tok/s (no cache)':>22}{'speedup':>9}{'matmul-only bound':>19}")
     print(header)
     print("-" * len(header))
     for name in names:
         r = run_benchmark(name, args.steps, device, args.compile, args.family)
         print(f"{name:<8}{r['params_m']:>8.2f}M{r['batch']:>10}{r['train_tok_s']:>13,.0f}"
-              f"{r['gen_cache_tok_s']:>19,.0f}{r['gen_nocache_tok_s']:>22,.0f}{r['cache_speedup']:>8.1f}x", flush=True)
+              f"{r['gen_cache_tok_s']:>19,.0f}{r['gen_nocache_tok_s']:>22,.0f}{r['cache_speedup']:>8.1f}x"
+              f"{r['gen_matmul_only_tok_s']:>19,.0f}", flush=True)
+    print("matmul-only bound：一步解码只做它的矩阵-向量乘（读一遍全部权重）时的 tokens/s，是 KV cache 生成速度的上限。")
 
 
 if __name__ == "__main__":

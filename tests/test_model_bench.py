@@ -12,6 +12,7 @@ def test_model_bench_measures_baby_shape():
     r = run_benchmark("baby", steps=1, device=torch.device("cpu"))
     assert r["batch"] == "12x64" and 0.5 < r["params_m"] < 1.5
     assert r["train_tok_s"] > 0 and r["gen_cache_tok_s"] > 0 and r["gen_nocache_tok_s"] > 0
+    assert r["gen_matmul_only_tok_s"] > 0
 
 
 def test_model_bench_cli_minimind3_family():

@@ -128,6 +128,22 @@ def test_resume_after_kill_reproduces_the_loss_sequence(tmp_path):
     assert read_log(killed / "pretrain_128_log.jsonl") == read_log(full / "pretrain_128_log.jsonl")
 
 
+def test_compiled_training_matches_eager(tmp_path):
+    """--use_compile 1 是同一个模型的快速路径：loss 序列与保存的权重都要和不编译时一致（只差浮点舍入）。"""
+    common = ["--quick", "--max_steps", "6", "--log_interval", "1", "--device", "cpu"]
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    assert run("train_pretrain.py", *common, "--save_dir", eager).returncode == 0
+    proc = run("train_pretrain.py", *common, "--use_compile", "1", "--save_dir", compiled)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    eager_losses, compiled_losses = read_log(eager / "pretrain_128_log.jsonl"), read_log(compiled / "pretrain_128_log.jsonl")
+    assert eager_losses.keys() == compiled_losses.keys()
+    assert all(abs(eager_losses[k] - compiled_losses[k]) < 1e-3 for k in eager_losses), (eager_losses, compiled_losses)
+    eager_weights = torch.load(eager / "pretrain_128.pth", weights_only=True)
+    compiled_weights = torch.load(compiled / "pretrain_128.pth", weights_only=True)
+    assert eager_weights.keys() == compiled_weights.keys()  # 没有 torch.compile 加的 "_orig_mod." 前缀
+    assert all(torch.allclose(eager_weights[k].float(), compiled_weights[k].float(), atol=1e-3) for k in eager_weights)
+
+
 def test_torchrun_two_cpu_processes_stay_in_sync(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
