@@ -30,6 +30,14 @@ TEACHER_SIZE = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
 STUDENT_SIZE = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
 
 
+def training_steps(args, quick: bool, quick_default: int, full_default: int) -> int:
+    """--steps，未给出时按模式取默认值；太短时退出并说明（老师还什么都没学会，蒸馏无从谈起）。"""
+    steps = args.steps or (quick_default if quick else full_default)
+    if steps < 10:
+        raise SystemExit(f"--steps 至少 10（收到 {steps}）：太短的训练里老师还什么都没学会")
+    return steps
+
+
 def new_model(size: dict, vocab_size: int, seed: int) -> MiniMindForCausalLM:
     """按 size（hidden_size / num_hidden_layers / 头数）建一个随机初始化的 MiniMind；seed 决定初始化。"""
     torch.manual_seed(seed)

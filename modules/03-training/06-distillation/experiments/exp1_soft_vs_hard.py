@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from distill_lab import (  # noqa: E402
     BATCH, BLOCK, STUDENT_SIZE, TEACHER_SIZE, eval_batches, evaluate, n_params, new_model, train_student,
-    train_teacher,
+    train_teacher, training_steps,
 )
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
@@ -38,9 +38,7 @@ def main():
     exp = Experiment(__file__, extra_args=add_args, description=(
         "蒸馏实验 1：同样步数下，只用硬标签（α=0）、只用老师软标签（α=1, T=1）、两者各半（α=0.5）训练的学生，\n"
         "比较真实标签上的验证 loss 与和老师 argmax 的一致率。"))
-    steps = exp.args.steps or (100 if exp.quick else 160)
-    if steps < 10:
-        raise SystemExit(f"--steps 至少 10（收到 {steps}）：太短的训练里老师还什么都没学会")
+    steps = training_steps(exp.args, exp.quick, quick_default=100, full_default=160)
     text = get_experiment_data("shakespeare")
 
     runs = {name: [] for name in VARIANTS}  # 每个变体每个种子一项

@@ -21,6 +21,7 @@ from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from distill_lab import (  # noqa: E402
     BATCH, BLOCK, STUDENT_SIZE, TEACHER_SIZE, eval_batches, evaluate, new_model, train_student, train_teacher,
+    training_steps,
 )
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
@@ -54,9 +55,7 @@ def main():
     exp = Experiment(__file__, extra_args=add_args, description=(
         "蒸馏实验 2：温度 T ∈ {1,2,4,8} 下（α=1）学生的验证 loss 与一致率；\n"
         "以及 KL 项对学生 logits 的梯度范数在乘 / 不乘 T² 时怎样随 T 变化（autograd 实测）。"))
-    steps = exp.args.steps or (100 if exp.quick else 160)
-    if steps < 10:
-        raise SystemExit(f"--steps 至少 10（收到 {steps}）：太短的训练里老师还什么都没学会")
+    steps = training_steps(exp.args, exp.quick, quick_default=100, full_default=160)
     text = get_experiment_data("shakespeare")
 
     runs = {str(T): [] for T in SWEEP_T}

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from distill_lab import (  # noqa: E402
     BATCH, BLOCK, STUDENT_SIZE, eval_batches, evaluate, n_params, new_model, train_student, train_teacher,
+    training_steps,
 )
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
@@ -37,9 +38,7 @@ def main():
     exp = Experiment(__file__, extra_args=add_args, description=(
         "蒸馏实验 3：三个大小不同的老师（相同训练步数）蒸馏同一个小学生（α=1, T=1）：\n"
         "老师 val loss、学生 val loss、学生与老师的一致率；外加一个只用硬标签的学生作基线。"))
-    steps = exp.args.steps or (80 if exp.quick else 160)
-    if steps < 10:
-        raise SystemExit(f"--steps 至少 10（收到 {steps}）：太短的训练里老师还什么都没学会")
+    steps = training_steps(exp.args, exp.quick, quick_default=80, full_default=160)
     text = get_experiment_data("shakespeare")
 
     runs = {name: [] for name in TEACHERS}
