@@ -5,9 +5,11 @@
 这是基准脚本，不是测试：数字取决于机器，请在自己的机器上跑一遍再比较。
 """
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -136,6 +138,31 @@ def run_benchmark(name: str, steps: int, device: torch.device, compile_model: bo
             "gen_matmul_only_tok_s": matmul_only}
 
 
+def busy_cores(seconds: float = 0.5) -> Optional[float]:
+    """此刻被别的程序占用的核数（约数）。Linux 上读两次 /proc/stat；其他系统退而用 1 分钟平均负载；都没有时返回 None。"""
+    stat = Path("/proc/stat")
+    if stat.is_file():
+        def total_and_idle():
+            ticks = [int(x) for x in stat.read_text(encoding="utf-8").splitlines()[0].split()[1:]]
+            return sum(ticks), ticks[3] + ticks[4]  # idle + iowait
+
+        total0, idle0 = total_and_idle()
+        time.sleep(seconds)
+        total1, idle1 = total_and_idle()
+        return (1 - (idle1 - idle0) / max(total1 - total0, 1)) * (os.cpu_count() or 1)
+    if hasattr(os, "getloadavg"):  # macOS；Windows 两者都没有
+        return os.getloadavg()[0]
+    return None
+
+
+def warn_if_busy(device: torch.device):
+    """CPU 上别的程序在跑时，多线程的计时会慢好几倍（线程互相空等）：开始前看一眼，提醒而不是默默给出偏慢的数字。"""
+    busy = busy_cores() if device.type == "cpu" else None
+    if busy is not None and busy > 0.5:
+        print(f"注意：开始前约有 {busy:.1f} 个核（共 {os.cpu_count()} 个）正被别的程序占用，下面的数字会偏慢；"
+              "想和 README 的参考值比较，请在机器空闲时再测。")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="MiniMind 训练/生成速度基准（tokens/s）")
     parser.add_argument("--shape", choices=[*SHAPES, "all"], default="all", help="要测的模型形状")
@@ -155,6 +182,7 @@ def main(argv=None):
 
     torch.manual_seed(0)
     names = list(SHAPES) if args.shape == "all" else [args.shape]
+    warn_if_busy(device)
     print(f"family={args.family}  device={device}  torch={torch.__version__}  threads={torch.get_num_threads()}  steps={args.steps}  "
           f"train: float32, AdamW  generation: batch 1, prompt {PROMPT_LEN}, {NEW_TOKENS} new tokens, greedy"
           f"{'  (torch.compile)' if args.compile else ''}")

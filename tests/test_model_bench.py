@@ -1,4 +1,5 @@
 """model/bench.py：能跑通、数值为正（不对速度做断言——速度取决于机器，那是基准脚本的事）。"""
+import os
 import subprocess
 import sys
 
@@ -27,3 +28,15 @@ def test_model_bench_cli_rejects_bad_arguments():
     proc = subprocess.run([sys.executable, "-m", "model.bench", "--steps", "0"], cwd=REPO_ROOT,
                           capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert proc.returncode == 2 and "--steps" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_model_bench_warns_when_other_programs_use_the_cpu(monkeypatch, capsys):
+    import model.bench as bench
+    cores = bench.busy_cores(seconds=0.05)
+    assert cores is None or 0.0 <= cores <= (os.cpu_count() or 1) + 0.01
+    monkeypatch.setattr(bench, "busy_cores", lambda: 1.5)
+    bench.warn_if_busy(torch.device("cpu"))
+    assert "正被别的程序占用" in capsys.readouterr().out
+    monkeypatch.setattr(bench, "busy_cores", lambda: 0.1)
+    bench.warn_if_busy(torch.device("cpu"))
+    assert capsys.readouterr().out == ""
