@@ -1,7 +1,8 @@
-"""模型速度基准：训练步（前向+反向+AdamW，float32）与生成（KV cache 开/关）的 tokens/s。
+"""模型速度基准：训练步（前向+反向+AdamW，float32）与生成（KV cache 开/关）的 tokens/s，
+以及 KV cache 生成的上限（一步解码只做矩阵-向量乘时的速度）。
 
 用法：python -m model.bench [--shape baby|small|default|all] [--family minimind2|minimind3] [--steps N]
-                          [--device auto|cpu|cuda|mps]
+                          [--device auto|cpu|cuda|mps] [--compile]
 这是基准脚本，不是测试：数字取决于机器，请在自己的机器上跑一遍再比较。
 """
 import argparse
