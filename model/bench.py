@@ -42,8 +42,24 @@ def sync(device: torch.device):
         torch.mps.synchronize()
 
 
+def fastest_call_seconds(fn, device, windows: int, calls_per_window: int = 1) -> float:
+    """fn 调用 windows × calls_per_window 次，按窗口计时，返回最快那个窗口里每次调用的秒数。
+
+    取最快而不是平均（像 timeit 一样）：机器上其他负载只会让某些窗口变慢，最快的窗口最接近真实速度。
+    """
+    best = float("inf")
+    for _ in range(windows):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(calls_per_window):
+            fn()
+        sync(device)
+        best = min(best, (time.perf_counter() - start) / calls_per_window)
+    return best
+
+
 def bench_train(model, batch_size, seq_len, steps, device, windows=5) -> float:
-    """返回训练 tokens/s：steps 步分成若干个计时窗口，取最快的窗口（像 timeit 一样，排除机器上其他负载的干扰）。
+    """返回训练 tokens/s：steps 步分成若干个计时窗口，取最快的窗口。
 
     前 2 步热身不计时；--compile 时编译也发生在热身里。
     """
@@ -60,16 +76,7 @@ def bench_train(model, batch_size, seq_len, steps, device, windows=5) -> float:
     for _ in range(2):
         step()
     windows = min(windows, steps)
-    per_window = steps // windows
-    best = float("inf")
-    for _ in range(windows):
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(per_window):
-            step()
-        sync(device)
-        best = min(best, (time.perf_counter() - start) / per_window)
-    return batch_size * seq_len / best
+    return batch_size * seq_len / fastest_call_seconds(step, device, windows, steps // windows)
 
 
 def bench_generate(model, use_cache, device, repeats=3) -> float:
@@ -80,17 +87,13 @@ def bench_generate(model, use_cache, device, repeats=3) -> float:
     """
     model.eval()
     prompt = torch.randint(3, model.config.vocab_size, (1, PROMPT_LEN), device=device)
-    model.generate(prompt, max_new_tokens=NEW_TOKENS, eos_token_id=-1, use_cache=use_cache)  # 热身
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
+
+    def generate():
         # eos_token_id=-1：不可能被生成，保证每次都生成满 128 个 token
-        out = model.generate(prompt, max_new_tokens=NEW_TOKENS, eos_token_id=-1, use_cache=use_cache)
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    assert out.shape[1] == PROMPT_LEN + NEW_TOKENS
-    return NEW_TOKENS / best
+        return model.generate(prompt, max_new_tokens=NEW_TOKENS, eos_token_id=-1, use_cache=use_cache)
+
+    assert generate().shape[1] == PROMPT_LEN + NEW_TOKENS  # 热身
+    return NEW_TOKENS / fastest_call_seconds(generate, device, windows=repeats)
 
 
 @torch.inference_mode()
@@ -109,15 +112,7 @@ def bench_decode_matmuls(model, device, repeats=50) -> float:
             F.linear(x, linear.weight)
 
     one_token()  # 热身
-    best = float("inf")
-    for _ in range(5):
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            one_token()
-        sync(device)
-        best = min(best, (time.perf_counter() - start) / repeats)
-    return 1.0 / best
+    return 1.0 / fastest_call_seconds(one_token, device, windows=5, calls_per_window=repeats)
 
 
 def run_benchmark(name: str, steps: int, device: torch.device, compile_model: bool = False,
