@@ -21,6 +21,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from model.model_minimind import FAMILIES, MiniMindConfig, MiniMindForCausalLM  # noqa: E402
+from model.reference_gpt import reference_like  # noqa: E402
 from modules.common.device import get_device  # noqa: E402
 
 # 每种形状：模型配置 + 训练 batch（batch_size × seq_len）
@@ -58,14 +59,11 @@ def fastest_call_seconds(fn, device, windows: int, calls_per_window: int = 1) ->
     return best
 
 
-def bench_train(model, batch_size, seq_len, steps, device, windows=5) -> float:
-    """返回训练 tokens/s：steps 步分成若干个计时窗口，取最快的窗口。
-
-    前 2 步热身不计时；--compile 时编译也发生在热身里。
-    """
+def train_step(model, vocab_size, batch_size, seq_len, device):
+    """返回一个"训练一步"的函数（前向 + 反向 + AdamW，float32），已先跑 2 步热身；--compile 时编译也发生在热身里。"""
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cpu", "cuda"))
-    ids = torch.randint(0, model.config.vocab_size, (batch_size, seq_len), device=device)
+    ids = torch.randint(0, vocab_size, (batch_size, seq_len), device=device)
 
     def step():
         loss = model(ids, labels=ids).loss
@@ -75,8 +73,20 @@ def bench_train(model, batch_size, seq_len, steps, device, windows=5) -> float:
 
     for _ in range(2):
         step()
+    return step
+
+
+def bench_train(steps_to_time, tokens_per_step, steps, device, windows=5) -> list:
+    """每个模型的训练 tokens/s：steps 步分成若干个计时窗口，取各自最快的窗口。
+
+    有多个模型时按窗口轮流测（A 一个窗口、B 一个窗口……），机器速度的漂移对它们的影响相同，比值才可信。
+    """
     windows = min(windows, steps)
-    return batch_size * seq_len / fastest_call_seconds(step, device, windows, steps // windows)
+    best = [float("inf")] * len(steps_to_time)
+    for _ in range(windows):
+        for i, step in enumerate(steps_to_time):
+            best[i] = min(best[i], fastest_call_seconds(step, device, windows=1, calls_per_window=steps // windows))
+    return [tokens_per_step / seconds for seconds in best]
 
 
 def bench_generate(model, use_cache, device, repeats=3) -> float:
@@ -116,10 +126,12 @@ def bench_decode_matmuls(model, device, repeats=50) -> float:
 
 
 def run_benchmark(name: str, steps: int, device: torch.device, compile_model: bool = False,
-                  family: str = "minimind2") -> dict:
-    """测一种形状：参数量、训练 tokens/s、生成 tokens/s（有/无 KV cache）。"""
+                  family: str = "minimind2", reference: bool = False) -> dict:
+    """测一种形状：参数量、训练 tokens/s、生成 tokens/s（有/无 KV cache）；
+    reference=True 时紧接着测同形状朴素 GPT 的训练速度（model/reference_gpt.py）。"""
     spec = SHAPES[name]
-    model = MiniMindForCausalLM(MiniMindConfig(**spec["config"], family=family)).to(device)
+    config = MiniMindConfig(**spec["config"], family=family)
+    model = MiniMindForCausalLM(config).to(device)
     matmul_only = bench_decode_matmuls(model, device)
     if compile_model:
         # 编译缓存挂在 forward 的代码对象上、各形状共用，有重编译次数上限：换形状时清空，免得后面的形状退回 eager
@@ -127,11 +139,22 @@ def run_benchmark(name: str, steps: int, device: torch.device, compile_model: bo
         model.compile()  # 之后 model(...) 都走编译后的版本；编译发生在各项的热身里，不计时
     gen_cache = bench_generate(model, True, device)
     gen_nocache = bench_generate(model, False, device)
-    return {"shape": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-            "batch": f"{spec['batch_size']}x{spec['seq_len']}",
-            "train_tok_s": bench_train(model, spec["batch_size"], spec["seq_len"], steps, device),
-            "gen_cache_tok_s": gen_cache, "gen_nocache_tok_s": gen_nocache, "cache_speedup": gen_cache / gen_nocache,
-            "gen_matmul_only_tok_s": matmul_only}
+    train_shape = (config.vocab_size, spec["batch_size"], spec["seq_len"], device)
+    steps_to_time = [train_step(model, *train_shape)]
+    if reference:
+        gpt = reference_like(config, spec["seq_len"]).to(device)
+        if compile_model:
+            gpt.compile()
+        steps_to_time.append(train_step(gpt, *train_shape))
+    train_tok_s = bench_train(steps_to_time, spec["batch_size"] * spec["seq_len"], steps, device)
+    result = {"shape": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+              "batch": f"{spec['batch_size']}x{spec['seq_len']}", "train_tok_s": train_tok_s[0],
+              "gen_cache_tok_s": gen_cache, "gen_nocache_tok_s": gen_nocache, "cache_speedup": gen_cache / gen_nocache,
+              "gen_matmul_only_tok_s": matmul_only}
+    if reference:
+        result["reference_train_tok_s"] = train_tok_s[1]
+        result["train_vs_reference"] = train_tok_s[0] / train_tok_s[1]
+    return result
 
 
 def busy_cores(seconds: float = 0.5) -> Optional[float]:
@@ -168,6 +191,8 @@ def main(argv=None):
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     parser.add_argument("--compile", action="store_true",
                         help="模型先 torch.compile 再测训练和生成（需要 C++ 编译器；每种形状首次编译约 1 分钟）")
+    parser.add_argument("--reference", action="store_true",
+                        help="再测同形状的朴素 GPT（model/reference_gpt.py）的训练速度，打印 MiniMind 与它的比值")
     args = parser.parse_args(argv)
     if args.steps <= 0:
         parser.error("--steps 必须是正整数")
@@ -183,14 +208,16 @@ def main(argv=None):
           f"train: float32, AdamW  generation: batch 1, prompt {PROMPT_LEN}, {NEW_TOKENS} new tokens, greedy"
           f"{'  (torch.compile)' if args.compile else ''}")
     header = (f"{'shape':<8}{'params':>9}{'batch':>10}{'train tok/s':>13}{'gen tok/s (cache)':>19}"
-              f"{'gen tok/s (no cache)':>22}{'speedup':>9}{'matmul-only bound':>19}")
+              f"{'gen tok/s (no cache)':>22}{'speedup':>9}{'matmul-only bound':>19}"
+              f"{'GPT train tok/s':>17}{'MiniMind/GPT':>14}" * args.reference)
     print(header)
     print("-" * len(header))
     for name in names:
-        r = run_benchmark(name, args.steps, device, args.compile, args.family)
+        r = run_benchmark(name, args.steps, device, args.compile, args.family, args.reference)
+        reference = f"{r['reference_train_tok_s']:>17,.0f}{r['train_vs_reference']:>13.2f}x" if args.reference else ""
         print(f"{name:<8}{r['params_m']:>8.2f}M{r['batch']:>10}{r['train_tok_s']:>13,.0f}"
               f"{r['gen_cache_tok_s']:>19,.0f}{r['gen_nocache_tok_s']:>22,.0f}{r['cache_speedup']:>8.1f}x"
-              f"{r['gen_matmul_only_tok_s']:>19,.0f}", flush=True)
+              f"{r['gen_matmul_only_tok_s']:>19,.0f}{reference}", flush=True)
     print("matmul-only bound：一步解码只做它的矩阵-向量乘（读一遍全部权重）时的 tokens/s，是 KV cache 生成速度的上限。")
 
 

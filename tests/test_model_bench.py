@@ -1,4 +1,5 @@
 """model/bench.py：能跑通、数值为正（不对速度做断言——速度取决于机器，那是基准脚本的事）。"""
+import math
 import os
 import subprocess
 import sys
@@ -6,14 +7,38 @@ import sys
 import torch
 
 from conftest import REPO_ROOT
-from model.bench import run_benchmark
+from model.bench import SHAPES, run_benchmark
+from model.model_minimind import MiniMindConfig
+from model.reference_gpt import reference_like
 
 
 def test_model_bench_measures_baby_shape():
-    r = run_benchmark("baby", steps=1, device=torch.device("cpu"))
+    r = run_benchmark("baby", steps=1, device=torch.device("cpu"), reference=True)
     assert r["batch"] == "12x64" and 0.5 < r["params_m"] < 1.5
     assert r["train_tok_s"] > 0 and r["gen_cache_tok_s"] > 0 and r["gen_nocache_tok_s"] > 0
-    assert r["gen_matmul_only_tok_s"] > 0
+    assert r["gen_matmul_only_tok_s"] > 0 and r["reference_train_tok_s"] > 0
+    assert r["train_vs_reference"] == r["train_tok_s"] / r["reference_train_tok_s"]
+
+
+def test_reference_gpt_is_a_working_language_model():
+    """对照组得是个正常的语言模型：初始 loss ≈ ln V，训练几步 loss 下降，而且是因果的。"""
+    torch.manual_seed(0)
+    config = MiniMindConfig(**SHAPES["baby"]["config"])
+    gpt = reference_like(config, max_len=64)
+    ids = torch.randint(0, config.vocab_size, (4, 32))
+    first = gpt(ids, labels=ids).loss
+    assert abs(first.item() - math.log(config.vocab_size)) < 0.3
+    optimizer = torch.optim.AdamW(gpt.parameters(), lr=1e-2)
+    for _ in range(20):
+        loss = gpt(ids, labels=ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < first.item() - 1.0
+    changed = ids.clone()
+    changed[:, 20:] = (changed[:, 20:] + 1) % config.vocab_size  # 只改后面的 token
+    with torch.no_grad():
+        assert torch.allclose(gpt(ids, labels=ids).logits[:, :20], gpt(changed, labels=changed).logits[:, :20])
 
 
 def test_model_bench_cli_minimind3_family():
