@@ -15,6 +15,7 @@ import subprocess
 import sys
 from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -329,7 +330,7 @@ def test_quiz_marks_wrong_answers_and_scores_right_ones(visit):
     page.evaluate("localStorage.clear()")
     page.reload(wait_until="networkidle")
     score = page.locator(".quiz-score .quiz-score-text").first
-    assert score.inner_text().startswith(f"得分：0 / ")
+    assert score.inner_text().startswith("得分：0 / ")
 
     first, second = singles[0], singles[1]
     q = page.locator(f"#q{first.number}")
@@ -391,6 +392,19 @@ def test_language_switch_reaches_an_english_page(visit):
     assert page.locator("h1").first.inner_text().startswith("MiniMind Notes")
     assert page.locator(".module-grid").is_visible()
     visit.shot("english_home.png")
+    visit.check_clean()
+
+
+def test_language_switch_keeps_the_current_page(visit):
+    """lang.js：从中文的某一页切到英文，落在同一页的英文版；再切回来，回到原来那页。"""
+    path = "/modules/01-foundation/01-normalization/quiz/"
+    page = visit.goto(path)
+    for lang, expected in (("en", "/en" + path), ("zh", path)):
+        page.locator(".md-header__option .md-select").first.hover()
+        page.locator(f"a.md-select__link[hreflang='{lang}']").first.click()
+        page.wait_for_load_state("networkidle")
+        assert urlparse(page.url).path == expected
+        assert page.locator("html").get_attribute("lang") == lang
     visit.check_clean()
 
 

@@ -41,7 +41,8 @@ def on_post_build(config):
 @event_priority(-200)
 def on_page_context(context, page, config, nav):
     """i18n 把语言切换链接改成"本页的另一语言版本"，而 Material 会按每条 <link rel="alternate">
-    去取 <链接>/sitemap.xml——页面目录里没有它，浏览器控制台报 404。改回各语言首页（i18n 算好的初始值）。"""
+    去取 <链接>/sitemap.xml——页面目录里没有它，浏览器控制台报 404。改回各语言首页（i18n 算好的初始值）；
+    切换时留在同一页由 website/assets/lang.js 负责。"""
     i18n = config.plugins.get("i18n")
     if i18n is not None and getattr(i18n, "extra_alternate", None):
         # i18n 写的是属性（config.extra.alternate），模板也按属性读
