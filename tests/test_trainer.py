@@ -144,6 +144,12 @@ def test_compiled_training_matches_eager(tmp_path):
     assert all(torch.allclose(eager_weights[k].float(), compiled_weights[k].float(), atol=1e-3) for k in eager_weights)
 
 
+def test_compile_without_a_cpp_compiler_says_so(tmp_path):
+    proc = run("train_pretrain.py", "--quick", "--max_steps", "2", "--device", "cpu", "--use_compile", "1",
+               "--save_dir", tmp_path, env={"PATH": str(tmp_path), "CXX": "no-such-compiler"})
+    assert proc.returncode == 1 and "C++ 编译器" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
 def test_torchrun_two_cpu_processes_stay_in_sync(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
