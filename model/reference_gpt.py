@@ -1,6 +1,6 @@
 """速度基准的对照组：一个 nanoGPT 式的朴素 GPT（LayerNorm、GELU MLP、可学习位置编码、合并的 qkv 投影）。
 
-只给 `python -m model.bench --reference` 用：同一形状、同一进程里接着 MiniMind 测它的训练速度，
+只给 `python -m model.bench --reference` 用：同一形状、同一进程里与 MiniMind 按计时窗口轮流测训练速度，
 回答"MiniMind 比最朴素的 GPT 慢多少"。这台机器本身的速度会漂移，两者的比值比绝对数字可靠得多。
 课程里的一切都用 model_minimind.py；这里刻意保持最简单的写法，不追求与 MiniMind 相同的效果。
 

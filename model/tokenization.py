@@ -26,7 +26,6 @@ def find_structure_literal(text: str) -> Optional[str]:
     return next((token for token in CHAT_STRUCTURE_TOKENS if token in text), None)
 
 
-
 class TokenizerError(ValueError):
     """分词器文件缺失或损坏；消息里说明是哪个文件、该怎么办。"""
 

@@ -17,7 +17,6 @@ def test_model_bench_measures_baby_shape():
     assert r["batch"] == "12x64" and 0.5 < r["params_m"] < 1.5
     assert r["train_tok_s"] > 0 and r["gen_cache_tok_s"] > 0 and r["gen_nocache_tok_s"] > 0
     assert r["gen_matmul_only_tok_s"] > 0 and r["reference_train_tok_s"] > 0
-    assert r["train_vs_reference"] == r["train_tok_s"] / r["reference_train_tok_s"]
 
 
 def test_reference_gpt_is_a_working_language_model():
