@@ -22,7 +22,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from model.model_minimind import FAMILIES, MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from model.reference_gpt import reference_like  # noqa: E402
-from modules.common.device import get_device  # noqa: E402
+from model.device import get_device  # noqa: E402
 
 # 每种形状：模型配置 + 训练 batch（batch_size × seq_len）
 SHAPES = {

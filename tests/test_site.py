@@ -118,8 +118,9 @@ def test_module_results_pages_show_reference_numbers_and_plots(built_site):
     records = [json.loads(p.read_text(encoding="utf-8"))
                for p in sorted(reference.glob("experiments/results/reference/*.json"))]
     conclusions = [c for r in records for c in r.get("conclusions", [])]
-    assert html.count('class="conclusion-holds"') == sum(bool(c["holds"]) for c in conclusions)
-    assert html.count('class="conclusion-fails"') == sum(not c["holds"] for c in conclusions)
+    statuses = [c.get("status") or ("holds" if c["holds"] else "fails") for c in conclusions]
+    for status, css in [("holds", "holds"), ("not_established", "unsettled"), ("fails", "fails")]:
+        assert html.count(f'class="conclusion-{css}"') == statuses.count(status), status
     for record in records:
         for table in record.get("metrics", {}).get("tables", {}).values():
             for header in table["headers"]:
@@ -415,7 +416,7 @@ def test_results_page_shows_reference_plots_and_the_english_fallback_has_a_note(
     images = page.locator("article img")
     assert images.count() == len(list(module.glob("experiments/results/reference/*.png")))
     assert page.evaluate("[...document.querySelectorAll('article img')].every(i => i.complete && i.naturalWidth > 0)")
-    assert page.locator(".conclusion-holds, .conclusion-fails").count() >= 1
+    assert page.locator(".conclusion-holds, .conclusion-unsettled, .conclusion-fails").count() >= 1
     visit.shot("results.png")
 
     page = visit.goto(f"/en/{rel}/teaching/")                  # 没有英文版的页面：中文内容 + 提示

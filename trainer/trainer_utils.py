@@ -29,7 +29,7 @@ from tqdm import tqdm  # noqa: E402
 from model.checkpoint import CheckpointError, atomic_save, load_pretrained, save_checkpoint  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from model.tokenization import TokenizerError, load_tokenizer  # noqa: E402
-from modules.common.device import get_device  # noqa: E402
+from model.device import get_device  # noqa: E402
 from modules.common.training import lr_at  # noqa: E402  与实验用同一个 warmup + 余弦调度
 
 SAMPLES_DIR = REPO_ROOT / "dataset" / "samples"

@@ -288,6 +288,15 @@ def format_cell(value) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+# 结论的三态（modules/common/noise.py）：成立 / 未确立（噪声以内）/ 不成立
+CONCLUSION_MARKS = {"holds": ("✓", "holds"), "not_established": ("?", "unsettled"), "fails": ("✗", "fails")}
+
+
+def conclusion_status(conclusion: dict) -> str:
+    """JSON 里的 status；早于噪声检验的记录只有 holds，按成立/不成立两态读。"""
+    return conclusion.get("status") or ("holds" if conclusion.get("holds") else "fails")
+
+
 def results_page(status: ModuleStatus, root: Path = REPO_ROOT) -> str | None:
     """results.md：每份参考 JSON 的结论（✓/✗ + 证据）、表格与同名 PNG。没有参考结果时返回 None。"""
     reference = root / status.rel / "experiments" / "results" / "reference"
@@ -317,8 +326,8 @@ def results_page(status: ModuleStatus, root: Path = REPO_ROOT) -> str | None:
         if conclusions:
             out += ["**结论**（由这次运行的测量得出）：", ""]
             for c in conclusions:
-                mark = "✓" if c.get("holds") else "✗"
-                css = "holds" if c.get("holds") else "fails"
+                status = conclusion_status(c)
+                mark, css = CONCLUSION_MARKS[status]
                 out.append(f'- <span class="conclusion-{css}">{mark}</span> {c.get("claim", "")}'
                            + (f" —— {c['evidence']}" if c.get("evidence") else ""))
             out.append("")

@@ -5,10 +5,14 @@
     exp.save_figure(fig, "loss.png")
     exp.save_metrics({"final_loss": 1.23})
     exp.print_table(["model", "loss"], [["rmsnorm", 1.23]], title="final")
-    exp.conclude("RMSNorm 比不归一化收敛更快", holds=bool(a < b), evidence=f"{a:.3f} vs {b:.3f}")
+    exp.conclude_verdict("RMSNorm 比不归一化收敛更快", compare(loss_rms, loss_none, "less"),
+                         evidence=f"{format_mean_std(loss_rms)} vs {format_mean_std(loss_none)}")
+    exp.conclude("分词往返无损", holds=decoded == text, evidence="...")   # 没有噪声的确定性事实
     exp.finish()  # 写 results/<脚本名>.json 并打印结论
 
-结论里的 holds 必须由本次运行的测量算出来（诚实实验）；没出现预期效应时如实打印 ⚠️。
+结论由本次运行的测量算出来（诚实实验）。"A 比 B 好"这类比较一律经 conclude_verdict 走共享的噪声检验
+（modules/common/noise.py）：效应超出噪声才 ✅ 成立，噪声以内打印 ❔ 未确立，反向超出噪声打印 ❌ 不成立。
+conclude(holds=...) 只留给没有随机性的确定性检查（公式、往返、计数）。
 """
 import argparse
 import json
@@ -27,6 +31,7 @@ import torch
 
 from modules.common.datasets import DataDownloadError
 from modules.common.device import DEVICE_CHOICES, describe_device, get_device
+from modules.common.noise import FAILS, HOLDS, NOT_ESTABLISHED, Verdict
 from modules.common.visualization import plt  # 经 visualization 导入 pyplot：无显示器时先切到 Agg 后端
 
 
@@ -86,6 +91,10 @@ def _format_cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+# 终端里三态结论的标记；未确立 ≠ 不成立：它说的是"这次的测量分辨不出来"
+STATUS_MARKS = {HOLDS: "✅ 成立", NOT_ESTABLISHED: "❔ 未确立（差异在噪声以内）", FAILS: "❌ 本次运行不成立"}
 
 
 class Experiment:
@@ -167,14 +176,24 @@ class Experiment:
             tables[title] = {"headers": to_json_safe(list(headers)), "rows": to_json_safe([list(r) for r in rows])}
 
     def conclude(self, claim: str, holds, evidence: str) -> None:
-        """记录一条结论。holds 必须是由测量算出的布尔值（bool / numpy.bool_ / 单元素布尔张量）。"""
+        """记录一条确定性结论。holds 必须是由测量算出的布尔值（bool / numpy.bool_ / 单元素布尔张量）。
+
+        比较两组有噪声的测量（不同配置的 loss、速度……）用 conclude_verdict。"""
         if isinstance(holds, torch.Tensor) and holds.dtype == torch.bool and holds.numel() == 1:
             holds = holds.item()
         if isinstance(holds, np.bool_):
             holds = bool(holds)
         if not isinstance(holds, bool):
             raise TypeError(f"holds 必须是由测量算出的布尔值，收到 {type(holds).__name__}：{holds!r}")
-        self._conclusions.append({"claim": claim, "holds": holds, "evidence": evidence})
+        self._conclusions.append({"claim": claim, "holds": holds, "status": HOLDS if holds else FAILS,
+                                  "evidence": evidence})
+
+    def conclude_verdict(self, claim: str, verdict: Verdict, evidence: str) -> None:
+        """记录一条经噪声检验（modules/common/noise.py）的比较结论：三态 status 与噪声细节都写进 JSON。"""
+        if not isinstance(verdict, Verdict):
+            raise TypeError(f"verdict 必须是 noise.compare/equivalent/exceeds 的返回值，收到 {type(verdict).__name__}")
+        self._conclusions.append({"claim": claim, "holds": verdict.holds, "status": verdict.status,
+                                  "evidence": f"{evidence}；{verdict.describe()}", "noise": verdict.to_dict()})
 
     def finish(self) -> Path:
         """原子写入 results/<脚本名>.json，打印摘要和每条结论，返回 JSON 路径。"""
@@ -203,7 +222,7 @@ class Experiment:
 
         print(f"\n== {self.name} 完成，用时 {record['metadata']['duration_s']:.1f} s ==")
         for c in self._conclusions:
-            mark = "✅ 成立" if c["holds"] else "⚠️ 本次运行未成立"
+            mark = STATUS_MARKS[c["status"]]
             print(f"{mark}：{c['claim']}\n    证据：{c['evidence']}")
         if not self._conclusions:
             print("（本实验没有记录结论）")

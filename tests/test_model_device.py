@@ -1,8 +1,8 @@
-"""modules.common.device：自动选择顺序、显式选择不可用时的报错、设备描述。"""
+"""model.device（实验经 modules.common.device 使用）：自动选择顺序、显式选择不可用时的报错、设备描述。"""
 import pytest
 import torch
 
-from modules.common.device import describe_device, get_device
+from model.device import describe_device, get_device
 
 
 def fake_hardware(monkeypatch, *, cuda: bool, mps: bool):

@@ -1,0 +1,169 @@
+"""共享的噪声检验：一个比较结论只有在效应超出噪声时才算"成立"。
+
+实验里的"A 比 B 好"通常只有几个种子（完整模式 3 个，quick 模式 1 个）。单看均值谁小，
+噪声里的随机差异也会被当成结论——这正是本课程要避免的。这里给出三种判定：
+
+    HOLDS            效应方向与声明一致，且超出噪声
+    NOT_ESTABLISHED  差异在噪声以内：既不能说成立，也不能说相反
+    FAILS            效应超出噪声，但方向与声明相反（不成立）
+
+用法（配对：第 i 个 a 与第 i 个 b 来自同一个种子 / 同一批评估数据）：
+
+    v = compare(loss_pre, loss_post, "less", unit="seeds")       # 声明：pre 的 loss 更低
+    exp.conclude_verdict("Pre-LN 比 Post-LN 收敛得好", v)
+
+判定规则（以 d_i = 声明方向上的差值，正数表示支持声明；SE = std(d, ddof=1)/√n；k = noise_multiplier(n)）：
+- unit="seeds"（每对来自一个独立训练的种子，通常 2–5 对）：
+  每一对都同号，且 |mean(d)| > k·SE。
+  "每个种子都同号"防止一个大幅度的种子拉动均值；"k·SE"防止几对刚好同号但差值只有噪声大小。
+  k 至少是 2，种子少时取单侧 95% 的 t 分位数（n=3 时 2.92）：只用"同号 + 2·SE"时，
+  在没有效应、噪声正态的模拟里 3 个种子判为"成立"的比例是 9%（tests/test_common_noise.py 会测），
+  换成 t 分位数后低于 5%。
+- unit="batches"（quick 模式只有一个种子时，用同一模型在多批固定评估数据上的配对差值）：
+  |mean(d)| > k·SE。它只量到"评估数据抽样"的噪声，量不到"换一个种子重新训练"的噪声，
+  所以打印时说明用的是哪种噪声。
+- 只有一对（一个种子、没有可用的批次噪声）时无从估计噪声：一律 NOT_ESTABLISHED。
+
+等价声明（"GQA 与 MHA 差不多"）用 equivalent(a, b, margin)：差值的 ±k·SE 区间整个落在 ±margin 里才成立；
+区间整个落在外面是 FAILS；其余 NOT_ESTABLISHED。margin 必须在看结果之前定好，写进声明。
+"""
+import math
+from dataclasses import dataclass, field
+
+HOLDS = "holds"
+NOT_ESTABLISHED = "not_established"
+FAILS = "fails"
+STATUSES = (HOLDS, NOT_ESTABLISHED, FAILS)
+
+NOISE_UNITS = {"seeds": "种子间噪声", "batches": "评估批次间噪声（单种子）"}
+DIRECTIONS = ("less", "greater")
+# 单侧 95% 的 t 分位数（自由度 1–4）；自由度 ≥ 5 时它已不到 2.02，统一用 2
+T_QUANTILE_95 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132}
+
+
+def noise_multiplier(n: int) -> float:
+    """n 对测量时"超出噪声"要求 |mean| 大于几个 SE：max(2, t_{0.95, n−1})。"""
+    return T_QUANTILE_95.get(n - 1, 2.0)
+
+
+@dataclass
+class Verdict:
+    """一次噪声检验的结果；to_dict() 写进实验 JSON 的结论记录。"""
+    status: str
+    unit: str
+    n: int
+    mean_delta: float  # 声明方向上的平均差值（>0 支持声明）
+    se: float          # 差值均值的标准误（n=1 时为 nan）
+    deltas: list = field(default_factory=list)
+    margin: float | None = None  # 只有等价检验有
+
+    @property
+    def holds(self) -> bool:
+        return self.status == HOLDS
+
+    def describe(self) -> str:
+        """一句话说明用了什么噪声、效应多大，附在结论的证据后面。"""
+        noise = NOISE_UNITS[self.unit]
+        if self.n < 2:
+            return f"只有 1 对测量，无法估计噪声（{noise}）"
+        se = f"{self.se:.3g}" if math.isfinite(self.se) else "nan"
+        k = noise_multiplier(self.n)
+        text = f"Δ={self.mean_delta:+.3g}，{k:g}·SE={k * self.se:.3g}（{noise}，n={self.n}"
+        if self.unit == "seeds":
+            agree = sum(d > 0 for d in self.deltas)
+            text += f"，{agree}/{self.n} 个种子方向一致"
+        if self.margin is not None:
+            text += f"，等价界 ±{self.margin:g}"
+        return text + f"，SE={se}）"
+
+    def to_dict(self) -> dict:
+        return {"status": self.status, "unit": self.unit, "n": self.n, "mean_delta": self.mean_delta,
+                "se": self.se if math.isfinite(self.se) else None, "deltas": list(self.deltas),
+                "margin": self.margin}
+
+
+def _finite_floats(values, name: str) -> list[float]:
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError(f"{name} 至少要有一个值")
+    return values
+
+
+def _mean_se(deltas: list[float]) -> tuple[float, float]:
+    n = len(deltas)
+    mean = sum(deltas) / n
+    if n < 2:
+        return mean, math.nan
+    var = sum((d - mean) ** 2 for d in deltas) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def _check_unit(unit: str) -> None:
+    if unit not in NOISE_UNITS:
+        raise ValueError(f"unit 只能是 {sorted(NOISE_UNITS)} 之一，收到 {unit!r}")
+
+
+def paired_deltas(a, b, direction: str) -> list[float]:
+    """声明"a 比 b {direction}"时每一对的支持量：direction="less" 时是 b−a，"greater" 时是 a−b。"""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction 只能是 {DIRECTIONS} 之一，收到 {direction!r}")
+    a, b = _finite_floats(a, "a"), _finite_floats(b, "b")
+    if len(a) != len(b):
+        raise ValueError(f"配对比较要求两边个数相同：a 有 {len(a)} 个，b 有 {len(b)} 个")
+    return [(y - x) if direction == "less" else (x - y) for x, y in zip(a, b)]
+
+
+def compare(a, b, direction: str, unit: str = "seeds") -> Verdict:
+    """声明"a 比 b 更 {less|greater}"（a、b 按种子或评估批次配对），返回三态判定。
+
+    NaN（发散）让这一对无法比较：任何一对是 NaN 都判为 NOT_ESTABLISHED，由调用者另写"发散"的结论。
+    """
+    _check_unit(unit)
+    deltas = paired_deltas(a, b, direction)
+    n = len(deltas)
+    mean, se = _mean_se(deltas)
+    if n < 2 or not all(math.isfinite(d) for d in deltas):
+        return Verdict(NOT_ESTABLISHED, unit, n, mean, se, deltas)
+    beyond_noise = abs(mean) > noise_multiplier(n) * se
+    if unit == "seeds":
+        same_sign_for = all(d > 0 for d in deltas)
+        same_sign_against = all(d < 0 for d in deltas)
+    else:  # 批次很多时不要求每一批同号，只看均值是否超出 k·SE
+        same_sign_for = same_sign_against = True
+    if beyond_noise and mean > 0 and same_sign_for:
+        status = HOLDS
+    elif beyond_noise and mean < 0 and same_sign_against:
+        status = FAILS
+    else:
+        status = NOT_ESTABLISHED
+    return Verdict(status, unit, n, mean, se, deltas)
+
+
+def exceeds(values, threshold: float, direction: str = "greater", unit: str = "seeds") -> Verdict:
+    """声明"values 超过（greater）/低于（less）一个事先定好的常数 threshold"，例如准确率 > 0.5。"""
+    values = _finite_floats(values, "values")
+    return compare(values, [threshold] * len(values), direction, unit)
+
+
+def equivalent(a, b, margin: float, unit: str = "seeds") -> Verdict:
+    """声明"a 与 b 相差不超过 margin"：mean(a−b) ± k·SE 整个落在 (−margin, margin) 内才成立。
+
+    与 compare 不同，等价检验两个方向都算：B 比 A 好很多同样让"差不多"不成立（FAILS）。
+    """
+    _check_unit(unit)
+    if not margin > 0:
+        raise ValueError(f"margin 必须为正，收到 {margin}")
+    deltas = paired_deltas(a, b, "greater")  # a − b
+    n = len(deltas)
+    mean, se = _mean_se(deltas)
+    if n < 2 or not all(math.isfinite(d) for d in deltas):
+        return Verdict(NOT_ESTABLISHED, unit, n, mean, se, deltas, margin)
+    k = noise_multiplier(n)
+    low, high = mean - k * se, mean + k * se
+    if -margin < low and high < margin:
+        status = HOLDS
+    elif high < -margin or low > margin:
+        status = FAILS
+    else:
+        status = NOT_ESTABLISHED
+    return Verdict(status, unit, n, mean, se, deltas, margin)

@@ -1,0 +1,112 @@
+"""共享噪声检验（modules/common/noise.py）：三态判定、等价检验、单种子的批次噪声，以及无效应时的误判率。"""
+import json
+import math
+import random
+import subprocess
+import sys
+
+import pytest
+
+from modules.common.noise import FAILS, HOLDS, NOT_ESTABLISHED, compare, equivalent, exceeds
+
+
+def test_consistent_effect_beyond_noise_holds():
+    v = compare([1.00, 1.02, 0.98], [1.20, 1.25, 1.19], "less")  # a 的 loss 在每个种子上都低约 0.2
+    assert v.status == HOLDS and v.holds
+    assert v.deltas == pytest.approx([0.20, 0.23, 0.21])
+    assert v.mean_delta == pytest.approx(0.21333, abs=1e-4)
+    assert v.se == pytest.approx(math.sqrt(((0.2 - 0.21333) ** 2 + (0.23 - 0.21333) ** 2 + (0.21 - 0.21333) ** 2) / 2 / 3),
+                                 rel=1e-3)
+    assert compare([1.20, 1.25, 1.19], [1.00, 1.02, 0.98], "greater").status == HOLDS
+
+
+def test_effect_in_the_other_direction_fails():
+    v = compare([1.20, 1.25, 1.19], [1.00, 1.02, 0.98], "less")
+    assert v.status == FAILS and not v.holds and v.mean_delta < 0
+
+
+def test_mixed_signs_or_small_mean_is_not_established():
+    # 均值支持声明，但一个种子反向：不算成立
+    assert compare([1.0, 1.0, 1.0], [1.3, 1.3, 0.99], "less").status == NOT_ESTABLISHED
+    # 三个种子同号，但差值的离散远大于均值：不算成立（issue 19 里 1/√d 的例子就是这种）
+    assert compare([1.0, 1.0, 1.0], [1.001, 1.30, 1.002], "less").status == NOT_ESTABLISHED
+
+
+def test_one_pair_cannot_estimate_noise_and_nan_is_not_compared():
+    v = compare([1.0], [2.0], "less")
+    assert v.status == NOT_ESTABLISHED and v.n == 1 and "无法估计噪声" in v.describe()
+    assert compare([1.0, float("nan"), 1.0], [2.0, 2.0, 2.1], "less").status == NOT_ESTABLISHED
+
+
+def test_batch_noise_does_not_require_every_batch_to_agree():
+    a = [1.0, 1.1, 0.9, 1.05, 0.95, 1.0, 1.02, 0.98]
+    b = [x + 0.08 for x in a]
+    b[0] -= 0.1  # 一批反向：批次噪声下只看均值是否超出 2·SE
+    v = compare(a, b, "less", unit="batches")
+    assert v.status == HOLDS and "评估批次" in v.describe()
+    assert compare(a, b, "less", unit="seeds").status == NOT_ESTABLISHED
+
+
+def test_equivalence_needs_the_whole_interval_inside_the_margin():
+    assert equivalent([1.00, 1.01, 0.99], [1.005, 1.00, 0.995], margin=0.05).status == HOLDS
+    # issue 19：GQA 比 MHA 好 0.057，"差不多（±0.05）"不能因为改进而算成立
+    assert equivalent([1.0, 1.0, 1.0], [1.057, 1.06, 1.055], margin=0.05).status == FAILS
+    assert equivalent([1.0, 1.0, 1.0], [0.96, 1.04, 1.00], margin=0.05).status == NOT_ESTABLISHED
+    with pytest.raises(ValueError, match="margin"):
+        equivalent([1.0, 2.0], [1.0, 2.0], margin=0)
+
+
+def test_exceeds_a_constant():
+    assert exceeds([0.61, 0.64, 0.60], 0.5).status == HOLDS
+    assert exceeds([0.52, 0.47, 0.55], 0.5).status == NOT_ESTABLISHED
+    assert exceeds([0.31, 0.33, 0.30], 0.5).status == FAILS
+
+
+def test_bad_arguments_say_what_is_wrong():
+    with pytest.raises(ValueError, match="个数相同"):
+        compare([1.0, 2.0], [1.0], "less")
+    with pytest.raises(ValueError, match="direction"):
+        compare([1.0], [1.0], "lower")
+    with pytest.raises(ValueError, match="unit"):
+        compare([1.0], [1.0], "less", unit="runs")
+
+
+def test_false_claims_rarely_hold_and_real_effects_usually_do():
+    """无效应时（两边同分布）3 个种子判为"成立"的比例应远低于 5%；效应为 2σ 时多数能判出来。"""
+    rng = random.Random(0)
+    trials = 4000
+
+    def rate(effect):
+        hits = 0
+        for _ in range(trials):
+            a = [rng.gauss(0, 1) for _ in range(3)]
+            b = [x + effect + rng.gauss(0, 1) for x in a]
+            hits += compare(a, b, "less").status == HOLDS
+        return hits / trials
+
+    assert rate(0.0) < 0.05
+    assert rate(3.0) > 0.6
+
+
+def test_experiment_records_the_verdict(tmp_path):
+    script = tmp_path / "toy_verdict.py"
+    script.write_text(
+        "from modules.common.experiment_base import Experiment\n"
+        "from modules.common.noise import compare, equivalent\n"
+        "exp = Experiment(__file__, description='toy')\n"
+        "exp.conclude_verdict('a lower', compare([1, 1.1, 0.9], [2, 2.1, 1.9], 'less'), evidence='e1')\n"
+        "exp.conclude_verdict('a same', equivalent([1, 1.1, 0.9], [2, 2.1, 1.9], 0.1), evidence='e2')\n"
+        "exp.conclude_verdict('mixed', compare([1, 1, 1], [2, 0.5, 1.2], 'less'), evidence='e3')\n"
+        "exp.finish()\n", encoding="utf-8")
+    from conftest import REPO_ROOT
+    env = {"PYTHONPATH": str(REPO_ROOT), "MPLBACKEND": "Agg", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, str(script), "--output-dir", str(tmp_path)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, encoding="utf-8", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((tmp_path / "toy_verdict.json").read_text(encoding="utf-8"))
+    assert [c["status"] for c in record["conclusions"]] == [HOLDS, FAILS, NOT_ESTABLISHED]
+    assert [c["holds"] for c in record["conclusions"]] == [True, False, False]
+    assert record["conclusions"][0]["noise"]["unit"] == "seeds" and record["conclusions"][0]["noise"]["n"] == 3
+    assert "✅ 成立：a lower" in proc.stdout and "❌ 本次运行不成立：a same" in proc.stdout
+    assert "❔ 未确立（差异在噪声以内）：mixed" in proc.stdout
+    assert "种子间噪声" in record["conclusions"][2]["evidence"]
