@@ -51,15 +51,20 @@ def _build_optimizer(model, lr, weight_decay, betas):
 
 
 @torch.no_grad()
-def _evaluate(model, get_batch, eval_batches, device) -> float:
+def evaluate_batches(model, get_batch, eval_batches, device) -> list[float]:
+    """在 eval_batches 个验证 batch 上各算一次 loss，返回每个 batch 的值（不取平均）。
+
+    同一种子下各变体拿到的验证 batch 相同，所以这些值可以按 batch 配对：只有一个种子时，
+    它们的离散程度就是噪声检验（modules/common/noise.py，unit="batches"）用的评估噪声。"""
+    was_training = model.training
     model.eval()
     losses = []
     for _ in range(eval_batches):
         input_ids, labels = get_batch("val")
         out = model(input_ids.to(device), labels=labels.to(device))
         losses.append(out.loss.item())
-    model.train()
-    return sum(losses) / len(losses)
+    model.train(was_training)
+    return losses
 
 
 def _group_grad_norms(named_params) -> dict[str, float]:
@@ -96,7 +101,7 @@ def train_model(
     warmup_steps 默认 steps 的 10%；eval_every 默认 steps 的 1/10；最后一步之后总会再验证一次。
     loss 出现 NaN/inf 时停止训练，diverged_at 记下那一步（从 0 起），不抛异常。
     返回：steps / train_loss / lr（每步一项，step 从 0 起）、aux_loss（模型有 aux_loss 时每步一项）、
-    val_steps / val_loss（在第 val_steps[i] 步更新之后评估）、grad_norms {层分组: 每步范数}、
+    val_steps / val_loss（在第 val_steps[i] 步更新之后评估）、final_val_batches（最后一次验证的逐 batch loss）、grad_norms {层分组: 每步范数}、
     diverged_at、tokens_per_s（只计训练步）、wall_s（含评估）。
     """
     if steps < 1:
@@ -111,7 +116,7 @@ def train_model(
 
     history = {
         "steps": [], "train_loss": [], "lr": [], "aux_loss": [], "val_steps": [], "val_loss": [],
-        "grad_norms": {}, "diverged_at": None, "tokens_per_s": 0.0, "wall_s": 0.0,
+        "final_val_batches": [], "grad_norms": {}, "diverged_at": None, "tokens_per_s": 0.0, "wall_s": 0.0,
     }
     tokens, train_time = 0, 0.0
     t_start = time.perf_counter()
@@ -152,8 +157,10 @@ def train_model(
             history["aux_loss"].append(aux.item())
 
         if (step + 1) % eval_every == 0 or step == steps - 1:
+            batch_losses = evaluate_batches(model, get_batch, eval_batches, device)
             history["val_steps"].append(step)
-            history["val_loss"].append(_evaluate(model, get_batch, eval_batches, device))
+            history["val_loss"].append(sum(batch_losses) / len(batch_losses))
+            history["final_val_batches"] = batch_losses
         if progress:
             bar.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{tokens / max(train_time, 1e-9):.0f}", refresh=False)
 
