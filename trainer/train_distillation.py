@@ -18,7 +18,7 @@ import torch.nn.functional as F  # noqa: E402
 from dataset.lm_dataset import IGNORE_INDEX, SFTDataset  # noqa: E402
 from trainer.trainer_utils import (  # noqa: E402
     SAMPLES_DIR, Runtime, build_model, build_parser, load_tokenizer_or_exit, parse_args, run_main, seed_everything,
-    train,
+    supervised_tokens, train,
 )
 
 
@@ -67,7 +67,9 @@ def main(argv=None):
     if runtime.is_main:
         n = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
         print(f"老师 {args.teacher_weight}（{n(teacher):.2f}M）→ 学生（{n(student):.2f}M）；T={args.temperature}，α={args.alpha}")
-    train(args, runtime, student, dataset, make_distill_step(teacher, args.temperature, args.alpha), desc="distill")
+    # 两项都是按回答 token 平均的：梯度累积与多进程按监督 token 数加权
+    train(args, runtime, student, dataset, make_distill_step(teacher, args.temperature, args.alpha), desc="distill",
+          count_units=supervised_tokens)
     runtime.close()
 
 

@@ -4,7 +4,8 @@
     python trainer/train_dpo.py --data_path dpo.jsonl --from_weight full_sft --beta 0.1
 
 损失 = -log σ(β·[(log π(y_c) - log π_ref(y_c)) - (log π(y_r) - log π_ref(y_r))])；
-括号里的差就是"隐式奖励"的差（reward margin），日志里记录它和偏好准确率（margin > 0 的比例）。
+隐式奖励是 r(y) = β·(log π(y) - log π_ref(y))，所以括号乘上 β 才是两条回答的隐式奖励差（reward margin）。
+日志里记录 reward margin 和偏好准确率（margin > 0 的比例）。损失按偏好对平均：梯度累积与多进程按偏好对的个数加权。
 """
 import copy
 import sys
@@ -36,6 +37,11 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: flo
     return -F.logsigmoid(margin).mean(), margin
 
 
+def preference_pairs(batch) -> int:
+    """DPO 的损失按偏好对平均：这个 batch 里有几对。"""
+    return len(batch["chosen_ids"])
+
+
 def make_dpo_step(ref_model, beta: float):
     def compute_loss(model, batch):
         ids = torch.cat([batch["chosen_ids"], batch["rejected_ids"]])  # (2B, T)：一次前向算两组
@@ -63,7 +69,7 @@ def main(argv=None):
     ref_model = copy.deepcopy(model).to(runtime.device).eval().requires_grad_(False)  # 参考模型：SFT 模型的冻结副本
     if runtime.is_main:
         print(f"数据 {args.data_path}：{len(dataset)} 对偏好；β={args.beta}；参考模型 = {args.from_weight}（冻结）")
-    train(args, runtime, model, dataset, make_dpo_step(ref_model, args.beta), desc="dpo")
+    train(args, runtime, model, dataset, make_dpo_step(ref_model, args.beta), desc="dpo", count_units=preference_pairs)
     runtime.close()
 
 

@@ -12,7 +12,7 @@ from dataset.lm_dataset import SFTDataset  # noqa: E402
 from trainer.train_pretrain import language_model_loss  # noqa: E402
 from trainer.trainer_utils import (  # noqa: E402
     SAMPLES_DIR, Runtime, build_model, build_parser, load_tokenizer_or_exit, parse_args, run_main, seed_everything,
-    train,
+    supervised_tokens, train,
 )
 
 
@@ -27,7 +27,7 @@ def main(argv=None):
     model = build_model(args, tokenizer)
     if runtime.is_main:
         print(f"数据 {args.data_path}：{len(dataset)} 段对话；从 {args.from_weight} 开始；设备 {runtime.device}")
-    train(args, runtime, model, dataset, language_model_loss, desc="sft")
+    train(args, runtime, model, dataset, language_model_loss, desc="sft", count_units=supervised_tokens)
     runtime.close()
 
 

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dataset.lm_dataset import PretrainDataset  # noqa: E402
 from trainer.trainer_utils import (  # noqa: E402
     SAMPLES_DIR, Runtime, build_model, build_parser, load_tokenizer_or_exit, parse_args, run_main, seed_everything,
-    train,
+    supervised_tokens, train,
 )
 
 
@@ -34,7 +34,7 @@ def main(argv=None):
         skipped = f"，跳过坏行 {dataset.rows.skipped}" if args.skip_bad_lines else ""
         print(f"数据 {args.data_path}：{len(dataset)} 条{skipped}；模型 {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M 参数；"
               f"设备 {runtime.device}，精度 {runtime.dtype}，进程数 {runtime.world_size}")
-    train(args, runtime, model, dataset, language_model_loss, desc="pretrain")
+    train(args, runtime, model, dataset, language_model_loss, desc="pretrain", count_units=supervised_tokens)
     runtime.close()
 
 

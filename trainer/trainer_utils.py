@@ -26,6 +26,7 @@ import torch.distributed as dist  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from dataset.lm_dataset import IGNORE_INDEX  # noqa: E402
 from model.checkpoint import CheckpointError, atomic_save, load_pretrained, save_checkpoint  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from model.tokenization import TokenizerError, load_tokenizer  # noqa: E402
@@ -85,12 +86,21 @@ def build_parser(description: str, data_path: Path, save_weight: str, learning_r
     return p
 
 
+def typed_flags(parser: argparse.ArgumentParser, argv=None) -> set:
+    """命令行上真正给出的参数（dest 名）。值等于默认值也算给出：--quick --batch_size 32 里的 32 要保留。"""
+    untyped = object()
+    probe = argparse.Namespace(**{a.dest: untyped for a in parser._actions if a.dest != argparse.SUPPRESS})
+    parser.parse_args(argv, namespace=probe)  # 命名空间里已有的属性 argparse 不再填默认值，只有给出的会被改写
+    return {name for name, value in vars(probe).items() if value is not untyped}
+
+
 def parse_args(parser: argparse.ArgumentParser, argv=None, quick_overrides: Optional[dict] = None) -> argparse.Namespace:
-    """解析参数；--quick 时用 QUICK_OVERRIDES（再叠加本脚本的 quick_overrides）替换没在命令行上给出的参数。"""
+    """解析参数；--quick 时用 QUICK_OVERRIDES（再叠加本脚本的 quick_overrides）填上没在命令行上给出的参数。"""
     args = parser.parse_args(argv)
     if args.quick:
+        typed = typed_flags(parser, argv)
         for key, value in {**QUICK_OVERRIDES, **(quick_overrides or {})}.items():
-            if parser.get_default(key) == getattr(args, key):  # 只改没在命令行上显式给出的
+            if key not in typed:
                 setattr(args, key, value)
     for name in ("epochs", "batch_size", "accumulation_steps", "hidden_size", "num_hidden_layers", "max_seq_len",
                  "log_interval", "save_interval"):
@@ -245,11 +255,83 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)
 
 
+def gather_rng_states(runtime: "Runtime") -> list:
+    """每个进程的随机数状态，按 rank 排成列表（各进程一起调用）。"""
+    if not runtime.distributed:
+        return [rng_state()]
+    states = [None] * runtime.world_size
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def restore_rng_state(state: dict, runtime: "Runtime"):
+    """续训时每个进程恢复自己保存的随机数状态；进程数变了就只能都用 rank 0 的（数据切分本来也变了）。"""
+    per_rank = state.get("rng_per_rank")  # 旧的续训文件只有 rank 0 的 "rng"
+    if per_rank is not None and len(per_rank) == runtime.world_size:
+        set_rng_state(per_rank[runtime.rank])
+        return
+    set_rng_state(state["rng"])
+    if runtime.is_main and runtime.distributed:
+        print(f"提示：续训状态来自 {len(per_rank) if per_rank else 1} 个进程，现在是 {runtime.world_size} 个："
+              "各进程的数据切分与随机数都和不中断时不同")
+
+
+# ---------------------------------------------------------------------------
+# 梯度累积：按"单位"（监督 token、偏好对）加权
+# ---------------------------------------------------------------------------
+def supervised_tokens(batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """这个 batch 里参与 loss 的 token 数：labels 错一位后不是 -100 的位置（与模型里交叉熵的平均范围相同）。"""
+    return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+
+
+def accumulate_gradients(train_model: torch.nn.Module, micro_batches: list, compute_loss: Callable, runtime,
+                         count_units: Optional[Callable] = None, scaler=None) -> tuple:
+    """一个优化步的全部前向 + 反向，梯度 = 本步所有单位的 loss 之和 / 所有进程的单位总数。
+
+    compute_loss 返回的是 micro-batch 内按单位平均的 loss；count_units(batch) 给出单位数 n_i（监督 token 或偏好对），
+    于是每个 micro-batch 的 loss 乘 n_i / N 再反向，N 是这一步所有 micro-batch、所有进程的 n_i 之和（all_reduce）。
+    这样 1 个 batch 8 与 2 个 batch 4 累积、单卡与多卡得到同一个梯度；若直接平均各 micro-batch 的均值（均值的均值），
+    监督 token 少的短回答会被放大。count_units=None 时每个 micro-batch 算 1 个单位，即各 micro-batch 等权。
+    返回本进程按单位加权的平均 loss 和额外指标（日志用）。
+    """
+    counts = torch.tensor([float(count_units(b)) if count_units is not None else 1.0 for b in micro_batches],
+                          device=runtime.device)  # (accumulation_steps,)
+    total = counts.sum()
+    if runtime.distributed:
+        dist.all_reduce(total)
+    if total.item() == 0:
+        raise TrainingError("这一步的所有 batch 里都没有要计算 loss 的 token（回答被 --max_seq_len 截掉了？）："
+                            "请增大 --max_seq_len 或检查数据")
+    # DDP 在反向时把各进程的梯度取平均（除以 world_size），这里先乘回来
+    weights = counts * runtime.world_size / total
+    local_total = counts.sum().item()
+    loss_value, extras = 0.0, {}
+    for i, batch in enumerate(micro_batches):
+        sync = i == len(micro_batches) - 1 or not runtime.distributed
+        with nullcontext() if sync else train_model.no_sync():
+            with runtime.autocast():
+                loss, extra = compute_loss(train_model, batch)
+            weighted = loss * weights[i]
+            (scaler.scale(weighted) if scaler is not None else weighted).backward()
+        if counts[i] == 0:  # 没有监督 token：loss 是 0/0，梯度乘 0 为零，不计入日志
+            continue
+        share = counts[i].item() / local_total
+        loss_value += loss.item() * share
+        for k, v in extra.items():
+            extras[k] = extras.get(k, 0.0) + float(v) * share
+    return loss_value, extras
+
+
 def train(args, runtime: Runtime, model: torch.nn.Module, dataset,
           compute_loss: Callable[[torch.nn.Module, Dict[str, torch.Tensor]], tuple],
-          desc: str = "train", save: Callable = save_weights) -> dict:
+          desc: str = "train", save: Callable = save_weights,
+          count_units: Optional[Callable[[Dict[str, torch.Tensor]], torch.Tensor]] = None,
+          evaluate: Optional[Callable[[int], dict]] = None) -> dict:
     """通用训练循环。compute_loss(model, batch) → (loss, {额外要记录的标量})；只训练 requires_grad 的参数。
     save(model, args, runtime) 写出可发布的权重（默认整个 state_dict；LoRA 只存适配器）。
+    count_units(batch)：loss 是对什么平均的、这个 batch 里有几个（如 supervised_tokens）；梯度累积和多进程按它加权，
+    见 accumulate_gradients。不给时各 micro-batch 等权。
+    evaluate(step) → {指标}：主进程在第 0 步（新训练时）、每 args.eval_interval 步和最后一步调用，结果作为一行写进 JSONL 日志。
 
     负责：数据顺序、warmup+余弦学习率、梯度累积、混合精度、梯度裁剪、NaN 检查、日志、检查点与续训、多进程同步。
     返回最后一次记录的指标。
@@ -272,6 +354,9 @@ def train(args, runtime: Runtime, model: torch.nn.Module, dataset,
     if n_batches == 0:
         raise TrainingError(f"数据只有 {len(dataset)} 条，不够 {runtime.world_size} 个进程各凑一个 batch_size={args.batch_size}")
     steps_per_epoch = n_batches // args.accumulation_steps
+    if steps_per_epoch == 0:
+        raise TrainingError(f"每个进程每轮只有 {n_batches} 个 batch，凑不满一次 --accumulation_steps {args.accumulation_steps} 的更新："
+                            f"请把 --accumulation_steps 减到不超过 {n_batches}，或减小 --batch_size、用更多数据")
     total_steps = steps_per_epoch * args.epochs
     if args.max_steps is not None:
         total_steps = min(total_steps, args.max_steps)
@@ -287,24 +372,42 @@ def train(args, runtime: Runtime, model: torch.nn.Module, dataset,
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        restore_rng_state(state, runtime)
         step = state["step"]
         if runtime.is_main:
             print(f"从 {resume_file} 续训：已完成 {step}/{total_steps} 步")
-    elif runtime.is_main:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        log_file.write_text("", encoding="utf-8")  # 新的一次训练，清空旧日志
+    else:
+        if runtime.distributed:  # 各进程的随机流不同（dropout 等），与 nanoGPT 的 seed + rank 一样；单进程不变
+            seed_everything(args.seed + runtime.rank)
+        if runtime.is_main:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            log_file.write_text("", encoding="utf-8")  # 新的一次训练，清空旧日志
     wandb = start_wandb(args, runtime)
+
+    def record_eval():
+        if evaluate is None or not runtime.is_main:
+            return
+        row = {"step": step, **evaluate(step)}
+        tqdm.write("评测 " + json.dumps(row, ensure_ascii=False))
+        with open(log_file, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        if wandb is not None:
+            wandb.log(row)
+
+    if step == 0:
+        record_eval()
 
     def save_state():
         # loss 还有限时，这一步的更新也可能已经把权重推成 inf：坏权重绝不覆盖上一个好的检查点（各进程一起检查）
         weights_ok = all(torch.isfinite(p).all() for p in model.parameters())
-        check_finite(0.0 if weights_ok else float("nan"), step - 1, runtime, resume_file)
+        check_finite(0.0 if weights_ok else float("nan"), step - 1, runtime, resume_file, what="权重")
+        rng_states = gather_rng_states(runtime)
         if not runtime.is_main:
             return
         save(model, args, runtime)
         atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                     "rng": rng_state(), "step": step, "args": {k: str(v) for k, v in vars(args).items()}},
+                     "rng": rng_states[0], "rng_per_rank": rng_states, "step": step,
+                     "args": {k: str(v) for k, v in vars(args).items()}},
                     resume_file, lambda saved, back: back["step"] == saved["step"])
 
     train_model.train()
@@ -315,8 +418,9 @@ def train(args, runtime: Runtime, model: torch.nn.Module, dataset,
     while step < total_steps:
         epoch, step_in_epoch = divmod(step, steps_per_epoch)
         batches = epoch_batches(len(dataset), args.batch_size, epoch, args.seed, runtime.rank, runtime.world_size)
+        # 自己的 generator：建 DataLoader 不消耗全局随机数，续训后的随机流与不中断时相同
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches[step_in_epoch * args.accumulation_steps:],
-                                             num_workers=args.num_workers)
+                                             num_workers=args.num_workers, generator=torch.Generator())
         micro_batches = iter(loader)
         for _ in range(steps_per_epoch - step_in_epoch):
             if step >= total_steps:
@@ -324,16 +428,8 @@ def train(args, runtime: Runtime, model: torch.nn.Module, dataset,
             lr = lr_at(step, lr=args.learning_rate, warmup_steps=warmup_steps, total_steps=total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_sum, extras = 0.0, {}
-            for micro in range(args.accumulation_steps):
-                batch = {k: v.to(device) for k, v in next(micro_batches).items()}
-                sync = micro == args.accumulation_steps - 1 or not runtime.distributed
-                with (nullcontext() if sync else train_model.no_sync()), runtime.autocast():
-                    loss, extra = compute_loss(train_model, batch)
-                    scaler.scale(loss / args.accumulation_steps).backward()
-                loss_sum += loss.item() / args.accumulation_steps
-                for k, v in extra.items():
-                    extras[k] = extras.get(k, 0.0) + float(v) / args.accumulation_steps
+            micro = [{k: v.to(device) for k, v in next(micro_batches).items()} for _ in range(args.accumulation_steps)]
+            loss_sum, extras = accumulate_gradients(train_model, micro, compute_loss, runtime, count_units, scaler)
             check_finite(loss_sum, step, runtime, resume_file)
             if args.grad_clip > 0:
                 scaler.unscale_(optimizer)
@@ -355,6 +451,8 @@ def train(args, runtime: Runtime, model: torch.nn.Module, dataset,
                         f.write(json.dumps(last, ensure_ascii=False) + "\n")
                     if wandb is not None:
                         wandb.log(last)
+            if evaluate is not None and (step % args.eval_interval == 0 or step == total_steps):
+                record_eval()
             if step % args.save_interval == 0 or step == total_steps:
                 save_state()
     bar.close()
@@ -373,14 +471,15 @@ def compile_for_training(model: torch.nn.Module, device: torch.device) -> torch.
     return torch.compile(model)
 
 
-def check_finite(loss: float, step: int, runtime: Runtime, resume_file: Path):
-    """任一进程的 loss 变成 NaN/inf 就让所有进程一起停下；已保存的检查点保持不变。"""
+def check_finite(loss: float, step: int, runtime: Runtime, resume_file: Path, what: str = "loss"):
+    """任一进程的 loss（或权重，what="权重"）变成 NaN/inf 就让所有进程一起停下；已保存的检查点保持不变。"""
     bad = torch.tensor([0.0 if math.isfinite(loss) else 1.0], device=runtime.device)
     if runtime.distributed:
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)
     if bad.item() > 0:
         kept = f"上一个检查点 {resume_file} 保持不变，可以 --resume 接着训" if resume_file.is_file() else "还没有保存过检查点"
-        raise TrainingError(f"第 {step + 1} 步的 loss 变成了 {loss}（发散）。{kept}；"
+        found = f"loss 变成了 {loss}" if what == "loss" else f"{what}里出现了 NaN/inf（loss 还是有限的）"
+        raise TrainingError(f"第 {step + 1} 步的{found}（发散）。{kept}；"
                             "请减小 --learning_rate、开启 --grad_clip，或检查数据")
 
 

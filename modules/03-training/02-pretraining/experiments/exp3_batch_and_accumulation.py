@@ -3,7 +3,7 @@
 A. 梯度累积 k × b 与一次算 k·b 的大 batch，梯度在数值上相同吗？
    真实的 MiniMindForCausalLM，同一批数据，比较参数梯度的最大绝对差：
      - 仓库的 BPE 分词器 + dataset/lm_dataset.py::PretrainDataset（句子长短不一，padding 位置 labels=-100）：
-         · 均值的均值：每个 micro-batch 的 loss / k（trainer/trainer_utils.py::train 的做法）；
+         · 均值的均值：每个 micro-batch 的 loss / k（MiniMind 原版的做法；本仓库的 trainer 已改为按 token 加权）；
          · 按 token 数加权：每个 micro-batch 的 loss × (本 micro-batch 计 loss 的 token 数 / 全部计 loss 的 token 数)；
      - 字符级 TinyShakespeare（没有 padding，每个 micro-batch 的 token 数相同）：均值的均值。
 B. 相同 token 预算下，不同 batch 大小的 loss 曲线：LR 按 √(batch / 基准 batch) 缩放（Adam 的平方根规则）。

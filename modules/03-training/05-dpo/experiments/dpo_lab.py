@@ -131,7 +131,8 @@ def train_dpo(ref, dpo_data, train_idx, seed: int, steps: int, beta: float, devi
               evaluate=None, eval_every: int = 10, progress: bool = True):
     """从参考模型的拷贝出发做 DPO：损失来自 trainer/train_dpo.py::make_dpo_step（参考模型冻结）。
 
-    优化与 trainer/ 相同：AdamW（weight_decay=0）+ modules/common/training.py::lr_at 的 warmup+余弦 + 梯度裁剪 1.0。
+    优化：AdamW + modules/common/training.py::lr_at 的 warmup+余弦 + 梯度裁剪 1.0，与 trainer/ 相同；
+    只有 weight_decay 不同：这里是 0，trainer 默认 0.01（--weight_decay）。
     evaluate(policy, step) 若给出，在第 0 步（训练前）、每 eval_every 步和最后一步调用，返回值按步收集。
     返回 (policy, history)：history = {"steps", "loss", "reward_margin", "reward_accuracy", "evals"}。
     """
