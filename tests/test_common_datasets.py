@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from conftest import require_shared
 from loopback_http import serve_directory, unused_port_url
 from modules.common import datasets
 from modules.common.datasets import DataDownloadError, download_file, get_experiment_data
@@ -32,10 +33,8 @@ def cache_dir(tmp_path, monkeypatch):
 
 @pytest.fixture
 def shared_data(shared_dir):
-    path = shared_dir / "data"
-    if not (path / "tinyshakespeare" / "input.txt").is_file():
-        pytest.skip(f"{path}/tinyshakespeare/input.txt 不存在")
-    return path
+    require_shared("data", "tinyshakespeare", "input.txt")  # CI 里缺失即失败
+    return shared_dir / "data"
 
 
 # ---------------------------------------------------------------- TinyShakespeare

@@ -183,33 +183,61 @@ def test_rope_scaling_default_is_plain_minimind_rope():
         assert torch.allclose(c, ref_cos, atol=1e-6) and torch.allclose(s, ref_sin, atol=1e-6)
 
 
+def reference_rope(hd, end, base=1e6, pair_scale=None):
+    """从定义出发（float64，不经 model/ 的代码）的 RoPE 表：位置 m、第 i 对的角度 m·θ_i·c_i，
+    θ_i = base^(−2i/hd)，c_i 是每对的缩放系数（默认 1）。返回 (cos, sin)，各 (end, hd)，两半相同。"""
+    i = torch.arange(hd // 2, dtype=torch.float64)
+    theta = base ** (-2 * i / hd) * (1.0 if pair_scale is None else torch.as_tensor(pair_scale, dtype=torch.float64))
+    angles = torch.arange(end, dtype=torch.float64)[:, None] * theta  # (end, hd/2)
+    return (torch.cat([angles.cos(), angles.cos()], -1).float(), torch.cat([angles.sin(), angles.sin()], -1).float())
+
+
 def test_rope_scaling_formulas():
-    from model.model_minimind import precompute_freqs_cis
+    from model.model_minimind import MiniMindConfig, MiniMindForCausalLM
     from modules.common.lab_model import rope_cos_sin
 
     hd, end, factor = 16, 64, 4.0
-    plain_long_cos, plain_long_sin = precompute_freqs_cis(hd, 4 * end, 1e6)
+    half, last = hd // 2, hd // 2 - 1
+    long_cfg = {**SMALL, "max_seq_len": 4 * end}
+    plain_cos, plain_sin = reference_rope(hd, end)             # 训练长度内的普通 RoPE
+    plain_long_cos, plain_long_sin = reference_rope(hd, 4 * end)
+    cos, sin = rope_cos_sin(LabConfig(**long_cfg))
+    assert torch.allclose(cos, plain_long_cos, atol=1e-4) and torch.allclose(sin, plain_long_sin, atol=1e-4)
     # PI：位置 4m 的角度除以 4 = 位置 m 的原始角度
-    cos, sin = rope_cos_sin(LabConfig(**{**SMALL, "max_seq_len": 4 * end}, rope_scaling="pi", rope_scaling_factor=factor))
-    ref_cos, ref_sin = precompute_freqs_cis(hd, end, 1e6)
-    assert torch.allclose(cos[::4], ref_cos, atol=1e-5) and torch.allclose(sin[::4], ref_sin, atol=1e-5)
-    # NTK-aware：base → base·s^(d/(d-2))；最高频（第 0 对，θ=1）不变，其余都变慢
-    cos, sin = rope_cos_sin(LabConfig(**{**SMALL, "max_seq_len": 4 * end}, rope_scaling="ntk", rope_scaling_factor=factor))
-    ntk_cos, _ = precompute_freqs_cis(hd, 4 * end, 1e6 * factor ** (hd / (hd - 2)))
-    assert torch.equal(cos, ntk_cos)
-    assert torch.allclose(cos[:, 0], plain_long_cos[:, 0]) and not torch.allclose(cos[:, 3], plain_long_cos[:, 3])
-    # YaRN：与 MiniMind 的 inference_rope_scaling（precompute_freqs_cis 的 YaRN 分支）完全相同
-    cos, sin = rope_cos_sin(LabConfig(**{**SMALL, "max_seq_len": 4 * end}, rope_scaling="yarn", rope_scaling_factor=factor))
-    yarn = {"type": "yarn", "factor": factor, "original_max_position_embeddings": end, "beta_fast": 4, "beta_slow": 1}
-    yarn_cos, yarn_sin = precompute_freqs_cis(hd, 4 * end, 1e6, rope_scaling=yarn)
-    assert torch.equal(cos, yarn_cos) and torch.equal(sin, yarn_sin)
-    assert not torch.allclose(yarn_cos, plain_long_cos)
+    cos, sin = rope_cos_sin(LabConfig(**long_cfg, rope_scaling="pi", rope_scaling_factor=factor))
+    assert torch.allclose(cos[::4], plain_cos, atol=1e-5) and torch.allclose(sin[::4], plain_sin, atol=1e-5)
+    # NTK-aware：最高频（第 0 对，θ=1）不变；最低频恰好慢 s 倍（位置 4m 的角度 = 普通 RoPE 位置 m 的角度）；
+    # 中间按几何级数过渡：第 i 对的系数 s^(−2i/(hd−2))
+    cos, sin = rope_cos_sin(LabConfig(**long_cfg, rope_scaling="ntk", rope_scaling_factor=factor))
+    assert torch.allclose(cos[:, 0], plain_long_cos[:, 0], atol=1e-4)
+    assert torch.allclose(cos[::4, last], plain_cos[:, last], atol=1e-5)
+    assert torch.allclose(sin[::4, last], plain_sin[:, last], atol=1e-5)
+    assert not torch.allclose(cos[:, 3], plain_long_cos[:, 3])
+    ntk_cos, ntk_sin = reference_rope(hd, 4 * end, pair_scale=[factor ** (-2 * i / (hd - 2)) for i in range(half)])
+    assert torch.allclose(cos, ntk_cos, atol=1e-4) and torch.allclose(sin, ntk_sin, atol=1e-4)
+    # YaRN：与真实 MiniMind2 模型打开 inference_rope_scaling 后的位置表逐位相同……
+    cos, sin = rope_cos_sin(LabConfig(**long_cfg, rope_scaling="yarn", rope_scaling_factor=factor))
+    minimind = MiniMindForCausalLM(MiniMindConfig(
+        hidden_size=SMALL["hidden_size"], num_attention_heads=SMALL["n_heads"], num_key_value_heads=SMALL["n_heads"],
+        num_hidden_layers=1, vocab_size=SMALL["vocab_size"], max_position_embeddings=4 * end,
+        inference_rope_scaling=True, rope_scaling={"factor": factor, "original_max_position_embeddings": end}))
+    assert torch.equal(cos, minimind.model.freqs_cos) and torch.equal(sin, minimind.model.freqs_sin)
+    # ……并且符合 MiniMind2 的规则：波长 2π/θ_i 超过训练长度的对按 1/s 插值，其余乘 (β_i·s − β_i + 1)/(β_i·s)，
+    # β_i 从 beta_slow=1（第 0 对）线性升到 beta_fast=4（最后一对）
+    theta = [1e6 ** (-2 * i / hd) for i in range(half)]
+    beta = [1 + 3 * i / (half - 1) for i in range(half)]
+    scale = [1 / factor if 2 * math.pi / theta[i] > end else (beta[i] * factor - beta[i] + 1) / (beta[i] * factor)
+             for i in range(half)]
+    assert 0 < sum(2 * math.pi / t > end for t in theta) < half  # 两种对都有：规则的两支都被检查到
+    yarn_cos, yarn_sin = reference_rope(hd, 4 * end, pair_scale=scale)
+    assert torch.allclose(cos, yarn_cos, atol=1e-4) and torch.allclose(sin, yarn_sin, atol=1e-4)
+    assert torch.allclose(cos[:, 0], plain_long_cos[:, 0], atol=1e-4)  # β=1：最高频不动
+    assert torch.allclose(cos[::4, last], plain_cos[:, last], atol=1e-5)  # 最低频：4m 处 = 原来的 m 处
     # minimind-3 的 YaRN：最高频一对不动，最低频一对按 1/s 插值（位置 4m 的角度 = 原位置 m 的角度）
-    cos, sin = rope_cos_sin(LabConfig(**{**SMALL, "max_seq_len": 4 * end}, rope_scaling="yarn_minimind3",
-                                      rope_scaling_factor=factor))
-    last = hd // 2 - 1
-    assert torch.allclose(cos[:, 0], plain_long_cos[:, 0])
-    assert torch.allclose(sin[::4, last], ref_sin[:, last], atol=1e-6)
+    cos, sin = rope_cos_sin(LabConfig(**long_cfg, rope_scaling="yarn_minimind3", rope_scaling_factor=factor))
+    assert torch.allclose(cos[:, 0], plain_long_cos[:, 0], atol=1e-4)
+    assert torch.allclose(sin[::4, last], plain_sin[:, last], atol=1e-5)
+    assert not torch.allclose(cos, plain_long_cos, atol=1e-3)
 
 
 def test_set_rope_scaling_rebuilds_buffers_and_keeps_weights():

@@ -403,6 +403,55 @@ def test_model_moe_batch_level_aux_loss(family):
     assert model.model.layers[0].mlp.gate.weight.grad.abs().sum() > 0
 
 
+def hand_aux_loss(x, weight, k, alpha, seq_aux, slots_per_token):
+    """不经张量运算、逐 token 手算的负载均衡损失（float64 的 Python 数）：
+    每个 token 对各专家做 softmax 得路由概率，选概率最大的 k 个；f_e = 专家 e 被选中的次数 ÷ (token 数 × slots_per_token)
+    × E（均匀时为 1），P_e = 路由概率的平均；aux = α · Σ_e f_e · P_e。seq_aux 时每条序列各算一次再取平均。
+    x: (B, T, H)，weight: (E, H)。"""
+    E = weight.shape[0]
+    w = weight.double().tolist()
+
+    def route(token):
+        logits = [sum(a * b for a, b in zip(row, token)) for row in w]
+        z = [math.exp(v - max(logits)) for v in logits]
+        probs = [v / sum(z) for v in z]
+        chosen = sorted(range(E), key=lambda e: -probs[e])[:k]
+        return probs, chosen
+
+    def group_loss(tokens):
+        routed = [route(t) for t in tokens]
+        counts = [sum(e in chosen for _, chosen in routed) for e in range(E)]
+        f = [c / (len(tokens) * slots_per_token) * E for c in counts]
+        P = [sum(probs[e] for probs, _ in routed) / len(tokens) for e in range(E)]
+        return sum(fe * pe for fe, pe in zip(f, P))
+
+    seqs = x.double().tolist()
+    if seq_aux:
+        return alpha * sum(group_loss(seq) for seq in seqs) / len(seqs)
+    return alpha * group_loss([t for seq in seqs for t in seq])
+
+
+@pytest.mark.parametrize("family, seq_aux, k", [("minimind2", True, 2), ("minimind2", False, 2),
+                                                ("minimind2", True, 1), ("minimind3", False, 2)])
+def test_model_moe_aux_loss_equals_hand_computation(family, seq_aux, k):
+    # MiniMind2（DeepSeek-V2 式）：f 按槽位数 T·k 归一；minimind-3 批级：按 token 数归一（见 MoEGate.forward）
+    model = tiny_model(use_moe=True, num_experts_per_tok=k, seq_aux=seq_aux, family=family).train()
+    gate = model.model.layers[0].mlp.gate
+    with torch.no_grad():
+        gate.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(5))  # 路由明显不均匀
+    x = torch.randn(3, 6, 64, generator=torch.Generator().manual_seed(6))
+    _, _, aux = gate(x)
+    slots = k if family == "minimind2" else 1
+    expected = hand_aux_loss(x, gate.weight.detach(), k, gate.alpha, seq_aux, slots)
+    uniform = gate.alpha * k / slots  # 路由概率全是 1/E 时的值：Σ_e f_e/E = k/slots
+    assert gate.alpha > 0 and abs(expected - uniform) > 0.02 * uniform, (expected, uniform)  # 例子确实不均匀
+    assert aux.item() == pytest.approx(expected, rel=1e-5)
+    with torch.no_grad():
+        gate.weight.zero_()  # 全零权重：每个 token 的路由概率都是 1/E
+    _, _, aux_even = gate(x)
+    assert aux_even.item() == pytest.approx(uniform, rel=1e-5)
+
+
 def test_model_minimind3_top1_router_learns_only_from_aux_loss():
     # minimind-3 默认 top-1 且 norm_topk_prob：选中专家的权重恒为 1，语言模型损失传不到路由器
     model = tiny_model(use_moe=True, family="minimind3").train()
@@ -497,14 +546,26 @@ def test_model_generate_batch_streamer_and_sampling(family):
 
 @each_family
 def test_model_generate_left_padded_batch_matches_single_prompts(family):
+    # 三条长度不同的提示左侧补 pad 拼成一批：每一行（包括补了 pad 的行）都必须等于单独生成的结果。
+    # 刚初始化的小模型贪心解码只会重复最后一个 token（与上下文无关，查不出 mask 的错），所以把投影权重放大，
+    # 让输出真正依赖上下文
     model = tiny_model(family=family)
-    long_prompt, short_prompt = random_ids(B=1, T=7, seed=3), random_ids(B=1, T=4, seed=4)
-    batch = torch.cat([long_prompt, torch.cat([torch.zeros(1, 3, dtype=torch.long), short_prompt], 1)])
-    mask = torch.ones(2, 7, dtype=torch.long)
-    mask[1, :3] = 0
-    out = model.generate(batch, max_new_tokens=5, eos_token_id=-1, attention_mask=mask)
-    alone = model.generate(long_prompt, max_new_tokens=5, eos_token_id=-1)
-    assert torch.equal(out[0], alone[0])
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("proj.weight"):
+                p.normal_(0, 1.5 / math.sqrt(p.shape[1]), generator=torch.Generator().manual_seed(len(name)))
+    prompts = [random_ids(B=1, T=t, seed=3 + t)[0] for t in (7, 4, 2)]
+    width, new = max(len(p) for p in prompts), 6
+    batch = torch.stack([F.pad(p, (width - len(p), 0), value=0) for p in prompts])  # (3, 7)，左侧补 0
+    mask = torch.stack([F.pad(torch.ones_like(p), (width - len(p), 0), value=0) for p in prompts])  # (3, 7)
+    out = model.generate(batch, max_new_tokens=new, eos_token_id=-1, attention_mask=mask)
+    assert out.shape == (3, width + new)
+    for row, prompt in enumerate(prompts):
+        alone = model.generate(prompt[None], max_new_tokens=new, eos_token_id=-1)[0]  # (len + new,)
+        assert torch.equal(out[row, width - len(prompt):], alone), row
+    # 对照：不传 mask 时补了 pad 的行结果不同——这个测试确实能发现 mask 被忽略
+    unmasked = model.generate(batch, max_new_tokens=new, eos_token_id=-1)
+    assert not torch.equal(unmasked[1:, width:], out[1:, width:])
 
 
 def test_model_repetition_penalty_lowers_seen_tokens():

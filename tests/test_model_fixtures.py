@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from conftest import require_shared
 from model import MiniMindConfig, MiniMindForCausalLM
 
 # (family, fixture 目录, 文件名)
@@ -11,9 +12,7 @@ FIXTURES = [(family, folder, f"{folder}_{kind}")
 
 
 def load_fixture(shared_dir, folder, name):
-    path = shared_dir / "fixtures" / folder / f"{name}.pt"
-    if not path.is_file():
-        pytest.skip(f"缺少参考 fixture {path}")
+    path = require_shared("fixtures", folder, f"{name}.pt")  # CI 里缺失即失败
     return torch.load(path, weights_only=False)
 
 

@@ -61,6 +61,32 @@ def test_model_lora_merge_equals_unmerged_forward():
     assert torch.allclose(model(ids()).logits, unmerged, atol=1e-5)
 
 
+@pytest.mark.parametrize("rank, alpha, scale", [(4, None, 1.0), (4, 8, 2.0), (8, 4, 0.5), (1, 3, 3.0)])
+def test_model_lora_output_is_wx_plus_alpha_over_r_bax(rank, alpha, scale):
+    """对照手算：LoRA 层输出 = W x + b + (α/r)·B A x（α 默认等于 r），合并后的权重 = W + (α/r)·B A。
+    scale 是直接写下的期望值，不从被测代码里取。"""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8, bias=False))
+    W1, b1, W2 = (t.detach().clone().double() for t in (net[0].weight, net[0].bias, net[2].weight))
+    apply_lora(net, rank=rank, alpha=alpha)  # 两个方阵 Linear 都挂上
+    with torch.no_grad():
+        for m in lora_modules_of(net):
+            m.lora_A.normal_(0, 0.5)
+            m.lora_B.normal_(0, 0.5)  # B ≠ 0，旁路才有贡献
+    (A1, B1), (A2, B2) = ((m.lora_A.detach().double(), m.lora_B.detach().double()) for m in lora_modules_of(net))
+    x = torch.randn(5, 8, dtype=torch.float64)
+    h = torch.relu(x @ W1.T + b1 + scale * (x @ A1.T @ B1.T))  # (5, 8)
+    expected = h @ W2.T + scale * (h @ A2.T @ B2.T)  # (5, 8)
+    assert torch.allclose(net(x.float()).double(), expected, atol=1e-5)
+    merge_lora(net)
+    assert torch.allclose(net[0].weight.double(), W1 + scale * B1 @ A1, atol=1e-6)
+    assert torch.allclose(net(x.float()).double(), expected, atol=1e-5)
+
+
+def lora_modules_of(net):
+    return [m for m in net.modules() if isinstance(m, LoRALinear)]
+
+
 def test_model_lora_trains_only_lora_params():
     model = tiny_model().train()
     apply_lora(model, rank=4)

@@ -101,15 +101,15 @@ def test_bad_steps_gives_clear_error(tmp_path, script):
 
 
 @pytest.mark.experiment
-def test_exp1_soft_student_agrees_with_teacher_more(tmp_path, experiment_env):
+def test_exp1_soft_student_agrees_with_teacher_more(tmp_path, experiment_env, char_unigram_entropy):
     record, stdout = run_quick("exp1_soft_vs_hard.py", tmp_path, experiment_env)
     m = record["metrics"]
     s = {name: {k: v["mean"] for k, v in d.items()} for name, d in m["summary"].items()}
     assert set(s) == {"hard", "soft", "mix"}
     assert m["params"]["student"] < m["params"]["teacher"] / 4
-    # 老师明显好于所有学生，学生都学到了东西（低于 ln 65 ≈ 4.17）
+    # 老师明显好于所有学生，学生都学到了字符频率以外的东西（低于一元熵约 3.31 至少 0.3）
     teacher = m["teacher_val_loss"]["mean"]
-    assert all(teacher < v["student_val_loss"] < 4.0 for v in s.values())
+    assert all(teacher < v["student_val_loss"] < char_unigram_entropy - 0.3 for v in s.values()), (s, teacher)
     # 关键效应：只学老师分布的学生与老师的 argmax 一致率明显高于只学硬标签的学生
     assert s["soft"]["agreement"] > s["hard"]["agreement"] + 0.02, s
     assert find_conclusion(record, "一致率高于硬标签学生")["holds"] is True
@@ -120,7 +120,7 @@ def test_exp1_soft_student_agrees_with_teacher_more(tmp_path, experiment_env):
 
 
 @pytest.mark.experiment
-def test_exp2_t2_factor_and_temperature_sweep(tmp_path, experiment_env):
+def test_exp2_t2_factor_and_temperature_sweep(tmp_path, experiment_env, char_unigram_entropy):
     record, _ = run_quick("exp2_temperature.py", tmp_path, experiment_env)
     m = record["metrics"]
     rel = m["grad_norms"]["relative_mean"]
@@ -138,7 +138,8 @@ def test_exp2_t2_factor_and_temperature_sweep(tmp_path, experiment_env):
     assert find_conclusion(record, "乘上 T² 后")["holds"] is True
     # 温度扫描：四个学生都训练了，结论与数字一致
     s = {T: d["student_val_loss"]["mean"] for T, d in m["summary"].items()}
-    assert set(s) == {"1.0", "2.0", "4.0", "8.0"} and all(v < 4.0 for v in s.values())
+    assert set(s) == {"1.0", "2.0", "4.0", "8.0"}
+    assert all(v < char_unigram_entropy - 0.2 for v in s.values()), (s, char_unigram_entropy)  # 都学到了上下文（低于一元熵至少 0.2）
     assert find_conclusion(record, "温度大于 1")["holds"] == (min(s["2.0"], s["4.0"]) < s["1.0"])
     assert m["best_T_by_val_loss"] == float(min(s, key=s.get))
 

@@ -80,10 +80,15 @@ def test_exp3_accumulation_exact_only_when_token_weighted(tmp_path, experiment_e
     final = {int(k): v for k, v in b["final_val_loss"].items()}
     sizes = sorted(final)
     assert all(math.isfinite(v) and v < math.log(65) for v in final.values())
-    # LR 按 √batch 缩放
+    # LR 按 √batch 缩放：任意两个 batch 的 LR 之比等于 batch 之比的平方根（不用脚本自己的 base_lr/base_batch 推）；
+    # 每个 batch 训练的 token 数相同（步数 × batch × 序列长度 = 预算）
     runs = b["runs"]
-    for s in sizes:
-        assert runs[str(s)][0]["lr"] == pytest.approx(b["base_lr"] * math.sqrt(s / b["base_batch"]))
+    lr = {s: runs[str(s)][0]["lr"] for s in sizes}
+    for small, large in zip(sizes, sizes[1:]):
+        assert lr[large] / lr[small] == pytest.approx(math.sqrt(large / small)), lr
+    assert lr[sizes[-1]] > lr[sizes[0]]
+    block = runs[str(sizes[0])][0]["tokens_per_step"] // sizes[0]
+    assert all(runs[str(s)][0]["steps"] * s * block == b["tokens"] for s in sizes)
     assert find_conclusion(record, "相同 token 预算下")["holds"] == all(
         final[x] < final[y] for x, y in zip(sizes, sizes[1:]))
 
@@ -96,9 +101,18 @@ def test_exp4_loss_falls_with_compute_and_fit_exponent_positive(tmp_path, experi
     for h in m["hidden_sizes"]:
         losses = [p["loss"] for p in sorted((p for p in points if p["hidden"] == h), key=lambda p: p["steps"])]
         assert losses[-1] < losses[0], (h, losses)  # 同一模型，算力越多 loss 越低
-    # C = 6 N D
+    # C = 6 N D，N 与 D 都独立算：N = 按记录的形状重建模型、数非嵌入参数（named_parameters 对共享的 lm_head 去重），
+    # D = 步数 × batch × 序列长度
+    from model.model_minimind import MiniMindConfig, MiniMindForCausalLM
+    cfg = m["model"]
     for p in points:
-        assert p["compute"] == pytest.approx(6 * p["params"] * p["tokens"])
+        model = MiniMindForCausalLM(MiniMindConfig(
+            hidden_size=p["hidden"], num_hidden_layers=cfg["num_layers"], num_attention_heads=cfg["n_heads"],
+            num_key_value_heads=cfg["n_kv_heads"], vocab_size=65, max_position_embeddings=256))
+        n = sum(w.numel() for name, w in model.named_parameters() if "embed_tokens" not in name)
+        d = p["steps"] * cfg["batch_size"] * cfg["block_size"]
+        assert (p["params"], p["tokens"]) == (n, d), (p, n, d)
+        assert p["compute"] == pytest.approx(6 * n * d)
     assert m["fit"]["alpha"] > 0
     best_small = min(p["loss"] for p in points if p["compute"] == min(q["compute"] for q in points))
     assert min(p["loss"] for p in points) < best_small  # 最低 loss 不在最小算力处

@@ -49,7 +49,7 @@ def test_exp1_residual_trains_and_keeps_gradients_balanced(tmp_path, experiment_
 
 
 @pytest.mark.experiment
-def test_exp2_stream_grows_and_scaled_init_tames_it(tmp_path, experiment_env):
+def test_exp2_stream_grows_and_scaled_init_tames_it(tmp_path, experiment_env, char_unigram_entropy):
     record, _ = run_quick("exp2_residual_stream.py", tmp_path, experiment_env)
     m = record["metrics"]
     layers = m["model"]["num_layers"]
@@ -63,8 +63,8 @@ def test_exp2_stream_grows_and_scaled_init_tames_it(tmp_path, experiment_env):
     assert all(b > a for a, b in zip(default, default[1:])), default
     assert all(s < d for s, d in zip(scaled, default)), (scaled, default)
     assert default[-1] > 2 * scaled[-1]
-    # 两种初始化都训练得动（明显低于 ln(65) ≈ 4.17）
-    assert all(v["mean"] < 3.5 for v in m["val_loss"].values()), m["val_loss"]
+    # 两种初始化都学到了字符频率以外的东西（明显低于一元熵，约 3.31）
+    assert all(v["mean"] < char_unigram_entropy - 0.3 for v in m["val_loss"].values()), m["val_loss"]
 
     assert find_conclusion(record, "untrained 模型最后一块之后")["holds"] is True
     assert find_conclusion(record, "层数越多")["holds"] == all(b > a for a, b in zip(default, default[1:]))

@@ -1,4 +1,5 @@
 """02-transformer-block 模块：实验的 --quick（子进程、临时工作目录）断言测得的效应；练习的 check.py 能分辨对错。"""
+import math
 import re
 import subprocess
 import sys
@@ -30,7 +31,7 @@ def part_status(output: str) -> dict[str, str]:
 
 
 @pytest.mark.experiment
-def test_exp1_post_norm_suffers_at_high_lr(tmp_path, experiment_env):
+def test_exp1_post_norm_suffers_at_high_lr(tmp_path, experiment_env, char_unigram_entropy):
     record, stdout = run_quick_experiment(EXPERIMENTS / "exp1_block_order.py", tmp_path, experiment_env)
     m = record["metrics"]
     variants = {"pre", "post", "sandwich", "parallel"}
@@ -38,7 +39,11 @@ def test_exp1_post_norm_suffers_at_high_lr(tmp_path, experiment_env):
     assert all(set(by_variant) == variants for by_variant in m["results"].values())
     assert set(m["ms_per_step"]) == variants and all(v > 0 for v in m["ms_per_step"].values())
     high = {v: r["mean"] for v, r in m["results"]["high"].items()}
-    assert all(x is not None and x < 4.2 for x in high.values()), high  # 都有限，且低于均匀分布的 ln(65)≈4.17
+    # Pre / Sandwich / Parallel 都学到了字符频率以外的东西：低于一元熵（约 3.31）至少 0.1；
+    # Post-Norm 在 quick 运行里停在一元熵附近（两个学习率都是），只要求有限
+    assert all(high[v] is not None and high[v] < char_unigram_entropy - 0.1 for v in ("pre", "sandwich", "parallel")), \
+        (high, char_unigram_entropy)
+    assert high["post"] is not None and high["post"] < math.log(65), high
     # 关键效应（种子 42 的 quick 运行）：偏高学习率下 Post-Norm 明显比 Pre-Norm 差（开发时测得差约 0.3）
     assert high["post"] > high["pre"] + 0.15, high
     # sandwich 多出每层 2 个 norm 的 γ

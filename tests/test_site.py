@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 import pytest
 
+from conftest import missing  # CI 里失败、其他地方跳过（测试见 tests/test_conftest.py）
 from loopback_http import serve_with_handler
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -30,21 +31,6 @@ MODULES = sorted(p.parent for p in REPO_ROOT.glob("modules/*/*/README.md"))
 QUIZZES = sorted(REPO_ROOT.glob("modules/*/*/quiz.md"))
 
 pytestmark = pytest.mark.xdist_group("site")   # 同一个 worker：共用一次构建和一个浏览器
-
-
-def missing(reason: str):
-    """缺少外部依赖：CI 里必须失败（不能悄悄跳过），本机跳过并说明怎样装。"""
-    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
-        pytest.fail(f"CI 环境缺少网站测试的依赖：{reason}")
-    pytest.skip(reason)
-
-
-@pytest.mark.parametrize("ci, outcome", [("true", pytest.fail.Exception), ("1", pytest.fail.Exception),
-                                          ("", pytest.skip.Exception), ("false", pytest.skip.Exception)])
-def test_missing_dependency_fails_in_ci_and_skips_elsewhere(monkeypatch, ci, outcome):
-    monkeypatch.setenv("CI", ci)
-    with pytest.raises(outcome, match="apt-get install chromium"):
-        missing("sudo apt-get install chromium chromium-driver")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, require_shared
 from dataset import make_samples
 from dataset.lm_dataset import IGNORE_INDEX, DataFormatError, DPODataset, PretrainDataset, SFTDataset, assistant_labels
 from model.tokenization import TokenizerError, load_tokenizer
@@ -21,10 +21,8 @@ def tok():
 
 
 def shared_tokenizer(shared_dir, name):
-    path = shared_dir / "fixtures" / name
-    if not (path / "tokenizer.json").is_file():
-        pytest.skip(f"缺少 {path}")
-    return load_tokenizer(path)
+    require_shared("fixtures", name, "tokenizer.json")  # CI 里缺失即失败
+    return load_tokenizer(shared_dir / "fixtures" / name)
 
 
 # ---------------------------------------------------------------- 分词器
