@@ -1,6 +1,6 @@
 # MiniMind Notes —— 只需 python3 (3.10+) 和 make。
 # make quickstart：建 .venv、装依赖、跑 30 分钟导览（quick 模式）
-# make test：装开发依赖并跑全部测试
+# make test：装开发依赖（含 requirements-serve.txt：API 服务、网页对话、格式转换）并跑全部测试
 # make site / make serve：构建课程网站到 site/ / 在本机预览（需要 Node.js 的 npm 取 KaTeX、mermaid）
 
 PYTHON ?= python3
@@ -33,7 +33,7 @@ $(STAMP_RUN): requirements.txt | $(VPY)
 	$(VPY) -m pip install -q -r requirements.txt
 	@touch $@
 
-$(STAMP_DEV): requirements-dev.txt requirements.txt requirements-docs.txt | $(VPY)
+$(STAMP_DEV): requirements-dev.txt requirements.txt requirements-docs.txt requirements-serve.txt | $(VPY)
 	$(VPY) -m pip install -q -r requirements-dev.txt
 	@touch $(STAMP_RUN) $(STAMP_DOCS) $@
 

@@ -3,8 +3,11 @@
     python trainer/eval_llm.py --quick --prompt "中国的首都是哪里？"     # --quick 训练出的 SFT 小模型
     python trainer/eval_llm.py --weight full_sft                         # out/full_sft_512.pth，交互式
     python trainer/eval_llm.py --weights MiniMind2.pth --tokenizer path/to/minimind_tokenizer
+    python trainer/eval_llm.py --quick --lora_weight out/lora_identity_128.pth    # 基座 + train_lora.py 的适配器
 
---weights 可以是 MiniMind 官方发布的 .pth（同目录没有 .json 配置时，按 --hidden_size 等参数建模型）。
+--weights 可以是 MiniMind 官方发布的 .pth（同目录没有 .json 配置时，按 --family、--hidden_size 等参数建模型），
+也可以是 scripts/convert_model.py 转出的 transformers 文件夹。选模型的参数与 scripts/serve_openai_api.py 相同，
+都由 trainer/model_loading.py 提供。
 """
 import argparse
 import sys
@@ -14,24 +17,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from model.checkpoint import CheckpointError, load_pretrained  # noqa: E402
-from model.model_minimind import MiniMindConfig  # noqa: E402
-from model.tokenization import TokenizerError, find_structure_literal, load_tokenizer  # noqa: E402
-from modules.common.device import get_device  # noqa: E402
-from trainer.trainer_utils import QUICK_OVERRIDES, REPO_ROOT, fail  # noqa: E402
+from model.tokenization import find_structure_literal  # noqa: E402
+from trainer.model_loading import ModelLoadError, add_model_args, load_chat_model, resolve_model_args  # noqa: E402
+from trainer.trainer_utils import fail  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="与 MiniMind 对话（流式输出）", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="加载 --quick 训练出的小模型（hidden_size=128）")
-    p.add_argument("--weights", type=Path, default=None, help="权重 .pth 路径（优先于 --weight）")
-    p.add_argument("--weight", default="full_sft", help="<save_dir> 里的权重名前缀：pretrain / full_sft / dpo …")
-    p.add_argument("--save_dir", type=Path, default=REPO_ROOT / "out")
-    p.add_argument("--tokenizer", type=Path, default=None, help="分词器目录（默认 model/tokenizer/）")
-    p.add_argument("--family", choices=["minimind2", "minimind3"], default="minimind2")
-    p.add_argument("--hidden_size", type=int, default=512)
-    p.add_argument("--num_hidden_layers", type=int, default=8)
-    p.add_argument("--use_moe", type=int, choices=[0, 1], default=0)
+    add_model_args(p)  # --quick --weights --weight --save_dir --tokenizer --family ... --lora_weight（与 API 服务共用）
     p.add_argument("--prompt", default=None, help="只回答这一句然后退出；不给则进入交互模式")
     p.add_argument("--system", default=None, help="可选的系统提示")
     p.add_argument("--max_new_tokens", type=int, default=256)
@@ -39,32 +32,14 @@ def parse_args(argv=None):
     p.add_argument("--top_p", type=float, default=0.85)
     p.add_argument("--repetition_penalty", type=float, default=1.0)
     p.add_argument("--raw", action="store_true", help="不套对话模板，直接续写（适合只做过预训练的模型）")
-    p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.quick and args.hidden_size == p.get_default("hidden_size"):
-        args.hidden_size, args.num_hidden_layers = QUICK_OVERRIDES["hidden_size"], QUICK_OVERRIDES["num_hidden_layers"]
     if args.max_new_tokens <= 0:
         p.error(f"--max_new_tokens 必须是正整数，收到 {args.max_new_tokens}")
-    return args
-
-
-def load_model(args, tokenizer):
-    path = args.weights or args.save_dir / f"{args.weight}_{args.hidden_size}{'_moe' if args.use_moe else ''}.pth"
-    config_file = path.with_suffix(".json")
-    if config_file.is_file():
-        config = MiniMindConfig.load(config_file)
-    else:
-        config = MiniMindConfig(family=args.family, hidden_size=args.hidden_size,
-                                num_hidden_layers=args.num_hidden_layers, use_moe=bool(args.use_moe),
-                                vocab_size=tokenizer.vocab_size)
-    if config.vocab_size != tokenizer.vocab_size:
-        fail(f"权重 {path} 的词表大小是 {config.vocab_size}，分词器 {tokenizer.source} 是 {tokenizer.vocab_size}："
-             "请用训练这份权重时的分词器（--tokenizer）")
     try:
-        return load_pretrained(path, config)
-    except CheckpointError as e:
-        fail(str(e))
+        return resolve_model_args(args)
+    except ModelLoadError as e:
+        p.error(str(e))
 
 
 def stream_reply(model, tokenizer, prompt_ids, args) -> str:
@@ -92,11 +67,9 @@ def stream_reply(model, tokenizer, prompt_ids, args) -> str:
 def main(argv=None):
     args = parse_args(argv)
     try:
-        tokenizer = load_tokenizer(args.tokenizer)
-        device = get_device(args.device)
-    except (TokenizerError, ValueError) as e:
+        model, tokenizer = load_chat_model(args)
+    except ModelLoadError as e:
         fail(str(e))
-    model = load_model(args, tokenizer).to(device).eval()
     torch.manual_seed(args.seed)
     history = [{"role": "system", "content": args.system}] if args.system else []
     prompts = [args.prompt] if args.prompt is not None else None

@@ -4,24 +4,30 @@
     python trainer/train_lora.py --data_path lora_medical.jsonl --from_weight full_sft --lora_rank 8
 
 保存的是 <save_dir>/<save_weight>_<hidden>.pth，里面只有 lora_A / lora_B（几十 KB）；
-推理时先加载基座，再 apply_lora + load_lora（见 model/model_lora.py）。
+旁边的同名 .json 记下秩、alpha、目标层，对话时直接用：python trainer/eval_llm.py --quick --lora_weight out/lora_identity_128.pth
 """
+import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataset.lm_dataset import SFTDataset  # noqa: E402
-from model.model_lora import apply_lora, save_lora  # noqa: E402
+from model.model_lora import apply_lora, lora_modules, save_lora  # noqa: E402
 from trainer.train_pretrain import language_model_loss  # noqa: E402
 from trainer.trainer_utils import (  # noqa: E402
     SAMPLES_DIR, Runtime, build_model, build_parser, load_tokenizer_or_exit, parse_args, run_main, seed_everything,
-    train, weight_path,
+    supervised_tokens, train, weight_path,
 )
 
 
 def save_adapter(model, args, runtime):
     save_lora(model, weight_path(args))
+    # 旁边的同名 .json 记下秩、alpha 与目标层：eval_llm.py --lora_weight 据此挂回适配器，不必重敲参数
+    layer = lora_modules(model)[0]
+    with open(weight_path(args).with_suffix(".json"), "w", encoding="utf-8") as f:
+        json.dump({"lora_rank": layer.rank, "lora_alpha": layer.scaling * layer.rank,
+                   "lora_targets": args.lora_targets, "from_weight": args.from_weight}, f, ensure_ascii=False, indent=2)
 
 
 def main(argv=None):
@@ -44,7 +50,8 @@ def main(argv=None):
         total = sum(p.numel() for p in model.parameters())
         print(f"LoRA r={args.lora_rank} 挂在 {len(targets)} 个 Linear 上：可训练 {trainable:,} / {total:,} 参数"
               f"（{100 * trainable / total:.2f}%）；数据 {len(dataset)} 段对话")
-    train(args, runtime, model, dataset, language_model_loss, desc="lora", save=save_adapter)
+    train(args, runtime, model, dataset, language_model_loss, desc="lora", save=save_adapter,
+          count_units=supervised_tokens)
     runtime.close()
 
 
