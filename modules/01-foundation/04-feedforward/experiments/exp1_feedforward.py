@@ -134,7 +134,7 @@ def main():
     exp.conclude(f"容量有代价：{largest} 的训练时间比 attention-only 长",
                  slow > 1.0,
                  f"墙钟时间比 {slow:.2f}×（{mean_std(runs['none']['wall_s'])[0]:.1f} s → "
-                 f"{mean_std(runs[largest]['wall_s'])[0]:.1f} s；与其他工程师共享 CPU 时计时有噪声）")
+                 f"{mean_std(runs[largest]['wall_s'])[0]:.1f} s；与其他任务共享 CPU 时计时有噪声）")
     exp.finish()
 
 
