@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from modules.common.noise import FAILS, HOLDS, NOT_ESTABLISHED, compare, equivalent, exceeds
+from modules.common.noise import FAILS, HOLDS, NOT_ESTABLISHED, compare, compare_runs, equivalent, exceeds
 
 
 def test_consistent_effect_beyond_noise_holds():
@@ -110,3 +110,11 @@ def test_experiment_records_the_verdict(tmp_path):
     assert "✅ 成立：a lower" in proc.stdout and "❌ 本次运行不成立：a same" in proc.stdout
     assert "❔ 未确立（差异在噪声以内）：mixed" in proc.stdout
     assert "种子间噪声" in record["conclusions"][2]["evidence"]
+
+
+def test_compare_runs_uses_seeds_when_there_are_several_and_batches_for_one_seed():
+    many = compare_runs([1.0, 1.1, 0.9], [1.5, 1.6, 1.4], "less", a_batches=[1.0] * 4, b_batches=[0.0] * 4)
+    assert many.unit == "seeds" and many.status == HOLDS
+    one = compare_runs([1.0], [1.5], "less", a_batches=[1.0, 1.1, 0.9, 1.0], b_batches=[1.2, 1.3, 1.1, 1.25])
+    assert one.unit == "batches" and one.status == HOLDS
+    assert compare_runs([1.0], [1.5], "less").status == NOT_ESTABLISHED  # 一个种子、没有批次值：无从估计噪声

@@ -167,3 +167,11 @@ def equivalent(a, b, margin: float, unit: str = "seeds") -> Verdict:
     else:
         status = NOT_ESTABLISHED
     return Verdict(status, unit, n, mean, se, deltas, margin)
+
+
+def compare_runs(a_seeds, b_seeds, direction: str, a_batches=None, b_batches=None) -> Verdict:
+    """实验里最常见的比较：完整模式（≥ 2 个种子）按种子配对；quick 模式只有一个种子时，
+    退而用同一次运行里按评估批次（同一批数据）配对的值——没给批次值就只能判 NOT_ESTABLISHED。"""
+    if len(list(a_seeds)) >= 2 or a_batches is None:
+        return compare(a_seeds, b_seeds, direction, unit="seeds")
+    return compare(a_batches, b_batches, direction, unit="batches")

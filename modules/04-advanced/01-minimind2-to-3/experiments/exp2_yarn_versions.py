@@ -33,6 +33,7 @@ from model.model_minimind import (  # noqa: E402
 )
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
+from modules.common.noise import compare_runs  # noqa: E402
 from modules.common.lab_model import LabConfig, LabModel, set_rope_scaling  # noqa: E402
 from modules.common.text_data import BatchSampler, CharTokenizer, char_lm_batches, train_val_split  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
@@ -94,16 +95,17 @@ def scale_curves() -> dict:
 
 
 @torch.no_grad()
-def loss_by_position(model, windows: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-    """windows: (N, T) 上每个预测位置的平均交叉熵，返回 (T-1,)。"""
+def loss_by_position(model, windows: torch.Tensor, batch_size: int = 16) -> tuple[torch.Tensor, list[float]]:
+    """windows: (N, T)。返回每个预测位置的平均交叉熵 (T-1,)，以及每个窗口的平均交叉熵（N 个）：
+    各方法读的是同一批窗口，后者可以按窗口配对，作为单种子时的评估噪声（modules/common/noise.py）。"""
     model.eval()
-    total = torch.zeros(windows.shape[1] - 1)
+    rows = []
     for chunk in windows.split(batch_size):
         logits = model(chunk).logits  # (B, T, V)
-        ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), chunk[:, 1:], reduction="none")  # (B, T-1)
-        total += ce.sum(0).cpu()
+        rows.append(F.cross_entropy(logits[:, :-1].transpose(1, 2), chunk[:, 1:], reduction="none").cpu())  # (B, T-1)
     model.train()
-    return total / len(windows)
+    ce = torch.cat(rows)  # (N, T-1)
+    return ce.mean(0), ce.mean(1).tolist()
 
 
 def main():
@@ -162,6 +164,7 @@ def main():
     mscale = paper_mscale(FACTOR)
 
     ref_loss, losses, curves_by_pos = [], {n: [] for n in METHODS}, {n: [] for n in METHODS}
+    windows_loss = {}  # 第一个种子的逐窗口 loss：quick 模式（一个种子）按窗口配对做噪声检验
     for seed in exp.seeds:
         Experiment.seed_everything(seed)
         _, get_batch = char_lm_batches(text, train_len, batch_size=16, seed=seed, device=exp.device)
@@ -169,14 +172,17 @@ def main():
         train_model(model, get_batch, steps=steps, lr=3e-3, eval_every=steps, device=exp.device,
                     desc=f"train L={train_len} seed={seed}")
         model.cpu()
-        ref_loss.append(loss_by_position(model, windows[:, :train_len]).mean().item())
+        ref_per_pos, ref_windows = loss_by_position(model, windows[:, :train_len])
+        ref_loss.append(ref_per_pos.mean().item())
+        windows_loss.setdefault("reference", ref_windows)
         for name, (scaling, use_mscale) in METHODS.items():
             extended = set_rope_scaling(copy.deepcopy(model), long_len, scaling, factor=FACTOR if scaling else 1.0)
             if use_mscale:  # 论文的温度：cos/sin 都乘 mscale，q·k 就整体乘 mscale²（与 attention_factor 的做法相同）
                 extended.model.freqs_cos *= mscale
                 extended.model.freqs_sin *= mscale
-            per_pos = loss_by_position(extended, windows)
+            per_pos, per_window = loss_by_position(extended, windows)
             losses[name].append(per_pos.mean().item())
+            windows_loss.setdefault(name, per_window)
             curves_by_pos[name].append(per_pos.tolist())
 
     names = list(METHODS)
@@ -238,19 +244,24 @@ def main():
                  m3["attention_factor"] == 1.0 and m3["paper_mscale"] > 1.0,
                  f"attention_factor={m3['attention_factor']}，论文 0.1·ln({m3['rope_scaling']['factor']})+1="
                  f"{m3['paper_mscale']:.4f}")
-    exp.conclude(f"直接外推到 {long_len} 比训练长度 {train_len} 内差", mean["plain"] > ref,
-                 f"{mean['plain']:.3f} vs {ref:.3f}")
-    scaled = [n for n in names if n != "plain"]
-    best = min(scaled, key=mean.get)
-    exp.conclude(f"不微调时，至少一种 YaRN 在 {FACTOR}× 长度上胜过直接外推",
-                 min(mean["yarn minimind2"], mean["yarn minimind3"], mean["yarn minimind3 + mscale"]) < mean["plain"],
-                 "，".join(f"{n} {mean[n]:.3f}" for n in names) + f"（最好：{best}）")
-    exp.conclude("minimind-3 的 YaRN（论文 ramp）不差于 MiniMind2 的 YaRN",
-                 mean["yarn minimind3"] <= mean["yarn minimind2"],
-                 f"{mean['yarn minimind3']:.3f} vs {mean['yarn minimind2']:.3f}")
-    exp.conclude(f"加上论文的 mscale（{mscale:.3f}）比 minimind-3 的 attention_factor=1 更好",
-                 mean["yarn minimind3 + mscale"] < mean["yarn minimind3"],
-                 f"{mean['yarn minimind3 + mscale']:.3f} vs {mean['yarn minimind3']:.3f}")
+
+    def verdict(a: str, b: str, direction: str):
+        """a 比 b 的 loss 更低（less）/更高（greater）：多种子按种子配对，单种子按窗口配对。"""
+        a_seeds, b_seeds = (ref_loss if a == "reference" else losses[a]), (ref_loss if b == "reference" else losses[b])
+        return compare_runs(a_seeds, b_seeds, direction, windows_loss[a], windows_loss[b])
+
+    exp.conclude_verdict(f"直接外推到 {long_len} 比训练长度 {train_len} 内差", verdict("plain", "reference", "greater"),
+                         f"{mean['plain']:.3f} vs {ref:.3f}")
+    yarns = ["yarn minimind2", "yarn minimind3", "yarn minimind3 + mscale"]
+    best = min(yarns, key=mean.get)  # 三种 YaRN 里均值最好的一种与直接外推比（挑选只在 3 个里进行）
+    exp.conclude_verdict(f"不微调时，至少一种 YaRN 在 {FACTOR}× 长度上胜过直接外推", verdict(best, "plain", "less"),
+                         "，".join(f"{n} {mean[n]:.3f}" for n in names) + f"（检验的是均值最好的：{best}）")
+    exp.conclude_verdict("minimind-3 的 YaRN（论文 ramp）比 MiniMind2 的 YaRN 好",
+                         verdict("yarn minimind3", "yarn minimind2", "less"),
+                         f"{mean['yarn minimind3']:.3f} vs {mean['yarn minimind2']:.3f}")
+    exp.conclude_verdict(f"加上论文的 mscale（{mscale:.3f}）比 minimind-3 的 attention_factor=1 更好",
+                         verdict("yarn minimind3 + mscale", "yarn minimind3", "less"),
+                         f"{mean['yarn minimind3 + mscale']:.3f} vs {mean['yarn minimind3']:.3f}")
     exp.finish()
 
 
