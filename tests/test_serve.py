@@ -76,6 +76,16 @@ def client(server):
     return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
+def assert_cancelled_after(engine, before: int, max_tokens: int = 3000):
+    """客户端断开后，引擎在 30 s 内结束这次生成，结果标为 cancelled，且没有生成到 max_tokens。"""
+    deadline = time.time() + 30
+    while engine.completed == before:
+        assert time.time() < deadline, "断开后生成没有结束"
+        time.sleep(0.05)
+    result = engine.recent[-1]
+    assert result.finish_reason == "cancelled" and result.completion_tokens < max_tokens
+
+
 def reference_ids(engine, messages, max_new, **sampling):
     """进程内 model.generate 的结果（不经过服务）：提示的 id 与新生成的 id。"""
     prompt = engine.tokenizer.encode(engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
@@ -223,22 +233,12 @@ def test_client_disconnect_mid_stream_stops_generation(server, engine, client):
         lines = r.iter_lines()
         for _ in range(6):  # 读到几段内容再断开
             next(lines)
-    deadline = time.time() + 30
-    while engine.completed == before:
-        assert time.time() < deadline, "断开后生成没有结束"
-        time.sleep(0.05)
-    result = engine.recent[-1]
-    assert result.finish_reason == "cancelled" and result.completion_tokens < 3000
+    assert_cancelled_after(engine, before)
     # 非流式请求：客户端等不及断开，同样停止
     before = engine.completed
     with pytest.raises(requests.exceptions.Timeout):
         requests.post(f"{server}/v1/chat/completions", json={**body, "stream": False}, timeout=1.0)
-    deadline = time.time() + 30
-    while engine.completed == before:
-        assert time.time() < deadline, "断开后生成没有结束"
-        time.sleep(0.05)
-    result = engine.recent[-1]
-    assert result.finish_reason == "cancelled" and result.completion_tokens < 3000
+    assert_cancelled_after(engine, before)
     # 锁已释放：下一个请求照常完成
     assert client.chat.completions.create(model=MODEL, messages=USER, max_tokens=2).choices[0].finish_reason
 

@@ -13,11 +13,10 @@ import requests
 
 pytest.importorskip("uvicorn", reason="缺 API 服务的依赖：pip install -r requirements-serve.txt")
 
-from conftest import missing  # noqa: E402
 from loopback_http import unused_port_url  # noqa: E402
 from scripts.openai_server import build_app  # noqa: E402
 from test_serve import MODEL, run_server, tiny_engine  # noqa: E402
-from test_site import CHROMIUM, CHROMIUM_FLAGS, SCREENSHOTS, Visit  # noqa: E402
+from test_site import Visit, launch_chromium  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,19 +34,8 @@ def server(engine):
 
 @pytest.fixture(scope="module")
 def browser(server):
-    if not CHROMIUM.exists():
-        missing(f"没有 {CHROMIUM}：sudo apt-get install chromium chromium-driver")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing("缺 Playwright for Python：pip install -r requirements-dev.txt（不要运行 playwright install）")
-    SCREENSHOTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
-        try:
-            yield chromium, server
-        finally:
-            chromium.close()
+    with launch_chromium() as chromium:
+        yield chromium, server
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -196,8 +197,9 @@ def serve_site(root: Path):
     return serve_with_handler(functools.partial(_QuietHandler, directory=str(root)))
 
 
-@pytest.fixture(scope="module")
-def browser(built_site):
+@contextlib.contextmanager
+def launch_chromium():
+    """系统里的 Chromium（Playwright 驱动，不下载浏览器）；缺 Chromium 或 Playwright 时 CI 里失败、其他地方跳过。"""
     if not CHROMIUM.exists():
         missing(f"没有 {CHROMIUM}：sudo apt-get install chromium chromium-driver")
     try:
@@ -205,12 +207,18 @@ def browser(built_site):
     except ImportError:
         missing("缺 Playwright for Python：pip install -r requirements-dev.txt（不要运行 playwright install）")
     SCREENSHOTS.mkdir(exist_ok=True)
-    with serve_site(built_site) as base, sync_playwright() as p:
+    with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         try:
-            yield chromium, base
+            yield chromium
         finally:
             chromium.close()
+
+
+@pytest.fixture(scope="module")
+def browser(built_site):
+    with serve_site(built_site) as base, launch_chromium() as chromium:
+        yield chromium, base
 
 
 class Visit:

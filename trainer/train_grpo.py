@@ -23,7 +23,8 @@ from dataset.rl_dataset import RLPromptDataset  # noqa: E402
 from trainer.rl.losses import group_advantages, k3_kl, masked_mean, policy_loss  # noqa: E402
 from trainer.rl.rollout import RolloutCache, completion_logprobs, sample_replies  # noqa: E402
 from trainer.rl.startup import (  # noqa: E402
-    QUICK_RL, RewardFunction, add_rl_args, check_rl_args, frozen_copy, load_policy, make_evaluator, reply_prefix,
+    QUICK_RL, RewardFunction, add_iteration_args, add_rl_args, check_iteration_args, check_rl_args, frozen_copy,
+    load_policy, make_evaluator, reply_prefix,
 )
 from trainer.trainer_utils import (  # noqa: E402
     SAMPLES_DIR, Runtime, build_parser, load_tokenizer_or_exit, parse_args, run_main, seed_everything,
@@ -84,10 +85,10 @@ def build(argv=None):
     parser = build_parser("MiniMind GRPO / DAPO / CISPO", SAMPLES_DIR / "rl_train.jsonl", save_weight="grpo",
                           learning_rate=3e-7, epochs=1, batch_size=2, max_seq_len=256, from_weight="reason")
     add_rl_args(parser, num_generations=8, beta=None)
+    add_iteration_args(parser)
     parser.add_argument("--loss_type", choices=sorted(LOSS_DEFAULTS), default="cispo", help="策略损失（见模块说明）")
     parser.add_argument("--epsilon", type=float, default=None, help="裁剪下界 1−ε（默认按 --loss_type，见 LOSS_DEFAULTS）")
     parser.add_argument("--epsilon_high", type=float, default=None, help="裁剪上界 1+ε_high（默认按 --loss_type）")
-    parser.add_argument("--num_iterations", type=int, default=1, help="μ：每批采样做几次优化（1 = 在策略上）")
     parser.add_argument("--scale_rewards", type=int, choices=[0, 1], default=1,
                         help="1：组内优势除以标准差（GRPO）；0：只减均值（Dr. GRPO, Liu et al. 2025）")
     args = parse_args(parser, argv, quick_overrides=QUICK_RL)
@@ -95,11 +96,7 @@ def build(argv=None):
         if getattr(args, key) is None:
             setattr(args, key, value)
     check_rl_args(parser, args)
-    if args.num_iterations <= 0:
-        parser.error(f"--num_iterations 必须是正整数，收到 {args.num_iterations}")
-    if args.num_iterations > 1 and args.save_interval % args.num_iterations:
-        parser.error(f"--save_interval {args.save_interval} 必须是 --num_iterations {args.num_iterations} 的倍数"
-                     "（检查点要落在一批采样用完的地方，续训才能接上）")
+    check_iteration_args(parser, args)
     return args
 
 

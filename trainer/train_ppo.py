@@ -24,7 +24,8 @@ from model.checkpoint import save_checkpoint  # noqa: E402
 from trainer.rl.losses import gae, masked_mean, policy_loss, value_loss  # noqa: E402
 from trainer.rl.rollout import RolloutCache, completion_logprobs, logprobs_from_logits, sample_replies  # noqa: E402
 from trainer.rl.startup import (  # noqa: E402
-    QUICK_RL, RewardFunction, add_rl_args, check_rl_args, frozen_copy, load_policy, make_evaluator, reply_prefix,
+    QUICK_RL, RewardFunction, add_iteration_args, add_rl_args, check_iteration_args, check_rl_args, frozen_copy,
+    load_policy, make_evaluator, reply_prefix,
 )
 from trainer.rl.value_head import ScalarHeadModel  # noqa: E402
 from trainer.trainer_utils import (  # noqa: E402
@@ -117,12 +118,11 @@ def build(argv=None):
     parser.add_argument("--vf_coef", type=float, default=0.5, help="价值损失的权重")
     parser.add_argument("--gamma", type=float, default=1.0, help="GAE 的折扣 γ（回答很短，默认不折扣）")
     parser.add_argument("--lam", type=float, default=0.95, help="GAE 的 λ")
-    parser.add_argument("--num_iterations", type=int, default=1, help="μ：每批采样做几次优化")
+    add_iteration_args(parser)
     # --quick：PPO 每个 prompt 只采 1 条回答，batch 放大到 32 个 prompt（GRPO 是 8 个 prompt × 8 条）
     args = parse_args(parser, argv, quick_overrides={**QUICK_RL, "batch_size": 32, "epochs": 2})
     check_rl_args(parser, args)
-    if args.num_iterations <= 0 or (args.num_iterations > 1 and args.save_interval % args.num_iterations):
-        parser.error("--num_iterations 必须是正整数，且 --save_interval 是它的倍数（续训要落在一批采样用完的地方）")
+    check_iteration_args(parser, args)
     return args
 
 

@@ -63,6 +63,19 @@ def check_rl_args(parser, args):
         parser.error(f"找不到留出集 {args.eval_data_path}（--eval_data_path）；python dataset/make_rl_samples.py 可重新生成")
 
 
+def add_iteration_args(parser: argparse.ArgumentParser):
+    """μ：同一批采样做几次优化（PPO、GRPO 类共用；SPO 每批只更新一次）。"""
+    parser.add_argument("--num_iterations", type=int, default=1, help="μ：每批采样做几次优化（1 = 在策略上）")
+
+
+def check_iteration_args(parser, args):
+    if args.num_iterations <= 0:
+        parser.error(f"--num_iterations 必须是正整数，收到 {args.num_iterations}")
+    if args.num_iterations > 1 and args.save_interval % args.num_iterations:
+        parser.error(f"--save_interval {args.save_interval} 必须是 --num_iterations {args.num_iterations} 的倍数"
+                     "（检查点要落在一批采样用完的地方，续训才能接上）")
+
+
 def ensure_quick_start(args):
     """--quick 且起点权重不存在时：说明，然后在本进程里先训练它（train_full_sft.py 的 main）。"""
     if not args.quick or args.from_weight != QUICK_START:
