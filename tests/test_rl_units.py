@@ -61,6 +61,17 @@ def test_shipped_samples_match_the_generator_and_held_out_is_disjoint():
     held_out = {question(r) for r in built["rl_eval.jsonl"]}
     for name in ("reason_sft.jsonl", "task_sft.jsonl", "rl_train.jsonl"):
         assert not held_out & {question(r) for r in built[name]}, name
+    pairs = built["rm_pairs.jsonl"]
+    assert not held_out & {r["chosen"][0]["content"] for r in pairs}
+    for r in pairs:  # 同一道题；chosen 是从题面独立算出的正确答案，rejected 不是
+        assert r["chosen"][0] == r["rejected"][0]
+        head, body = r["chosen"][0]["content"].split(": ")
+        if head in ("Max", "Min"):
+            numbers = [int(x) for x in body.split()]
+            right = str(max(numbers) if head == "Max" else min(numbers))
+        else:  # "Count a in: b a c"
+            right = str(body.split().count(head.split()[1]))
+        assert r["chosen"][1]["content"] == right != r["rejected"][1]["content"], r
 
 
 def test_reason_dataset_weights_exactly_the_tag_tokens():
@@ -255,3 +266,38 @@ def test_pass_at_k_matches_brute_force():
 def test_majority_vote():
     replies = ["<answer>\n5\n</answer>", "5", "6", "<answer>6</answer>", "6"]
     assert majority_correct(replies, "count", "6") and not majority_correct(replies, "count", "5")
+
+
+def test_hf_reward_model_path_scores_like_transformers(tmp_path):
+    """--reward_model 指向 Hugging Face 目录的路径：离线造一个极小的序列分类模型（transformers 的 Llama 类）
+    和我们的分词器，经 load_reward_model 打分，与直接用 transformers 在同样 token 上前向的分数相同。"""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from model.tokenization import load_tokenizer
+    from trainer.rl.rewards import HFRewardModel, load_reward_model
+
+    tokenizer = load_tokenizer()
+    tokenizer.save(tmp_path)
+    config_file = tmp_path / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_file.read_text(encoding="utf-8"))
+    tokenizer_config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+    config_file.write_text(json.dumps(tokenizer_config, ensure_ascii=False), encoding="utf-8")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id)
+    hf_model = LlamaForSequenceClassification(config).eval()
+    hf_model.save_pretrained(tmp_path)
+
+    reward_model = load_reward_model(str(tmp_path), tokenizer, "cpu", path_of=None)
+    assert isinstance(reward_model, HFRewardModel)
+    conversations = [[{"role": "user", "content": "3 1 2 里最大的是？"}, {"role": "assistant", "content": answer}]
+                     for answer in ("3", "<think>\n比较\n</think>\n<answer>\n1\n</answer>")]
+    scores = reward_model.score(conversations)
+    with torch.no_grad():
+        expected = [hf_model(torch.tensor([tokenizer.encode(tokenizer.apply_chat_template(c))])).logits[0, 0].item()
+                    for c in conversations]
+    assert scores.shape == (2,) and torch.allclose(scores, torch.tensor(expected), atol=1e-5), (scores, expected)
+    assert scores[0] != scores[1]
+    with pytest.raises(FileNotFoundError, match="--reward_model"):
+        HFRewardModel(tmp_path / "missing")

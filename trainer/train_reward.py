@@ -1,6 +1,7 @@
 """奖励模型：MiniMind 主干 + 标量头，在成对偏好数据上用 Bradley–Terry 损失训练（InstructGPT 的 RM，Ouyang et al. 2022）。
 
-    python trainer/train_reward.py --quick        # dataset/samples/dpo.jsonl 的偏好对 → out/reward_128.pth
+    python trainer/train_reward.py --quick        # dataset/samples/rm_pairs.jsonl 的任务偏好对 → out/reward_128.pth
+    python trainer/train_reward.py               # 默认数据 dataset/samples/dpo.jsonl（换成 MiniMind 的 dpo.jsonl 即可）
     python trainer/train_grpo.py --quick --reward_model_path reward --correct_weight 0   # 用它给 RL 打分
 
 Bradley–Terry：P(chosen ≻ rejected) = σ(s_c − s_r)，损失 −log σ(s_c − s_r)；分数 s 取对话最后一个 token 处标量头的输出。
@@ -23,8 +24,10 @@ from trainer.trainer_utils import (  # noqa: E402
     seed_everything, train,
 )
 
-# --quick：从随机初始化开始（不依赖别的阶段），DPO 样本的对话最长约 50 个 token
-QUICK = dict(from_weight="none", max_seq_len=64, batch_size=16, epochs=6, learning_rate=1e-3, eval_interval=20)
+# --quick：从随机初始化开始（不依赖别的阶段），用可验证任务的偏好对（chosen 答对、rejected 是典型错误；
+# dataset/make_rl_samples.py 生成）：对错由程序定义，留出对的准确率有意义，960 对训练、240 对留出
+QUICK = dict(from_weight="none", data_path=SAMPLES_DIR / "rm_pairs.jsonl", max_seq_len=64, batch_size=16, epochs=2,
+             learning_rate=1e-3, eval_interval=15)
 
 
 def pair_scores(model, batch, pad_id: int):

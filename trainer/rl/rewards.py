@@ -103,7 +103,8 @@ class MiniMindRewardModel:
 
 
 class HFRewardModel:
-    """Hugging Face 的序列分类奖励模型（如 internlm2-1_8b-reward、Skywork-Reward）：用户自己有模型时的路径，离线无法测试。"""
+    """Hugging Face 的序列分类奖励模型（如 internlm2-1_8b-reward、Skywork-Reward）：用户自己有模型时的路径。
+    测试用一个离线造的极小 LlamaForSequenceClassification 检查这条路径（tests/test_rl_units.py）；真实的大奖励模型没有在这里跑过。"""
 
     def __init__(self, path, device="cpu"):
         path = Path(path)
@@ -121,7 +122,10 @@ class HFRewardModel:
     def score(self, conversations: List[List[dict]]) -> torch.Tensor:
         scores = []
         for c in conversations:
-            ids = self.tokenizer.apply_chat_template(c, return_tensors="pt").to(self.device)
+            # 先渲染成文本再编码：transformers 4.x 的 apply_chat_template(return_tensors=...) 返回张量，
+            # 5.x 返回 BatchEncoding，走文本这条路两边一样
+            text = self.tokenizer.apply_chat_template(c, tokenize=False)
+            ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.device)
             scores.append(self.model(ids).logits[0, 0].float().item())
         return torch.tensor(scores)
 
