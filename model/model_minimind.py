@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Callable, List, Optional, Tuple
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import nn
 
@@ -553,6 +554,9 @@ class MiniMindModel(nn.Module):
         # 非持久 buffer：随 .to(device) 移动，但不写进 state_dict（与 MiniMind2 一致）
         self.register_buffer("freqs_cos", freqs_cos, persistent=False)
         self.register_buffer("freqs_sin", freqs_sin, persistent=False)
+        # 激活检查点（activation checkpointing）：训练时每个块只留输入，反向时重算块内的中间结果，
+        # 用约多一次前向的计算换掉 L 层激活中的大头；不是超参数，不进 config，也不影响权重
+        self.gradient_checkpointing = False
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 past_key_values: Optional[List[Optional[KVCache]]] = None, use_cache: bool = False):
@@ -565,9 +569,17 @@ class MiniMindModel(nn.Module):
         hidden_states = self.dropout(self.embed_tokens(input_ids))  # (B, T, H)
         position_embeddings = (self.freqs_cos[start_pos:start_pos + T],
                                self.freqs_sin[start_pos:start_pos + T])  # 各 (T, hd)
+        # 只在训练、需要梯度且不用 KV cache 时重算（推理没有反向，重算只会更慢）
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and not use_cache
         presents = []
         for layer, past in zip(self.layers, past_key_values):
-            hidden_states, present = layer(hidden_states, position_embeddings, past, use_cache, attention_mask)
+            if recompute:
+                # use_reentrant=False：PyTorch 推荐的实现，支持块里没被返回的张量（MoE 的 aux_loss）带梯度；
+                # 默认保存并恢复随机数状态，开 dropout 时重算得到同一个掩码
+                hidden_states, present = torch.utils.checkpoint.checkpoint(
+                    layer, hidden_states, position_embeddings, past, use_cache, attention_mask, use_reentrant=False)
+            else:
+                hidden_states, present = layer(hidden_states, position_embeddings, past, use_cache, attention_mask)
             presents.append(present)
         hidden_states = self.norm(hidden_states)
         aux_loss = sum((layer.mlp.aux_loss for layer in self.layers if isinstance(layer.mlp, MOEFeedForward)),

@@ -14,6 +14,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Dict, Optional
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -23,15 +24,19 @@ if str(REPO_ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from dataset.lm_dataset import IGNORE_INDEX  # noqa: E402
 from model.checkpoint import CheckpointError, atomic_save, load_pretrained, save_checkpoint  # noqa: E402
-from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
+from model.model_minimind import MiniMindConfig, MiniMindForCausalLM, MiniMindModel  # noqa: E402
 from model.tokenization import TokenizerError, load_tokenizer  # noqa: E402
 from model.device import get_device  # noqa: E402
 from modules.common.training import lr_at  # noqa: E402  与实验用同一个 warmup + 余弦调度
+from trainer.memory_report import estimate_training_memory, format_memory_report, measured_peak_bytes  # noqa: E402
+from trainer.sharding import (  # noqa: E402
+    SHARDING_CHOICES, check_sharding_args, full_model_state_dict, full_optimizer_state_dict, is_fsdp, local_tensor,
+    load_optimizer_state_dict, no_gradient_sync, optimizer_state_bytes, wrap_for_training,
+)
 
 SAMPLES_DIR = REPO_ROOT / "dataset" / "samples"
 # --quick：几十万参数的小模型 + 仓库自带的样本，CPU 上一分钟内跑完
@@ -73,6 +78,11 @@ def build_parser(description: str, data_path: Path, save_weight: str, learning_r
     p.add_argument("--use_moe", type=int, choices=[0, 1], default=0, help="1 = MoE 前馈层")
     p.add_argument("--use_compile", type=int, choices=[0, 1], default=0,
                    help="1 = 先 torch.compile 再训练：可能更快（本机 --quick 两次实测：快约 25%% 与几乎不变），但第一步要编译几十秒，且需要 C++ 编译器")
+    p.add_argument("--grad_checkpointing", action="store_true",
+                   help="激活检查点：每个块只存输入、反向时重算，激活内存约降到 1/L，每步多约一次前向的计算")
+    p.add_argument("--sharding", choices=SHARDING_CHOICES, default="ddp",
+                   help="多进程时怎样分摊状态：ddp 每进程全量；zero1 切分优化器状态（ZeRO-1）；"
+                        "fsdp 权重、梯度、优化器状态都切分（FSDP2）。见 trainer/sharding.py")
     p.add_argument("--device", default="auto", help="auto / cpu / cuda / mps（torchrun 下自动用本进程的 GPU）")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="auto：CUDA 上 bf16（不支持则 fp16）混合精度，CPU/MPS 上 float32")
@@ -302,13 +312,13 @@ def accumulate_gradients(train_model: torch.nn.Module, micro_batches: list, comp
     if total.item() == 0:
         raise TrainingError("这一步的所有 batch 里都没有要计算 loss 的 token（回答被 --max_seq_len 截掉了？）："
                             "请增大 --max_seq_len 或检查数据")
-    # DDP 在反向时把各进程的梯度取平均（除以 world_size），这里先乘回来
+    # DDP（以及 fsdp 的 reduce-scatter）在反向时把各进程的梯度取平均（除以 world_size），这里先乘回来
     weights = counts * runtime.world_size / total
     local_total = counts.sum().item()
     loss_value, extras = 0.0, {}
     for i, batch in enumerate(micro_batches):
         sync = i == len(micro_batches) - 1 or not runtime.distributed
-        with nullcontext() if sync else train_model.no_sync():
+        with nullcontext() if sync else no_gradient_sync(train_model):
             with runtime.autocast():
                 loss, extra = compute_loss(train_model, batch)
             weighted = loss * weights[i]
@@ -337,13 +347,31 @@ def train(args, runtime: Runtime, model: torch.nn.Module, dataset,
     返回最后一次记录的指标。
     """
     device = runtime.device
+    check_sharding_args(args, runtime.world_size, runtime.dtype)
+    if args.grad_checkpointing and args.use_compile:
+        # 实测（torch 2.13，2 核 CPU）：编译带重算的 --quick 模型，两次各等了 500 s / 900 s 都没完成第一步
+        raise ValueError("--grad_checkpointing 与 --use_compile 1 不能同时用（编译带重算的模型在本项目的测试机上"
+                         "15 分钟内没有完成第一步）：请二选一")
+    if args.sharding == "fsdp" and (save is not save_weights or evaluate is not None):
+        # 自定义的 save（LoRA 只存适配器、PPO 存两个模型）和主进程单独评测都直接用模型；分片后的模型做不到
+        raise ValueError(f"--sharding fsdp 只支持保存整个模型、训练中不单独评测的脚本（如 train_pretrain.py、"
+                         f"train_full_sft.py）；{desc} 请用 --sharding zero1")
+    backbones = enable_grad_checkpointing(model, args.grad_checkpointing)
     model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay,
-                                  fused=device.type in ("cpu", "cuda"))
+    resume_file = weight_path(args).with_name(weight_path(args).stem + "_resume.pth")
+    state = None
+    if args.resume:
+        if not resume_file.is_file():
+            raise TrainingError(f"--resume 找不到续训状态 {resume_file}：请用与上次相同的 --save_dir/--save_weight/--hidden_size")
+        state = torch.load(resume_file, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])  # 分片之前装入完整权重：fsdp 随后各取自己那份
+    if runtime.is_main and backbones:  # 激活按第一个 MiniMind 骨干的配置估算（PPO 的 critic 另有一个，近似）
+        estimate = estimate_training_memory(model, args.batch_size, args.max_seq_len, runtime.dtype, args.sharding,
+                                            runtime.world_size, args.grad_checkpointing, config=backbones[0].config)
+        print(format_memory_report(estimate, args.sharding, runtime.world_size, runtime.dtype, args.grad_checkpointing))
+    train_model, optimizer = wrap_for_training(model, args, runtime)
+    params = [p for p in model.parameters() if p.requires_grad]  # fsdp 把参数换成了分片的 DTensor，包装后再取
     scaler = torch.amp.GradScaler("cuda", enabled=runtime.dtype == torch.float16)
-    train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if runtime.distributed else model
     if args.use_compile:
         # 只编译前向（反向由 AOTAutograd 一并生成）；保存、续训仍用未包装的 model，state_dict 的键名不变
         train_model = compile_for_training(train_model, device)
@@ -361,16 +389,11 @@ def train(args, runtime: Runtime, model: torch.nn.Module, dataset,
     if args.max_steps is not None:
         total_steps = min(total_steps, args.max_steps)
     warmup_steps = int(args.warmup_ratio * total_steps)
-    resume_file = weight_path(args).with_name(weight_path(args).stem + "_resume.pth")
     log_file = weight_path(args).with_name(weight_path(args).stem + "_log.jsonl")
 
     step = 0
-    if args.resume:
-        if not resume_file.is_file():
-            raise TrainingError(f"--resume 找不到续训状态 {resume_file}：请用与上次相同的 --save_dir/--save_weight/--hidden_size")
-        state = torch.load(resume_file, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+    if state is not None:
+        load_optimizer_state_dict(model, optimizer, state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         restore_rng_state(state, runtime)
         step = state["step"]
@@ -399,13 +422,17 @@ def train(args, runtime: Runtime, model: torch.nn.Module, dataset,
 
     def save_state():
         # loss 还有限时，这一步的更新也可能已经把权重推成 inf：坏权重绝不覆盖上一个好的检查点（各进程一起检查）
-        weights_ok = all(torch.isfinite(p).all() for p in model.parameters())
+        weights_ok = all(torch.isfinite(local_tensor(p)).all() for p in model.parameters())  # fsdp：各查自己那片
         check_finite(0.0 if weights_ok else float("nan"), step - 1, runtime, resume_file, what="权重")
         rng_states = gather_rng_states(runtime)
+        model_state = full_model_state_dict(model)  # zero1/fsdp 要各进程一起收集
+        optimizer_state = full_optimizer_state_dict(model, optimizer)
         if not runtime.is_main:
             return
-        save(model, args, runtime)
-        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+        # fsdp 时 model 的参数是分片，交给 save_weights 的是收集好的完整 state_dict（同名键，同格式）
+        save(SimpleNamespace(state_dict=lambda: model_state, config=model.config) if is_fsdp(model) else model,
+             args, runtime)
+        atomic_save({"model": model_state, "optimizer": optimizer_state, "scaler": scaler.state_dict(),
                      "rng": rng_states[0], "rng_per_rank": rng_states, "step": step,
                      "args": {k: str(v) for k, v in vars(args).items()}},
                     resume_file, lambda saved, back: back["step"] == saved["step"])
@@ -413,6 +440,7 @@ def train(args, runtime: Runtime, model: torch.nn.Module, dataset,
     train_model.train()
     tokens_per_step = args.batch_size * args.accumulation_steps * args.max_seq_len * runtime.world_size
     bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not runtime.is_main, dynamic_ncols=True)
+    first_step = step + 1  # 这次运行（含续训）的第一步：之后报实测的内存
     last = {}
     window_start, window_steps = time.perf_counter(), 0
     while step < total_steps:
@@ -440,6 +468,8 @@ def train(args, runtime: Runtime, model: torch.nn.Module, dataset,
             step += 1
             window_steps += 1
             bar.update(1)
+            if step == first_step:
+                report_measured_memory(optimizer, runtime)
             if step % args.log_interval == 0 or step == total_steps:
                 elapsed = time.perf_counter() - window_start
                 last = {"step": step, "epoch": epoch, "loss": loss_sum, "lr": lr,
@@ -456,11 +486,38 @@ def train(args, runtime: Runtime, model: torch.nn.Module, dataset,
             if step % args.save_interval == 0 or step == total_steps:
                 save_state()
     bar.close()
-    if runtime.distributed:
+    if runtime.distributed and not is_fsdp(model):  # fsdp 每个参数只有一份（分片存放），无从比较
         check_ranks_in_sync(model, runtime)
     if runtime.is_main:
         print(f"权重：{weight_path(args)}    日志：{log_file}")
     return last
+
+
+def enable_grad_checkpointing(model: torch.nn.Module, enabled: bool) -> list:
+    """打开模型里每个 MiniMindModel 的激活检查点（PPO 的 actor/critic、SPO 的 policy 都包在外层模块里）；返回这些骨干。"""
+    backbones = [m for m in model.modules() if isinstance(m, MiniMindModel)]
+    if enabled and not backbones:
+        raise ValueError("--grad_checkpointing 只对 MiniMind 模型有效，这个脚本训练的模型里没有 MiniMindModel")
+    for backbone in backbones:
+        backbone.gradient_checkpointing = enabled
+    return backbones
+
+
+def report_measured_memory(optimizer: torch.optim.Optimizer, runtime: Runtime):
+    """第一步之后：各进程实际持有的优化器状态字节数（zero1/fsdp 应约为 ddp 的 1/N），CUDA 上再报分配峰值。"""
+    held = torch.tensor([optimizer_state_bytes(optimizer)], device=runtime.device)
+    per_rank = [torch.zeros_like(held) for _ in range(runtime.world_size)]
+    if runtime.distributed:
+        dist.all_gather(per_rank, held)
+    else:
+        per_rank = [held]
+    if not runtime.is_main:
+        return
+    line = "实测：各进程优化器状态字节 " + json.dumps([int(t.item()) for t in per_rank])
+    peak = measured_peak_bytes(runtime.device)
+    if peak is not None:
+        line += f"；CUDA 分配峰值 {peak / 2 ** 20:,.1f} MiB（torch.cuda.max_memory_allocated，第 1 步后）"
+    tqdm.write(line)
 
 
 def compile_for_training(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
