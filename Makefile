@@ -33,7 +33,7 @@ $(STAMP_RUN): requirements.txt | $(VPY)
 	$(VPY) -m pip install -q -r requirements.txt
 	@touch $@
 
-$(STAMP_DEV): requirements-dev.txt requirements.txt requirements-docs.txt requirements-serve.txt | $(VPY)
+$(STAMP_DEV): requirements-dev.txt requirements.txt requirements-docs.txt requirements-serve.txt requirements-eval.txt | $(VPY)
 	$(VPY) -m pip install -q -r requirements-dev.txt
 	@touch $(STAMP_RUN) $(STAMP_DOCS) $@
 
