@@ -93,6 +93,7 @@ def run_quick_experiment(script: Path, tmp_path: Path, env=None, extra_args=()):
     for fig in record["metadata"]["figures"]:
         assert (out_dir / fig).stat().st_size > 1000
     assert record["conclusions"], "实验没有给出任何结论"
+    _QUICK_RECORDS.append(record)
     return record, proc.stdout
 
 
@@ -100,4 +101,53 @@ def find_conclusion(record, fragment) -> dict:
     """record 里 claim 含 fragment 的那一条结论（必须恰好一条）。"""
     matches = [c for c in record["conclusions"] if fragment in c["claim"]]
     assert len(matches) == 1, f"找不到唯一包含 {fragment!r} 的结论：{[c['claim'] for c in record['conclusions']]}"
+    matches[0]["_checked_by_test"] = "looked up"
     return matches[0]
+
+
+def exempt_conclusions(record, reasons: dict) -> None:
+    """把 record 里不做断言的结论登记为豁免：{claim 片段: 为什么这个测试不检查它}（理由必须写出来）。
+    每个片段必须恰好匹配一条结论——结论改了措辞，豁免清单也要跟着改。"""
+    for fragment, reason in reasons.items():
+        assert reason and reason.strip(), f"豁免 {fragment!r} 必须写明理由"
+        find_conclusion(record, fragment)["_checked_by_test"] = f"exempt: {reason}"
+
+
+def assert_all_hold(record) -> None:
+    """断言 record 的每一条结论都成立（status == holds），并把它们都记为已检查。"""
+    not_holding = [(c["claim"], c["status"]) for c in record["conclusions"] if c["status"] != "holds"]
+    assert not not_holding, f"这些结论没有成立：{not_holding}"
+    for c in record["conclusions"]:
+        c["_checked_by_test"] = "asserted holds"
+
+
+def unchecked_claims(records) -> list:
+    """records 里既没被 find_conclusion 取出、也没被豁免的结论。"""
+    return [c["claim"] for record in records for c in record["conclusions"] if "_checked_by_test" not in c]
+
+
+# 本测试里 run_quick_experiment 产生的记录；测试通过后逐条核对：每条结论要么被 find_conclusion 取出来断言过，
+# 要么在 exempt_conclusions 里写明了不检查的理由。否则脚本写个 holds=True，测试照样是绿的（issue 19）。
+_QUICK_RECORDS: list = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
+@pytest.fixture(autouse=True)
+def every_conclusion_checked(request):
+    """测试通过后，确认它跑出的每条实验结论都被检查过或被明确豁免；没有的话让测试失败并列出这些结论。"""
+    _QUICK_RECORDS.clear()
+    yield
+    call_report = getattr(request.node, "report_call", None)
+    if call_report is None or not call_report.passed:
+        return
+    unchecked = unchecked_claims(_QUICK_RECORDS)
+    _QUICK_RECORDS.clear()
+    if unchecked:
+        pytest.fail("这些结论既没有被 find_conclusion 取出来断言，也不在 exempt_conclusions 的豁免清单里：\n  "
+                    + "\n  ".join(unchecked), pytrace=False)

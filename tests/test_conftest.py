@@ -49,3 +49,24 @@ def test_char_unigram_entropy_is_the_frequency_only_baseline(char_unigram_entrop
     """一元熵在 ln 65（均匀猜）之下很多：以它为"学到了东西"的门槛比 ln 65 严格得多。"""
     assert 3.2 < char_unigram_entropy < 3.4
     assert char_unigram_entropy < math.log(65) - 0.8
+
+
+def test_every_conclusion_must_be_looked_up_or_exempted():
+    """结论覆盖规则：没被 find_conclusion 取出、也没被豁免的结论会被列出来；豁免必须写理由、片段必须唯一匹配。"""
+    from conftest import assert_all_hold, exempt_conclusions, find_conclusion, unchecked_claims
+
+    def record():
+        return {"conclusions": [{"claim": "A 比 B 好", "status": "holds"}, {"claim": "C 比 D 快", "status": "not_established"}]}
+
+    r = record()
+    assert unchecked_claims([r]) == ["A 比 B 好", "C 比 D 快"]
+    find_conclusion(r, "A 比 B")
+    assert unchecked_claims([r]) == ["C 比 D 快"]
+    exempt_conclusions(r, {"C 比 D": "计时只测了一次"})
+    assert unchecked_claims([r]) == []
+    with pytest.raises(AssertionError, match="理由"):
+        exempt_conclusions(record(), {"C 比 D": " "})
+    with pytest.raises(AssertionError, match="唯一"):
+        exempt_conclusions(record(), {"比": "两条都匹配"})
+    with pytest.raises(AssertionError, match="没有成立"):
+        assert_all_hold(record())

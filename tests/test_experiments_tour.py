@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
+from conftest import REPO_ROOT, assert_all_hold, find_conclusion, run_quick_experiment
 
 FOUNDATION = REPO_ROOT / "modules" / "01-foundation"
 
@@ -24,7 +24,7 @@ def test_tour_gradient_vanishing(tmp_path):
     assert runs["none, g=0.5"]["act_std"][-1] < runs["none, g=0.5"]["act_std"][0] / 100
     assert runs["none, g=1.5"]["act_std"][-1] > runs["none, g=1.5"]["act_std"][0] * 100
     assert runs["rmsnorm, g=0.5"]["act_spread"] < 2 and runs["rmsnorm, g=1.5"]["grad_spread"] < 10
-    assert all(c["holds"] for c in record["conclusions"]), record["conclusions"]
+    assert_all_hold(record)
     assert "✅" in stdout
 
 
@@ -36,7 +36,7 @@ def test_tour_rope_basics(tmp_path):
     assert m["absolute_relative_max_abs_diff"] > 0.1
     assert m["rope_max_relative_norm_change"] < 1e-5
     assert holds(record, "只取决于相对距离") and holds(record, "没有这个性质") and holds(record, "远程衰减")
-    assert holds(record, "base 越大衰减越慢")
+    assert holds(record, "base 越大衰减越慢") and holds(record, "旋转不改变向量长度")
 
 
 @pytest.mark.experiment
@@ -49,5 +49,5 @@ def test_tour_attention_basics(tmp_path):
     sat = m["softmax_saturation"]
     dims = sorted(sat, key=int)
     assert sat[dims[-1]]["unscaled"]["entropy"] < sat[dims[0]]["unscaled"]["entropy"]
-    assert all(c["holds"] for c in record["conclusions"]), record["conclusions"]
+    assert_all_hold(record)
     assert "weights = softmax(masked)" in stdout  # 逐步打印了中间矩阵

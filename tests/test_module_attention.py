@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
+from conftest import REPO_ROOT, exempt_conclusions, find_conclusion, run_quick_experiment
 
 EXPERIMENTS = REPO_ROOT / "modules" / "01-foundation" / "03-attention" / "experiments"
 
@@ -31,6 +31,10 @@ def test_attention_exp2_scaling_and_masking(tmp_path, experiment_env):
     # 不缩放：注意力更尖
     assert unscaled["attn_entropy"] < base["attn_entropy"]
     assert conclusion(record, "低得可疑")["holds"] and conclusion(record, "只给前缀")["holds"]
+    for fragment in ("雅可比随 d 变小", "注意力更尖锐", "两种评估一致"):
+        assert conclusion(record, fragment)["status"] == "holds", fragment
+    exempt_conclusions(record, {"最终验证 loss 比 MiniMind 的缩放做法差":
+                                "效应在种子噪声附近：另一组种子（完整模式）下不成立，见 issue 19；quick 不断言"})
 
 
 @pytest.mark.experiment
@@ -44,4 +48,15 @@ def test_attention_exp3_multihead(tmp_path, experiment_env):
     assert mqa["params"] < gqa["params"] < mha["params"]  # K/V 投影变小
     assert lm["1 head"][0]["params"] == mha["params"]  # 单头与多头同参数量
     assert all(r[0]["val_loss"] < math.log(65) - 1.0 for r in lm.values())  # 都学到了东西
-    assert conclusion(record, "分了工")["holds"]  # 训练后各头的注意距离比初始化时更分化
+    assert all(len(r[0]["val_batches"]) == 8 for r in lm.values())  # 同一批 8 个验证 batch，逐 batch 配对
+    # 比较经噪声检验（单种子：验证 loss 按 batch 配对；头分工按后一半 probe batch 配对，选头只用前一半）。
+    # 这三条在种子 42/1/7 的 quick 运行里都成立
+    for fragment in ("4 个头的验证 loss 低于 1 个头", "GQA 用一半", "分了工"):
+        c = conclusion(record, fragment)
+        assert c["status"] == "holds" and c["noise"]["unit"] == "batches" and c["noise"]["n"] == 8, c
+    # MQA 与 MHA 的等价：种子 42、1 成立，种子 7 差 0.041、区间伸出 ±0.05（未确立）——只要求不是"不成立"
+    mqa_same = conclusion(record, "MQA 用四分之一")
+    assert mqa_same["status"] != "fails" and mqa_same["noise"]["margin"] == 0.05, mqa_same
+    # 分工检验可以失败：同一初始化模型用同样的方法量，max/min 接近 1
+    spread = record["metrics"]["head_distance_log_spread"]
+    assert abs(sum(spread["init"][0]) / len(spread["init"][0])) < 0.05

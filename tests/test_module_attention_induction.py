@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
+from conftest import REPO_ROOT, exempt_conclusions, find_conclusion, run_quick_experiment
 
 SCRIPT = REPO_ROOT / "modules" / "01-foundation" / "03-attention" / "experiments" / "exp4_induction_heads.py"
 
@@ -34,3 +34,7 @@ def test_attention_exp4_induction_heads(tmp_path):
     assert max(one["head_scores"]["layers.0"]["induction"]) < 0.3
     assert find_conclusion(record, "induction 头")["holds"]
     assert find_conclusion(record, "复制收益比 1 层")["holds"]
+    for fragment in ("压到 0.5 nat 以下（几乎完美", "并非毫无收益"):  # "纯位置捷径"的对照只在完整模式里跑
+        assert find_conclusion(record, fragment)["status"] == "holds", fragment
+    exempt_conclusions(record, {"前一 token 头": "阈值 0.5 随种子变：一个没用过的 quick 种子下最佳分数 0.429（issue 19）；"
+                                                 "上面只断言 > 0.4"})

@@ -112,10 +112,14 @@ def test_exp1_soft_student_agrees_with_teacher_more(tmp_path, experiment_env, ch
     assert all(teacher < v["student_val_loss"] < char_unigram_entropy - 0.3 for v in s.values()), (s, teacher)
     # 关键效应：只学老师分布的学生与老师的 argmax 一致率明显高于只学硬标签的学生
     assert s["soft"]["agreement"] > s["hard"]["agreement"] + 0.02, s
-    assert find_conclusion(record, "一致率高于硬标签学生")["holds"] is True
-    assert find_conclusion(record, "软标签学生在真实标签上")["holds"] == (
-        s["soft"]["student_val_loss"] < s["hard"]["student_val_loss"])
-    assert find_conclusion(record, "各半混合")["holds"] == (s["mix"]["student_val_loss"] < s["hard"]["student_val_loss"])
+    # 比较经噪声检验（单种子：同一组 8 个验证批逐批配对）。soft 胜过 hard 的两条在试过的 quick 种子（42、1、7）上都成立
+    for fragment in ("一致率高于硬标签学生", "软标签学生在真实标签上"):
+        c = find_conclusion(record, fragment)
+        assert c["status"] == "holds" and c["noise"]["unit"] == "batches" and c["noise"]["n"] == 8, c
+    # mix 与 hard 的比较随种子翻转（quick 种子 42、1 成立，种子 7 反向超出批次噪声：2.701 vs 2.668）——
+    # 批次噪声量不到换种子训练的噪声，所以这里只要求它经过了噪声检验，不断言结果
+    mix = find_conclusion(record, "各半混合")
+    assert mix["noise"]["unit"] == "batches" and mix["noise"]["n"] == 8, mix
     assert "agreement" in stdout
 
 
@@ -155,9 +159,14 @@ def test_exp3_bigger_teachers_have_lower_loss(tmp_path, experiment_env):
     teacher = [s[n]["teacher_val_loss"] for n in names]
     # 相同步数下，老师越大验证 loss 越低
     assert teacher[0] > teacher[1] > teacher[2], teacher
-    assert find_conclusion(record, "老师越大，验证 loss 越低")["holds"] is True
     student = {n: s[n]["student_val_loss"] for n in names}
-    assert find_conclusion(record, "最大的老师教出的学生也最好")["holds"] == (min(student, key=student.get) == "large")
-    assert find_conclusion(record, "一致率随老师变大而下降")["holds"] == (
-        s["small"]["agreement"] > s["large"]["agreement"])
+    # 比较经噪声检验（单种子：同一组 8 个验证批逐批配对）；下面五条在试过的 quick 种子（42、1、7）上都成立
+    for fragment in ("老师 medium 的验证 loss 低于老师 small", "老师 large 的验证 loss 低于老师 medium",
+                     "低于跟 small 老师学的", "低于跟 medium 老师学的", "与老师 medium 的一致率低于与老师 small"):
+        c = find_conclusion(record, fragment)
+        assert c["status"] == "holds" and c["noise"]["unit"] == "batches" and c["noise"]["n"] == 8, (fragment, c)
+    # quick 模式（80 步）里 medium 老师反而最难模仿：三个 quick 种子上学生与 large 的一致率都高于与 medium 的，
+    # 超出批次噪声（完整模式 160 步的结果见 teaching.md）。这一条如实判为不成立
+    c = find_conclusion(record, "与老师 large 的一致率低于与老师 medium")
+    assert c["status"] == "fails" and s["large"]["agreement"] > s["medium"]["agreement"], c
     assert m["best_teacher_for_student"] == min(student, key=student.get)

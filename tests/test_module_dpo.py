@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
+from conftest import REPO_ROOT, exempt_conclusions, find_conclusion, run_quick_experiment
 
 EXPERIMENTS = REPO_ROOT / "modules" / "03-training" / "05-dpo" / "experiments"
 
@@ -86,6 +86,8 @@ def test_exp1_margin_rises_and_generalises(tmp_path):
     assert find_conclusion(record, "KL 随训练增大")["holds"] == bool(kl[-1] > kl[1] > 0)
     hm = np.array(heldout["margin"]).mean(0)
     assert find_conclusion(record, "留出对上的奖励差也上升")["holds"] == bool(hm[-1] > hm[1])
+    exempt_conclusions(record, {"奖励差主要来自压低 rejected": "均值的直接比较；同一现象在 exp3 里经噪声检验"
+                                                             "（留出对上 log p(chosen) 也下降、rejected 降得更多）"})
 
 
 @pytest.mark.experiment
@@ -103,22 +105,41 @@ def test_exp2_larger_beta_stays_closer_to_reference(tmp_path):
     order = [kl[b] for b in betas]
     assert find_conclusion(record, "KL 随 β 单调下降")["holds"] == all(a > b for a, b in zip(order, order[1:]))
     assert find_conclusion(record, "推得越开")["holds"] == bool(delta[betas[0]] > delta[betas[-1]])
+    exempt_conclusions(record, {"每个 β 在留出对上的偏好准确率都高于 0.5": "比例与 0.5 的直接比较，留出对只有几十对，"
+                                                                         "还没经过噪声检验（issue 19）"})
 
 
 @pytest.mark.experiment
 def test_exp3_dpo_pushes_rejected_down_more_than_sft(tmp_path):
     record, _ = run_quick("exp3_sft_vs_dpo.py", tmp_path)
     shifts = record["metrics"]["shifts"]
+    n_pairs = {split: len(record["metrics"]["pair_shifts_first_seed"]["dpo"][split]["chosen"])
+               for split in ("heldout", "train")}
+    assert n_pairs["heldout"] == record["metrics"]["config"]["n_heldout_pairs"]
+
+    def measured(fragment, split="heldout"):
+        """经噪声检验的结论（单种子：同一组偏好对逐对配对）。"""
+        c = find_conclusion(record, fragment)
+        assert c["noise"]["unit"] == "batches" and c["noise"]["n"] == n_pairs[split], c
+        return c
+
     for split in ("heldout", "train"):
         sft_r = np.mean(shifts["sft_chosen"][split]["rejected"])
         dpo_r = np.mean(shifts["dpo"][split]["rejected"])
         assert dpo_r < sft_r, (split, sft_r, dpo_r)
-        assert find_conclusion(record, f"[{split}] DPO 把 rejected")["holds"] == bool(dpo_r < sft_r)
+        assert measured(f"[{split}] DPO 把 rejected", split)["status"] == "holds"
     assert np.mean(shifts["sft_chosen"]["train"]["chosen"]) > 0  # 在 chosen 上做 SFT，训练过的 chosen 似然上升
-    sft_c = np.mean(shifts["sft_chosen"]["heldout"]["chosen"])
-    assert find_conclusion(record, "SFT(chosen) 抬高了 chosen")["holds"] == bool(sft_c > 0)
-    sft_gap, dpo_gap = (np.mean(shifts[k]["heldout"]["gap"]) for k in ("sft_chosen", "dpo"))
-    assert find_conclusion(record, "拉开 chosen 与 rejected 的差距")["holds"] == bool(dpo_gap > sft_gap)
+    assert measured("拉开 chosen 与 rejected 的差距")["status"] == "holds"
+    # issue 19：文献（Pal et al. 2024；Razin et al. 2024）的发现——margin 变大的同时 chosen 自己的似然下降，
+    # 两条都作为测得的结论检验，在试过的 quick 种子（42、1、7）上都成立
+    assert measured("margin 变大")["status"] == "holds"
+    assert np.mean(shifts["dpo"]["heldout"]["gap"]) > 0
+    for split in ("heldout", "train"):
+        assert measured(f"[{split}] 与此同时，DPO 让 chosen 自己的对数概率下降", split)["status"] == "holds"
+        assert np.mean(shifts["dpo"][split]["chosen"]) < 0
+    # SFT(chosen) 在留出对上的两条效应（约 +0.2～+0.4 nat）与 60 个偏好对的噪声同一量级：quick 种子 42 上未确立、种子 1 上成立
+    for fragment in ("SFT(chosen) 抬高了 chosen", "SFT(chosen) 也把 rejected"):
+        assert measured(fragment)["status"] != "fails"
 
 
 @pytest.mark.parametrize("script, args, fragment", [

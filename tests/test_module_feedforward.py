@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
+from conftest import REPO_ROOT, exempt_conclusions, find_conclusion, run_quick_experiment
 
 EXPERIMENTS = REPO_ROOT / "modules" / "01-foundation" / "04-feedforward" / "experiments"
 
@@ -37,6 +37,8 @@ def test_exp1_ffn_beats_attention_only(tmp_path, experiment_env, char_unigram_en
     # 结论与数字一致
     assert conclusion(record, "任何一个带 FFN")["holds"] is True
     assert conclusion(record, "放大倍数越大")["holds"] == (val["swiglu 4x"] < val["swiglu 1x"])
+    exempt_conclusions(record, {"训练时间比 attention-only 长": "墙钟时间只各测一次，测试机负载下不可靠；"
+                                                               "改成交替计时是 issue 19 的待办"})
 
 
 @pytest.mark.experiment
@@ -65,10 +67,21 @@ def test_exp3_recall_grows_with_ffn_width(tmp_path, experiment_env):
     assert acc[widths[-1]] > acc[widths[0]] + 0.1, acc  # 最宽的 FFN 明显背得更多
     assert acc[widths[-1]] > 0.8 and acc[widths[-1]] > 5 * m["chance"]
     assert acc[0] < acc[widths[-1]]  # attention-only 不如最宽的 FFN
-    assert conclusion(record, "FFN 越宽")["holds"] is True
     readout = m["readout"]
     assert 0 <= readout["random_neuron_hit_rate"] <= readout["topk_any_hit_rate"] <= 1
     assert readout["top1_hit_rate"] > readout["random_neuron_hit_rate"]  # 最强神经元比随机神经元更常推高正确的值
+    widest = m["widest_per_seed"]
+    assert widest["top5_only_accuracy"][0] < m["accuracy"][str(widths[-1])]["runs"][0]  # 只留 5 个神经元就背不全了
+    # 比较经噪声检验（单种子：同一组 1024 条事实逐条配对）。"只保留 5 个神经元就背不全"在种子 42/1/7 上都成立；
+    # 其余三条取决于宽度 256 这次有没有训练好（种子 1 的 quick 运行里它只背下 0.61），不能要求成立
+    for fragment in ("FFN 越宽", "只有注意力", "高于随机神经元", "记忆是分布式的"):
+        assert conclusion(record, fragment)["noise"]["unit"] == "batches"
+    distributed = conclusion(record, "记忆是分布式的")
+    assert distributed["status"] == "holds" and distributed["noise"]["n"] == m["n_facts"], distributed
+    assert conclusion(record, "FFN 越宽")["status"] != "fails"  # 种子 42 成立、种子 1 未确立
+    assert conclusion(record, "高于随机神经元")["status"] != "fails"  # 种子 42 成立、种子 1 未确立
+    exempt_conclusions(record, {"只有注意力": "宽度 256 没训练好时（种子 1 的 quick：0.61）不成立，"
+                                           "种子 42 成立；是否'不到一半'看完整模式的种子检验（参考结果：未确立）"})
 
 
 def test_exp3_rejects_bad_arguments(tmp_path):

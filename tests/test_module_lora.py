@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
+from conftest import REPO_ROOT, exempt_conclusions, find_conclusion, run_quick_experiment
 
 EXPERIMENTS = REPO_ROOT / "modules" / "03-training" / "04-lora" / "experiments"
 
@@ -62,6 +62,8 @@ def test_exp1_lora_trains_only_adapters_and_params_scale_with_rank(tmp_path, exp
     assert find_conclusion(record, "全参数微调的新任务 loss 低于")["holds"] == (
         new["full FT"] < min(new[f"LoRA r={r}"] for r in ranks))
     assert "AdamW state KiB" in stdout
+    exempt_conclusions(record, {"LoRA 每步并不比全参数微调快多少": "每步耗时只各测一次（测试机负载下不可靠），"
+                                                                 "而且\"快多少\"没有写成可检验的界；交替计时是 issue 19 的待办"})
 
 
 @pytest.mark.experiment

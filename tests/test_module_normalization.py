@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
+from conftest import REPO_ROOT, exempt_conclusions, find_conclusion, run_quick_experiment
 
 MODULE = REPO_ROOT / "modules" / "01-foundation" / "01-normalization"
 EXPERIMENTS = MODULE / "experiments"
@@ -42,10 +42,15 @@ def test_exp2_norm_comparison(tmp_path, experiment_env):
     # 结论与测量一致（没有写死）
     nan_steps = s["No-Norm"]["diverged_at"]
     assert claim(record, "No-Norm 训练发散") == any(d is not None for d in nan_steps)
-    assert claim(record, "No-Norm 的最终验证损失是四者中最差的") == (mean["No-Norm"] == max(mean.values()))
-    assert claim(record, "Post-LN 收敛到比两个 Pre-LN 都差的损失") is True
-    assert claim(record, "Pre-LN (RMSNorm) 的最终验证损失是四者中最低的") == (
-        mean["Pre-LN (RMSNorm)"] == min(mean.values()))
+    # 比较结论经噪声检验（单种子：同一批 8 个验证 batch 配对）
+    for fragment in ("四者中最差的", "Post-LN 收敛到比两个 Pre-LN 都差的损失", "相差不到 0.05 nats"):
+        c = find_conclusion(record, fragment)
+        assert c["status"] == "holds" and c["noise"]["unit"] == "batches" and c["noise"]["n"] == 8, c
+    # "RMSNorm 最低"只有在比其余三个都低、且超出噪声时才成立；均值不是最低时不可能成立
+    lowest = find_conclusion(record, "四者中最低的")
+    assert lowest["noise"]["unit"] == "batches"
+    if mean["Pre-LN (RMSNorm)"] != min(mean.values()):
+        assert lowest["status"] != "holds", lowest
     curves = record["metrics"]["curves"]["Pre-LN (RMSNorm)"][0]
     assert curves["val_loss"][-1] < curves["val_loss"][0]  # 确实在学
     assert len(curves["total_grad_norm"]) == record["metrics"]["config"]["steps"]
@@ -69,6 +74,12 @@ def test_exp3_prenorm_vs_postnorm(tmp_path, experiment_env):
     pre = m["init_grad"][f"Pre-LN, L={deep}"]["per_layer"][0]
     assert len(post) == len(pre) == deep and all(g > 0 for g in post + pre)
     assert claim(record, "逐层梯度范数差距") == (max(post) / min(post) > max(pre) / min(pre))
+    # 初始化梯度是确定的（固定种子、不训练）：结论必须与逐层梯度本身一致
+    assert claim(record, "靠近输出的层梯度") == (post[-1] / post[0] > 1 and abs(pre[-1] / pre[0] - 1)
+                                               < abs(post[-1] / post[0] - 1))
+    exempt_conclusions(record, {
+        "需要 warmup": "两个均值之差的直接比较，还没经过噪声检验；warmup 的学习率区间要按 issue 19 重新设计",
+        "加深": "两个均值之差的直接比较，还没经过噪声检验（issue 19）"})
 
 
 @pytest.mark.experiment
@@ -91,6 +102,8 @@ def test_exp4_layernorm_vs_rmsnorm(tmp_path, experiment_env):
     assert claim(record, "最快的 RMSNorm 实现比 nn.LayerNorm") == (best_rms < speed["nn.LayerNorm"])
     q = m["quality"]
     assert all(math.isfinite(as_loss(v["mean"])) for v in q.values())
+    assert claim(record, "都对整体缩放不变") and claim(record, "先减均值再做 RMSNorm")
+    exempt_conclusions(record, {"语言模型质量": "\"差距在噪声以内\"要改用 equivalent() 的等价界（issue 19）；quick 单种子时只比较 0.05 的界"})
 
 
 @pytest.mark.parametrize("script", ["exp2_norm_comparison.py", "exp3_prenorm_vs_postnorm.py",

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
+from conftest import REPO_ROOT, assert_all_hold, exempt_conclusions, find_conclusion, run_quick_experiment
 
 EXPERIMENTS = REPO_ROOT / "modules" / "01-foundation" / "02-position-encoding" / "experiments"
 
@@ -33,6 +33,9 @@ def test_exp2_rope_vs_absolute(tmp_path, experiment_env):
     assert loss["rope"][str(4 * L)]["mean"] > loss["rope"][str(L)]["mean"]
     assert conclusion(record, "可学习绝对位置编码只能读训练长度以内")
     assert conclusion(record, "普通 RoPE 超出训练长度会变差")
+    # ALiBi 外推几乎不变差（增幅约 0），RoPE 增幅约 0.5：效应远大于单种子的差异
+    assert conclusion(record, "ALiBi 的长度外推比 RoPE 好")
+    exempt_conclusions(record, {"RoPE 不比可学习绝对位置差": "\"不差于\"用 0.02 的界比较两个均值，还没改成 equivalent()/噪声检验（issue 19）"})
     # 逐位置曲线：最长长度上每个位置一项（learned 没有）
     assert len(m["loss_by_position"]["rope"]) == 4 * L - 1 and "learned" not in m["loss_by_position"]
 
@@ -53,7 +56,7 @@ def test_exp3_multi_frequency(tmp_path):
     assert pairs["1e+06"]["2048"] > pairs["1e+04"]["2048"]
     for summary in m["decay_summary"].values():
         assert summary["far"] < summary["near"] < summary["r=0"]
-    assert all(c["holds"] for c in record["conclusions"]), record["conclusions"]
+    assert_all_hold(record)
 
 
 @pytest.mark.experiment
@@ -67,6 +70,9 @@ def test_exp4_context_extension(tmp_path, experiment_env):
     assert no_ft["plain"]["mean"] > m["reference_loss_at_train_len"]["mean"]
     assert min(no_ft[k]["mean"] for k in ("pi", "ntk", "yarn")) < no_ft["plain"]["mean"]
     assert conclusion(record, "至少一种缩放")
+    assert conclusion(record, "直接外推会变差") and conclusion(record, "NTK-aware 胜过位置插值 PI")
+    assert conclusion(record, "每种方式的 loss 都下降")
+    exempt_conclusions(record, {"最好的缩放方式仍不差于直接外推再微调": "\"不差于\"比较的是两个均值，没有等价界，还没经过噪声检验（issue 19）"})
     # 在长序列上微调后每种方式都变好
     for k in no_ft:
         assert ft[k]["mean"] < no_ft[k]["mean"], k

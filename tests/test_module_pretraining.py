@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
+from conftest import REPO_ROOT, exempt_conclusions, find_conclusion, run_quick_experiment
 
 EXPERIMENTS = REPO_ROOT / "modules" / "03-training" / "02-pretraining" / "experiments"
 
@@ -33,6 +33,7 @@ def test_exp1_loss_starts_at_ln_v_and_falls(tmp_path, experiment_env):
     assert f"{ln_v:.4f}" in stdout  # 打印了 ln V 与初始 loss 的对比
     assert find_conclusion(record, "初始 loss ≈ ln(V)")["holds"] is True
     assert find_conclusion(record, "单调下降")["holds"] is True
+    assert find_conclusion(record, "远低于 ln(V)")["holds"] is True  # 上面断言了 final < 0.7·ln V
     assert find_conclusion(record, "生成文本变像样")["holds"] == (distinct[-1] > max(distinct[:len(distinct) // 2]))
 
 
@@ -53,6 +54,9 @@ def test_exp2_lr_sweep_regimes_and_schedules(tmp_path, experiment_env):
     # 结论与数字一致
     assert find_conclusion(record, "LR 太小")["holds"] is True
     assert find_conclusion(record, "LR 太大")["holds"] is True
+    assert find_conclusion(record, "U 形")["holds"] is True  # 两端都比最好的高 0.2 以上（上面已断言）
+    exempt_conclusions(record, {"10 倍峰值（不预热）的最终 loss": "两个均值的直接比较，还没经过噪声检验；"
+                                                               "warmup 的学习率区间要按 issue 19 重新设计"})
     sched = m["schedules"]
     names = list(sched)
     assert len(names) == 4 and sched[names[0]]["config"]["min_lr_ratio"] == 1.0  # constant
@@ -68,14 +72,15 @@ def test_exp2_lr_sweep_regimes_and_schedules(tmp_path, experiment_env):
 def test_exp3_accumulation_exact_only_when_token_weighted(tmp_path, experiment_env):
     record, _ = run_quick("exp3_batch_and_accumulation.py", tmp_path, experiment_env)
     acc = record["metrics"]["accumulation"]["max_abs_diff"]
-    token_weighted = acc["BPE + padding, token-weighted"]
-    mean_of_means = acc["BPE + padding, mean of means (trainer/)"]
+    token_weighted = acc["BPE + padding, token-weighted (as trainer/ does)"]
+    mean_of_means = acc["BPE + padding, mean of means (upstream MiniMind)"]
     no_padding = acc["char, no padding, mean of means"]
     assert token_weighted < 1e-5
     assert no_padding < 1e-5
     assert mean_of_means > 1e-4 and mean_of_means > 100 * token_weighted  # padding 时 loss/k 不精确
     assert find_conclusion(record, "按 token 数加权")["holds"] is True
     assert find_conclusion(record, "均值的均值\"（loss / k）与大 batch 梯度不同")["holds"] is True
+    assert find_conclusion(record, "没有 padding")["holds"] is True
     b = record["metrics"]["batch_sizes"]
     final = {int(k): v for k, v in b["final_val_loss"].items()}
     sizes = sorted(final)
@@ -89,8 +94,16 @@ def test_exp3_accumulation_exact_only_when_token_weighted(tmp_path, experiment_e
     assert lr[sizes[-1]] > lr[sizes[0]]
     block = runs[str(sizes[0])][0]["tokens_per_step"] // sizes[0]
     assert all(runs[str(s)][0]["steps"] * s * block == b["tokens"] for s in sizes)
-    assert find_conclusion(record, "相同 token 预算下")["holds"] == all(
-        final[x] < final[y] for x, y in zip(sizes, sizes[1:]))
+    # 相同 token 预算的比较经噪声检验（单种子：同一组 8 个固定验证批逐批配对）
+    for small, big in zip(sizes, sizes[1:]):
+        c = find_conclusion(record, f"相同 token 预算下，batch {small}（")
+        assert c["status"] == "holds" and c["noise"]["unit"] == "batches" and c["noise"]["n"] == 8, c
+        assert final[small] < final[big]
+    # 相同步数的训练 loss 读自各自的训练批，无法按批配对：单种子时无从估计噪声，必须是"未确立"
+    for small, big in zip(sizes, sizes[1:]):
+        c = find_conclusion(record, f"batch {big} 的训练 loss 低于 batch {small}")
+        assert c["status"] == "not_established" and c["noise"]["n"] == 1, c
+        assert "LR 调度" in c["claim"]  # 结论本身要说明它与各自的 warmup+余弦混在一起
 
 
 @pytest.mark.experiment
@@ -118,6 +131,9 @@ def test_exp4_loss_falls_with_compute_and_fit_exponent_positive(tmp_path, experi
     assert min(p["loss"] for p in points) < best_small  # 最低 loss 不在最小算力处
     assert find_conclusion(record, "拟合指数 α > 0")["holds"] is True
     assert find_conclusion(record, "可信门槛")["holds"] == (len(m["frontier"]) >= 4 and m["compute_decades"] >= 2.0)
+    exempt_conclusions(record, {
+        "token 预算（算力）越多最终 loss 越低": "逐点单调是均值的直接比较，未经噪声检验；上面只断言首尾（issue 19：缩放实验重新设计）",
+        "最大的模型 loss 低于最小的模型": "两个均值的直接比较，未经噪声检验（issue 19）"})
 
 
 @pytest.mark.parametrize("script, args, flag", [

@@ -54,6 +54,8 @@ def test_exp1_truncation_breaks_the_labels(tmp_path, experiment_env):
     assert m["truncated"] > 0 and m["exact_match"] < m["n_conversations"]
     assert find_conclusion(record, "恰好是每个助手回答")["holds"] is False
     assert m["per_role"]["user"]["in_loss"] == 0  # 截断不会让用户的话进 loss
+    assert find_conclusion(record, "loss 权重为 0")["holds"] is True
+    assert find_conclusion(record, "不到一半")["holds"] == (m["trained_share"]["median"] < 0.5)
 
 
 def test_exp1_rejects_bad_index(tmp_path):

@@ -38,6 +38,7 @@ def test_exp1_scratch_bpe_matches_hf_and_compresses(tmp_path, experiment_env):
     assert find_conclusion(record, "压缩率")["holds"] is all(held[b] > held[a] for a, b in zip(steps, steps[1:]))
     assert find_conclusion(record, "次合并相同")["holds"] is (m["top_k_set_overlap"] >= 0.95)
     assert find_conclusion(record, "留出句子")["holds"] is (m["held_out_agreement"] == 1.0)
+    assert find_conclusion(record, "跨越空格的 token")["holds"] is True  # 分词器训练是确定的
     assert "Scratch vs Hugging Face" in stdout
 
 
@@ -71,6 +72,8 @@ def test_exp2_bigger_vocab_compresses_more_and_embedding_share(tmp_path, experim
     # 结论与数字一致
     assert find_conclusion(record, "单调上升")["holds"] is True
     assert find_conclusion(record, "1/8")["holds"] is (share["share"] < 0.15 and m["embedding_share_32000"]["share"] > 1 / 3)
+    for fragment in ("小语料撑不起大词表", "收益递减", "几乎不压缩中文"):  # 分词器训练是确定的：必须成立
+        assert find_conclusion(record, fragment)["holds"] is True, fragment
 
 
 @pytest.mark.experiment
@@ -96,6 +99,8 @@ def test_exp3_injection_detected_and_mitigated_round_trip_exact(tmp_path, experi
     assert inj["literal_default_round_trip"] is False and inj["literal_safe_round_trip"] is True
     assert find_conclusion(record, "注入：")["holds"] is True
     assert find_conclusion(record, "缓解")["holds"] is True
+    for fragment in ("没有 <unk>", "半个字符", "前导空格改变 token"):
+        assert find_conclusion(record, fragment)["holds"] is True, fragment
     # 数字：三位数至少两种切分形状，结论一致
     shapes = m["numbers"]["three_digit_shapes"]
     assert find_conclusion(record, "数字切分")["holds"] is (len(shapes) > 1)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
+from conftest import REPO_ROOT, exempt_conclusions, find_conclusion, run_quick_experiment
 
 MODULE = REPO_ROOT / "modules" / "02-architecture" / "02-transformer-block"
 EXPERIMENTS = MODULE / "experiments"
@@ -58,6 +58,11 @@ def test_exp1_post_norm_suffers_at_high_lr(tmp_path, experiment_env, char_unigra
                 for d in r["diverged_at"])
     assert find_conclusion(record, "没有出现 NaN")["holds"] == (n_nan == 0)
     assert "单种子，无法估计噪声" in stdout  # quick 只有一个种子：如实说明无法判断噪声
+    assert find_conclusion(record, "多出的参数正好是每层 2 个 norm")["holds"] is True
+    exempt_conclusions(record, {
+        "Post-Norm 损失变差的幅度大于 Pre-Norm": "两个差值的直接比较，还没经过噪声检验；quick 里 Post-Norm 两个学习率都停在一元熵（issue 19）",
+        "学习率 0.003 下并行块不比串行 Pre-Norm 差": "\"不差于\"用种子 std 作界，quick 单种子时无从估计（issue 19：改用 equivalent()）",
+        "学习率 0.03 下并行块不比串行 Pre-Norm 差": "同上"})
 
 
 @pytest.mark.experiment
@@ -78,6 +83,7 @@ def test_exp2_assembled_model_matches_and_counts(tmp_path):
     for name in ("lab", "minimind2-26m"):
         assert find_conclusion(record, f"{name} 配置：拼出来的模型")["holds"] is True
         assert find_conclusion(record, f"{name} 配置：手算参数量")["holds"] is True
+    assert find_conclusion(record, "参数大头在 FFN")["holds"] is True
     # 形状追踪里出现了按头拆开的 q 和注意力分数矩阵
     symbolic = [row["symbolic"] for row in m["shape_trace"]]
     assert "(B, T, nh, hd)" in symbolic and "(B, nh, T, T)" in symbolic and "(B, T, V)" in symbolic

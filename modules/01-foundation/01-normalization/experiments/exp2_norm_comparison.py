@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.lab_model import LabConfig, LabModel  # noqa: E402
+from modules.common.noise import FAILS, HOLDS, compare_runs, equivalent  # noqa: E402
 from modules.common.text_data import char_lm_batches  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
@@ -41,6 +42,8 @@ VARIANTS = {
 }
 BLOCK_SIZE, BATCH_SIZE = 64, 12
 HIDDEN, N_HEADS = 64, 4
+EVAL_BATCHES = 8  # 每次验证用几个 batch；最后一次的逐 batch loss 是单种子时的配对噪声
+EQUIVALENCE_MARGIN = 0.05  # "RMSNorm 与 LayerNorm 差不多"的界（nats），在看结果之前定好
 
 
 def add_args(parser):
@@ -56,7 +59,7 @@ def train_variant(text: str, norm: str, norm_position: str, *, layers: int, lr: 
     config = LabConfig(vocab_size=tokenizer.vocab_size, hidden_size=HIDDEN, num_layers=layers, n_heads=N_HEADS,
                        max_seq_len=BLOCK_SIZE, norm=norm, norm_position=norm_position)
     model = LabModel(config).to(device)
-    history = train_model(model, get_batch, steps=steps, lr=lr, eval_every=max(1, steps // 10), eval_batches=8,
+    history = train_model(model, get_batch, steps=steps, lr=lr, eval_every=max(1, steps // 10), eval_batches=EVAL_BATCHES,
                           record_grad_norms=True, device=device, desc=desc)
     per_group = list(history.pop("grad_norms").values())  # [组][步]：各层分组的梯度范数
     history["total_grad_norm"] = [math.sqrt(sum(g[i] ** 2 for g in per_group)) for i in range(len(per_group[0]))]
@@ -68,6 +71,15 @@ def final_val(history: dict) -> float:
     if history["diverged_at"] is not None or not history["val_loss"]:
         return math.inf
     return history["val_loss"][-1]
+
+
+def weakest(verdicts: dict):
+    """"比其余每一个都好"这类结论由几次两两比较组成：全部成立才成立，任一次反向超出噪声就不成立，
+    其余未确立。返回 (代表整体的那次比较, 每次比较的一行说明)。"""
+    rank = {FAILS: 0, HOLDS: 2}  # 同一状态里取效应最小的那次（全部成立时，就是最勉强成立的一对）
+    worst = min(verdicts.values(), key=lambda v: (rank.get(v.status, 1), v.mean_delta))
+    lines = "；".join(f"vs {name}：Δ={v.mean_delta:+.4f}（{v.status}）" for name, v in verdicts.items())
+    return worst, lines
 
 
 def main():
@@ -124,30 +136,35 @@ def main():
     axes[0].legend()
     exp.save_figure(fig, "exp2_norm_comparison.png")
 
-    # ---- 结论：全部由上面的测量算出 ----
-    none, post = summary["No-Norm"], summary["Post-LN (LayerNorm)"]
-    pre_ln, pre_rms = summary["Pre-LN (LayerNorm)"], summary["Pre-LN (RMSNorm)"]
+    # ---- 结论：全部由上面的测量算出；比较都过噪声检验（modules/common/noise.py）----
+    # 多种子按种子配对；只有一个种子时，按同一批 EVAL_BATCHES 个验证 batch 配对（同一种子下各变体读的验证数据相同）
+    finals = {name: s["final_val_loss"] for name, s in summary.items()}
+    batches = {name: histories[0]["final_val_batches"] if histories[0]["diverged_at"] is None
+               else [math.inf] * EVAL_BATCHES for name, histories in runs.items()}  # 发散的运行无法配对
+    means = {name: s["mean"] for name, s in summary.items()}
+
+    def verdict(a: str, b: str, direction: str):
+        return compare_runs(finals[a], finals[b], direction, batches[a], batches[b])
+
+    def versus_all(name: str, direction: str, others):
+        return weakest({o: verdict(name, o, direction) for o in others})
+
+    none = summary["No-Norm"]
     any_nan = any(d is not None for d in none["diverged_at"])
     exp.conclude("No-Norm 训练发散（出现 NaN/inf）",
                  any_nan, f"No-Norm 各种子第一次 NaN 的步数：{none['diverged_at']}（None = 没发散）")
-    exp.conclude("No-Norm 的最终验证损失是四者中最差的",
-                 none["mean"] == max(s["mean"] for s in summary.values()),
-                 "；".join(f"{n} {s['mean']:.4f}" for n, s in summary.items()))
-    exp.conclude("Post-LN 收敛到比两个 Pre-LN 都差的损失",
-                 post["mean"] > max(pre_ln["mean"], pre_rms["mean"]),
-                 f"Post-LN {post['mean']:.4f} vs Pre-LN(LayerNorm) {pre_ln['mean']:.4f}、"
-                 f"Pre-LN(RMSNorm) {pre_rms['mean']:.4f}")
-    exp.conclude("Pre-LN (RMSNorm) 的最终验证损失是四者中最低的",
-                 pre_rms["mean"] == min(s["mean"] for s in summary.values()),
-                 "；".join(f"{n} {s['mean']:.4f}" for n, s in summary.items()))
-    gap = abs(pre_rms["mean"] - pre_ln["mean"])
-    if len(exp.seeds) > 1:
-        noise = 2 * max(pre_rms["std"], pre_ln["std"])
-        exp.conclude("Pre-LN 下 RMSNorm 与 LayerNorm 的差距在种子噪声以内（|Δ| < 2 × 较大的种子 std）",
-                     gap < noise, f"|Δ| = {gap:.4f}，2 × std = {noise:.4f}")
-    else:
-        exp.conclude("Pre-LN 下 RMSNorm 与 LayerNorm 相差不到 0.05 nats（单种子无法估计噪声，完整模式用 3 个种子判断）",
-                     gap < 0.05, f"|Δ| = {gap:.4f}")
+    table = "；".join(f"{n} {m:.4f}" for n, m in means.items())
+    worst, lines = versus_all("No-Norm", "greater", [n for n in VARIANTS if n != "No-Norm"])
+    exp.conclude_verdict("No-Norm 的最终验证损失是四者中最差的（比其余每一个都高）", worst, f"{table}；{lines}")
+    worst, lines = versus_all("Post-LN (LayerNorm)", "greater", ["Pre-LN (LayerNorm)", "Pre-LN (RMSNorm)"])
+    exp.conclude_verdict("Post-LN 收敛到比两个 Pre-LN 都差的损失", worst, lines)
+    worst, lines = versus_all("Pre-LN (RMSNorm)", "less", [n for n in VARIANTS if n != "Pre-LN (RMSNorm)"])
+    exp.conclude_verdict("Pre-LN (RMSNorm) 的最终验证损失是四者中最低的（比其余每一个都低）", worst, f"{table}；{lines}")
+    rms, ln = "Pre-LN (RMSNorm)", "Pre-LN (LayerNorm)"
+    same = (equivalent(finals[rms], finals[ln], EQUIVALENCE_MARGIN, unit="seeds") if len(exp.seeds) > 1
+            else equivalent(batches[rms], batches[ln], EQUIVALENCE_MARGIN, unit="batches"))
+    exp.conclude_verdict(f"Pre-LN 下 RMSNorm 与 LayerNorm 的最终验证损失相差不到 {EQUIVALENCE_MARGIN} nats", same,
+                         f"RMSNorm {means[rms]:.4f} vs LayerNorm {means[ln]:.4f}")
     exp.finish()
 
 

@@ -4,6 +4,8 @@
 1. 单头 vs 4 个头：总维度相同，所以参数量相同，区别只是 softmax 被分成了几份独立的分布；
 2. 4 个 query 头配 4 / 2 / 1 个 KV 头（MHA / GQA / MQA）：验证 loss 与每个 token 的 KV cache 字节数；
 3. 训练好的 4 头模型：每个头的注意力热力图、平均注意距离与熵——不同的头是否分了工。
+同一种子下四个配置读同一串训练 batch、同一批验证 batch，所以验证 loss 可以按种子（完整模式）或按验证 batch
+（quick 模式只有一个种子）配对，过共享的噪声检验（modules/common/noise.py）。
 """
 import sys
 from pathlib import Path
@@ -12,18 +14,23 @@ REPO_ROOT = Path(__file__).resolve().parents[4]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+import math  # noqa: E402
+
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.lab_model import LabConfig, LabModel, record_attention  # noqa: E402
+from modules.common.noise import compare_runs, equivalent  # noqa: E402
 from modules.common.text_data import char_lm_batches  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import plot_attention_heatmap, set_style  # noqa: E402
 
 BLOCK, BATCH, HIDDEN, LAYERS = 64, 12, 128, 2
 BYTES_PER_VALUE = 4  # float32；fp16/bf16 推理时减半
+PROBE_BATCHES = 16  # 测"头是否分工"用的验证 batch 数：前一半选头，后一半检验
+EQUIVALENCE_MARGIN = 0.05  # "与 MHA 差不多"的界（nats），在看结果之前定好
 
 
 def kv_cache_bytes_per_token(n_kv_heads: int, head_dim: int, layers: int) -> int:
@@ -40,6 +47,32 @@ def head_statistics(weights: torch.Tensor):
     return mean_dist.tolist(), entropy.tolist()
 
 
+@torch.no_grad()
+def head_distance_spread(model, probes: list[torch.Tensor]) -> list[float]:
+    """各头"平均注意距离"的分化程度，选头与检验用不同的数据（否则噪声也会被挑成"分化"）：
+    在前一半 probe batch 上找出（所有层里）平均注意距离最大和最小的两个头，
+    在后一半的每个 batch 上算 log(d_最大头 / d_最小头)，返回这些逐 batch 的值。
+    头完全没有分工时，这个值在 0 附近。"""
+    model.eval()
+    per_batch = []  # 每个 batch 一行：所有层所有头的平均注意距离
+    for x in probes:
+        with record_attention(model) as attn:
+            model(x)
+        per_batch.append([d for w in attn.values() for d in head_statistics(w.cpu())[0]])
+    dist = torch.tensor(per_batch)  # (n_batches, layers × nh)
+    half = len(probes) // 2
+    select = dist[:half].mean(0)  # (layers × nh,)
+    far, near = select.argmax().item(), select.argmin().item()
+    return (dist[half:, far] / dist[half:, near]).log().tolist()
+
+
+def equivalent_runs(a_seeds, b_seeds, margin: float, a_batches, b_batches):
+    """等价检验（noise.equivalent）：多种子按种子配对；只有一个种子时按同一批验证 batch 配对。"""
+    if len(a_seeds) >= 2:
+        return equivalent(a_seeds, b_seeds, margin, unit="seeds")
+    return equivalent(a_batches, b_batches, margin, unit="batches")
+
+
 def main():
     exp = Experiment(__file__, description=(
         "注意力实验 3：单头 vs 多头（同参数量）在字符级语言模型上的差别；\n"
@@ -52,20 +85,29 @@ def main():
     lm_variants = {"1 head": (1, 1), "4 heads (MHA)": (4, 4), "4 heads, 2 KV (GQA)": (4, 2), "4 heads, 1 KV (MQA)": (4, 1)}
     lm_runs = {name: [] for name in lm_variants}
     trained_mha = None
+    spread = {"trained": [], "init": []}  # 每个种子的 4 头模型：后一半 probe batch 上逐 batch 的 log(max/min 距离)
     for seed in exp.seeds:
-        tokenizer, get_batch = char_lm_batches(text, BLOCK, BATCH, seed=seed, device=device)
+        _, probe_batch = char_lm_batches(text, BLOCK, BATCH, seed=seed + 1000, device=device)
+        probes = [probe_batch("val")[0] for _ in range(PROBE_BATCHES)]  # 测头分工的固定数据，不影响训练/验证取批
         for name, (nh, nkv) in lm_variants.items():
+            # 每个配置新建取批器：同一种子下各配置的训练 batch、验证 batch 完全相同，验证 loss 可按 batch 配对
+            tokenizer, get_batch = char_lm_batches(text, BLOCK, BATCH, seed=seed, device=device)
             Experiment.seed_everything(seed)
             model = LabModel(LabConfig(vocab_size=tokenizer.vocab_size, hidden_size=HIDDEN, num_layers=LAYERS,
                                        n_heads=nh, n_kv_heads=nkv, max_seq_len=BLOCK)).to(device)
             hist = train_model(model, get_batch, steps=lm_steps, lr=2e-3, warmup_steps=lm_steps // 10,
                                eval_every=max(lm_steps // 4, 1), eval_batches=8, device=device, progress=False,
                                desc=name)
-            lm_runs[name].append({"val_loss": hist["val_loss"][-1], "params": model.num_params(),
+            lm_runs[name].append({"val_loss": hist["val_loss"][-1], "val_batches": hist["final_val_batches"],
+                                  "params": model.num_params(),
                                   "kv_bytes": kv_cache_bytes_per_token(nkv, HIDDEN // nh, LAYERS)})
             print(f"  seed {seed} | {name:22s} val {hist['val_loss'][-1]:.3f}", flush=True)
-            if seed == exp.seed and name == "4 heads (MHA)":
-                trained_mha = model
+            if name == "4 heads (MHA)":
+                spread["trained"].append(head_distance_spread(model, probes))
+                Experiment.seed_everything(seed)  # 同一个模型在训练之前（同一个初始化），用同样的方法量
+                spread["init"].append(head_distance_spread(LabModel(model.config).to(device), probes))
+                if seed == exp.seed:
+                    trained_mha = model
 
     # ---- 表 ----
     rows = []
@@ -113,27 +155,34 @@ def main():
     ax.legend(fontsize=8)
     exp.save_figure(fig, "exp3_heads_and_kv.png")
 
-    exp.save_metrics({"lm_steps": lm_steps, "lm": lm_runs, "head_stats": head_stats, "head_stats_at_init": init_stats})
+    exp.save_metrics({"lm_steps": lm_steps, "lm": lm_runs, "head_stats": head_stats, "head_stats_at_init": init_stats,
+                      "head_distance_log_spread": spread})
 
-    # ---- 结论 ----
+    # ---- 结论（比较都过噪声检验：多种子按种子配对，单种子按同一批验证 batch 配对）----
     loss = {name: mean_std([r["val_loss"] for r in rs]) for name, rs in lm_runs.items()}
-    exp.conclude("字符级语言模型：4 个头的验证 loss 低于 1 个头",
-                 loss["4 heads (MHA)"][0] < loss["1 head"][0],
-                 f"val loss 1 头 {loss['1 head'][0]:.3f}，4 头 {loss['4 heads (MHA)'][0]:.3f}")
-    gqa_gap = loss["4 heads, 2 KV (GQA)"][0] - loss["4 heads (MHA)"][0]
-    mqa_gap = loss["4 heads, 1 KV (MQA)"][0] - loss["4 heads (MHA)"][0]
-    exp.conclude("GQA 用一半的 KV cache，验证 loss 与 MHA 相差不到 0.05",
-                 abs(gqa_gap) < 0.05, f"GQA − MHA = {gqa_gap:+.3f}；MQA − MHA = {mqa_gap:+.3f}（KV cache 1/2 与 1/4）")
-    def distance_spread(stats):  # 各头平均注意距离的 max / min
-        dists = [d for s in stats.values() for d in s["mean_distance"]]
-        return max(dists) / max(min(dists), 1e-6), dists
+    seeds_of = {name: [r["val_loss"] for r in rs] for name, rs in lm_runs.items()}
+    batches_of = {name: rs[0]["val_batches"] for name, rs in lm_runs.items()}  # 第一个种子的逐 batch 验证 loss
+    mha = "4 heads (MHA)"
+    exp.conclude_verdict("字符级语言模型：4 个头的验证 loss 低于 1 个头",
+                         compare_runs(seeds_of[mha], seeds_of["1 head"], "less", batches_of[mha], batches_of["1 head"]),
+                         f"val loss 1 头 {loss['1 head'][0]:.3f}，4 头 {loss[mha][0]:.3f}")
+    for name, share in (("4 heads, 2 KV (GQA)", "一半"), ("4 heads, 1 KV (MQA)", "四分之一")):
+        short = name.split("(")[1].rstrip(")")
+        exp.conclude_verdict(f"{short} 用{share}的 KV cache，验证 loss 与 MHA 相差不到 {EQUIVALENCE_MARGIN}",
+                             equivalent_runs(seeds_of[name], seeds_of[mha], EQUIVALENCE_MARGIN,
+                                             batches_of[name], batches_of[mha]),
+                             f"{short} − MHA = {loss[name][0] - loss[mha][0]:+.3f}")
 
-    spread_trained, dists = distance_spread(head_stats)
-    spread_init, _ = distance_spread(init_stats)
-    exp.conclude("训练让头分了工：各头平均注意距离的差异（max/min）比初始化时大",
-                 spread_trained > spread_init,
-                 f"max/min：训练后 {spread_trained:.2f}，初始化 {spread_init:.2f}；训练后各头："
-                 + "，".join(f"{d:.1f}" for d in dists))
+    def per_seed(values):  # 每个种子：后一半 probe batch 上 log(max/min) 的均值
+        return [sum(v) / len(v) for v in values]
+
+    trained, init = per_seed(spread["trained"]), per_seed(spread["init"])
+    exp.conclude_verdict("训练让头分了工：各头平均注意距离的 max/min（前一半数据选头、后一半数据测）比同一模型初始化时大",
+                         compare_runs(trained, init, "greater", spread["trained"][0], spread["init"][0]),
+                         "max/min（后一半数据，各种子）：训练后 " + "，".join(f"{math.exp(v):.2f}" for v in trained)
+                         + "；初始化 " + "，".join(f"{math.exp(v):.3f}" for v in init)
+                         + "；训练后各头（热力图那批数据）：" + "，".join(f"{d:.1f}" for s in head_stats.values()
+                                                                  for d in s["mean_distance"]))
     exp.finish()
 
 

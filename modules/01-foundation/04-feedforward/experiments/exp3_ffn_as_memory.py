@@ -9,8 +9,10 @@
 然后取一个训练好的模型，做 Geva 式的解读：对每条事实，找出在"→"位置上激活最强的 FFN 神经元，
 把它的输出向量（down_proj 的第 i 列，乘以激活的符号）经过最终 RMSNorm 的增益和解嵌入（lm_head）投到词表上，
 看它最推高哪个 token——是不是这条事实的值？与随机神经元的命中率对比。
+最后检验记忆是否分布在许多神经元上：每条事实只保留激活最强的 TOP_K 个神经元，回忆还剩多少。
+比较都过共享的噪声检验（modules/common/noise.py）：完整模式按种子配对；quick 模式只有一个种子，
+按事实配对（同一种子下各宽度背的是同一组事实）。
 """
-import math
 import sys
 from pathlib import Path
 
@@ -23,10 +25,12 @@ import torch  # noqa: E402
 
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.lab_model import LabConfig, LabModel  # noqa: E402
+from modules.common.noise import compare_runs  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 
 HIDDEN, HEADS, LR = 16, 2, 1e-2
+TOP_K = 5  # 解读与"只保留最强的几个神经元"时看几个神经元
 
 
 def add_args(parser):
@@ -63,16 +67,37 @@ def token_name(i: int, n_a: int, n_values: int) -> str:
 
 
 @torch.no_grad()
-def recall_accuracy(model: LabModel, input_ids: torch.Tensor) -> float:
-    """在"→"位置取 argmax（整个词表），等于值的比例。"""
+def recall_per_fact(model: LabModel, input_ids: torch.Tensor) -> list[float]:
+    """在"→"位置取 argmax（整个词表），逐条事实返回是否等于值（1.0 / 0.0）；均值就是回忆准确率。"""
     model.eval()
     pred = model(input_ids[:, :3]).logits[:, 2].argmax(-1)  # (N,)
     model.train()
-    return (pred == input_ids[:, 3]).float().mean().item()
+    return (pred == input_ids[:, 3]).float().tolist()
 
 
 @torch.no_grad()
-def ffn_memory_readout(model: LabModel, input_ids: torch.Tensor, top_k: int = 5) -> dict:
+def recall_with_top_neurons(model: LabModel, input_ids: torch.Tensor, k: int) -> list[float]:
+    """每条事实在"→"位置只保留 |系数| 最大的 k 个 FFN 神经元（其余系数置 0），逐条事实返回是否仍答对。
+    如果每条事实只存在一两个神经元里，保留最强的 k 个就够了；回忆明显下降说明它由更多神经元共同写出。"""
+    mlp = model.model.layers[-1].mlp
+
+    def keep_top(module, args):
+        coef = args[0].clone()  # (N, T, I)
+        at_arrow = coef[:, 2]  # (N, I)
+        top = at_arrow.abs().topk(k, dim=-1).indices  # (N, k)
+        keep = torch.zeros_like(at_arrow, dtype=torch.bool).scatter_(1, top, True)
+        coef[:, 2] = at_arrow * keep
+        return (coef,)
+
+    handle = mlp.down_proj.register_forward_pre_hook(keep_top)
+    try:
+        return recall_per_fact(model, input_ids)
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def ffn_memory_readout(model: LabModel, input_ids: torch.Tensor, top_k: int = TOP_K) -> dict:
     """Geva 式解读：每条事实在"→"位置的 FFN 系数 a_i（SwiGLU：silu(gate)·up），
     神经元 i 写入残差流的向量是 a_i · down_proj[:, i]；把 sign(a_i)·down_proj[:, i] 乘最终 norm 的增益后经 lm_head
     投到词表，argmax 就是这个神经元"推高"的 token。"""
@@ -95,6 +120,8 @@ def ffn_memory_readout(model: LabModel, input_ids: torch.Tensor, top_k: int = 5)
     order = coef.abs().argsort(dim=1, descending=True)  # (N, I)：按激活强度排序
     top_hits = hits.gather(1, order[:, :top_k])  # (N, k)
     return {"coef": coef, "order": order, "promoted": promoted, "logits_per_neuron": logits_per_neuron,
+            "top1_hits": top_hits[:, 0].float().tolist(),  # 逐条事实：最强神经元是否推高正确的值
+            "random_hits": hits.float().mean(1).tolist(),  # 逐条事实：随机取一个神经元命中的概率
             "top1_hit_rate": top_hits[:, 0].float().mean().item(),
             "topk_any_hit_rate": top_hits.any(1).float().mean().item(),
             "random_neuron_hit_rate": hits.float().mean().item()}
@@ -114,8 +141,10 @@ def main():
     n_facts = n_a * n_a
 
     acc = {w: [] for w in widths}
+    per_fact = {}  # 第一个种子：宽度 → 逐条事实是否答对（quick 模式按事实配对的噪声）
+    probe = {"top1_hit_rate": [], "random_hit_rate": [], f"top{TOP_K}_only_accuracy": []}  # 最宽模型，每个种子一个值
     params = {}
-    kept = None  # 最宽、第一个种子的模型留给解读
+    kept = None  # 最宽、第一个种子的模型留给解读和画图
     for seed in exp.seeds:
         input_ids, labels, vocab = make_facts(n_a, n_values, seed)
         input_ids, labels = input_ids.to(exp.device), labels.to(exp.device)
@@ -134,9 +163,20 @@ def main():
                                eval_batches=1, device=exp.device, desc=f"width={w} seed={seed}")
             if hist["diverged_at"] is not None:
                 raise SystemExit(f"width={w}（seed={seed}）在第 {hist['diverged_at']} 步发散；请减小学习率后重试")
-            acc[w].append(recall_accuracy(model, input_ids))
-            if seed == exp.seeds[0] and w == widths[-1]:
-                kept = (model, input_ids)
+            correct = recall_per_fact(model, input_ids)
+            acc[w].append(sum(correct) / len(correct))
+            if seed == exp.seeds[0]:
+                per_fact[w] = correct
+            if w == widths[-1]:  # 最宽的模型：神经元解读，以及只保留最强 TOP_K 个神经元时的回忆
+                readout_w = ffn_memory_readout(model, input_ids)
+                top_only = recall_with_top_neurons(model, input_ids, TOP_K)
+                probe["top1_hit_rate"].append(readout_w["top1_hit_rate"])
+                probe["random_hit_rate"].append(readout_w["random_neuron_hit_rate"])
+                probe[f"top{TOP_K}_only_accuracy"].append(sum(top_only) / len(top_only))
+                if seed == exp.seeds[0]:
+                    kept = (model, input_ids)
+                    per_fact["readout"] = readout_w
+                    per_fact["top_only"] = top_only
 
     chance = 1 / n_values
     exp.print_table(["FFN width", "params", "recall accuracy"],
@@ -146,7 +186,7 @@ def main():
 
     # ---- Geva 式解读：最宽的模型 ----
     model, input_ids = kept
-    readout = ffn_memory_readout(model, input_ids)
+    readout = per_fact["readout"]
     examples = []
     for n in range(3):  # 前 3 条事实各列出激活最强的 3 个神经元
         fact = input_ids[n].tolist()
@@ -169,6 +209,7 @@ def main():
         "params": {str(w): params[w] for w in widths},
         "accuracy": {str(w): {"mean": mean_std(acc[w])[0], "std": mean_std(acc[w])[1], "runs": acc[w]} for w in widths},
         "readout": {k: readout[k] for k in ("top1_hit_rate", "topk_any_hit_rate", "random_neuron_hit_rate")},
+        "widest_per_seed": probe,
     })
 
     # ---- 图：左 准确率 vs 宽度；右 一条事实的 top 神经元各自推高的值 token 的 logit ----
@@ -209,25 +250,30 @@ def main():
     axes[1].grid(False)
     exp.save_figure(fig, "exp3_ffn_as_memory.png")
 
-    # ---- 结论（全部由测量算出）----
+    # ---- 结论（全部由测量算出；比较过噪声检验：多种子按种子配对，单种子按事实配对）----
     means = {w: mean_std(acc[w])[0] for w in widths}
     smallest, largest = ffn_widths[0], ffn_widths[-1]
-    exp.conclude(f"FFN 越宽，背下的事实越多：宽度 {largest} 的回忆准确率高于宽度 {smallest}",
-                 means[largest] > means[smallest],
-                 "准确率：" + "，".join(f"{w}: {means[w]:.3f}" for w in ffn_widths))
-    exp.conclude("只有注意力（没有 FFN）几乎背不下这些随机事实：准确率不到最宽 FFN 的一半",
-                 means[0] < 0.5 * means[largest],
-                 f"attention-only {means[0]:.3f} vs 宽度 {largest} {means[largest]:.3f}；随机猜 {chance:.3f}")
-    # 最强神经元"命中"的次数是否显著多于随机神经元？按二项分布算 z 分数（z > 3 约等于 p < 0.0015）
-    p0 = readout["random_neuron_hit_rate"]
-    z = (readout["top1_hit_rate"] - p0) * n_facts / math.sqrt(n_facts * p0 * (1 - p0))
-    exp.conclude("激活最强的神经元，其输出向量经解嵌入后推高这条事实的值的频率，显著高于随机神经元（二项检验 z > 3）",
-                 z > 3,
-                 f"最强神经元命中 {readout['top1_hit_rate']:.3f}，前 5 个中任一命中 {readout['topk_any_hit_rate']:.3f}，"
-                 f"随机神经元 {p0:.3f}（{readout['top1_hit_rate'] / p0:.1f} 倍，z = {z:.1f}）")
-    exp.conclude("记忆是分布式的：单个最强神经元只在不到一半的事实上直接推高正确的值，一条事实由许多神经元共同写出",
-                 readout["top1_hit_rate"] < 0.5,
-                 f"最强神经元命中率 {readout['top1_hit_rate']:.3f}，而整个模型的回忆准确率是 {acc[widths[-1]][0]:.3f}")
+    exp.conclude_verdict(f"FFN 越宽，背下的事实越多：宽度 {largest} 的回忆准确率高于宽度 {smallest}",
+                         compare_runs(acc[largest], acc[smallest], "greater", per_fact[largest], per_fact[smallest]),
+                         "准确率：" + "，".join(f"{w}: {means[w]:.3f}" for w in ffn_widths))
+    exp.conclude_verdict("只有注意力（没有 FFN）几乎背不下这些随机事实：准确率不到最宽 FFN 的一半",
+                         compare_runs([2 * a for a in acc[0]], acc[largest], "less",
+                                      [2 * c for c in per_fact[0]], per_fact[largest]),
+                         f"attention-only {means[0]:.3f} vs 宽度 {largest} {means[largest]:.3f}；随机猜 {chance:.3f}"
+                         f"（检验的是 2 × attention-only < 宽度 {largest}）")
+    top1, rand = probe["top1_hit_rate"], probe["random_hit_rate"]
+    exp.conclude_verdict("激活最强的神经元，其输出向量经解嵌入后推高这条事实的值的频率，高于随机神经元",
+                         compare_runs(top1, rand, "greater", readout["top1_hits"], readout["random_hits"]),
+                         f"宽度 {largest}，各种子：最强神经元命中 " + "，".join(f"{v:.3f}" for v in top1)
+                         + "；随机神经元 " + "，".join(f"{v:.3f}" for v in rand)
+                         + f"；第一个种子前 {TOP_K} 个中任一命中 {readout['topk_any_hit_rate']:.3f}")
+    top_only = probe[f"top{TOP_K}_only_accuracy"]
+    exp.conclude_verdict(f"记忆是分布式的：每条事实只保留激活最强的 {TOP_K} 个神经元（共 {largest} 个）时，"
+                         "回忆准确率低于用全部神经元",
+                         compare_runs(top_only, acc[largest], "less", per_fact["top_only"], per_fact[largest]),
+                         f"宽度 {largest}，各种子：只保留 {TOP_K} 个 " + "，".join(f"{v:.3f}" for v in top_only)
+                         + " vs 全部 " + "，".join(f"{v:.3f}" for v in acc[largest])
+                         + f"；第一个种子最强神经元直接推高正确值的比例 {readout['top1_hit_rate']:.3f}")
     exp.finish()
 
 

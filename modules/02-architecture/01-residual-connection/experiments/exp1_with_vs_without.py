@@ -7,7 +7,9 @@
 测量：
   1. 初始化时一次反向（固定的一批数据）的逐层梯度范数 layer_grad_norms；
   2. 深度扫描（只测初始化）：2/6/12/24 层时，层间梯度范数相差多少倍（spread = max/min）；
-  3. 相同步数训练 residual 与 no residual：train/val loss 曲线、训练中第 0 层与最后一层的梯度范数。
+  3. 相同步数训练 residual 与 no residual（同一种子下读同一串训练 batch、同一批验证 batch）：
+     train/val loss 曲线、训练中第 0 层与最后一层的梯度范数。
+训练结果的比较过共享的噪声检验（modules/common/noise.py）：完整模式按种子配对，quick 模式按验证 batch / 训练步配对。
 loss 的参照线是"只学会字符频率"的一元模型熵 H(unigram)：loss 停在它附近 = 模型没学到上下文。
 """
 import math
@@ -24,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.lab_model import LabConfig, LabModel, layer_grad_norms  # noqa: E402
+from modules.common.noise import compare_runs, equivalent  # noqa: E402
 from modules.common.text_data import char_lm_batches  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
@@ -79,10 +82,11 @@ def main():
 
     init = {name: {"loss": [], "grad": []} for name in VARIANTS}  # grad: 每个种子一条逐层曲线
     sweep = {name: {d: [] for d in SWEEP_DEPTHS} for name in TRAINED}  # 每个深度每个种子的 spread
-    runs = {name: {"val_loss": [], "grad_l0_end": [], "grad_last_end": [], "curves": []} for name in TRAINED}
+    runs = {name: {"val_loss": [], "val_batches": [], "grad_l0_end": [], "grad_last_end": [], "curves": []}
+            for name in TRAINED}
     tail = max(1, steps // 10)  # "训练结束时的梯度" = 最后 10% 步的平均，比单独一步稳
     for seed in exp.seeds:
-        tokenizer, get_batch = char_lm_batches(text, BLOCK, BATCH, seed=seed, device=exp.device)
+        tokenizer, _ = char_lm_batches(text, BLOCK, BATCH, seed=seed, device=exp.device)
         _, probe_batches = char_lm_batches(text, BLOCK, BATCH, seed=seed + 1000, device=exp.device)
         probe = probe_batches("val")  # 固定的一批，专门测初始化梯度，不打乱训练/验证的取批顺序
         vocab = tokenizer.vocab_size
@@ -95,12 +99,15 @@ def main():
             init[name]["grad"].append(grads)
             if name not in TRAINED:
                 continue
+            # 每个变体新建取批器：同一种子下两个变体读同一串训练 batch、同一批验证 batch，结果可以配对比较
+            _, get_batch = char_lm_batches(text, BLOCK, BATCH, seed=seed, device=exp.device)
             hist = train_model(model, get_batch, steps=steps, lr=LR, eval_batches=8, record_grad_norms=True,
                                device=exp.device, desc=f"{name} seed={seed}")
             if hist["diverged_at"] is not None:
                 raise SystemExit(f"{name}（seed={seed}）在第 {hist['diverged_at']} 步发散；请减小步数后重试")
             g0, g_last = hist["grad_norms"]["layers.0"], hist["grad_norms"][f"layers.{LAYERS - 1}"]
             runs[name]["val_loss"].append(hist["val_loss"][-1])
+            runs[name]["val_batches"].append(hist["final_val_batches"])
             runs[name]["grad_l0_end"].append(sum(g0[-tail:]) / tail)
             runs[name]["grad_last_end"].append(sum(g_last[-tail:]) / tail)
             runs[name]["curves"].append({"train_loss": hist["train_loss"], "val_steps": hist["val_steps"],
@@ -202,39 +209,60 @@ def main():
     exp.save_figure(fig, "exp1_with_vs_without.png")
 
     # ---- 结论（全部由上面的测量算出）----
+    # 训练结果的比较过噪声检验：多种子按种子配对；只有一个种子时，按同一批 8 个验证 batch（loss）
+    # 或同一串训练步（梯度）配对。初始化时的梯度对给定种子和探针 batch 是确定的：逐个种子检查，用 conclude。
+    n_seeds = len(exp.seeds)
+    gap_seeds = [b - a for a, b in zip(runs["residual"]["val_loss"], runs["no residual"]["val_loss"])]
+    gap_batches = [b - a for a, b in zip(runs["residual"]["val_batches"][0], runs["no residual"]["val_batches"][0])]
     gap = val["no residual"] - val["residual"]
-    exp.conclude("相同步数下，有残差的模型验证 loss 明显更低（差距 > 0.3）",
-                 gap > 0.3,
-                 f"residual {val['residual']:.3f} vs no residual {val['no residual']:.3f}，差 {gap:.3f}")
-    exp.conclude("没有残差的深层模型停在一元模型熵附近（±0.15）：只学到了字符频率，没学到上下文",
-                 abs(val["no residual"] - h_unigram) < 0.15,
-                 f"no residual 验证 loss {val['no residual']:.3f}，H(unigram) = {h_unigram:.3f}；"
-                 f"residual 已降到 {val['residual']:.3f}")
-    res_spread, nores_spread = init_spread["residual"], init_spread["no residual"]
-    exp.conclude("初始化时，有残差的各层梯度在同一量级（层间相差 < 5 倍）",
-                 res_spread < 5, f"residual 的 max/min = {res_spread:.3g}")
-    first_biggest = init_mean["no residual"][0] == max(init_mean["no residual"])
-    exp.conclude("初始化时，没残差（保留 RMSNorm）的梯度严重失衡：层间相差 > 10 倍，且越靠近输入越大（不是变小）",
-                 nores_spread > 10 and first_biggest,
-                 f"no residual 的 max/min = {nores_spread:.3g}；第 0 层 {init_mean['no residual'][0]:.3g}，"
-                 f"第 {LAYERS - 1} 层 {init_mean['no residual'][-1]:.3g}")
+    exp.conclude_verdict("相同步数下，有残差的模型验证 loss 明显更低（差距 > 0.3）",
+                         compare_runs(gap_seeds, [0.3] * n_seeds, "greater", gap_batches, [0.3] * len(gap_batches)),
+                         f"residual {val['residual']:.3f} vs no residual {val['no residual']:.3f}，差 {gap:.3f}")
+    nores_val, nores_batches = runs["no residual"]["val_loss"], runs["no residual"]["val_batches"][0]
+    stuck = (equivalent(nores_val, [h_unigram] * n_seeds, 0.15, unit="seeds") if n_seeds > 1
+             else equivalent(nores_batches, [h_unigram] * len(nores_batches), 0.15, unit="batches"))
+    exp.conclude_verdict("没有残差的深层模型停在一元模型熵附近（±0.15）：只学到了字符频率，没学到上下文", stuck,
+                         f"no residual 验证 loss {val['no residual']:.3f}，H(unigram) = {h_unigram:.3f}；"
+                         f"residual 已降到 {val['residual']:.3f}")
+    seed_spread = {name: [spread(g) for g in init[name]["grad"]] for name in TRAINED}  # 每个种子的 max/min
+    exp.conclude("初始化时，有残差的各层梯度在同一量级（每个种子层间都相差 < 5 倍）",
+                 max(seed_spread["residual"]) < 5,
+                 "residual 各种子的 max/min = " + "，".join(f"{v:.3g}" for v in seed_spread["residual"]))
+    first_biggest = [g[0] == max(g) for g in init["no residual"]["grad"]]
+    exp.conclude("初始化时，没残差（保留 RMSNorm）的梯度严重失衡：每个种子层间都相差 > 10 倍，且越靠近输入越大（不是变小）",
+                 min(seed_spread["no residual"]) > 10 and all(first_biggest),
+                 "no residual 各种子的 max/min = " + "，".join(f"{v:.3g}" for v in seed_spread["no residual"])
+                 + f"（第 0 层最大：{sum(first_biggest)}/{n_seeds} 个种子）；种子平均：第 0 层 "
+                 f"{init_mean['no residual'][0]:.3g}，第 {LAYERS - 1} 层 {init_mean['no residual'][-1]:.3g}")
     bare = init_mean["no residual, no norm"]
-    exp.conclude("连 RMSNorm 也去掉时，才是教科书式的梯度消失：第 0 层梯度 < 1e-6（初始化 std=0.02 的层层相乘）",
-                 bare[0] < 1e-6,
-                 f"no residual, no norm：第 0 层 {bare[0]:.3g}，第 {LAYERS - 1} 层 {bare[-1]:.3g}；"
+    bare_l0 = [g[0] for g in init["no residual, no norm"]["grad"]]
+    exp.conclude("连 RMSNorm 也去掉时，才是教科书式的梯度消失：每个种子第 0 层梯度都 < 1e-6（初始化 std=0.02 的层层相乘）",
+                 max(bare_l0) < 1e-6,
+                 f"no residual, no norm：第 0 层最大 {max(bare_l0):.3g}，第 {LAYERS - 1} 层（种子平均）{bare[-1]:.3g}；"
                  f"初始 loss {mean_std(init['no residual, no norm']['loss'])[0]:.3f}（ln V = {math.log(vocab):.3f}）")
+
+    def log10_ratio(a: float, b: float) -> float:
+        return math.log10(a / max(b, 1e-30))
+
     ratio = l0_end["residual"] / max(l0_end["no residual"], 1e-30)
-    exp.conclude("训练结束时，没残差模型第 0 层的梯度已经坍缩（比有残差的小 100 倍以上）",
-                 ratio > 100,
-                 f"最后 {tail} 步平均：residual {l0_end['residual']:.3g} vs no residual {l0_end['no residual']:.3g}"
-                 f"（{ratio:.3g} 倍）")
+    ratio_seeds = [log10_ratio(a, b) for a, b in zip(runs["residual"]["grad_l0_end"], runs["no residual"]["grad_l0_end"])]
+    g_res, g_nores = (runs[n]["curves"][0]["grad_l0"][-tail:] for n in TRAINED)  # 第一个种子最后 tail 步，逐步配对
+    ratio_steps = [log10_ratio(a, b) for a, b in zip(g_res, g_nores)]
+    exp.conclude_verdict("训练结束时，没残差模型第 0 层的梯度已经坍缩（比有残差的小 100 倍以上）",
+                         compare_runs(ratio_seeds, [2.0] * n_seeds, "greater", ratio_steps, [2.0] * len(ratio_steps)),
+                         f"最后 {tail} 步平均：residual {l0_end['residual']:.3g} vs no residual "
+                         f"{l0_end['no residual']:.3g}（{ratio:.3g} 倍；检验的是 log10 倍数 > 2）")
     nores_sweep = [sweep_mean["no residual"][d] for d in SWEEP_DEPTHS]
     res_sweep = [sweep_mean["residual"][d] for d in SWEEP_DEPTHS]
-    exp.conclude("是深度把无残差模型弄坏的：无残差的梯度失衡随层数单调变大，有残差的始终 < 5 倍",
-                 all(b > a for a, b in zip(nores_sweep, nores_sweep[1:])) and max(res_sweep) < 5,
-                 "spread（层数 " + "/".join(map(str, SWEEP_DEPTHS)) + "）：no residual "
+    monotone = [all(sweep["no residual"][b][i] > sweep["no residual"][a][i] for a, b in zip(SWEEP_DEPTHS, SWEEP_DEPTHS[1:]))
+                for i in range(n_seeds)]
+    res_max = max(v for by_seed in sweep["residual"].values() for v in by_seed)
+    exp.conclude("是深度把无残差模型弄坏的：每个种子里，无残差的梯度失衡都随层数单调变大，有残差的始终 < 5 倍",
+                 all(monotone) and res_max < 5,
+                 "spread 种子平均（层数 " + "/".join(map(str, SWEEP_DEPTHS)) + "）：no residual "
                  + " → ".join(f"{v:.3g}" for v in nores_sweep) + "；residual "
-                 + " → ".join(f"{v:.3g}" for v in res_sweep))
+                 + " → ".join(f"{v:.3g}" for v in res_sweep)
+                 + f"；单调的种子 {sum(monotone)}/{n_seeds}，residual 各种子最大 {res_max:.3g}")
     exp.finish()
 
 

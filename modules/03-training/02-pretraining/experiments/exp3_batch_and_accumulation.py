@@ -3,10 +3,12 @@
 A. 梯度累积 k × b 与一次算 k·b 的大 batch，梯度在数值上相同吗？
    真实的 MiniMindForCausalLM，同一批数据，比较参数梯度的最大绝对差：
      - 仓库的 BPE 分词器 + dataset/lm_dataset.py::PretrainDataset（句子长短不一，padding 位置 labels=-100）：
-         · 均值的均值：每个 micro-batch 的 loss / k（MiniMind 原版的做法；本仓库的 trainer 已改为按 token 加权）；
-         · 按 token 数加权：每个 micro-batch 的 loss × (本 micro-batch 计 loss 的 token 数 / 全部计 loss 的 token 数)；
+         · 均值的均值：每个 micro-batch 的 loss / k（MiniMind 原版的做法）；
+         · 按 token 数加权：每个 micro-batch 的 loss × (本 micro-batch 计 loss 的 token 数 / 全部计 loss 的 token 数)
+           （本仓库 trainer/trainer_utils.py::accumulate_gradients 的做法）；
      - 字符级 TinyShakespeare（没有 padding，每个 micro-batch 的 token 数相同）：均值的均值。
 B. 相同 token 预算下，不同 batch 大小的 loss 曲线：LR 按 √(batch / 基准 batch) 缩放（Adam 的平方根规则）。
+   每个 batch 大小的 warmup+余弦按它自己的总步数排：比较"相同步数"时，LR 调度与 batch 大小混在一起。
 """
 import math
 import sys
@@ -24,8 +26,9 @@ from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E4
 from model.tokenization import load_tokenizer  # noqa: E402
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
+from modules.common.noise import compare_runs  # noqa: E402
 from modules.common.text_data import char_lm_batches  # noqa: E402
-from modules.common.training import train_model  # noqa: E402
+from modules.common.training import evaluate_batches, train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 
 HIDDEN, LAYERS, HEADS, KV_HEADS, BLOCK = 48, 2, 4, 2, 64
@@ -34,6 +37,7 @@ ACCUM_MICRO, ACCUM_STEPS = 4, 4  # k = 4 个 micro-batch，每个 b = 4 条 → 
 BASE_BATCH, BASE_LR = 16, 4e-3  # LR 在 batch 16 上选定，其余 batch 按 √ 缩放
 BATCH_SIZES = [4, 16, 64]
 VAL_BATCH, VAL_BATCHES = 32, 4
+FINAL_VAL_BATCHES = 8  # 训练结束后在同一组固定验证批上评估：各 batch 大小按批配对（单种子时的评估噪声）
 
 
 def add_args(parser):
@@ -107,7 +111,10 @@ def accumulation_check(seed: int, text: str) -> dict:
 
 
 def batch_size_run(seed: int, text: str, batch: int, tokens: int, device) -> dict:
-    """B 部分：batch 大小 batch、LR = BASE_LR·√(batch/BASE_BATCH)，训练 tokens 个 token。验证批固定为 VAL_BATCH 条。"""
+    """B 部分：batch 大小 batch、LR = BASE_LR·√(batch/BASE_BATCH)，训练 tokens 个 token。验证批固定为 VAL_BATCH 条。
+
+    warmup+余弦按本次运行自己的总步数排（train_model 的默认），所以"第 s 步"在不同 batch 下处在调度的不同位置。
+    最终验证 loss 在 FINAL_VAL_BATCHES 个固定验证批上算（与 batch 大小、训练中评估了几次都无关），逐批值用于配对。"""
     Experiment.seed_everything(seed)
     tokenizer, train_batches = char_lm_batches(text, BLOCK, batch, seed=seed, device=device)
     _, val_batches = char_lm_batches(text, BLOCK, VAL_BATCH, seed=seed, device=device)
@@ -117,13 +124,18 @@ def batch_size_run(seed: int, text: str, batch: int, tokens: int, device) -> dic
 
     steps = tokens // (batch * BLOCK)
     lr = BASE_LR * math.sqrt(batch / BASE_BATCH)
-    hist = train_model(build_model(tokenizer.vocab_size), get_batch, steps=steps, lr=lr, eval_every=max(1, steps // 8),
+    model = build_model(tokenizer.vocab_size)
+    hist = train_model(model, get_batch, steps=steps, lr=lr, eval_every=max(1, steps // 8),
                        eval_batches=VAL_BATCHES, device=device, desc=f"batch={batch} seed={seed}")
     if hist["diverged_at"] is not None:
         raise SystemExit(f"batch={batch}（seed={seed}）在第 {hist['diverged_at']} 步发散；请减小 BASE_LR")
+    _, fixed_val = char_lm_batches(text, BLOCK, VAL_BATCH, seed=10_000 + seed, device=device)  # 每次新建：批相同
+    final_batches = evaluate_batches(model, fixed_val, FINAL_VAL_BATCHES, device)
     return {"batch": batch, "lr": lr, "steps": steps, "tokens_per_step": batch * BLOCK,
-            "val_steps": hist["val_steps"], "val_loss": hist["val_loss"], "final_val_loss": hist["val_loss"][-1],
-            "train_loss": hist["train_loss"], "tokens_per_s": hist["tokens_per_s"], "wall_s": hist["wall_s"]}
+            "val_steps": hist["val_steps"], "val_loss": hist["val_loss"],
+            "final_val_loss": sum(final_batches) / len(final_batches), "final_val_batches": final_batches,
+            "train_loss": hist["train_loss"], "lr_per_step": hist["lr"], "tokens_per_s": hist["tokens_per_s"],
+            "wall_s": hist["wall_s"]}
 
 
 def main():
@@ -137,8 +149,8 @@ def main():
 
     # ---- A：梯度累积（每个种子一份不同的数据和初始化）----
     checks = [accumulation_check(seed, text) for seed in exp.seeds]
-    cases = {"BPE + padding, mean of means (trainer/)": [c["bpe_padded"]["mean of means"] for c in checks],
-             "BPE + padding, token-weighted": [c["bpe_padded"]["token-weighted"] for c in checks],
+    cases = {"BPE + padding, mean of means (upstream MiniMind)": [c["bpe_padded"]["mean of means"] for c in checks],
+             "BPE + padding, token-weighted (as trainer/ does)": [c["bpe_padded"]["token-weighted"] for c in checks],
              "char, no padding, mean of means": [c["char_no_padding_mean_of_means"] for c in checks]}
     exp.print_table(["accumulation (k=4 x b=4 vs batch 16)", "max |grad diff|", "relative L2 diff"],
                     [[name, f"{max(d['max_abs_diff'] for d in ds):.2e}", f"{max(d['rel_l2_diff'] for d in ds):.2e}"]
@@ -186,7 +198,8 @@ def main():
                 color=["C3", "C2", "C0"])
     axes[0].axhline(1e-5, color="gray", ls="--", label="1e-5")
     axes[0].set_yscale("log")
-    axes[0].set_xticks(range(len(names)), ["BPE+pad\nmean of means", "BPE+pad\ntoken-weighted", "char\nmean of means"])
+    axes[0].set_xticks(range(len(names)), ["BPE+pad\nmean of means\n(upstream)", "BPE+pad\ntoken-weighted\n(trainer/)",
+                                              "char\nmean of means"])
     axes[0].set_ylabel("max |grad(accum) - grad(big batch)|")
     axes[0].set_title("Gradient accumulation k=4 x b=4 vs batch 16")
     axes[0].legend(fontsize=8)
@@ -221,13 +234,24 @@ def main():
     exp.conclude("没有 padding、每个 micro-batch token 数相同时，\"均值的均值\"就是精确的（< 1e-5）",
                  diff[names[2]] < 1e-5, f"字符级数据上最大绝对差 {diff[names[2]]:.2e}")
     fm = {b: mean_std(v)[0] for b, v in final.items()}
-    exp.conclude("相同 token 预算下，batch 越小（更新步数越多）最终验证 loss 越低",
-                 all(fm[a] < fm[b] for a, b in zip(BATCH_SIZES, BATCH_SIZES[1:])),
-                 "，".join(f"batch {b}: {fm[b]:.4f}（{runs[b][0]['steps']} 步）" for b in BATCH_SIZES))
+    # "batch 越小越低"是单调的顺序：每一对相邻的 batch 大小单独检验（多种子按种子配对，单种子按同一组固定验证批配对）
+    for small, big in zip(BATCH_SIZES, BATCH_SIZES[1:]):
+        exp.conclude_verdict(f"相同 token 预算下，batch {small}（{runs[small][0]['steps']} 步）的最终验证 loss 低于 "
+                             f"batch {big}（{runs[big][0]['steps']} 步）",
+                             compare_runs(final[small], final[big], "less", runs[small][0]["final_val_batches"],
+                                          runs[big][0]["final_val_batches"]),
+                             f"batch {small}: {fm[small]:.4f}，batch {big}: {fm[big]:.4f}")
     st = {b: mean_std(v)[0] for b, v in at_steps.items()}
-    exp.conclude(f"相同步数（第 {s_max} 步）下，batch 越大训练 loss 越低",
-                 all(st[a] > st[b] for a, b in zip(BATCH_SIZES, BATCH_SIZES[1:])),
-                 "，".join(f"batch {b}: {st[b]:.4f}" for b in BATCH_SIZES))
+    # 训练 loss 取自各自的训练批（不同 batch 大小读的数据不同，无法按批配对）：只有种子间噪声，单种子时未确立。
+    # 而且不是纯粹的 batch 效应：峰值 LR 按 √batch 缩放，warmup+余弦按各自的总步数排——
+    # 第 s_max 步时最大的 batch 已经退火完，小 batch 还在 warmup 附近
+    lr_now = {b: runs[b][0]["lr_per_step"][s_max - 1] for b in BATCH_SIZES}  # 第 s_max 步（从 1 起）用的 LR
+    for small, big in zip(BATCH_SIZES, BATCH_SIZES[1:]):
+        exp.conclude_verdict(f"相同步数（第 {s_max} 步）下，batch {big} 的训练 loss 低于 batch {small}"
+                             f"（与 LR 调度混在一起：各自的 warmup+余弦按自己的总步数排）",
+                             compare_runs(at_steps[big], at_steps[small], "less"),
+                             f"batch {small}: {st[small]:.4f}（此刻 LR {lr_now[small]:.1e}），"
+                             f"batch {big}: {st[big]:.4f}（此刻 LR {lr_now[big]:.1e}）")
     exp.finish()
 
 

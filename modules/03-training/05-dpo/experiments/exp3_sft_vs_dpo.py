@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 
 import dpo_lab as lab  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
+from modules.common.noise import compare_runs  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 
 METHODS = ("sft_chosen", "dpo")
@@ -50,6 +51,9 @@ def main():
     # shifts[method][split][answer] = 每个种子的 (训练后 − 训练前) 平均序列对数概率
     shifts = {m: {s: {"chosen": [], "rejected": [], "gap": []} for s in splits} for m in METHODS}
     before = {s: {"chosen": [], "rejected": []} for s in splits}
+    # 第一个种子的逐对变化 pair_shifts[method][split][answer]（每个偏好对一项）：quick 模式只有一个种子时，
+    # 各方法在同一组偏好对上按对配对，它们的离散程度就是噪声检验的评估噪声（modules/common/noise.py）
+    pair_shifts = {m: {s: {} for s in splits} for m in METHODS}
     for seed in exp.seeds:
         Experiment.seed_everything(seed)
         ref, _ = lab.train_reference(tokenizer, sft_data, seed, ref_steps, exp.device)
@@ -61,11 +65,11 @@ def main():
             before[split]["rejected"].append(ref_lp["rejected"].mean().item())
             for method, model in models.items():
                 lp = lab.pair_logprobs(model, dpo_data, idx, exp.device)
-                d_chosen = (lp["chosen"] - ref_lp["chosen"]).mean().item()
-                d_rejected = (lp["rejected"] - ref_lp["rejected"]).mean().item()
-                shifts[method][split]["chosen"].append(d_chosen)
-                shifts[method][split]["rejected"].append(d_rejected)
-                shifts[method][split]["gap"].append(d_chosen - d_rejected)
+                per_pair = {"chosen": lp["chosen"] - ref_lp["chosen"], "rejected": lp["rejected"] - ref_lp["rejected"]}
+                per_pair["gap"] = per_pair["chosen"] - per_pair["rejected"]  # (N,)
+                for key, values in per_pair.items():
+                    shifts[method][split][key].append(values.mean().item())
+                    pair_shifts[method][split].setdefault(key, values.tolist())
 
     rows = []
     for split in splits:
@@ -81,21 +85,36 @@ def main():
     def mean(method, split, key):
         return mean_std(shifts[method][split][key])[0]
 
+    def verdict(a: str, b: str | None, split: str, key: str, direction: str):
+        """方法 a 的变化比方法 b（b=None 时比 0）更低/更高：多种子按种子配对；单种子按同一组偏好对逐对配对。"""
+        a_seeds, a_pairs = shifts[a][split][key], pair_shifts[a][split][key]
+        if b is None:
+            return compare_runs(a_seeds, [0.0] * len(a_seeds), direction, a_pairs, [0.0] * len(a_pairs))
+        return compare_runs(a_seeds, shifts[b][split][key], direction, a_pairs, pair_shifts[b][split][key])
+
     for split in ("heldout", "train"):
         sft_r, dpo_r = mean("sft_chosen", split, "rejected"), mean("dpo", split, "rejected")
-        exp.conclude(f"[{split}] DPO 把 rejected 的对数概率压得比 SFT(chosen) 更低",
-                     bool(dpo_r < sft_r), f"Δlog p(rejected): SFT(chosen) {sft_r:+.2f}, DPO {dpo_r:+.2f}")
+        exp.conclude_verdict(f"[{split}] DPO 把 rejected 的对数概率压得比 SFT(chosen) 更低",
+                             verdict("dpo", "sft_chosen", split, "rejected", "less"),
+                             f"Δlog p(rejected): SFT(chosen) {sft_r:+.2f}, DPO {dpo_r:+.2f}")
     sft_c, sft_r = mean("sft_chosen", "heldout", "chosen"), mean("sft_chosen", "heldout", "rejected")
-    exp.conclude("[heldout] SFT(chosen) 抬高了 chosen 的对数概率",
-                 bool(sft_c > 0), f"Δlog p(chosen) = {sft_c:+.2f}")
-    exp.conclude("[heldout] SFT(chosen) 也把 rejected 一起抬高了（好坏回答共享大部分 token 和句式）",
-                 bool(sft_r > 0), f"Δlog p(rejected) = {sft_r:+.2f}")
+    exp.conclude_verdict("[heldout] SFT(chosen) 抬高了 chosen 的对数概率",
+                         verdict("sft_chosen", None, "heldout", "chosen", "greater"), f"Δlog p(chosen) = {sft_c:+.2f}")
+    exp.conclude_verdict("[heldout] SFT(chosen) 也把 rejected 一起抬高了（好坏回答共享大部分 token 和句式）",
+                         verdict("sft_chosen", None, "heldout", "rejected", "greater"),
+                         f"Δlog p(rejected) = {sft_r:+.2f}")
     sft_gap, dpo_gap = mean("sft_chosen", "heldout", "gap"), mean("dpo", "heldout", "gap")
-    exp.conclude("[heldout] DPO 拉开 chosen 与 rejected 的差距比 SFT(chosen) 更多",
-                 bool(dpo_gap > sft_gap), f"Δgap: SFT(chosen) {sft_gap:+.2f}, DPO {dpo_gap:+.2f}")
-    dpo_c = mean("dpo", "heldout", "chosen")
-    exp.conclude("[heldout] DPO 抬高了 chosen 的对数概率",
-                 bool(dpo_c > 0), f"Δlog p(chosen) = {dpo_c:+.2f}（DPO 只约束差值，不保证 chosen 本身上升）")
+    exp.conclude_verdict("[heldout] DPO 拉开 chosen 与 rejected 的差距比 SFT(chosen) 更多",
+                         verdict("dpo", "sft_chosen", "heldout", "gap", "greater"),
+                         f"Δgap: SFT(chosen) {sft_gap:+.2f}, DPO {dpo_gap:+.2f}")
+    # DPO 只约束差值：文献的发现（Pal et al. 2024 "Smaug/DPOP"；Razin et al. 2024）是差距变大的同时，
+    # chosen 自己的似然也可能下降——这里把"差距变大"与"chosen 下降"分别当作测得的结论检验
+    exp.conclude_verdict("[heldout] DPO 拉大了 chosen 与 rejected 的对数概率差（margin 变大）",
+                         verdict("dpo", None, "heldout", "gap", "greater"), f"Δgap = {dpo_gap:+.2f}")
+    for split in ("heldout", "train"):
+        dpo_c = mean("dpo", split, "chosen")
+        exp.conclude_verdict(f"[{split}] 与此同时，DPO 让 chosen 自己的对数概率下降了",
+                             verdict("dpo", None, split, "chosen", "less"), f"Δlog p(chosen) = {dpo_c:+.2f}")
 
     set_style()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
@@ -119,7 +138,7 @@ def main():
     exp.save_metrics({"config": {"ref_steps": ref_steps, "steps": steps, "beta": beta, "lr": lab.DPO_LR,
                                  "batch": lab.DPO_BATCH, "n_train_pairs": len(train_idx),
                                  "n_heldout_pairs": len(heldout_idx)},
-                      "reference_logp": before, "shifts": shifts})
+                      "reference_logp": before, "shifts": shifts, "pair_shifts_first_seed": pair_shifts})
     exp.finish()
 
 

@@ -107,16 +107,19 @@ def eval_batches(text: str, n: int, seed: int, device=None) -> list:
 
 @torch.no_grad()
 def evaluate(student, teacher, batches) -> dict:
-    """在固定验证批上：学生/老师的真实标签交叉熵，以及学生 argmax 与老师 argmax 相同的位置占比（agreement）。"""
+    """在固定验证批上：学生/老师的真实标签交叉熵，以及学生 argmax 与老师 argmax 相同的位置占比（agreement）。
+
+    另给出逐批的值（*_batches）：各学生读的是同一组批，可以按批配对——只有一个种子时，
+    它们的离散程度就是噪声检验（modules/common/noise.py，unit="batches"）用的评估噪声。"""
     student.eval()
-    s_loss = t_loss = 0.0
-    same = total = 0
+    s_losses, t_losses, agreements = [], [], []
     for input_ids, labels in batches:
         s_out, t_out = student(input_ids, labels=labels), teacher(input_ids, labels=labels)
-        s_loss += s_out.loss.item()
-        t_loss += t_out.loss.item()
+        s_losses.append(s_out.loss.item())
+        t_losses.append(t_out.loss.item())
         s_pred, t_pred = s_out.logits[:, :-1].argmax(-1), t_out.logits[:, :-1].argmax(-1)  # (B, T-1)：预测下一个 token
-        same += (s_pred == t_pred).sum().item()
-        total += s_pred.numel()
-    return {"student_val_loss": s_loss / len(batches), "teacher_val_loss": t_loss / len(batches),
-            "agreement": same / total}
+        agreements.append((s_pred == t_pred).float().mean().item())  # 每批的位置数相同，批均值的均值 = 总体占比
+    n = len(batches)
+    return {"student_val_loss": sum(s_losses) / n, "teacher_val_loss": sum(t_losses) / n,
+            "agreement": sum(agreements) / n, "student_val_batches": s_losses, "teacher_val_batches": t_losses,
+            "agreement_batches": agreements}

@@ -21,6 +21,7 @@ from distill_lab import (  # noqa: E402
 )
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
+from modules.common.noise import compare_runs  # noqa: E402
 from modules.common.text_data import char_lm_batches  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 
@@ -100,17 +101,23 @@ def main():
             ylim=(min(means) - 0.05, max(means) + 0.03))
     exp.save_figure(fig, "exp1_soft_vs_hard.png")
 
+    def verdict(a: str, b: str, key: str, direction: str):
+        """学生 a 的 key 比学生 b 更低（less）/更高（greater）：多种子按种子配对；单种子按同一组验证批配对。"""
+        per_batch = {"student_val_loss": "student_val_batches", "agreement": "agreement_batches"}[key]
+        return compare_runs([r[key] for r in runs[a]], [r[key] for r in runs[b]], direction,
+                            runs[a][0][per_batch], runs[b][0][per_batch])
+
     hard, soft, mix = (summary[n] for n in ("hard", "soft", "mix"))
-    exp.conclude("软标签学生（α=1, T=1）与老师的一致率高于硬标签学生（α=0）",
-                 holds=bool(soft["agreement"][0] > hard["agreement"][0]),
-                 evidence=f"agreement soft {soft['agreement'][0]:.4f} vs hard {hard['agreement'][0]:.4f}")
-    exp.conclude("软标签学生在真实标签上的验证 loss 也低于硬标签学生",
-                 holds=bool(soft["student_val_loss"][0] < hard["student_val_loss"][0]),
-                 evidence=f"val loss soft {soft['student_val_loss'][0]:.4f} vs hard {hard['student_val_loss'][0]:.4f}"
-                          f"（老师 {mean_std(teacher_losses)[0]:.4f}）")
-    exp.conclude("各半混合（α=0.5, T=2）的验证 loss 低于硬标签学生",
-                 holds=bool(mix["student_val_loss"][0] < hard["student_val_loss"][0]),
-                 evidence=f"val loss mix {mix['student_val_loss'][0]:.4f} vs hard {hard['student_val_loss'][0]:.4f}")
+    exp.conclude_verdict("软标签学生（α=1, T=1）与老师的一致率高于硬标签学生（α=0）",
+                         verdict("soft", "hard", "agreement", "greater"),
+                         f"agreement soft {soft['agreement'][0]:.4f} vs hard {hard['agreement'][0]:.4f}")
+    exp.conclude_verdict("软标签学生在真实标签上的验证 loss 也低于硬标签学生",
+                         verdict("soft", "hard", "student_val_loss", "less"),
+                         f"val loss soft {soft['student_val_loss'][0]:.4f} vs hard {hard['student_val_loss'][0]:.4f}"
+                         f"（老师 {mean_std(teacher_losses)[0]:.4f}）")
+    exp.conclude_verdict("各半混合（α=0.5, T=2）的验证 loss 低于硬标签学生",
+                         verdict("mix", "hard", "student_val_loss", "less"),
+                         f"val loss mix {mix['student_val_loss'][0]:.4f} vs hard {hard['student_val_loss'][0]:.4f}")
     exp.finish()
 
 

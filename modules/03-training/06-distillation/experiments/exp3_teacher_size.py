@@ -18,6 +18,7 @@ from distill_lab import (  # noqa: E402
 )
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
+from modules.common.noise import compare_runs  # noqa: E402
 from modules.common.text_data import char_lm_batches  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 
@@ -107,16 +108,31 @@ def main():
     ax2.set(title="Student top-1 agreement with its teacher", ylabel="fraction of positions")
     exp.save_figure(fig, "exp3_teacher_size.png")
 
-    exp.conclude("老师越大，验证 loss 越低（small > medium > large）",
-                 holds=bool(teacher_loss[0] > teacher_loss[1] > teacher_loss[2]),
-                 evidence="teacher val loss " + ", ".join(f"{n} {v:.4f}" for n, v in zip(names, teacher_loss)))
-    exp.conclude("最大的老师教出的学生也最好",
-                 holds=bool(best_teacher_for_student == names[-1]),
-                 evidence="student val loss " + ", ".join(f"{n} {v:.4f}" for n, v in zip(names, student_loss))
-                          + f"；最好的是跟 {best_teacher_for_student} 学的")
-    exp.conclude("学生与老师的一致率随老师变大而下降（老师越强越难模仿）",
-                 holds=bool(summary[names[0]]["agreement"][0] > summary[names[-1]]["agreement"][0]),
-                 evidence="agreement " + ", ".join(f"{n} {summary[n]['agreement'][0]:.4f}" for n in names))
+    def verdict(a: str, b: str, key: str, direction: str):
+        """a 组的 key 比 b 组更低（less）/更高（greater）：多种子按种子配对；单种子按同一组验证批配对。"""
+        per_batch = {"teacher_val_loss": "teacher_val_batches", "student_val_loss": "student_val_batches",
+                     "agreement": "agreement_batches"}[key]
+        return compare_runs([r[key] for r in runs[a]], [r[key] for r in runs[b]], direction,
+                            runs[a][0][per_batch], runs[b][0][per_batch])
+
+    def means(key: str, pair) -> str:
+        return " vs ".join(f"{n} {summary[n][key][0]:.4f}" for n in pair)
+
+    # 单调的顺序（small > medium > large）要求每一步相邻的比较都超出噪声，所以每一步单独下结论
+    for bigger, smaller in zip(names[1:], names):
+        exp.conclude_verdict(f"老师 {bigger} 的验证 loss 低于老师 {smaller}（老师越大越好的一步）",
+                             verdict(bigger, smaller, "teacher_val_loss", "less"),
+                             "teacher val loss " + means("teacher_val_loss", (bigger, smaller)))
+    # "最大的老师教出的学生最好"：跟 large 学的学生要比跟其余每个老师学的都好
+    for other in names[:-1]:
+        exp.conclude_verdict(f"跟 {names[-1]} 老师学的学生，验证 loss 低于跟 {other} 老师学的",
+                             verdict(names[-1], other, "student_val_loss", "less"),
+                             "student val loss " + means("student_val_loss", (names[-1], other))
+                             + f"（三者均值最低的是跟 {best_teacher_for_student} 学的）")
+    for bigger, smaller in zip(names[1:], names):
+        exp.conclude_verdict(f"学生与老师 {bigger} 的一致率低于与老师 {smaller}（老师越强越难模仿的一步）",
+                             verdict(bigger, smaller, "agreement", "less"),
+                             "agreement " + means("agreement", (bigger, smaller)))
     exp.finish()
 
 

@@ -6,6 +6,7 @@ q·k/√d（softmax 之前、因果 mask 内）的最大绝对值，同时记录
 预期（Dehghani et al. 2023；Wortsman et al. 2023）：没有 QK-norm 时 logit 随训练增大，大学习率下会尖峰/发散；
 有 QK-norm 时 logit 被 RMSNorm 的 weight 管住，大学习率也能训。
 """
+import math
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,11 +22,13 @@ from model.model_minimind import apply_rotary_pos_emb, repeat_kv  # noqa: E402
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.lab_model import LabConfig, LabModel  # noqa: E402
+from modules.common.noise import compare_runs  # noqa: E402
 from modules.common.text_data import char_lm_batches  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 
 VARIANTS = {"no qk_norm (minimind2)": False, "qk_norm (minimind3)": True}
+EVAL_BATCHES = 4  # 最后一次验证用几个 batch（train_model 的默认值）
 
 
 def add_args(parser):
@@ -108,7 +111,7 @@ def main():
                 model = LabModel(LabConfig(vocab_size=tokenizer.vocab_size, qk_norm=qk_norm, **size)).to(exp.device)
                 with track_max_logit(model) as trace:
                     hist = train_model(model, get_batch, steps=steps, lr=lr, warmup_steps=warmup,
-                                       eval_every=steps, device=exp.device, desc=f"{variant} lr={lr:g} seed={seed}")
+                                       eval_every=steps, eval_batches=EVAL_BATCHES, device=exp.device, desc=f"{variant} lr={lr:g} seed={seed}")
                 spikes, worst = count_spikes(hist["train_loss"], exp.args.spike_threshold, skip=warmup)
                 diverged = hist["diverged_at"] is not None
                 runs.setdefault((variant, lr), []).append({
@@ -117,6 +120,8 @@ def main():
                     "final_max_logit": max(trace[-10:]) if trace else float("nan"),
                     "peak_max_logit": max(trace) if trace else float("nan"),
                     "val_loss": hist["val_loss"][-1] if (hist["val_loss"] and not diverged) else float("nan"),
+                    # 最后一次验证的逐 batch loss：同一种子下各配置读的是同一批验证数据，quick 模式按 batch 配对
+                    "val_batches": hist["final_val_batches"] if not diverged else [float("nan")] * EVAL_BATCHES,
                     "spikes": spikes, "max_rise": worst, "diverged_at": hist["diverged_at"]})
 
     def agg(variant, lr, key):
@@ -172,34 +177,59 @@ def main():
                                                            "val_loss")}
                                   for lr in lrs for variant in VARIANTS}})
 
-    # ---- 结论（全部由上面的测量算出）----
+    # ---- 结论（全部由上面的测量算出；比较都过噪声检验 modules/common/noise.py）----
     off, on = VARIANTS
     lo, hi = lrs[0], lrs[-1]
 
     def m(variant, lr, key):
         return mean_std(agg(variant, lr, key))[0]
 
-    exp.conclude(f"最大学习率 {hi:g} 下，无 QK-norm 的最大注意力 logit 高于有 QK-norm",
-                 m(off, hi, "final_max_logit") > m(on, hi, "final_max_logit"),
-                 f"训练末 10 步最大 logit：无 {m(off, hi, 'final_max_logit'):.2f} vs 有 {m(on, hi, 'final_max_logit'):.2f}")
-    exp.conclude(f"无 QK-norm 时学习率越大 logit 越大（{lo:g} → {hi:g}）",
-                 m(off, hi, "final_max_logit") > m(off, lo, "final_max_logit"),
-                 f"{m(off, lo, 'final_max_logit'):.2f} → {m(off, hi, 'final_max_logit'):.2f}；"
-                 f"有 QK-norm：{m(on, lo, 'final_max_logit'):.2f} → {m(on, hi, 'final_max_logit'):.2f}")
+    def log_logit_verdict(a, b):
+        """a=(variant, lr) 的末段最大 logit 大于 b 的：比 log(logit)（效应是倍数）。多种子按种子配对（末 10 步的最大值）；
+        单种子按训练步配对——两个配置在同一种子下读同一串训练 batch，末 10 步逐步的 log(logit) 作为批次噪声。"""
+        seeds_a, seeds_b = [math.log(v) for v in agg(*a, "final_max_logit")], [math.log(v) for v in agg(*b, "final_max_logit")]
+        steps_a = [math.log(v) for v in runs[a][0]["max_logit_trace"][-10:]]
+        steps_b = [math.log(v) for v in runs[b][0]["max_logit_trace"][-10:]]
+        n = min(len(steps_a), len(steps_b))
+        return compare_runs(seeds_a, seeds_b, "greater", steps_a[-n:], steps_b[-n:])
+
+    exp.conclude_verdict(f"最大学习率 {hi:g} 下，无 QK-norm 的最大注意力 logit 高于有 QK-norm",
+                         log_logit_verdict((off, hi), (on, hi)),
+                         f"训练末 10 步最大 logit：无 {m(off, hi, 'final_max_logit'):.2f} vs 有 "
+                         f"{m(on, hi, 'final_max_logit'):.2f}（检验的是 log logit）")
+    exp.conclude_verdict(f"无 QK-norm 时学习率越大 logit 越大（{lo:g} → {hi:g}）",
+                         log_logit_verdict((off, hi), (off, lo)),
+                         f"{m(off, lo, 'final_max_logit'):.2f} → {m(off, hi, 'final_max_logit'):.2f}；"
+                         f"有 QK-norm：{m(on, lo, 'final_max_logit'):.2f} → {m(on, hi, 'final_max_logit'):.2f}（检验的是 log logit）")
     n_div = {v: sum(r["diverged_at"] is not None for r in runs[(v, hi)]) for v in VARIANTS}
     exp.conclude(f"最大学习率 {hi:g} 下，无 QK-norm 出现了发散（loss 变成 NaN/inf）",
                  n_div[off] > 0, f"发散的种子数：无 {n_div[off]}/{len(exp.seeds)}，有 {n_div[on]}/{len(exp.seeds)}")
-    exp.conclude(f"最大学习率 {hi:g} 下，无 QK-norm 的 loss 尖峰（回升）比有 QK-norm 更大",
-                 m(off, hi, "max_rise") > m(on, hi, "max_rise"),
-                 f"最大回升 {m(off, hi, 'max_rise'):.2f} vs {m(on, hi, 'max_rise'):.2f} nats；尖峰步数 "
-                 f"{m(off, hi, 'spikes'):.1f} vs {m(on, hi, 'spikes'):.1f}")
-    exp.conclude(f"最大学习率 {hi:g} 下，有 QK-norm 的验证 loss 更低",
-                 bool(m(on, hi, "val_loss") < m(off, hi, "val_loss")) or (n_div[off] > 0 and n_div[on] == 0),
-                 f"{m(on, hi, 'val_loss'):.4f} vs {m(off, hi, 'val_loss'):.4f}（NaN = 有种子发散）")
-    best = {v: min(lrs, key=lambda lr: m(v, lr, "val_loss") if m(v, lr, "val_loss") == m(v, lr, "val_loss")
-                   else float("inf")) for v in VARIANTS}
-    exp.conclude("有 QK-norm 时，最优学习率不小于无 QK-norm（能用更大的学习率）",
-                 best[on] >= best[off], f"最优学习率：无 {best[off]:g}，有 {best[on]:g}")
+    # 最大回升是整条训练曲线上的一个数，没有批次噪声可用：单种子时只能判"未确立"
+    exp.conclude_verdict(f"最大学习率 {hi:g} 下，无 QK-norm 的 loss 尖峰（回升）比有 QK-norm 更大",
+                         compare_runs(agg(off, hi, "max_rise"), agg(on, hi, "max_rise"), "greater"),
+                         f"最大回升 {m(off, hi, 'max_rise'):.2f} vs {m(on, hi, 'max_rise'):.2f} nats；尖峰步数 "
+                         f"{m(off, hi, 'spikes'):.1f} vs {m(on, hi, 'spikes'):.1f}")
+    first = {key: runs[key][0]["val_batches"] for key in runs}  # 第一个种子的逐 batch 验证 loss
+    exp.conclude_verdict(f"最大学习率 {hi:g} 下，有 QK-norm 的验证 loss 更低",
+                         compare_runs(agg(on, hi, "val_loss"), agg(off, hi, "val_loss"), "less",
+                                      first[(on, hi)], first[(off, hi)]),
+                         f"{m(on, hi, 'val_loss'):.4f} vs {m(off, hi, 'val_loss'):.4f}（NaN = 有种子发散，发散的运行无法配对）")
+
+    # 学习率敏感度（Wortsman et al. 2023 的看法）：lr 从 lo 升到 hi，验证 loss 升了多少；有 QK-norm 的升幅应更小。
+    # 只有三个学习率时"最优学习率"常常落在同一个格点上，比较最优格点检验不出什么，所以比较升幅（按种子 / batch 配对）。
+    def rise(values_hi, values_lo):
+        return [h - l for h, l in zip(values_hi, values_lo)]
+
+    best = {v: min(lrs, key=lambda lr: m(v, lr, "val_loss") if math.isfinite(m(v, lr, "val_loss")) else math.inf)
+            for v in VARIANTS}
+    exp.conclude_verdict(f"有 QK-norm 时验证 loss 对学习率更不敏感：lr 从 {lo:g} 升到 {hi:g}，loss 的升幅比无 QK-norm 小",
+                         compare_runs(rise(agg(on, hi, "val_loss"), agg(on, lo, "val_loss")),
+                                      rise(agg(off, hi, "val_loss"), agg(off, lo, "val_loss")), "less",
+                                      rise(first[(on, hi)], first[(on, lo)]),
+                                      rise(first[(off, hi)], first[(off, lo)])),
+                         f"升幅：有 {m(on, hi, 'val_loss') - m(on, lo, 'val_loss'):+.4f}，"
+                         f"无 {m(off, hi, 'val_loss') - m(off, lo, 'val_loss'):+.4f}；"
+                         f"均值最优的学习率：无 {best[off]:g}，有 {best[on]:g}")
     exp.finish()
 
 
