@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from modules.common.noise import FAILS, HOLDS, NOT_ESTABLISHED, compare, compare_runs, equivalent, exceeds
+from modules.common.noise import FAILS, HOLDS, NOT_ESTABLISHED, compare, compare_runs, equivalent, equivalent_runs, exceeds
 
 
 def test_consistent_effect_beyond_noise_holds():
@@ -118,3 +118,12 @@ def test_compare_runs_uses_seeds_when_there_are_several_and_batches_for_one_seed
     one = compare_runs([1.0], [1.5], "less", a_batches=[1.0, 1.1, 0.9, 1.0], b_batches=[1.2, 1.3, 1.1, 1.25])
     assert one.unit == "batches" and one.status == HOLDS
     assert compare_runs([1.0], [1.5], "less").status == NOT_ESTABLISHED  # 一个种子、没有批次值：无从估计噪声
+
+
+def test_equivalent_runs_uses_seeds_when_there_are_several_and_batches_for_one_seed():
+    many = equivalent_runs([1.00, 1.01, 0.99], [1.00, 1.00, 1.00], 0.05, a_batches=[5.0] * 4, b_batches=[0.0] * 4)
+    assert many.unit == "seeds" and many.status == HOLDS
+    one = equivalent_runs([1.0], [9.0], 0.05, a_batches=[1.00, 1.01, 0.99, 1.00], b_batches=[1.00, 1.00, 1.01, 0.99])
+    assert one.unit == "batches" and one.status == HOLDS
+    far = equivalent_runs([1.0], [9.0], 0.05, a_batches=[2.0, 2.1, 1.9, 2.0], b_batches=[1.0, 1.0, 1.0, 1.0])
+    assert far.status == FAILS

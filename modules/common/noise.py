@@ -175,3 +175,10 @@ def compare_runs(a_seeds, b_seeds, direction: str, a_batches=None, b_batches=Non
     if len(list(a_seeds)) >= 2 or a_batches is None:
         return compare(a_seeds, b_seeds, direction, unit="seeds")
     return compare(a_batches, b_batches, direction, unit="batches")
+
+
+def equivalent_runs(a_seeds, b_seeds, margin: float, a_batches=None, b_batches=None) -> Verdict:
+    """"差不多"的 compare_runs：≥ 2 个种子时按种子配对做等价检验，只有一个种子时按评估批次配对。"""
+    if len(list(a_seeds)) >= 2 or a_batches is None:
+        return equivalent(a_seeds, b_seeds, margin, unit="seeds")
+    return equivalent(a_batches, b_batches, margin, unit="batches")

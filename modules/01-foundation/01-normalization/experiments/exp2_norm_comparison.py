@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.lab_model import LabConfig, LabModel  # noqa: E402
-from modules.common.noise import FAILS, HOLDS, compare_runs, equivalent  # noqa: E402
+from modules.common.noise import FAILS, HOLDS, compare_runs, equivalent_runs  # noqa: E402
 from modules.common.text_data import char_lm_batches  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
@@ -161,8 +161,7 @@ def main():
     worst, lines = versus_all("Pre-LN (RMSNorm)", "less", [n for n in VARIANTS if n != "Pre-LN (RMSNorm)"])
     exp.conclude_verdict("Pre-LN (RMSNorm) 的最终验证损失是四者中最低的（比其余每一个都低）", worst, f"{table}；{lines}")
     rms, ln = "Pre-LN (RMSNorm)", "Pre-LN (LayerNorm)"
-    same = (equivalent(finals[rms], finals[ln], EQUIVALENCE_MARGIN, unit="seeds") if len(exp.seeds) > 1
-            else equivalent(batches[rms], batches[ln], EQUIVALENCE_MARGIN, unit="batches"))
+    same = equivalent_runs(finals[rms], finals[ln], EQUIVALENCE_MARGIN, batches[rms], batches[ln])
     exp.conclude_verdict(f"Pre-LN 下 RMSNorm 与 LayerNorm 的最终验证损失相差不到 {EQUIVALENCE_MARGIN} nats", same,
                          f"RMSNorm {means[rms]:.4f} vs LayerNorm {means[ln]:.4f}")
     exp.finish()

@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.lab_model import LabConfig, LabModel, record_attention  # noqa: E402
-from modules.common.noise import compare_runs, equivalent  # noqa: E402
+from modules.common.noise import compare_runs, equivalent_runs  # noqa: E402
 from modules.common.text_data import char_lm_batches  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import plot_attention_heatmap, set_style  # noqa: E402
@@ -64,13 +64,6 @@ def head_distance_spread(model, probes: list[torch.Tensor]) -> list[float]:
     select = dist[:half].mean(0)  # (layers × nh,)
     far, near = select.argmax().item(), select.argmin().item()
     return (dist[half:, far] / dist[half:, near]).log().tolist()
-
-
-def equivalent_runs(a_seeds, b_seeds, margin: float, a_batches, b_batches):
-    """等价检验（noise.equivalent）：多种子按种子配对；只有一个种子时按同一批验证 batch 配对。"""
-    if len(a_seeds) >= 2:
-        return equivalent(a_seeds, b_seeds, margin, unit="seeds")
-    return equivalent(a_batches, b_batches, margin, unit="batches")
 
 
 def main():

@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.lab_model import LabConfig, LabModel, layer_grad_norms  # noqa: E402
-from modules.common.noise import compare_runs, equivalent  # noqa: E402
+from modules.common.noise import compare_runs, equivalent_runs  # noqa: E402
 from modules.common.text_data import char_lm_batches  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
@@ -219,8 +219,7 @@ def main():
                          compare_runs(gap_seeds, [0.3] * n_seeds, "greater", gap_batches, [0.3] * len(gap_batches)),
                          f"residual {val['residual']:.3f} vs no residual {val['no residual']:.3f}，差 {gap:.3f}")
     nores_val, nores_batches = runs["no residual"]["val_loss"], runs["no residual"]["val_batches"][0]
-    stuck = (equivalent(nores_val, [h_unigram] * n_seeds, 0.15, unit="seeds") if n_seeds > 1
-             else equivalent(nores_batches, [h_unigram] * len(nores_batches), 0.15, unit="batches"))
+    stuck = equivalent_runs(nores_val, [h_unigram] * n_seeds, 0.15, nores_batches, [h_unigram] * len(nores_batches))
     exp.conclude_verdict("没有残差的深层模型停在一元模型熵附近（±0.15）：只学到了字符频率，没学到上下文", stuck,
                          f"no residual 验证 loss {val['no residual']:.3f}，H(unigram) = {h_unigram:.3f}；"
                          f"residual 已降到 {val['residual']:.3f}")
