@@ -22,6 +22,7 @@
 - unit="batches"（quick 模式只有一个种子时，用同一模型在多批固定评估数据上的配对差值）：
   |mean(d)| > k·SE。它只量到"评估数据抽样"的噪声，量不到"换一个种子重新训练"的噪声，
   所以打印时说明用的是哪种噪声。
+- unit="windows"（计时：同一进程里轮流计时的窗口，见 modules/common/timing.py）：规则同 batches。
 - 只有一对（一个种子、没有可用的批次噪声）时无从估计噪声：一律 NOT_ESTABLISHED。
 
 等价声明（"GQA 与 MHA 差不多"）用 equivalent(a, b, margin)：差值的 ±k·SE 区间整个落在 ±margin 里才成立；
@@ -35,7 +36,8 @@ NOT_ESTABLISHED = "not_established"
 FAILS = "fails"
 STATUSES = (HOLDS, NOT_ESTABLISHED, FAILS)
 
-NOISE_UNITS = {"seeds": "种子间噪声", "batches": "评估批次间噪声（单种子）"}
+NOISE_UNITS = {"seeds": "种子间噪声", "batches": "评估批次间噪声（单种子）",
+               "windows": "交替计时窗口间噪声（同一进程，见 modules/common/timing.py）"}
 DIRECTIONS = ("less", "greater")
 # 单侧 95% 的 t 分位数（自由度 1–4）；自由度 ≥ 5 时它已不到 2.02，统一用 2
 T_QUANTILE_95 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132}
