@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, exempt_conclusions, find_conclusion, run_quick_experiment
+from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
 
 EXPERIMENTS = REPO_ROOT / "modules" / "03-training" / "04-lora" / "experiments"
 
@@ -53,18 +53,17 @@ def test_exp1_lora_trains_only_adapters_and_params_scale_with_rank(tmp_path, exp
     # 每种微调都让留出对话的 loss 明显低于基座
     base_new = m["base"]["new_loss"]["mean"]
     assert all(item["new_loss"]["mean"] < base_new - 0.2 for item in v.values())
-    new = {name: item["new_loss"]["mean"] for name, item in v.items()}
-    lo, hi = f"LoRA r={ranks[0]}", f"LoRA r={ranks[-1]}"
     assert find_conclusion(record, "逐位不变")["holds"] is True
     assert find_conclusion(record, "成正比")["holds"] is True
     assert find_conclusion(record, "AdamW 状态实测")["holds"] is True
-    assert find_conclusion(record, "最大 rank")["holds"] == (new[hi] < new[lo])
-    assert find_conclusion(record, "全参数微调的新任务 loss 低于")["holds"] == (
-        new["full FT"] < min(new[f"LoRA r={r}"] for r in ranks))
+    # 单种子：48 条新任务留出对话逐条配对，过共享噪声检验。"最大 rank 好于 rank 1"在种子 42、1、7 的 quick 都成立；
+    # "全参数好于所有 LoRA"在 42、1 成立、7 未确立（Δ=0.194 < 2·SE=0.207）：quick 只要求它不反向，完整模式按种子检验
+    assert find_conclusion(record, "最大 rank")["status"] == "holds"
+    assert find_conclusion(record, "全参数微调的新任务 loss 低于")["status"] != "fails"
+    speed = find_conclusion(record, "每步的加速不到")  # 交替计时、逐窗口配对
+    assert speed["status"] == "holds" and speed["noise"]["unit"] == "windows", speed
+    assert m["timing"]["method"].startswith("alternating")
     assert "AdamW state KiB" in stdout
-    exempt_conclusions(record, {"LoRA 每步并不比全参数微调快多少": "每步耗时只各测一次（测试机负载下不可靠），"
-                                                                 "而且\"快多少\"没有写成可检验的界；交替计时是 issue 19 的待办"})
-
 
 @pytest.mark.experiment
 def test_exp2_placements_have_matched_budgets(tmp_path, experiment_env):

@@ -14,7 +14,6 @@ language_model_loss（trainer/train_lora.py 训练用的也是它）；训练循
 import copy
 import random
 import sys
-import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
@@ -87,18 +86,24 @@ def make_get_batch(task: dict, batch_size: int, seed: int):
 
 
 @torch.no_grad()
-def task_loss(model, task: dict, device, split: str = "val") -> float:
-    """task[split] 全部样本上的平均 loss（language_model_loss，按批平均；确定性，不抽样）。"""
+def batch_losses(model, task: dict, device, split: str = "val", batch_size: int = 32):
+    """task[split] 按固定顺序切成若干批，返回 (每批的平均 loss, 每批的样本数)；确定性，不抽样。"""
     model.eval()
     data, pad_id, pool = task["data"], task["data"].tokenizer.pad_token_id, task[split]
-    losses, weights = [], []
-    for start in range(0, len(pool), 32):
-        input_ids, labels = stack([data[i] for i in pool[start:start + 32]], pad_id)
+    losses, sizes = [], []
+    for start in range(0, len(pool), batch_size):
+        input_ids, labels = stack([data[i] for i in pool[start:start + batch_size]], pad_id)
         loss, _ = language_model_loss(model, {"input_ids": input_ids.to(device), "labels": labels.to(device)})
         losses.append(loss.item())
-        weights.append(len(input_ids))
+        sizes.append(len(input_ids))
     model.train()
-    return sum(l * w for l, w in zip(losses, weights)) / sum(weights)
+    return losses, sizes
+
+
+def task_loss(model, task: dict, device, split: str = "val") -> float:
+    """task[split] 全部样本上的平均 loss（language_model_loss，按批平均、按样本数加权）。"""
+    losses, sizes = batch_losses(model, task, device, split)
+    return sum(l * w for l, w in zip(losses, sizes)) / sum(sizes)
 
 
 def check_finite(hist: dict, name: str, seed: int):
@@ -145,27 +150,26 @@ def frozen_state(model) -> dict:
     return {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
 
 
-def measure_step(model, get_batch, device, steps: int = 6, warmup: int = 2) -> dict:
-    """在 model 上实跑几步 AdamW（language_model_loss → backward → step），测每步耗时和优化器状态的实际字节数。
-
-    优化器状态 = AdamW 为每个可训练参数存的 exp_avg 与 exp_avg_sq（各一份同形状的 fp32 张量）。
-    会改动 model 的权重：请传一份拷贝。
-    """
+def make_train_step(model, get_batch, device):
+    """返回 (step, optimizer)：step() 在一个固定的训练 batch 上做一步 AdamW（language_model_loss → backward → step）。
+    计时用固定 batch，时间就不随 batch 里的长度变；会改动 model 的权重：请传一份拷贝。"""
     model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-    batches = [get_batch("train") for _ in range(warmup + steps)]
-    times = []
-    for i, (input_ids, labels) in enumerate(batches):
-        t0 = time.perf_counter()
-        loss, _ = language_model_loss(model, {"input_ids": input_ids.to(device), "labels": labels.to(device)})
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    input_ids, labels = (t.to(device) for t in get_batch("train"))
+
+    def step():
+        loss, _ = language_model_loss(model, {"input_ids": input_ids, "labels": labels})
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    state_bytes = sum(t.numel() * t.element_size() for s in optimizer.state.values()
-                      for k, t in s.items() if k in ("exp_avg", "exp_avg_sq"))
-    grad_bytes = sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
-    times.sort()
-    return {"step_ms": 1000 * times[len(times) // 2], "optimizer_state_bytes": state_bytes, "grad_bytes": grad_bytes}
+
+    return step, optimizer
+
+
+def training_state_bytes(model, optimizer) -> dict:
+    """走过至少一步之后：AdamW 为每个可训练参数存的 exp_avg 与 exp_avg_sq（各一份同形状的 fp32 张量）的实际字节数，
+    以及可训练参数的梯度字节数。"""
+    state = sum(t.numel() * t.element_size() for s in optimizer.state.values()
+                for k, t in s.items() if k in ("exp_avg", "exp_avg_sq"))
+    grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
+    return {"optimizer_state_bytes": state, "grad_bytes": grads}
