@@ -1,0 +1,140 @@
+"""04-advanced/04-evaluation 模块：实验里的小工具对照手算，四个实验的 --quick 在子进程里从别的工作目录运行，
+检查测得的效应与结论。实验 2–4 只用仓库自带的 dataset/samples 训练分词器，不下载数据；实验 1 需要 TinyShakespeare
+（experiment_env 从回环服务器提供 ../shared/data）。"""
+import importlib.util
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
+
+EXPERIMENTS = REPO_ROOT / "modules" / "04-advanced" / "04-evaluation" / "experiments"
+
+
+def load_script(name):
+    """把实验脚本当模块导入（文件夹名带连字符，不能直接 import），用来测它的小工具函数。"""
+    if str(EXPERIMENTS) not in sys.path:
+        sys.path.insert(0, str(EXPERIMENTS))
+    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_quick(script_name, tmp_path, env=None, *extra):
+    return run_quick_experiment(EXPERIMENTS / script_name, tmp_path, env or dict(os.environ, MPLBACKEND="Agg"), extra)
+
+
+def test_fact_items_are_reproducible_and_balanced():
+    lab = load_script("eval_lab")
+    items = lab.fact_items(400, seed=3)
+    assert items == lab.fact_items(400, seed=3) and items != lab.fact_items(400, seed=4)
+    assert len({it.question for it in items}) == 400  # 人名不重复：每道题是一条独立的事实
+    for it in items:
+        assert len(it.options) == 4 and len(set(it.options)) == 4
+    counts = np.bincount([it.answer for it in items], minlength=4)
+    assert counts.min() > 70, counts  # 答案位置大致均匀：瞎猜是 1/4
+    assert lab.item_text(items[0]) == f"{items[0].question}\n答案：{items[0].options[items[0].answer]}"
+
+
+def test_contamination_detectors_on_hand_made_cases():
+    exp4 = load_script("exp4_contamination")
+    assert exp4.auc([3, 4, 5], [0, 1, 2]) == 1.0 and exp4.auc([0, 1], [2, 3]) == 0.0
+    assert exp4.auc([1, 2], [1, 2]) == pytest.approx(0.5)  # 分不开：平分算一半
+    # Min-K%：10 个 token 取最低的 2 个平均
+    assert exp4.min_k_prob([-0.1] * 8 + [-5.0, -3.0]) == pytest.approx(-4.0)
+    corpus = exp4.char_ngrams("x" * 5 + "Where does Bengrigri live?\n答案：Tulo" + "y" * 5)
+    assert exp4.overlap_share("Where does Bengrigri live?\n答案：Tulo", corpus) == 1.0
+    assert exp4.overlap_share("Where does Kalomi live?\n答案：Selsel Numi", corpus) < 0.5
+
+
+def test_token_logprobs_match_the_harness_sum():
+    """Min-K% 用的逐 token 对数概率，加起来等于 loglik.score_requests 对同一段续写给出的总和。"""
+    import torch
+
+    from trainer.evaluation.loglik import score_requests
+    lab = load_script("eval_lab")
+    exp4 = load_script("exp4_contamination")
+    tok = lab.samples_tokenizer()
+    torch.manual_seed(0)
+    model = lab.LabModel(lab.LabConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=1, n_heads=2)).eval()
+    texts = ["Where does Bengrigri live?\n答案：Tulo", "short"]
+    per_token = exp4.token_logprobs(model, tok, texts)
+    for text, lps in zip(texts, per_token):
+        ids = tok.encode(text)
+        assert len(lps) == len(ids)
+        (total, _), = score_requests(model, [([tok.bos_token_id], ids)], pad_id=tok.pad_token_id)
+        assert sum(lps) == pytest.approx(total, abs=1e-4)
+
+
+def test_error_bar_helpers():
+    exp3 = load_script("exp3_error_bars")
+    rng = np.random.default_rng(0)
+    lo, hi = exp3.bootstrap_ci(np.array([1.0] * 60 + [0.0] * 40), rng, iters=2000)
+    se = math.sqrt(0.6 * 0.4 / 99)
+    assert lo == pytest.approx(0.6 - 1.96 * se, abs=0.02) and hi == pytest.approx(0.6 + 1.96 * se, abs=0.02)
+    # n = (K + z_0.8)² · var / δ²：var 0.24 + 0.2356，δ 0.02，K = 2 → 9601（与实验的表一致）
+    assert exp3.items_needed(0.6 * 0.4 + 0.62 * 0.38, 0.02) == 9601
+    a, b = exp3.make_universe(rng, corr=0.8)
+    assert a.mean() == pytest.approx(exp3.ACC_A, abs=1e-3) and b.mean() == pytest.approx(exp3.ACC_B, abs=1e-3)
+    assert np.corrcoef(a, b)[0, 1] > 0.5  # 共享难度 → 逐题对错相关，配对才省题
+
+
+@pytest.mark.experiment
+def test_exp1_ppl_prefers_small_vocab_bpb_does_not(tmp_path, experiment_env):
+    record, _ = run_quick("exp1_ppl_vs_bpb.py", tmp_path, experiment_env)
+    m = record["metrics"]
+    small, big = (str(v) for v in (m["config"]["vocab_sizes"][0], m["config"]["vocab_sizes"][-1]))
+    r_small, r_big = m["results"][small][0], m["results"][big][0]
+    assert r_small["tokens"] == m["config"]["bytes"]  # V=259 没有合并：一个字节一个 token
+    assert r_big["tokens"] < r_small["tokens"] / 2
+    assert 1.0 < r_small["bpb"] < 8.0 and 1.0 < r_big["bpb"] < 8.0  # 学到了东西（均匀分布是 8 bit/字节）
+    assert find_conclusion(record, "切出的 token 越少")["holds"]
+    assert find_conclusion(record, "换算关系")["holds"]
+    assert find_conclusion(record, "按 token 困惑度")["status"] == "holds"
+    assert find_conclusion(record, "按 bits per byte")["status"] == "holds"
+
+
+@pytest.mark.experiment
+def test_exp2_scoring_changes_accuracy(tmp_path):
+    record, _ = run_quick("exp2_mc_scoring.py", tmp_path)
+    m = record["metrics"]
+    steps = m["config"]["checkpoints"]
+    early, last = str(steps[0]), str(steps[-1])
+    assert m["accuracy"][last]["sum"][0] > 0.5  # 训练末的模型确实背下了大部分事实
+    assert abs(m["baselines"]["always_shortest"][0] - 0.25) < 0.1  # 答案长短没有系统偏向
+    for fragment in ("sum 打分偏爱短选项", "norm 打分偏爱长选项", "sum 打分下训练", "norm 打分下训练",
+                     "长度归一化不总是更好", "用 letter 打分远不如", "偏爱某一个字母"):
+        assert find_conclusion(record, fragment)["status"] == "holds", fragment
+    assert m["picks_shortest"][early]["sum"][0] > 0.5
+
+
+@pytest.mark.experiment
+def test_exp3_error_bars(tmp_path):
+    record, _ = run_quick("exp3_error_bars.py", tmp_path)
+    run = record["metrics"]["runs"][0]
+    assert run["items_needed"]["unpaired"] == 9601 and run["items_needed"]["paired"] < run["items_needed"]["unpaired"] / 3
+    assert find_conclusion(record, "SE 公式")["holds"]
+    for fragment in ("bootstrap 95% 区间", "道题分不出", "配对比较比不配对"):
+        assert find_conclusion(record, fragment)["status"] == "holds", fragment
+
+
+@pytest.mark.experiment
+def test_exp4_contamination_inflates_and_is_detected(tmp_path):
+    record, _ = run_quick("exp4_contamination.py", tmp_path)
+    m = record["metrics"]
+    top = f"{m['config']['leak_rates'][-1]:g}"
+    assert m["accuracy_leaked"][top][0] > m["accuracy_clean"][top][0]
+    assert abs(m["accuracy_clean"]["0"][0] - 0.25) < 0.15  # 随机造的事实：不泄漏就只能瞎猜
+    for fragment in ("泄漏的题答得比", "Min-K% prob"):
+        assert find_conclusion(record, fragment)["status"] == "holds", fragment
+    # 总分的上涨 = 一半题的涨幅，还要扣掉另一半干净题的随机起伏：quick 的 120 道题上种子 42 超出噪声，种子 1 在噪声以内
+    # （0.358 vs 0.292）；完整模式 3 个种子。这里只要求它不反向。
+    jump = find_conclusion(record, "让总分上涨")
+    assert jump["status"] != "fails" and m["accuracy"][top][0] > m["accuracy"]["0"][0], jump
+    assert find_conclusion(record, "查出了全部逐字泄漏的题")["holds"]
+    assert find_conclusion(record, "被 n-gram 重叠误判")["holds"]
+    assert m["detection"][0]["auc_min_k"] > 0.7
