@@ -1,0 +1,120 @@
+"""03-training/07-rl 模块：估计式的独立核对（枚举），以及两个实验的 --quick 在子进程里从别的工作目录运行，
+检查测得的效应与结论是否一致。实验只用仓库自带的分词器和 dataset/samples/ 的数据，不下载任何东西。
+"""
+import itertools
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO_ROOT, exempt_conclusions, find_conclusion, run_quick_experiment
+
+EXPERIMENTS = REPO_ROOT / "modules" / "03-training" / "07-rl" / "experiments"
+
+
+def load_experiment(name):
+    """实验目录名带连字符，不能当包导入：把目录放进 sys.path 再导入脚本（只定义函数，不运行 main）。"""
+    if str(EXPERIMENTS) not in sys.path:
+        sys.path.insert(0, str(EXPERIMENTS))
+    return __import__(name)
+
+
+def run_quick(script_name, tmp_path, *extra):
+    env = dict(os.environ, MPLBACKEND="Agg")
+    return run_quick_experiment(EXPERIMENTS / script_name, tmp_path, env, extra)
+
+
+def test_best_of_n_estimator_matches_enumeration():
+    """无偏 best-of-n 估计 = 对 N_max 条样本的所有 n 元子集逐个"按 proxy 选最高、取它的 gold"再平均。"""
+    exp1 = load_experiment("exp1_reward_model")
+    gen = torch.Generator().manual_seed(0)
+    gold = torch.randint(0, 2, (3, 7), generator=gen).float()
+    proxy = torch.randn(3, 7, generator=gen)
+    result = exp1.best_of_n(gold, proxy, [1, 2, 3, 7])
+    for n in (1, 2, 3, 7):
+        for p in range(3):
+            picks = [gold[p, max(subset, key=lambda i: proxy[p, i].item())].item()
+                     for subset in itertools.combinations(range(7), n)]
+            assert result[n][0][p].item() == pytest.approx(np.mean(picks))
+    assert torch.allclose(result[1][0], gold.mean(1).double())  # n=1 就是随机采一条
+    assert torch.allclose(result[7][1], proxy.max(1).values.double())  # n=N_max 就是 proxy 最高的那条
+    assert exp1.bon_kl(1) == 0 and exp1.bon_kl(64) == pytest.approx(math.log(64) - 63 / 64)
+
+
+def test_zero_group_prediction_matches_enumeration():
+    """"随机 G 条全对或全错"的概率对照枚举所有 G 元子集；切成不相交组的实测值是它的一个样本。"""
+    exp2 = load_experiment("exp2_advantages")
+    counts = torch.tensor([1, 0, 0, 1, 0, 0, 0, 0])  # K=8 条里 2 条答对
+    measured, predicted = exp2.zero_group_share(counts, 8, 4)
+    subsets = list(itertools.combinations(range(8), 4))
+    brute = np.mean([counts[list(s)].sum().item() in (0, 4) for s in subsets])
+    assert predicted == pytest.approx(brute)
+    assert measured == 0.5  # 组 (1,0,0,1) 有对有错，组 (0,0,0,0) 全错
+
+
+@pytest.mark.experiment
+def test_exp1_reward_model_and_overoptimisation(tmp_path):
+    record, _ = run_quick("exp1_reward_model.py", tmp_path)
+    m = record["metrics"]
+    ns, pairs = m["config"]["ns"], m["config"]["pairs"]
+    acc = {n: np.mean(m["pair_accuracy"][str(n)]) for n in pairs}
+    gold = {n: np.mean(m["gold"][str(n)]) for n in ns}
+    proxy = {n: np.mean(m["proxy"][str(n)]) for n in ns}
+    oracle = {n: np.mean(m["oracle"][str(n)]) for n in ns}
+    assert acc[pairs[-1]] > 0.7, acc  # 全部 960 对：留出成对准确率（quick 种子 42、1 上 0.94、0.82）
+    # 按 proxy 选得越狠，proxy 的期望越高（best-of-n 的期望随 n 不减）；oracle（pass@n）同样不减
+    assert all(proxy[a] <= proxy[b] + 1e-9 for a, b in zip(ns, ns[1:])), proxy
+    assert all(oracle[a] <= oracle[b] + 1e-9 for a, b in zip(ns, ns[1:])), oracle
+    peak = max(ns, key=lambda n: gold[n])
+    assert 1 < peak < ns[-1], gold  # gold 先升后降：峰值既不在 N=1，也不在 N_max
+    assert oracle[ns[-1]] > 0.9 and gold[ns[-1]] < 0.5, (gold, oracle)
+    for fragment in ("偏好对越多", "好于随机猜", "提高了验证器判对的比例", "proxy 分数继续上升"):
+        c = find_conclusion(record, fragment)
+        assert c["noise"]["unit"] == "batches", c
+        assert c["status"] == "holds", c  # quick 种子 42、1、7 上都成立
+    # gold 从峰值回落（上面的 peak 断言）在种子 42、1、7 上都出现；在 64 道检验题上超出逐题噪声的是 42 与 1，
+    # 种子 7（0.243 → 0.188）在噪声以内。完整模式（300 题、3 个种子）见 results/reference/
+    assert find_conclusion(record, "过度优化")["status"] != "fails"
+    gap = find_conclusion(record, "oracle（按 gold 选")
+    assert gap["holds"] == bool(oracle[ns[-1]] - gold[ns[-1]] > oracle[2] - gold[2]) and gap["holds"]
+
+
+@pytest.mark.experiment
+def test_exp2_advantage_estimators(tmp_path):
+    record, _ = run_quick("exp2_advantages.py", tmp_path)
+    m = record["metrics"]
+    zero = {int(g): np.mean(v["measured"]) for g, v in m["zero_adv_groups"].items()}
+    assert all(zero[a] > zero[b] for a, b in zip(sorted(zero), sorted(zero)[1:])), zero  # G 越大越少
+    by_task, acc_task = m["zero_adv_groups_by_task"], m["start_accuracy_by_task"]
+    hardest = min(acc_task, key=lambda t: np.mean(acc_task[t]))  # 答对率最低的任务（max）零优势组最多
+    assert all(np.mean(by_task[hardest]["8"]) >= np.mean(by_task[t]["8"]) for t in by_task), by_task
+    var = {e: np.mean(v) for e, v in m["grad_variance"].items()}
+    assert var["none+1"] > 3 * var["mean"], var  # 种子 42、1、7 上都是 7–9 倍
+    held = {e: np.mean(v) for e, v in m["heldout_sampled_accuracy"].items()}
+    assert held["none+1"] < 0.05 < held["start"], held  # 奖励偏移 + 无基线：策略坍缩到错误答案
+    for fragment in ("组越大，零优势组越少", "实测与 p^G", "不改变优势", "奖励偏移让梯度更吵",
+                     "mean-centred (Dr. GRPO) 训练后", "std-normalised (GRPO) 训练后", "奖励偏移时基线有用"):
+        assert find_conclusion(record, fragment)["status"] == "holds", fragment
+    # 0/1 奖励、quick 起点答对率约 0.15 时基线接近 0："减均值降低方差"在 quick 种子 42、1、7 上都在噪声以内
+    # （mean 约小 12%），完整模式（起点答对率约 0.27、16 批 × 128 条、3 个种子）上成立（小 27%）；方向从未反过来
+    assert find_conclusion(record, "减均值也降低梯度方差")["status"] != "fails"
+    assert var["mean"] < var["none"], var
+    # "有基线训练得更好"：quick 种子 42、7 上反向（none 更高）、种子 1 与完整模式在噪声以内——这个设定下没有测到
+    assert find_conclusion(record, "有基线（mean）比无基线（none，奖励 0/1）")["status"] != "holds"
+
+
+@pytest.mark.parametrize("script, args, fragment", [
+    ("exp1_reward_model.py", ["--max-n", "12"], "--max-n 必须是"),
+    ("exp1_reward_model.py", ["--pairs", "960"], "--pairs 至少给两个"),
+    ("exp2_advantages.py", ["--steps", "0"], "需要 --steps >= 1"),
+])
+def test_bad_arguments_exit_with_message(tmp_path, script, args, fragment):
+    proc = subprocess.run([sys.executable, str(EXPERIMENTS / script), "--quick", "--output-dir", str(tmp_path), *args],
+                          cwd=tmp_path, capture_output=True, text=True, encoding="utf-8", timeout=120)
+    assert proc.returncode != 0
+    assert fragment in proc.stderr
+    assert "Traceback" not in proc.stderr
