@@ -60,8 +60,10 @@ def test_exp1_lora_trains_only_adapters_and_params_scale_with_rank(tmp_path, exp
     # "全参数好于所有 LoRA"在 42、1 成立、7 未确立（Δ=0.194 < 2·SE=0.207）：quick 只要求它不反向，完整模式按种子检验
     assert find_conclusion(record, "最大 rank")["status"] == "holds"
     assert find_conclusion(record, "全参数微调的新任务 loss 低于")["status"] != "fails"
-    speed = find_conclusion(record, "每步的加速不到")  # 交替计时、逐窗口配对
-    assert speed["status"] == "holds" and speed["noise"]["unit"] == "windows", speed
+    # 计时结论（交替计时、逐窗口配对）：不写"必须成立"的计时测试（负载会让它时好时坏），只要求没有反向：
+    # LoRA r=1 每步快到 2 倍以上、超出噪声，就说明基座没冻住或计时方法错了（种子 42、1、7 的 quick 都成立，1.21–1.28×）
+    speed = find_conclusion(record, "每步的加速不到")
+    assert speed["noise"]["unit"] == "windows" and speed["status"] != "fails", speed
     assert m["timing"]["method"].startswith("alternating")
     assert "AdamW state KiB" in stdout
 
