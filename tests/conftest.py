@@ -97,6 +97,19 @@ def run_quick_experiment(script: Path, tmp_path: Path, env=None, extra_args=()):
     return record, proc.stdout
 
 
+def load_experiment_module(experiments_dir: Path, name: str):
+    """按路径导入实验目录里的模块（模块目录名带连字符，不能当包导入），用来测实验里的小工具函数。
+    实验目录先放进 sys.path：实验脚本会 import 同目录的共用文件（如 lora_lab、tiled_attention）。"""
+    import importlib.util
+
+    if str(experiments_dir) not in sys.path:
+        sys.path.insert(0, str(experiments_dir))
+    spec = importlib.util.spec_from_file_location(name, experiments_dir / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def find_conclusion(record, fragment) -> dict:
     """record 里 claim 含 fragment 的那一条结论（必须恰好一条）。"""
     matches = [c for c in record["conclusions"] if fragment in c["claim"]]

@@ -1,5 +1,4 @@
 """06-distillation 模块：共用工具的单元测试 + 三个实验的 --quick 在子进程里从别的工作目录运行，检查测得的效应。"""
-import importlib.util
 import math
 import subprocess
 import sys
@@ -7,19 +6,13 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
+from conftest import REPO_ROOT, find_conclusion, load_experiment_module, run_quick_experiment
 
 EXPERIMENTS = REPO_ROOT / "modules" / "03-training" / "06-distillation" / "experiments"
 
 
 def load(name):
-    """按路径导入实验目录里的模块（目录名带连字符，不能当包导入）。"""
-    if str(EXPERIMENTS) not in sys.path:
-        sys.path.insert(0, str(EXPERIMENTS))
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment_module(EXPERIMENTS, name)
 
 
 def run_quick(script_name, tmp_path, env, *extra):

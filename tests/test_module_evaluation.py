@@ -1,27 +1,19 @@
 """04-advanced/04-evaluation 模块：实验里的小工具对照手算，四个实验的 --quick 在子进程里从别的工作目录运行，
 检查测得的效应与结论。实验 2–4 只用仓库自带的 dataset/samples 训练分词器，不下载数据；实验 1 需要 TinyShakespeare
 （experiment_env 从回环服务器提供 ../shared/data）。"""
-import importlib.util
 import math
 import os
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
+from conftest import REPO_ROOT, find_conclusion, load_experiment_module, run_quick_experiment
 
 EXPERIMENTS = REPO_ROOT / "modules" / "04-advanced" / "04-evaluation" / "experiments"
 
 
 def load_script(name):
-    """把实验脚本当模块导入（文件夹名带连字符，不能直接 import），用来测它的小工具函数。"""
-    if str(EXPERIMENTS) not in sys.path:
-        sys.path.insert(0, str(EXPERIMENTS))
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment_module(EXPERIMENTS, name)
 
 
 def run_quick(script_name, tmp_path, env=None, *extra):

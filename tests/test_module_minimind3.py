@@ -1,5 +1,4 @@
 """04-advanced/01-minimind2-to-3 模块：三个实验的 --quick 在子进程里从别的工作目录运行，检查测得的效应。"""
-import importlib.util
 import math
 import subprocess
 import sys
@@ -7,17 +6,13 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, exempt_conclusions, find_conclusion, run_quick_experiment
+from conftest import REPO_ROOT, exempt_conclusions, find_conclusion, load_experiment_module, run_quick_experiment
 
 EXPERIMENTS = REPO_ROOT / "modules" / "04-advanced" / "01-minimind2-to-3" / "experiments"
 
 
 def load_script(name):
-    """把实验脚本当模块导入（文件夹名带连字符，不能直接 import），用来测它的小工具函数。"""
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment_module(EXPERIMENTS, name)
 
 
 def test_count_spikes_counts_rises_above_running_min():

@@ -1,5 +1,4 @@
 """04-advanced/05-training-systems 模块：分块注意力与内存测量的单元测试，四个实验的 --quick 在子进程里运行并检查测得的效应。"""
-import importlib.util
 import subprocess
 import sys
 
@@ -7,17 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
+from conftest import REPO_ROOT, find_conclusion, load_experiment_module, run_quick_experiment
 
 EXPERIMENTS = REPO_ROOT / "modules" / "04-advanced" / "05-training-systems" / "experiments"
 
 
 def load_script(name):
-    """把实验目录里的文件当模块导入（文件夹名带连字符，不能直接 import）。"""
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment_module(EXPERIMENTS, name)
 
 
 @pytest.mark.parametrize("causal", [True, False])
