@@ -24,7 +24,7 @@ H=hidden_size，nh=注意力头数，nkv=KV 头数，hd=head_dim，V=词表大�
 import json
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 import torch.utils.checkpoint
@@ -554,9 +554,10 @@ class MiniMindModel(nn.Module):
         # 非持久 buffer：随 .to(device) 移动，但不写进 state_dict（与 MiniMind2 一致）
         self.register_buffer("freqs_cos", freqs_cos, persistent=False)
         self.register_buffer("freqs_sin", freqs_sin, persistent=False)
-        # 激活检查点（activation checkpointing）：训练时每个块只留输入，反向时重算块内的中间结果，
-        # 用约多一次前向的计算换掉 L 层激活中的大头；不是超参数，不进 config，也不影响权重
-        self.gradient_checkpointing = False
+        # 激活检查点（activation checkpointing）：训练时块只留输入，反向时重算块内的中间结果，
+        # 用约多一次前向的计算换掉 L 层激活中的大头；不是超参数，不进 config，也不影响权重。
+        # True = 每个块都重算；整数 k = 只重算前 k 个块（按块在内存与时间之间折中）；False / 0 = 不重算
+        self.gradient_checkpointing: Union[bool, int] = False
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 past_key_values: Optional[List[Optional[KVCache]]] = None, use_cache: bool = False):
@@ -570,10 +571,11 @@ class MiniMindModel(nn.Module):
         position_embeddings = (self.freqs_cos[start_pos:start_pos + T],
                                self.freqs_sin[start_pos:start_pos + T])  # 各 (T, hd)
         # 只在训练、需要梯度且不用 KV cache 时重算（推理没有反向，重算只会更慢）
-        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and not use_cache
+        backward_follows = self.training and torch.is_grad_enabled() and not use_cache
+        n_recompute = self.checkpointed_blocks() if backward_follows else 0
         presents = []
-        for layer, past in zip(self.layers, past_key_values):
-            if recompute:
+        for i, (layer, past) in enumerate(zip(self.layers, past_key_values)):
+            if i < n_recompute:
                 # use_reentrant=False：PyTorch 推荐的实现，支持块里没被返回的张量（MoE 的 aux_loss）带梯度；
                 # 默认保存并恢复随机数状态，开 dropout 时重算得到同一个掩码
                 hidden_states, present = torch.utils.checkpoint.checkpoint(
@@ -585,6 +587,15 @@ class MiniMindModel(nn.Module):
         aux_loss = sum((layer.mlp.aux_loss for layer in self.layers if isinstance(layer.mlp, MOEFeedForward)),
                        hidden_states.new_zeros(()))
         return hidden_states, presents, aux_loss
+
+    def checkpointed_blocks(self) -> int:
+        """gradient_checkpointing 换算成要重算的块数：True → 全部 L 个，False → 0，整数 k → 前 k 个。"""
+        setting, n_layers = self.gradient_checkpointing, len(self.layers)
+        n = n_layers if setting is True else int(setting)
+        if not 0 <= n <= n_layers:
+            raise ValueError(f"gradient_checkpointing={setting!r} 不对：要重算的块数应在 0 到 {n_layers} 之间"
+                             f"（True = 全部，False = 不重算）")
+        return n
 
 
 @dataclass

@@ -23,8 +23,9 @@ pytestmark = pytest.mark.xdist_group("trainer")  # 与 test_trainer 同一个 wo
 
 
 def small_config(family="minimind2", use_moe=False, **overrides):
-    return MiniMindConfig(family=family, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=128,
-                          max_position_embeddings=64, use_moe=use_moe, **overrides)
+    settings = dict(family=family, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=128,
+                    max_position_embeddings=64, use_moe=use_moe)
+    return MiniMindConfig(**{**settings, **overrides})
 
 
 FAMILIES_AND_MOE = [("minimind2", False), ("minimind3", False), ("minimind2", True), ("minimind3", True)]
@@ -35,10 +36,11 @@ FAMILIES_AND_MOE = [("minimind2", False), ("minimind3", False), ("minimind2", Tr
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("family, use_moe", FAMILIES_AND_MOE)
 def test_grad_checkpointing_gives_the_same_loss_and_gradients(family, use_moe):
-    """重算只改变"什么时候算"，不改变算什么：loss、MoE 的 aux_loss 和每个参数的梯度都相同（含只从 aux_loss 得到梯度的路由器）。"""
+    """重算只改变"什么时候算"，不改变算什么：loss、MoE 的 aux_loss 和每个参数的梯度都相同（含只从 aux_loss 得到梯度的路由器）。
+    全部重算（True）和只重算第一个块（1）都与不重算比。"""
     ids = torch.randint(0, 128, (3, 24), generator=torch.Generator().manual_seed(1))
     results = []
-    for checkpointing in (False, True):
+    for checkpointing in (False, True, 1):
         torch.manual_seed(0)
         model = MiniMindForCausalLM(small_config(family, use_moe))
         model.model.gradient_checkpointing = checkpointing
@@ -46,10 +48,12 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients(family, use_moe):
         (out.loss + out.aux_loss).backward()
         results.append((out.loss.item(), out.aux_loss.item(),
                         {name: p.grad for name, p in model.named_parameters() if p.grad is not None}))
-    (loss, aux, grads), (loss_ckpt, aux_ckpt, grads_ckpt) = results
-    assert abs(loss - loss_ckpt) < 1e-6 and abs(aux - aux_ckpt) < 1e-6
-    assert grads.keys() == grads_ckpt.keys() and len(grads) == len(list(model.parameters()))
-    assert max((grads[k] - grads_ckpt[k]).abs().max().item() for k in grads) < 1e-6
+    loss, aux, grads = results[0]
+    assert len(grads) == len(list(model.parameters()))
+    for loss_ckpt, aux_ckpt, grads_ckpt in results[1:]:
+        assert abs(loss - loss_ckpt) < 1e-6 and abs(aux - aux_ckpt) < 1e-6
+        assert grads.keys() == grads_ckpt.keys()
+        assert max((grads[k] - grads_ckpt[k]).abs().max().item() for k in grads) < 1e-6
 
 
 def test_grad_checkpointing_saves_only_block_inputs_and_leaves_inference_alone():
@@ -58,10 +62,14 @@ def test_grad_checkpointing_saves_only_block_inputs_and_leaves_inference_alone()
     torch.manual_seed(0)
     model = MiniMindForCausalLM(small_config())
     saved = {}
-    for checkpointing in (False, True):
+    for name, checkpointing in (("off", False), ("all", True), ("first", 1)):  # 键不用 True/1：二者在 dict 里是同一个键
         model.model.gradient_checkpointing = checkpointing
-        saved[checkpointing] = saved_activation_bytes(model, lambda: model(ids, labels=ids).loss)
-    assert saved[True] < 0.5 * saved[False], saved
+        saved[name] = saved_activation_bytes(model, lambda: model(ids, labels=ids).loss)
+    assert saved["all"] < 0.5 * saved["off"], saved
+    assert saved["all"] < saved["first"] < saved["off"], saved  # 只重算 2 个块中的第一个：居中
+    model.model.gradient_checkpointing = 3  # 只有 2 个块
+    with pytest.raises(ValueError, match="要重算的块数应在 0 到 2 之间"):
+        model(ids, labels=ids)
     model.eval()
     expected = model.generate(ids[:, :8], max_new_tokens=5, do_sample=False)
     model.model.gradient_checkpointing = False
@@ -107,6 +115,20 @@ def test_activation_formula_matches_the_tensors_autograd_saves(family, use_moe, 
     measured = saved_activation_bytes(model, forward)
     expected = estimate_training_memory(model, B, T, dtype).activations
     assert abs(expected / measured - 1) < 0.02, (expected, measured)
+
+
+def test_partial_checkpointing_formula_matches_the_tensors_autograd_saves():
+    """只重算 4 个块中的前 k 个：前向存下 k 份块输入和 L−k 块完整激活，与公式相差不到 2%（k = L 时公式多算的
+    那一块是反向重算时的瞬时峰值，前向并不存它，所以只比 k < L）。"""
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(small_config(num_hidden_layers=4))
+    B, T = 8, 48
+    ids = torch.randint(0, 128, (B, T), generator=torch.Generator().manual_seed(3))
+    for k in (0, 1, 3):
+        model.model.gradient_checkpointing = k
+        measured = saved_activation_bytes(model, lambda: model(ids, labels=ids).loss)
+        expected = estimate_training_memory(model, B, T, torch.float32, grad_checkpointing=k).activations
+        assert abs(expected / measured - 1) < 0.02, (k, expected, measured)
 
 
 def test_memory_estimate_by_hand_count():
@@ -256,6 +278,7 @@ def test_sharding_without_torchrun_is_refused(tmp_path):
     # runtime 的精度（CUDA 上 --dtype float16 解析出来的）直接给出：CPU 上解析不了 float16
     (["--sharding", "fsdp"], torch.float16, None, "--sharding fsdp 不支持 float16"),
     (["--grad_checkpointing", "--use_compile", "1"], torch.float32, None, "--grad_checkpointing 与 --use_compile 1 不能同时用"),
+    (["--grad_checkpointing", "9"], torch.float32, None, "--grad_checkpointing 9：gradient_checkpointing=9 不对"),
 ])
 def test_unsupported_combinations_are_refused_before_training(tmp_path, flags, dtype, save, message):
     """这些检查在任何分布式通信之前：用一个"两个进程中的 rank 0"的 runtime 直接调 train()，不必起 torchrun。"""

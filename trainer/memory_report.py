@@ -11,7 +11,7 @@
 我们的布局是 4 + 4 + 8 = 16 字节，数目相同、组成不同。
 """
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -80,7 +80,7 @@ class MemoryEstimate:
 
 
 def estimate_training_memory(model: torch.nn.Module, batch_size: int, seq_len: int, dtype: torch.dtype,
-                             sharding: str = "ddp", world_size: int = 1, grad_checkpointing: bool = False,
+                             sharding: str = "ddp", world_size: int = 1, grad_checkpointing: Union[bool, int] = False,
                              config=None) -> MemoryEstimate:
     """按上面的公式估算一个进程训练 model 时的峰值组成（model 须是还没分片的完整模型）。"""
     config = config or model.config
@@ -100,17 +100,26 @@ def estimate_training_memory(model: torch.nn.Module, batch_size: int, seq_len: i
     block = block_activation_bytes_per_token(config, compute_bytes, seq_len)
     head = head_activation_bytes_per_token(config, compute_bytes)
     L = config.num_hidden_layers
-    # 激活检查点：每块只留输入（H 个 float32），反向时一次只重算一个块的全部激活
-    per_token = (L * config.hidden_size * FP32_BYTES + block if grad_checkpointing else L * block) + head
+    n = checkpointed_block_count(grad_checkpointing, L)
+    # 激活检查点：重算的 n 个块只留输入（H 个 float32），其余 L−n 个块照常留全部激活；
+    # 反向时一次只重算一个块，全部重算时这一块的激活就是峰值里多出的那一份
+    stored_blocks = L - n if n < L else 1
+    per_token = n * config.hidden_size * FP32_BYTES + stored_blocks * block + head
     return MemoryEstimate(weights, gradients, optimizer, communication, batch_size * seq_len * per_token)
 
 
+def checkpointed_block_count(grad_checkpointing: Union[bool, int], n_layers: int) -> int:
+    """--grad_checkpointing 的取值换算成重算的块数：True → 全部，False → 0，整数 k → k。"""
+    return n_layers if grad_checkpointing is True else int(grad_checkpointing)
+
+
 def format_memory_report(estimate: MemoryEstimate, sharding: str, world_size: int, dtype: torch.dtype,
-                         grad_checkpointing: bool) -> str:
+                         grad_checkpointing: Union[bool, int], n_layers: int) -> str:
     rows = [("权重", estimate.weights), ("梯度", estimate.gradients), ("优化器状态", estimate.optimizer),
             ("DDP 通信桶", estimate.communication), ("激活", estimate.activations), ("合计", estimate.total)]
+    n = checkpointed_block_count(grad_checkpointing, n_layers)
     head = (f"预计每进程内存（{sharding}，{world_size} 个进程，计算精度 {str(dtype).removeprefix('torch.')}，"
-            f"激活检查点{'开' if grad_checkpointing else '关'}）：")
+            f"激活检查点 {n}/{n_layers} 块）：")
     return head + "  ".join(f"{name} {value / MIB:,.1f} MiB" for name, value in rows)
 
 

@@ -15,7 +15,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Union
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -78,8 +78,9 @@ def build_parser(description: str, data_path: Path, save_weight: str, learning_r
     p.add_argument("--use_moe", type=int, choices=[0, 1], default=0, help="1 = MoE 前馈层")
     p.add_argument("--use_compile", type=int, choices=[0, 1], default=0,
                    help="1 = 先 torch.compile 再训练：可能更快（本机 --quick 两次实测：快约 25%% 与几乎不变），但第一步要编译几十秒，且需要 C++ 编译器")
-    p.add_argument("--grad_checkpointing", action="store_true",
-                   help="激活检查点：每个块只存输入、反向时重算，激活内存约降到 1/L，每步多约一次前向的计算")
+    p.add_argument("--grad_checkpointing", type=int, nargs="?", const=True, default=False, metavar="N",
+                   help="激活检查点：块只存输入、反向时重算，激活内存约降到 1/L，每步多约一次前向的计算；"
+                        "不带数字 = 所有块，带数字 N = 只重算前 N 个块（内存与时间按块折中）")
     p.add_argument("--sharding", choices=SHARDING_CHOICES, default="ddp",
                    help="多进程时怎样分摊状态：ddp 每进程全量；zero1 切分优化器状态（ZeRO-1）；"
                         "fsdp 权重、梯度、优化器状态都切分（FSDP2）。见 trainer/sharding.py")
@@ -368,7 +369,8 @@ def train(args, runtime: Runtime, model: torch.nn.Module, dataset,
     if runtime.is_main and backbones:  # 激活按第一个 MiniMind 骨干的配置估算（PPO 的 critic 另有一个，近似）
         estimate = estimate_training_memory(model, args.batch_size, args.max_seq_len, runtime.dtype, args.sharding,
                                             runtime.world_size, args.grad_checkpointing, config=backbones[0].config)
-        print(format_memory_report(estimate, args.sharding, runtime.world_size, runtime.dtype, args.grad_checkpointing))
+        print(format_memory_report(estimate, args.sharding, runtime.world_size, runtime.dtype, args.grad_checkpointing,
+                                   backbones[0].config.num_hidden_layers))
     train_model, optimizer = wrap_for_training(model, args, runtime)
     params = [p for p in model.parameters() if p.requires_grad]  # fsdp 把参数换成了分片的 DTensor，包装后再取
     scaler = torch.amp.GradScaler("cuda", enabled=runtime.dtype == torch.float16)
@@ -493,13 +495,20 @@ def train(args, runtime: Runtime, model: torch.nn.Module, dataset,
     return last
 
 
-def enable_grad_checkpointing(model: torch.nn.Module, enabled: bool) -> list:
-    """打开模型里每个 MiniMindModel 的激活检查点（PPO 的 actor/critic、SPO 的 policy 都包在外层模块里）；返回这些骨干。"""
+def enable_grad_checkpointing(model: torch.nn.Module, setting: Union[bool, int]) -> list:
+    """给模型里每个 MiniMindModel 设激活检查点（PPO 的 actor/critic、SPO 的 policy 都包在外层模块里）；返回这些骨干。
+
+    setting：True = 所有块，False = 关，整数 k = 只重算前 k 个块（超出层数时报错）。
+    """
     backbones = [m for m in model.modules() if isinstance(m, MiniMindModel)]
-    if enabled and not backbones:
+    if setting and not backbones:
         raise ValueError("--grad_checkpointing 只对 MiniMind 模型有效，这个脚本训练的模型里没有 MiniMindModel")
     for backbone in backbones:
-        backbone.gradient_checkpointing = enabled
+        backbone.gradient_checkpointing = setting
+        try:
+            backbone.checkpointed_blocks()
+        except ValueError as err:
+            raise ValueError(f"--grad_checkpointing {setting}：{err}") from None
     return backbones
 
 

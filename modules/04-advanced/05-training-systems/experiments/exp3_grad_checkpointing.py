@@ -1,14 +1,16 @@
 """实验 3：激活检查点（Chen et al., 2016）——每个块只留输入，反向时重算块内的激活：内存换时间。
 
-MiniMind 的开关是 model.model.gradient_checkpointing（训练器的 --grad_checkpointing），对所有块一起开或关。
-这里把层数 L 从小到大扫一遍，开/关各跑一次前向+反向：
-  1. 前向保留的字节数：关闭时每多一层多一整块激活（trainer/memory_report.py 的 block_activation_bytes_per_token），
-     打开时每多一层只多一份块输入 H 个 float32——两条斜率都与公式对比；
-  2. 前向+反向的峰值：打开后更低，且随 L 增长得更慢（反向时一次只重算一个块）；
-  3. 速度：多做约一次块的前向，训练步变慢。时间按 model/bench.py 的方法在同一个进程里交替计时、逐窗口配对，
-     经共享噪声检验才下结论；
+MiniMind 的开关是 model.model.gradient_checkpointing（训练器的 --grad_checkpointing [N]）：True 重算所有块，
+整数 k 只重算前 k 个块。这里做三组测量：
+  1. 层数 L 从小到大，全开/全关各跑一次前向+反向。前向保留的字节数：关闭时每多一层多一整块激活
+     （trainer/memory_report.py 的 block_activation_bytes_per_token），打开时每多一层只多一份块输入 H 个 float32——
+     两条斜率都与公式对比；前向+反向的峰值：打开后更低，且随 L 增长得更慢（反向时一次只重算一个块）；
+  2. 固定最深的 L，重算的块数 k = 0, L/4, L/2, 3L/4, L（--quick 只量 0、L/2、L）：每多重算一个块，前向少留"一块激活 − 一份块输入"，
+     峰值随 k 下降——内存按块可调，不是只有全开全关两档；
+  3. 速度：k = 0、L/2、L 三档，多重算一个块就多做一次块的前向。时间按 model/bench.py 的方法在同一个进程里交替计时、
+     逐窗口配对，经共享噪声检验才下结论；
   4. 开关不改变数学：loss 与梯度逐位相同。
-（Chen et al. 的 √n 方案是每 √n 层存一次；MiniMind 的开关是"每层都存输入"的特例，峰值 ∝ L·H + 一个块。）
+（Chen et al. 的 √n 方案是每 √n 层存一次；MiniMind 的开关是"被重算的块都存输入"，全开时峰值 ∝ L·H + 一个块。）
 
 用法：python exp3_grad_checkpointing.py [--quick] [--windows 5]
 """
@@ -109,21 +111,35 @@ def main():
                     [["off", slopes["off"] / MIB, block_bytes / MIB], ["on", slopes["on"] / MIB, input_bytes / MIB]],
                     title="每多一层，前向多保留多少")
 
-    # ---- 3. 速度：同一进程里交替计时，逐窗口配对 ----
+    # ---- 2. 固定 L，只重算前 k 个块 ----
     L = layers[-1]
-    model = build(L, exp.seed, device)
+    model = build(L, exp.seed, device)  # 与第 1 组最深的模型同一个种子：权重相同
+    middle = [L // 2] if exp.quick else [L // 4, L // 2, 3 * L // 4]
+    block_counts = [0, *middle, L]
+    # k = 0 与 k = L 就是第 1 组里最深那一行的全关/全开，不再量一遍
+    partial = [mem["off"][-1], *(measure(model, ids, k, device) for k in middle), mem["on"][-1]]
+    saved_per_block = block_bytes - input_bytes  # 多重算一个块，前向少留的字节数（公式）
+    partial_slope = -slope(block_counts, [m["forward_kept"] for m in partial])
+    exp.print_table(["checkpointed blocks k", "fwd kept MiB", "fwd+bwd peak MiB", "peak / peak(k=0)"],
+                    [[k, m["forward_kept"] / MIB, m["peak"] / MIB, m["peak"] / partial[0]["peak"]]
+                     for k, m in zip(block_counts, partial)],
+                    title=f"只重算前 k 个块（L={L}）")
+
+    # ---- 3. 速度：同一进程里交替计时，逐窗口配对 ----
+    timed_counts = [0, L // 2, L]
     steps = {}
-    for mode in ("off", "on"):
-        def step(mode=mode):
-            model.model.gradient_checkpointing = mode == "on"
+    for k in timed_counts:
+        def step(k=k):
+            model.model.gradient_checkpointing = k
             forward_backward(model, ids)
             model.zero_grad(set_to_none=True)
-        steps[mode] = step
-    # 每个窗口两种模式各跑 2 步、先后顺序逐窗口轮换（modules/common/timing.py），按窗口配对
+        steps[f"k={k}"] = step
+    # 每个窗口每一档各跑 2 步、先后顺序逐窗口轮换（modules/common/timing.py），按窗口配对
     times = alternating_timings(steps, device, windows=windows, calls_per_window=2)
-    exp.print_table(["mode", "s/step (best window)", "s/step (median)"],
-                    [[mode, min(t), sorted(t)[len(t) // 2]] for mode, t in times.items()],
+    exp.print_table(["checkpointed blocks", "s/step (best window)", "s/step (median)"],
+                    [[name, min(t), sorted(t)[len(t) // 2]] for name, t in times.items()],
                     title=f"前向+反向用时（L={L}，{windows} 个交替窗口）")
+    none, half, every = (times[f"k={k}"] for k in timed_counts)
 
     # ---- 4. 数学不变 ----
     model = build(layers[0], exp.seed, device)
@@ -138,11 +154,13 @@ def main():
 
     exp.save_metrics({"layers": layers, "batch_size": batch_size, "seq_len": seq_len, "hidden_size": HIDDEN,
                       "memory": mem, "slope_bytes_per_layer": slopes, "formula_block_bytes": block_bytes,
-                      "formula_input_bytes": input_bytes, "rng_state_bytes": rng_state_bytes, "step_seconds": times, "timed_layers": L,
+                      "formula_input_bytes": input_bytes, "rng_state_bytes": rng_state_bytes,
+                      "checkpointed_blocks": block_counts, "partial_memory": partial,
+                      "saved_bytes_per_checkpointed_block": partial_slope, "step_seconds": times, "timed_layers": L,
                       "bitwise_equal": bitwise})
 
     set_style()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
     for mode, marker in (("off", "o"), ("on", "s")):
         axes[0].plot(layers, [m["forward_kept"] / MIB for m in mem[mode]], marker=marker, label=f"fwd kept, ckpt {mode}")
         axes[0].plot(layers, [m["peak"] / MIB for m in mem[mode]], marker=marker, linestyle="--",
@@ -151,12 +169,18 @@ def main():
     axes[0].set_ylabel("MiB")
     axes[0].set_title("Activation memory vs depth")
     axes[0].legend(fontsize=8)
-    axes[1].plot(range(windows), times["off"], marker="o", label="ckpt off")
-    axes[1].plot(range(windows), times["on"], marker="s", label="ckpt on")
-    axes[1].set_xlabel("timing window (alternating)")
-    axes[1].set_ylabel("seconds per fwd+bwd")
-    axes[1].set_title(f"Step time, L={L}")
+    axes[1].plot(block_counts, [m["forward_kept"] / MIB for m in partial], marker="o", label="fwd kept")
+    axes[1].plot(block_counts, [m["peak"] / MIB for m in partial], marker="s", linestyle="--", label="fwd+bwd peak")
+    axes[1].set_xlabel("checkpointed blocks k")
+    axes[1].set_ylabel("MiB")
+    axes[1].set_title(f"Memory vs checkpointed blocks, L={L}")
     axes[1].legend()
+    for (name, t), marker in zip(times.items(), "os^"):
+        axes[2].plot(range(windows), t, marker=marker, label=name)
+    axes[2].set_xlabel("timing window (alternating)")
+    axes[2].set_ylabel("seconds per fwd+bwd")
+    axes[2].set_title(f"Step time vs checkpointed blocks, L={L}")
+    axes[2].legend()
     exp.save_figure(fig, "exp3_grad_checkpointing.png")
 
     # ---- 结论 ----
@@ -170,9 +194,19 @@ def main():
                  all(on["peak"] < off["peak"] for off, on in zip(mem["off"], mem["on"])),
                  evidence="峰值 on/off：" + "，".join(f"L={L_} {on['peak'] / off['peak']:.2f}"
                                                      for L_, off, on in zip(layers, mem["off"], mem["on"])))
-    exp.conclude_verdict(f"打开检查点后训练步变慢（L={L}，重算一次块的前向）", compare_speed(times["off"], times["on"]),
-                         evidence=f"最快窗口 on {min(times['on']):.3f} s vs off {min(times['off']):.3f} s；"
-                                  f"on / off 用时比（各窗口的中位数）{speed_ratio(times['off'], times['on']):.2f}×")
+    err_partial = partial_slope / saved_per_block - 1
+    exp.conclude(f"每多重算一个块，前向少留一块激活减一份块输入（L={L}，与公式相差 {TOLERANCE:.0%} 以内）",
+                 abs(err_partial) < TOLERANCE,
+                 evidence=f"实测每块省 {partial_slope / MIB:.3f} MiB，公式 {saved_per_block / MIB:.3f} MiB（{err_partial:+.2%}）")
+    exp.conclude(f"重算的块越多，前向+反向的峰值越低（L={L}，k = {', '.join(map(str, block_counts))}）",
+                 all(b["peak"] < a["peak"] for a, b in zip(partial, partial[1:])),
+                 evidence="峰值 MiB：" + "，".join(f"k={k} {m['peak'] / MIB:.1f}" for k, m in zip(block_counts, partial)))
+    exp.conclude_verdict(f"打开检查点后训练步变慢（L={L}，重算一次块的前向）", compare_speed(none, every),
+                         evidence=f"最快窗口 k={L} {min(every):.3f} s vs k=0 {min(none):.3f} s；"
+                                  f"用时比（各窗口的中位数）{speed_ratio(none, every):.2f}×")
+    exp.conclude_verdict(f"只重算一半的块，比全部重算快（k={L // 2} vs k={L}）", compare_speed(half, every),
+                         evidence=f"k={L} 的用时是 k={L // 2} 的 {speed_ratio(half, every):.2f}×，"
+                                  f"k={L // 2} 是 k=0 的 {speed_ratio(none, half):.2f}×")
     exp.conclude("开关检查点不改变数学：loss 与所有梯度逐位相同", bitwise,
                  evidence=f"L={layers[0]}，{len(results['off'][1])} 个参数的梯度 torch.equal")
     exp.finish()
