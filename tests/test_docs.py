@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -424,11 +425,27 @@ def resolve_module(module: str, cwd: Path, root: Path) -> tuple[Path | None, str
     return None, f"module {module!r} is neither in the repository nor installed"
 
 
+HELP_ENV = dict(os.environ, MPLBACKEND="Agg", PYTHONIOENCODING="utf-8", PYTHONUTF8="1")
+
+
+def run_helps(targets: list[HelpTarget]) -> list[tuple[int, str]]:
+    """每个目标跑一次 --help，返回 [(退出码, 输出)]。有 fork 的系统上走 tests/help_forkserver.py
+    （torch 只导入一次，几分钟变几十秒）；没有 fork 时每个目标单独起一个子进程。"""
+    if not hasattr(os, "fork"):
+        with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+            return list(pool.map(run_help, targets))
+    requests = [{"script": str(t.script) if t.script else None, "module": t.module, "cwd": str(t.cwd)} for t in targets]
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("help_forkserver.py"))],
+                          input=json.dumps(requests), capture_output=True, text=True, encoding="utf-8", env=HELP_ENV)
+    assert proc.returncode == 0, f"help_forkserver.py failed: {proc.stderr[-2000:]}"
+    return [tuple(result) for result in json.loads(proc.stdout)]
+
+
 def run_help(target: HelpTarget) -> tuple[int, str]:
     """在子进程里跑一次 `<sys.executable> script --help`（或 -m module --help），返回 (退出码, 输出)。"""
     cmd = [sys.executable]
     cmd += ["-m", target.module] if target.module else [str(target.script)]
-    env = dict(os.environ, MPLBACKEND="Agg", PYTHONIOENCODING="utf-8", PYTHONUTF8="1")
+    env = HELP_ENV
     try:
         proc = subprocess.run(cmd + ["--help"], cwd=target.cwd, capture_output=True, text=True,
                               encoding="utf-8", errors="replace", timeout=HELP_TIMEOUT_S, env=env)
@@ -466,9 +483,9 @@ def flag_problem(flag: str, value: str | None, help_text: str) -> str | None:
     return None
 
 
-def check_python_commands(docs: list[MarkdownDoc], root: Path, help_runner=run_help) -> list[str]:
+def check_python_commands(docs: list[MarkdownDoc], root: Path, help_runner=run_helps) -> list[str]:
     """检查 2：shell 代码块里每条 python 命令的脚本/模块存在，flag 出现在 --help 中。
-    每个脚本只跑一次 --help，多个脚本并行跑。"""
+    每个脚本只跑一次 --help（help_runner 一次拿到全部目标）。"""
     root = root.resolve()
     problems: list[str] = []
     pending: list[tuple[str, HelpTarget, str, list[str]]] = []   # (位置, 目标, 显示名, 参数)
@@ -502,8 +519,7 @@ def check_python_commands(docs: list[MarkdownDoc], root: Path, help_runner=run_h
     unique: dict[tuple, HelpTarget] = {}
     for _, target, _, _ in pending:
         unique.setdefault((target.script, target.module), target)
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        results = dict(zip(unique, pool.map(help_runner, unique.values())))
+    results = dict(zip(unique, help_runner(list(unique.values()))))
 
     for where, target, shown, args in pending:
         rc, help_text = results[(target.script, target.module)]
