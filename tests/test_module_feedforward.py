@@ -21,24 +21,32 @@ def conclusion(record, fragment):
 def test_exp1_ffn_beats_attention_only(tmp_path, experiment_env, char_unigram_entropy):
     record, _ = run_quick("exp1_feedforward.py", tmp_path, experiment_env)
     m = record["metrics"]
+    baseline = f"attention-only {m['model']['attention_only_layers']}L"
     val = {name: v["mean"] for name, v in m["val_loss"].items()}
-    assert set(val) == {"none", "swiglu 1x", "swiglu 4x"}
-    # 都学到了字符频率以外的东西：低于一元熵（约 3.31）；带 FFN 的至少低 0.2
-    assert val["none"] < char_unigram_entropy - 0.1, (val, char_unigram_entropy)
-    assert all(val[v] < char_unigram_entropy - 0.2 for v in ("swiglu 1x", "swiglu 4x")), (val, char_unigram_entropy)
-    # 相同步数：带 FFN 的模型验证 loss 低于只有注意力的
-    assert val["swiglu 1x"] < val["none"] and val["swiglu 4x"] < val["none"]
-    # 参数量：none < 1x < 4x，FFN 参数 = 层数 × 3 × H × (ratio·H)
+    assert set(val) == {baseline, "swiglu 1x", "swiglu 2x", "swiglu 4x"}
+    # 都学到了字符频率以外的东西：低于一元熵（约 3.31）至少 0.3
+    assert all(v < char_unigram_entropy - 0.3 for v in val.values()), (val, char_unigram_entropy)
+    # 公平的对照：attention-only 的非嵌入参数不少于 2 层 + 1× FFN；FFN 参数 = 层数 × 3 × H × (ratio·H)
     params = m["params"]
-    assert params["none"]["ffn"] == 0
-    assert params["none"]["total"] < params["swiglu 1x"]["total"] < params["swiglu 4x"]["total"]
     hidden, layers = m["model"]["hidden_size"], m["model"]["num_layers"]
-    assert params["swiglu 4x"]["ffn"] == layers * 3 * hidden * 4 * hidden
-    # 结论与数字一致
-    assert conclusion(record, "任何一个带 FFN")["holds"] is True
-    assert conclusion(record, "放大倍数越大")["holds"] == (val["swiglu 4x"] < val["swiglu 1x"])
-    exempt_conclusions(record, {"训练时间比 attention-only 长": "墙钟时间只各测一次，测试机负载下不可靠；"
-                                                               "改成交替计时是 issue 19 的待办"})
+    assert params[baseline]["ffn"] == 0 and params[baseline]["non_embedding"] > params["swiglu 1x"]["non_embedding"]
+    for r in (1, 2, 4):
+        assert params[f"swiglu {r}x"]["ffn"] == layers * 3 * hidden * r * hidden
+    # 关键效应（quick：300 步、单种子，按 8 个验证 batch 配对）
+    c = conclusion(record, f"低于参数更多的 {baseline}")
+    assert c["status"] == "holds" and c["noise"]["unit"] == "batches" and c["noise"]["n"] == 8, c
+    assert val["swiglu 1x"] < val[baseline]
+    c = conclusion(record, "FFN 越大 loss 越低")
+    assert c["status"] == "holds" and val["swiglu 4x"] < val["swiglu 1x"], (c, val)
+    # 收益递减按每个新增参数算：1×→2× 每个参数换来的下降大于 2×→4×
+    c = conclusion(record, "收益递减")
+    per_param_first = (val["swiglu 1x"] - val["swiglu 2x"]) / (params["swiglu 2x"]["ffn"] - params["swiglu 1x"]["ffn"])
+    per_param_last = (val["swiglu 2x"] - val["swiglu 4x"]) / (params["swiglu 4x"]["ffn"] - params["swiglu 2x"]["ffn"])
+    assert c["status"] == "holds" and per_param_first > per_param_last, (c, val)
+    # 计时是交替计时的窗口检验；测试不要求它成立（负载下可能未确立），只要求方向不反
+    speed = conclusion(record, "容量有代价")
+    assert speed["noise"]["unit"] == "windows" and speed["status"] != "fails", speed
+    assert all(t > 0 for ts in m["step_ms"].values() for t in ts)
 
 
 @pytest.mark.experiment
@@ -54,8 +62,17 @@ def test_exp2_glu_variants_train_and_ranking_matches(tmp_path, experiment_env, c
     ranking = sorted(val, key=val.get)
     assert m["ranking"] == ranking
     assert " < ".join(ranking) in stdout
-    assert conclusion(record, "SwiGLU 是三者中最好的")["holds"] == (ranking[0] == "swiglu")
     assert conclusion(record, "都能正常训练")["holds"] is True
+    # "SwiGLU 更好"拆成两条配对比较（quick：300 步、单种子，按 8 个验证 batch 配对）；判定与逐 batch 的差值一致
+    batches = {v: m["val_batches_first_seed"][v] for v in val}
+    for other in ("gelu", "relu"):
+        c = conclusion(record, f"SwiGLU 的验证 loss 低于 {other.upper()}")
+        assert c["noise"]["unit"] == "batches" and c["noise"]["n"] == 8, c
+        deltas = [b - a for a, b in zip(batches["swiglu"], batches[other])]
+        assert all(abs(x - y) < 1e-9 for x, y in zip(deltas, c["noise"]["deltas"])), c
+    # 这个规模（hidden 64、2 层、300 步）上 SwiGLU 不比参数相同的 ReLU 好（种子 42 / 1 / 7 都是"不成立"）；
+    # Shazeer 2020 的优势（约 0.04 log-ppl）是在大得多的模型与步数上测到的
+    assert conclusion(record, "SwiGLU 的验证 loss 低于 RELU")["status"] != "holds"
 
 
 @pytest.mark.experiment

@@ -73,27 +73,71 @@ def test_exp2_norm_comparison(tmp_path, experiment_env):
 @pytest.mark.experiment
 def test_exp3_prenorm_vs_postnorm(tmp_path, experiment_env):
     record = run_quick("exp3_prenorm_vs_postnorm.py", tmp_path, experiment_env)
-    m = record["metrics"]
-    shallow, deep = m["config"]["depths"]
-    no_wu, wu = m["config"]["warmups"]
+    m, cfg = record["metrics"], record["metrics"]["config"]
+    shallow, deep = cfg["depths"]
+    no_wu, wu = cfg["warmups"]
     assert no_wu == 0 and wu > 0 and deep >= 2 * shallow
+    # ---- 初始化梯度（Xavier，论文的设定）：每个种子的 top/bottom 由逐层梯度重新算出 ----
+    n_seeds, depth = len(cfg["init_seeds"]), cfg["init_depth"]
+    assert n_seeds >= 5 and depth >= 12
+    ratio = {}
+    for name, r in m["init_shape"].items():
+        assert len(r["per_layer"]) == n_seeds and all(len(n) == depth and min(n) > 0 for n in r["per_layer"])
+        half = depth // 2
+        ratio[name] = [(sum(n[-half:]) / sum(n[:half])) for n in r["per_layer"]]
+        assert all(abs(a - b) < 1e-9 for a, b in zip(ratio[name], r["top_over_bottom"]))
+    # Xiong et al. 图 3：Post-LN 越靠近输出梯度越大（每个种子都 > 1），Pre-LN 不是；0.02 初始化下这个形状几乎消失
+    c = find_conclusion(record, "Post-LN 的 W2 梯度越靠近输出越大")
+    assert c["status"] == "holds" and c["noise"]["n"] == n_seeds, c
+    assert all(x > 1 for x in ratio["Post-LN, xavier"]), ratio
+    c = find_conclusion(record, "Pre-LN 的 W2 梯度不随层向输出增大")
+    assert c["status"] == "holds" and all(x < 1 for x in ratio["Pre-LN, xavier"]), (c, ratio)
+    c = find_conclusion(record, "0.02 初始化下 Post-LN 的这种形状变弱")
+    assert c["status"] == "holds" and all(abs(x - 1) < 0.1 for x in ratio["Post-LN, normal"]), (c, ratio)
+    # 最后一层梯度随深度：Pre-LN 缩小（接近 1/√L），Post-LN 大致不变
+    scaling, depths = m["init_scaling"], cfg["scaling_depths"]
+    pre = [b / a for a, b in zip(scaling["Pre-LN"][f"L={depths[0]}"], scaling["Pre-LN"][f"L={depths[-1]}"])]
+    post = [b / a for a, b in zip(scaling["Post-LN"][f"L={depths[0]}"], scaling["Post-LN"][f"L={depths[-1]}"])]
+    c = find_conclusion(record, "Pre-LN 最后一层的梯度缩小得比 Post-LN 多")
+    assert c["status"] == "holds" and all(p < q for p, q in zip(pre, post)), (c, pre, post)
+    assert max(pre) < 0.5 < 0.7 < min(post), (pre, post)  # 1/√8 ≈ 0.35；Post-LN 的比值在 1 附近
+    # ---- 深度 × warmup 网格（lr 1e-2；单种子，按 8 个验证 batch 配对）----
     grid = {k: as_loss(v["mean"]) for k, v in m["grid"].items()}
     assert all(math.isfinite(v) and v < math.log(65) for v in grid.values()), grid  # 每个配置都学到了东西
-    # 关键效应（学习率 1e-2、固定种子）：深层且无 warmup 时 Pre-LN 明显好于 Post-LN
-    pre_deep, post_deep = grid[f"Pre-LN, L={deep}, warmup=0"], grid[f"Post-LN, L={deep}, warmup=0"]
-    assert pre_deep < post_deep - 0.1, grid
-    assert claim(record, "无 warmup 时，Pre-LN 的最终验证损失低于 Post-LN")
-    # 其余结论与测量一致（没有写死）；初始化梯度的形状与 Xiong et al. 不同，见 teaching.md
-    post = m["init_grad"][f"Post-LN, L={deep}"]["per_layer"][0]
-    pre = m["init_grad"][f"Pre-LN, L={deep}"]["per_layer"][0]
-    assert len(post) == len(pre) == deep and all(g > 0 for g in post + pre)
-    assert claim(record, "逐层梯度范数差距") == (max(post) / min(post) > max(pre) / min(pre))
-    # 初始化梯度是确定的（固定种子、不训练）：结论必须与逐层梯度本身一致
-    assert claim(record, "靠近输出的层梯度") == (post[-1] / post[0] > 1 and abs(pre[-1] / pre[0] - 1)
-                                               < abs(post[-1] / post[0] - 1))
+    c = find_conclusion(record, f"{deep} 层、无 warmup 时，Pre-LN 的最终验证损失低于 Post-LN")
+    assert c["status"] == "holds" and c["noise"]["unit"] == "batches" and c["noise"]["n"] == 8, c
+    assert grid[f"Pre-LN, L={deep}, warmup=0"] < grid[f"Post-LN, L={deep}, warmup=0"] - 0.1, grid
+    # "Post-LN 更需要 warmup"（4 层、12 层）与"加深对 Post-LN 伤害更大"：lr 1e-2 下 Post-LN 是"训得动 / 卡在 ≈3.3"两态，
+    # 哪一态随种子变（quick 种子 42 上三条里两条成立；种子 1 上 Post-LN 四个配置都卡住，"加深"一条反而不成立）。
+    # 完整模式 3 个种子下三条都是未确立（teaching.md 逐种子列出）；这里只查它们经过了噪声检验
+    for fragment in (f"{shallow} 层时 Post-LN 更需要 warmup", f"{deep} 层时 Post-LN 更需要 warmup",
+                     "对 Post-LN 的伤害比对 Pre-LN 大"):
+        assert "noise" in find_conclusion(record, fragment)
     exempt_conclusions(record, {
-        "需要 warmup": "两个均值之差的直接比较，还没经过噪声检验；warmup 的学习率区间要按 issue 19 重新设计",
-        "加深": "两个均值之差的直接比较，还没经过噪声检验（issue 19）"})
+        f"{shallow} 层时 Post-LN 更需要 warmup": "Post-LN 卡住与否随种子变，单种子结果不可断言；完整模式 3 个种子下未确立",
+        f"{deep} 层时 Post-LN 更需要 warmup": "Post-LN 卡住与否随种子变，单种子结果不可断言；完整模式 3 个种子下未确立",
+        "对 Post-LN 的伤害比对 Pre-LN 大": "Post-LN 卡住与否随种子变（种子 1 上不成立）；完整模式 3 个种子下未确立"})
+
+
+def test_lab_config_xavier_init_switch():
+    """init="xavier" 只重置块内的线性层（std ≈ √(2/(fan_in+fan_out))），嵌入不变；与 scaled_init 互斥、拼错值报错。"""
+    import torch
+
+    from modules.common.lab_model import LabConfig, LabModel
+
+    small = dict(hidden_size=64, num_layers=2, n_heads=4, max_seq_len=32, ffn="relu")
+    torch.manual_seed(0)
+    plain = LabModel(LabConfig(**small))
+    torch.manual_seed(0)
+    xavier = LabModel(LabConfig(**small, init="xavier"))
+    assert torch.equal(plain.model.embed_tokens.weight, xavier.model.embed_tokens.weight)
+    up = xavier.model.layers[0].mlp.up_proj.weight  # (256, 64)
+    expected = math.sqrt(2 / sum(up.shape))
+    assert abs(up.std().item() - expected) < 0.1 * expected and abs(plain.model.layers[0].mlp.up_proj.weight.std() - 0.02) < 0.002
+    with pytest.raises(ValueError, match="scaled_init"):
+        LabConfig(**small, init="xavier", scaled_init=True)
+    with pytest.raises(ValueError, match="init"):
+        LabConfig(**small, init="kaiming")
 
 
 @pytest.mark.experiment

@@ -38,6 +38,7 @@ NORM_POSITIONS = ("pre", "post", "sandwich")
 POS_ENCODINGS = ("rope", "learned", "sinusoidal", "alibi", "none")
 FFNS = ("swiglu", "gelu", "relu", "none")  # "none"：只有注意力、没有 FFN 的块
 QK_SCALES = ("inv_sqrt_d", "one")
+INITS = ("normal", "xavier")
 ROPE_SCALINGS = (None, "pi", "ntk", "yarn", "yarn_minimind3")
 
 
@@ -68,6 +69,9 @@ class LabConfig:
     causal: bool = True  # False：去掉因果 mask，每个位置都能看到后面的 token（训练时等于偷看答案）
     tie_embeddings: bool = True
     scaled_init: bool = False  # True：o_proj / down_proj 初始化 std 再乘 1/√(2·num_layers)（GPT-2 的做法）
+    # "normal"：全部 N(0, 0.02)（MiniMind）；"xavier"：块内线性层用 Xavier 正态初始化（原始 Transformer，
+    # Xiong et al. 2020 分析 Post-LN 梯度时的设定），嵌入 / lm_head 仍是 N(0, 0.02)
+    init: str = "normal"
     # ---- RoPE 长度外推（只在 pos_encoding="rope" 时生效；默认 None = MiniMind 训练时的普通 RoPE）----
     # None / "pi"（位置插值）/ "ntk"（NTK-aware）/ "yarn"（MiniMind2 的 YaRN）/ "yarn_minimind3"（minimind-3 的 YaRN）
     rope_scaling: Optional[str] = None
@@ -77,13 +81,16 @@ class LabConfig:
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         for name, allowed in (("norm", NORMS), ("norm_position", NORM_POSITIONS), ("pos_encoding", POS_ENCODINGS),
-                              ("ffn", FFNS), ("qk_scale", QK_SCALES), ("rope_scaling", ROPE_SCALINGS)):
+                              ("ffn", FFNS), ("qk_scale", QK_SCALES), ("rope_scaling", ROPE_SCALINGS),
+                              ("init", INITS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"LabConfig.{name}={getattr(self, name)!r} 未知，可选 {allowed}")
         if self.rope_scaling_factor < 1:
             raise ValueError(f"LabConfig.rope_scaling_factor 必须 >= 1（目标长度 / 训练长度），收到 {self.rope_scaling_factor}")
         if self.parallel_block and self.norm_position != "pre":
             raise ValueError(f"LabConfig.parallel_block=True 只支持 norm_position='pre'，收到 {self.norm_position!r}")
+        if self.init == "xavier" and self.scaled_init:
+            raise ValueError("LabConfig.init='xavier' 与 scaled_init=True 是两种不同的初始化，只能选一个")
         if self.ffn_ratio is not None and self.ffn_ratio <= 0:
             raise ValueError(f"LabConfig.ffn_ratio 必须为正，收到 {self.ffn_ratio}")
         self.to_minimind_config()  # 借 MiniMindConfig 校验头数、整除等
@@ -339,6 +346,11 @@ class LabModel(nn.Module):
             for name, p in self.named_parameters():
                 if name.endswith(("o_proj.weight", "down_proj.weight")):
                     nn.init.normal_(p, mean=0.0, std=std)
+        if self.config.init == "xavier":
+            # Xavier：std = √(2/(fan_in+fan_out))，每个线性层大致保持方差；64×64 的方阵约 0.125，是 0.02 的 6 倍
+            for module in self.model.layers.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.xavier_normal_(module.weight)
 
     @staticmethod
     def _init_weights(module):

@@ -1,9 +1,15 @@
 """实验 1：去掉 FFN 会怎样？FFN 放大倍数（expansion ratio）越大越好吗？
 
-同一个 LabModel（只换 ffn / ffn_ratio 两个开关），在字符级 TinyShakespeare 上训练相同步数：
-  - ffn="none"：只有注意力的块（attention-only）；
-  - ffn="swiglu"，中间层 = ratio × hidden，ratio ∈ {1, 2, 4, 8}（MiniMind 默认约 8/3）。
-记录每个模型的参数量、验证 loss 和训练墙钟时间，看"多出来的容量"换来多少 loss、花了多少代价。
+同一个 LabModel（只换 ffn / ffn_ratio / num_layers），在字符级 TinyShakespeare 上训练相同步数（相同的 token 数）：
+  - 公平的 attention-only 对照：只有注意力、4 层（ffn="none"）。它的非嵌入参数是 4·4H² = 16H²，
+    比 2 层 + 1× SwiGLU FFN 的 2·(4H² + 3H²) = 14H² 还多 14%——对照组参数不少于被比较的模型，步数、数据、学习率都相同；
+  - 2 层 + SwiGLU FFN，中间层 = ratio × hidden，ratio ∈ {1, 2, 4, 8}（quick 只到 4），FFN 参数 ∝ ratio。
+步数（quick 300 / 完整 600）要够：100 步时模型还远没用上容量，大模型只是"学得快"，4× 比 2× 的下降反而更大，
+看不出收益递减——递减说的是容量受限的区间。
+"收益递减"按每个新增参数看（Kaplan et al. 2020 的 loss–参数曲线）：FFN 参数每翻一倍，
+  每个新增参数换来的 loss 下降 = Δloss / Δ参数；第一段（1×→2×）与最后一段（→最大倍数）配对比较。
+"容量有代价"用交替计时（modules/common/timing.py）比较一次前向 + 反向：最大倍数的 2 层模型 vs 2 层 attention-only。
+比较都过共享噪声检验：完整模式按种子配对；quick 模式只有一个种子，按同一组验证 batch 配对。
 """
 import sys
 from pathlib import Path
@@ -17,21 +23,31 @@ import matplotlib.pyplot as plt  # noqa: E402
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.lab_model import LabConfig, LabModel  # noqa: E402
+from modules.common.noise import compare_runs  # noqa: E402
 from modules.common.text_data import char_lm_batches  # noqa: E402
+from modules.common.timing import alternating_timings, compare_speed, speed_ratio  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 
 HIDDEN, LAYERS, HEADS, BLOCK, BATCH, LR = 64, 2, 4, 64, 8, 3e-3
+ATTN_ONLY_LAYERS = 4  # attention-only 对照的层数：非嵌入参数 16H²，不少于 2 层 + 1× FFN 的 14H²
+BASELINE = f"attention-only {ATTN_ONLY_LAYERS}L"
 
 
 def add_args(parser):
-    parser.add_argument("--steps", type=int, default=None, help="每个模型的训练步数（默认 quick 100 / full 250）")
+    parser.add_argument("--steps", type=int, default=None, help="每个模型的训练步数（默认 quick 300 / full 600）")
 
 
 def variants(quick: bool) -> dict:
-    """名字 → (ffn, ffn_ratio)。quick 只跑 none / 1× / 4×。"""
-    ratios = (1, 4) if quick else (1, 2, 4, 8)
-    return {"none": ("none", None), **{f"swiglu {r}x": ("swiglu", float(r)) for r in ratios}}
+    """名字 → (ffn, ffn_ratio, 层数)。quick 只跑 1× / 2× / 4×。"""
+    ratios = (1, 2, 4) if quick else (1, 2, 4, 8)
+    return {BASELINE: ("none", None, ATTN_ONLY_LAYERS),
+            **{f"swiglu {r}x": ("swiglu", float(r), LAYERS) for r in ratios}}
+
+
+def build(vocab_size: int, ffn: str, ratio, layers: int) -> LabModel:
+    return LabModel(LabConfig(vocab_size=vocab_size, hidden_size=HIDDEN, num_layers=layers, n_heads=HEADS,
+                              max_seq_len=BLOCK, ffn=ffn, ffn_ratio=ratio))
 
 
 def ffn_params(model: LabModel) -> int:
@@ -39,102 +55,137 @@ def ffn_params(model: LabModel) -> int:
     return sum(p.numel() for layer in model.model.layers if layer.mlp is not None for p in layer.mlp.parameters())
 
 
+def non_embedding_params(model: LabModel) -> int:
+    """块里的参数（注意力 + FFN + 归一化）；嵌入与权重共享的 lm_head 不算。"""
+    return sum(p.numel() for p in model.model.layers.parameters())
+
+
 def main():
     exp = Experiment(__file__, extra_args=add_args, description=(
-        "FFN 实验 1：只有注意力（ffn=none）vs 带 SwiGLU FFN，以及 FFN 放大倍数 1×/2×/4×/8× 的扫描：\n"
-        "相同训练步数下比较验证 loss、参数量和训练时间。"))
-    steps = exp.args.steps or (100 if exp.quick else 250)
+        "FFN 实验 1：参数量不少的 attention-only（4 层）vs 2 层 + SwiGLU FFN，FFN 放大倍数 1×/2×/4×/8× 的扫描：\n"
+        "相同训练步数下比较验证 loss（按每个新增参数看收益），并用交替计时比较一步的耗时。"))
+    steps = exp.args.steps or (300 if exp.quick else 600)
     if steps < 1:
         raise SystemExit(f"--steps 必须 >= 1（收到 {steps}）")
     text = get_experiment_data("shakespeare")
     configs = variants(exp.quick)
 
-    # runs[name] = {"val_loss": [每个种子], "wall_s": [...], "curves": [...]}
-    runs = {name: {"val_loss": [], "wall_s": [], "tokens_per_s": [], "curves": []} for name in configs}
+    # runs[name] = {"val_loss": [每个种子], "val_batches": 第一个种子的逐 batch 验证 loss, "curves": [...]}
+    runs = {name: {"val_loss": [], "val_batches": None, "curves": []} for name in configs}
     params = {}
     for seed in exp.seeds:
-        tokenizer, get_batch = char_lm_batches(text, BLOCK, BATCH, seed=seed, device=exp.device)
-        for name, (ffn, ratio) in configs.items():
+        for name, (ffn, ratio, layers) in configs.items():
+            tokenizer, get_batch = char_lm_batches(text, BLOCK, BATCH, seed=seed, device=exp.device)
             Experiment.seed_everything(seed)
-            config = LabConfig(vocab_size=tokenizer.vocab_size, hidden_size=HIDDEN, num_layers=LAYERS, n_heads=HEADS,
-                               max_seq_len=BLOCK, ffn=ffn, ffn_ratio=ratio)
-            model = LabModel(config).to(exp.device)
-            params[name] = {"total": model.num_params(), "ffn": ffn_params(model),
-                            "intermediate_size": 0 if ffn == "none" else config.intermediate_size}
+            model = build(tokenizer.vocab_size, ffn, ratio, layers).to(exp.device)
+            params[name] = {"layers": layers, "total": model.num_params(), "non_embedding": non_embedding_params(model),
+                            "ffn": ffn_params(model),
+                            "intermediate_size": 0 if ffn == "none" else model.config.intermediate_size}
             hist = train_model(model, get_batch, steps=steps, lr=LR, eval_batches=8, device=exp.device,
                                desc=f"{name} seed={seed}")
             if hist["diverged_at"] is not None:
                 raise SystemExit(f"{name}（seed={seed}）在第 {hist['diverged_at']} 步发散；请减小学习率或步数后重试")
             runs[name]["val_loss"].append(hist["val_loss"][-1])
-            runs[name]["wall_s"].append(hist["wall_s"])
-            runs[name]["tokens_per_s"].append(hist["tokens_per_s"])
+            runs[name]["val_batches"] = runs[name]["val_batches"] or hist["final_val_batches"]
             runs[name]["curves"].append({"val_steps": hist["val_steps"], "val_loss": hist["val_loss"]})
+
+    # ---- 每步耗时：2 层 attention-only 与最大倍数的 2 层 FFN 模型，一次前向 + 反向，同一进程里轮流计时 ----
+    ffn_names = [n for n in configs if n != BASELINE]
+    largest = ffn_names[-1]
+    tokenizer, get_batch = char_lm_batches(text, BLOCK, BATCH, seed=exp.seed, device=exp.device)
+    input_ids, labels = get_batch("train")
+    timed = {"attention-only 2L": build(tokenizer.vocab_size, "none", None, LAYERS).to(exp.device),
+             largest: build(tokenizer.vocab_size, *configs[largest][:2], LAYERS).to(exp.device)}
+
+    def step_fn(model):
+        def step():
+            model.zero_grad(set_to_none=True)
+            model(input_ids, labels=labels).loss.backward()
+        return step
+
+    windows = 5 if exp.quick else 9
+    step_s = alternating_timings({name: step_fn(m) for name, m in timed.items()}, exp.device, windows=windows,
+                                 calls_per_window=5)
 
     mean = {name: mean_std(r["val_loss"])[0] for name, r in runs.items()}
     exp.print_table(
-        ["model", "intermediate", "params (total)", "params (FFN)", "val loss", "wall s", "tokens/s"],
-        [[name, params[name]["intermediate_size"], params[name]["total"], params[name]["ffn"],
-          format_mean_std(r["val_loss"]), format_mean_std(r["wall_s"], 3), f"{mean_std(r['tokens_per_s'])[0]:.0f}"]
-         for name, r in runs.items()],
-        title=f"Char-level TinyShakespeare, hidden {HIDDEN}, {LAYERS} layers, {steps} steps, {len(exp.seeds)} seed(s)")
+        ["model", "layers", "intermediate", "params (non-embedding)", "params (FFN)", "val loss"],
+        [[name, params[name]["layers"], params[name]["intermediate_size"], params[name]["non_embedding"],
+          params[name]["ffn"], format_mean_std(r["val_loss"])] for name, r in runs.items()],
+        title=f"Char-level TinyShakespeare, hidden {HIDDEN}, {steps} steps, {len(exp.seeds)} seed(s)")
+    exp.print_table(["model (2 layers)", f"forward+backward ms ({windows} windows)"],
+                    [[name, format_mean_std([1000 * t for t in ts], 3)] for name, ts in step_s.items()],
+                    title="Alternating timings of one forward+backward step")
     exp.save_metrics({
         "steps": steps,
-        "model": {"hidden_size": HIDDEN, "num_layers": LAYERS, "n_heads": HEADS, "block_size": BLOCK,
-                  "batch_size": BATCH, "lr": LR},
+        "model": {"hidden_size": HIDDEN, "num_layers": LAYERS, "attention_only_layers": ATTN_ONLY_LAYERS,
+                  "n_heads": HEADS, "block_size": BLOCK, "batch_size": BATCH, "lr": LR},
         "params": params,
-        "val_loss": {name: {"mean": mean_std(r["val_loss"])[0], "std": mean_std(r["val_loss"])[1], "runs": r["val_loss"]}
-                     for name, r in runs.items()},
-        "wall_s": {name: {"mean": mean_std(r["wall_s"])[0], "runs": r["wall_s"]} for name, r in runs.items()},
-        "tokens_per_s": {name: mean_std(r["tokens_per_s"])[0] for name, r in runs.items()},
+        "val_loss": {name: {"mean": mean_std(r["val_loss"])[0], "std": mean_std(r["val_loss"])[1], "runs": r["val_loss"],
+                            "batches_first_seed": r["val_batches"]} for name, r in runs.items()},
+        "step_ms": {name: [1000 * t for t in ts] for name, ts in step_s.items()},
         "curves": {name: r["curves"] for name, r in runs.items()},
     })
 
-    # ---- 图：左 val loss vs 参数量，右 val loss vs 墙钟时间；中间是验证曲线 ----
+    # ---- 图：左 val loss vs FFN 参数（对数横轴），中 验证曲线，右 每步耗时 ----
     set_style()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    xs = [params[n]["ffn"] for n in ffn_names]
+    axes[0].errorbar(xs, [mean[n] for n in ffn_names], yerr=[mean_std(runs[n]["val_loss"])[1] for n in ffn_names],
+                     fmt="o-", capsize=3, label="2 layers + SwiGLU FFN")
+    for x, n in zip(xs, ffn_names):
+        axes[0].annotate(n.split()[-1], (x, mean[n]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    axes[0].axhline(mean[BASELINE], color="gray", ls="--",
+                    label=f"{BASELINE} ({params[BASELINE]['non_embedding']} params)")
+    axes[0].set(xscale="log", xlabel="FFN parameters (log)", ylabel="final val loss",
+                title=f"Val loss vs FFN parameters, {steps} steps")
+    axes[0].legend(fontsize=8)
     for name, r in runs.items():
-        loss_mean, loss_std = mean_std(r["val_loss"])
-        axes[0].errorbar(params[name]["total"], loss_mean, yerr=loss_std, fmt="o", capsize=3, label=name)
-        axes[1].errorbar(mean_std(r["wall_s"])[0], loss_mean, yerr=loss_std, fmt="o", capsize=3, label=name)
         curve = r["curves"][0]
-        axes[2].plot(curve["val_steps"], [sum(c["val_loss"][i] for c in r["curves"]) / len(r["curves"])
+        axes[1].plot(curve["val_steps"], [sum(c["val_loss"][i] for c in r["curves"]) / len(r["curves"])
                                           for i in range(len(curve["val_steps"]))], marker=".", label=name)
-    axes[0].set_xlabel("total parameters")
-    axes[0].set_title("Final val loss vs parameters")
-    axes[1].set_xlabel("training wall time (s)")
-    axes[1].set_title("Final val loss vs wall time")
-    axes[2].set_xlabel("step")
-    axes[2].set_title("Validation loss during training")
-    for ax in axes:
-        ax.set_ylabel("val loss")
-        ax.legend(fontsize=8)
+    axes[1].set(xlabel="step", ylabel="val loss", title="Validation loss during training")
+    axes[1].legend(fontsize=8)
+    for name, ts in step_s.items():
+        axes[2].plot(range(len(ts)), [1000 * t for t in ts], marker="o", label=name)
+    axes[2].set(xlabel="timing window", ylabel="forward+backward ms", title="Alternating timings (2 layers)")
+    axes[2].legend(fontsize=8)
     exp.save_figure(fig, "exp1_feedforward.png")
 
-    # ---- 结论（全部由上面的测量算出）----
-    ffn_names = [n for n in configs if n != "none"]
-    worst_ffn = max(ffn_names, key=lambda n: mean[n])
-    none_std = mean_std(runs["none"]["val_loss"])[1]
-    exp.conclude("相同步数下，任何一个带 FFN 的模型验证 loss 都低于只有注意力的模型",
-                 all(mean[n] < mean["none"] for n in ffn_names),
-                 f"attention-only {mean['none']:.4f}（±{none_std:.2g}）；带 FFN 中最差的 {worst_ffn} {mean[worst_ffn]:.4f}；"
-                 f"参数量 {params['none']['total']} → {params[worst_ffn]['total']}")
-    best = min(ffn_names, key=lambda n: mean[n])
-    smallest, largest = ffn_names[0], ffn_names[-1]
-    exp.conclude(f"放大倍数越大 loss 越低：{largest} 优于 {smallest}",
-                 mean[largest] < mean[smallest],
-                 f"{smallest} {mean[smallest]:.4f}（{params[smallest]['total']} 参数）vs "
-                 f"{largest} {mean[largest]:.4f}（{params[largest]['total']} 参数）；本次最好的是 {best}")
-    gains = [mean[a] - mean[b] for a, b in zip(ffn_names, ffn_names[1:])]
-    if len(gains) >= 2:  # quick 模式只有两个倍数，判断不了"递减"，不下这条结论
-        exp.conclude("收益递减：放大倍数每翻一倍，loss 都在下降，但降幅一次比一次小",
-                     all(g > 0 for g in gains) and all(g2 <= g1 for g1, g2 in zip(gains, gains[1:])),
-                     "相邻倍数之间的 loss 降幅：" + "，".join(f"{a}→{b}: {g:+.4f}" for a, b, g in
-                                                     zip(ffn_names, ffn_names[1:], gains)))
-    slow = mean_std(runs[largest]["wall_s"])[0] / mean_std(runs["none"]["wall_s"])[0]
-    exp.conclude(f"容量有代价：{largest} 的训练时间比 attention-only 长",
-                 slow > 1.0,
-                 f"墙钟时间比 {slow:.2f}×（{mean_std(runs['none']['wall_s'])[0]:.1f} s → "
-                 f"{mean_std(runs[largest]['wall_s'])[0]:.1f} s；与其他任务共享 CPU 时计时有噪声）")
+    # ---- 结论（全部由上面的测量算出，比较都过噪声检验）----
+    def batches(name):
+        return runs[name]["val_batches"]
+
+    smallest = ffn_names[0]
+    exp.conclude_verdict(
+        f"相同步数下，2 层 + {smallest} SwiGLU FFN 的验证 loss 低于参数更多的 {BASELINE}",
+        compare_runs(runs[smallest]["val_loss"], runs[BASELINE]["val_loss"], "less", batches(smallest), batches(BASELINE)),
+        f"{smallest} {format_mean_std(runs[smallest]['val_loss'])}（非嵌入参数 {params[smallest]['non_embedding']}）vs "
+        f"{BASELINE} {format_mean_std(runs[BASELINE]['val_loss'])}（{params[BASELINE]['non_embedding']}）")
+    exp.conclude_verdict(
+        f"FFN 越大 loss 越低：{largest} 优于 {smallest}",
+        compare_runs(runs[largest]["val_loss"], runs[smallest]["val_loss"], "less", batches(largest), batches(smallest)),
+        f"{smallest} {format_mean_std(runs[smallest]['val_loss'])} vs {largest} {format_mean_std(runs[largest]['val_loss'])}")
+
+    def gain_per_million(a, b, values_a, values_b):
+        """从 a 放大到 b，每百万个新增 FFN 参数换来的 loss 下降（逐种子或逐 batch）。"""
+        added = (params[b]["ffn"] - params[a]["ffn"]) / 1e6
+        return [(x - y) / added for x, y in zip(values_a, values_b)]
+
+    first, last = (ffn_names[0], ffn_names[1]), (ffn_names[-2], ffn_names[-1])
+    first_seeds = gain_per_million(*first, runs[first[0]]["val_loss"], runs[first[1]]["val_loss"])
+    last_seeds = gain_per_million(*last, runs[last[0]]["val_loss"], runs[last[1]]["val_loss"])
+    exp.conclude_verdict(
+        f"收益递减：每个新增 FFN 参数换来的 loss 下降，{first[0]}→{first[1]} 大于 {last[0]}→{last[1]}",
+        compare_runs(first_seeds, last_seeds, "greater",
+                     gain_per_million(*first, batches(first[0]), batches(first[1])),
+                     gain_per_million(*last, batches(last[0]), batches(last[1]))),
+        f"每百万新增参数的 loss 下降：{first[0]}→{first[1]} {format_mean_std(first_seeds, 3)}，"
+        f"{last[0]}→{last[1]} {format_mean_std(last_seeds, 3)}")
+    exp.conclude_verdict(
+        f"容量有代价：2 层 attention-only 的一步前向 + 反向比 {largest} 快",
+        compare_speed(step_s["attention-only 2L"], step_s[largest]),
+        f"快 {speed_ratio(step_s['attention-only 2L'], step_s[largest]):.2f}×（{windows} 个交替计时窗口的中位比值）")
     exp.finish()
 
 
