@@ -1,4 +1,4 @@
-"""03-training/07-rl 模块：估计式的独立核对（枚举），以及两个实验的 --quick 在子进程里从别的工作目录运行，
+"""03-training/07-rl 模块：估计式的独立核对（枚举），以及各实验的 --quick 在子进程里从别的工作目录运行，
 检查测得的效应与结论是否一致。实验只用仓库自带的分词器和 dataset/samples/ 的数据，不下载任何东西。
 """
 import itertools
@@ -107,10 +107,76 @@ def test_exp2_advantage_estimators(tmp_path):
     assert find_conclusion(record, "有基线（mean）比无基线（none，奖励 0/1）")["status"] != "holds"
 
 
+@pytest.mark.experiment
+def test_exp3_kl_and_clipping(tmp_path):
+    record, _ = run_quick("exp3_kl_clip.py", tmp_path)
+    held = {k: {m: np.mean(v) for m, v in metrics.items()} for k, metrics in record["metrics"]["heldout"].items()}
+    assert held["start"]["kl"] < 1e-6, held["start"]  # 起点就是参考模型：精确 KL 为 0
+    assert held["beta_large"]["kl"] < held["beta_small"]["kl"] < held["beta0"]["kl"], held
+    assert held["beta0"]["entropy"] < held["beta_large"]["entropy"] < held["start"]["entropy"], held
+    assert all(abs(held[k]["reply_len"] - 2.0) < 0.5 for k in ("start", "beta0", "beta_large")), held  # 数字 + <|im_end|>
+    for fragment in ("在策略上（比率恒为 1）裁剪不起作用", "重复优化时有 token 被裁剪", "β=1 训练后留出题上的 KL",
+                     "β=0.04 的 KL 小于", "没有 KL 时熵坍缩", "大 β 减缓熵坍缩", "β=0 的 RL 提高了",
+                     "回答长度不受 β 影响"):
+        assert find_conclusion(record, fragment)["status"] == "holds", fragment  # quick 种子 42、1、7 上都成立
+    # quick 只有 10 步、一个种子：不裁剪时策略被推坏在种子 42、1 上出现（留出准确率 0.04、0.03，回答写到 7 个 token 以上），
+    # 种子 7 上反过来（no clip 0.250 > 0.221，判为 fails）——这里只跑默认种子 42；每批步长的 log 比较只在种子 42 上
+    # 超出噪声；"KL 的代价"只在种子 1 上超出噪声。
+    # 完整模式（20 步 × 3 个种子）的判定见 results/reference/exp3_kl_clip.json
+    for fragment in ("不裁剪会把策略推坏", "裁剪限制每批采样上走多远", "KL 的代价"):
+        assert find_conclusion(record, fragment)["status"] != "fails", fragment
+
+
+@pytest.mark.experiment
+def test_exp4_bill_ppo_grpo_dpo(tmp_path):
+    record, _ = run_quick("exp4_rl_bill.py", tmp_path)
+    m = record["metrics"]
+    bill = {k: v[0] for k, v in m["bill"].items()}
+    assert [bill[k]["backbones"] for k in ("ppo", "grpo", "dpo")] == [3, 2, 2], bill
+    assert [bill[k]["grad_passes"] for k in ("ppo", "grpo", "dpo")] == [2, 1, 1], bill
+    assert bill["dpo"]["generated_tokens"] == 0 < bill["grpo"]["generated_tokens"], bill
+    assert bill["ppo"]["adam_state_mb"] == pytest.approx(2 * bill["grpo"]["adam_state_mb"], rel=1e-3), bill  # critic 多一个 H→1 的头
+    # PPO 带梯度的 token 是 actor 与 critic 各过一遍同一批序列：偶数，且多于只过一遍的 GRPO
+    assert bill["ppo"]["grad_tokens"] % 2 == 0 and bill["ppo"]["grad_tokens"] > bill["grpo"]["grad_tokens"], bill
+    for fragment in ("内存里的模型", "DPO 每次更新不生成 token", "每次更新带梯度的前向"):
+        assert find_conclusion(record, fragment)["status"] == "holds", fragment
+    updates, steps = m["config"]["updates"], m["eval_steps"]
+    assert all(len(m["seconds_per_update"][k][0]) == updates for k in bill)  # 每次更新都在轮流计时的窗口里
+    # 到达目标的更新次数从曲线重新算一遍：第一次 ≥ 起点 + 目标增量的评测点；秒数是这个方法前 k 次更新的实测用时之和
+    for gain in m["config"]["target_gains"]:
+        target = m["start_accuracy"][0] + gain
+        for k in bill:
+            curve, hit = m["curves"][k][0], m["updates_to_target"][str(gain)][k][0]
+            assert len(curve) == len(steps) and curve[0] == m["start_accuracy"][0]
+            assert hit == next((s for s, a in zip(steps, curve) if a >= target), None), (gain, k)
+            seconds = m["seconds_to_target"][str(gain)][k][0]
+            assert (seconds is None) if hit is None else seconds == pytest.approx(sum(m["seconds_per_update"][k][0][:hit]))
+    # quick 种子 42、1、7、2 上都成立：GRPO 每次更新比 PPO 快 2.3–2.5 倍（PPO 多一个 critic 的前向反向）；
+    # DPO 学会了训练对上的偏好（偏好准确率 0.74、0.59、0.82、0.68；种子 1 刚刚超出噪声）
+    for fragment in ("每次更新 GRPO 比 PPO 快", "DPO 在偏好对上学到了偏好"):
+        assert find_conclusion(record, fragment)["status"] == "holds", fragment
+    # 这个 2 层小模型上采样十几个 token 很便宜，DPO 又对整条序列算完整词表的 logits：DPO 每次更新从没测出比 GRPO 快
+    # （quick 种子 42 在噪声以内，1、7、2 上 DPO 更慢、判为不成立）
+    assert find_conclusion(record, "每次更新 DPO 比 GRPO 快")["status"] != "holds"
+    # 12 次更新后留出采样准确率高于起点：GRPO 在种子 42、1 上超出逐题噪声，7、2 上在噪声以内；PPO 在 42、1、2 上成立，7 上在噪声以内。
+    # DPO 压低 chosen 的概率：种子 42、1、7、2 都成立，但它是 DPO 的性质而非必然，这里只要求不反向。完整模式（30 次更新、3 个种子）见 results/reference/
+    for fragment in (f"GRPO 训练 {updates} 次", f"PPO 训练 {updates} 次", "DPO 也压低了 chosen 的概率"):
+        assert find_conclusion(record, fragment)["status"] != "fails", fragment
+    for gain in m["config"]["target_gains"]:  # 只有一个种子：到达目标的次数/时间没有种子噪声可估
+        for fragment in (f"到 +{gain}：PPO 需要的更新次数", f"到 +{gain}：GRPO 用的训练时间", f"到 +{gain}：DPO 用的训练时间"):
+            assert find_conclusion(record, fragment)["status"] == "not_established", fragment
+    exempt_conclusions(record, {
+        f"DPO 训练 {updates} 次": "quick 的 lr 1e-3 对 DPO 太猛：种子 42、1、7 更低且超出噪声，2 在噪声以内；完整模式的判定见 results/reference/",
+        "PPO 训练后的留出采样准确率高于 GRPO": "quick 12 次更新差距小（种子 42、1 上 PPO 高 0.03、0.02，在噪声以内；种子 7 上几乎相同），完整模式的判定见 results/reference/",
+    })
+
+
 @pytest.mark.parametrize("script, args, fragment", [
     ("exp1_reward_model.py", ["--max-n", "12"], "--max-n 必须是"),
     ("exp1_reward_model.py", ["--pairs", "960"], "--pairs 至少给两个"),
     ("exp2_advantages.py", ["--steps", "0"], "需要 --steps >= 1"),
+    ("exp3_kl_clip.py", ["--steps", "0"], "需要 --steps >= 1"),
+    ("exp4_rl_bill.py", ["--updates", "5"], "需要 --updates 是"),
 ])
 def test_bad_arguments_exit_with_message(tmp_path, script, args, fragment):
     proc = subprocess.run([sys.executable, str(EXPERIMENTS / script), "--quick", "--output-dir", str(tmp_path), *args],

@@ -1,0 +1,286 @@
+"""实验 3：KL 惩罚与裁剪在管什么？——β ∈ {0, 小, 大} 与裁剪 ε 下的奖励、到参考模型的 KL、熵、裁剪比例。
+
+同一个起点（trainer/rl/startup.py 的 task_sft）、同一个 0/1 可验证奖励、同一个训练步：trainer/train_grpo.py::GRPOStep
+（grpo 聚合、组内标准化优势、k3 KL），同一批采样做 μ = 4 次优化（PPO 的做法：μ > 1 时重要性比率才离开 1，裁剪才有事可做）。
+只换两个旋钮：
+    β=0            不加 KL（DAPO 的做法）
+    β=0.04         小 KL（DeepSeekMath 的 GRPO 用的值，Shao et al. 2024）
+    β=1            大 KL
+    β=0, no clip   不加 KL，也不裁剪（ε = ∞）：μ 次优化里每一次都按完整的比率 r·Â 更新
+参考模型在四种设置里都在（β=0 时它不进损失，只用来记录 KL）。
+
+测量：
+  训练中每步：答对率（奖励）、k3 KL(π‖π_ref)、采样回答上的熵（每步第一次优化时，即采样它的策略）、
+  裁剪比例（μ 次里第一次比率恒为 1、不会裁剪；第二次起的平均）、回答长度，
+  以及这一批采样被用完后策略移动了多远：KL(π_old‖π_new) 的 k3 估计（样本来自 π_old，即这批回答）——裁剪要限制的正是它。
+  训练后在留出题上每题采 4 条：答对率、回答长度，以及逐 token 精确的 KL(π‖π_ref) = Σ_v π log(π/π_ref) 与熵 −Σ_v π log π
+  （对整个词表求和，不是单个样本的估计），按题平均——同一批题在各设置之间配对，quick 模式的噪声检验按题配对。
+
+    python exp3_kl_clip.py --quick
+"""
+import copy
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import rl_lab as lab  # noqa: E402
+from modules.common.experiment_base import Experiment, format_mean_std  # noqa: E402
+from modules.common.noise import compare_runs, equivalent_runs, exceeds  # noqa: E402
+from modules.common.visualization import set_style  # noqa: E402
+from trainer.rl.losses import k3_kl, masked_mean, policy_loss  # noqa: E402
+from trainer.rl.rewards import correctness_reward  # noqa: E402
+from trainer.rl.rollout import completion_logprobs, sample_replies  # noqa: E402
+from trainer.rl.startup import RewardFunction, frozen_copy, reply_prefix  # noqa: E402
+from trainer.train_grpo import GRPOStep  # noqa: E402
+
+# 四种设置：名字 → (β, 裁剪 ε)；ε = inf 表示不裁剪
+SETTINGS = {"beta0": (0.0, 0.2), "beta_small": (0.04, 0.2), "beta_large": (1.0, 0.2), "no_clip": (0.0, math.inf)}
+LABELS = {"beta0": "β=0, ε=0.2", "beta_small": "β=0.04, ε=0.2", "beta_large": "β=1, ε=0.2", "no_clip": "β=0, no clip"}
+COLORS = {"beta0": "tab:blue", "beta_small": "tab:green", "beta_large": "tab:orange", "no_clip": "tab:red"}
+LR = 1e-3  # 同 trainer/rl/startup.py 的 QUICK_RL
+ITERATIONS = 4  # μ：每批采样做几次优化
+LENGTH_MARGIN = 0.5  # "回答长度不变"的等价界（token）：答案是一个数字 + <|im_end|>，事先定为半个 token
+QUICK = dict(start_epochs=1, steps=10, batch_prompts=8, group=8, eval_prompts=120, eval_samples=4)
+FULL = dict(start_epochs=4, steps=20, batch_prompts=16, group=8, eval_prompts=300, eval_samples=4)
+
+
+def add_args(parser):
+    parser.add_argument("--steps", type=int, default=None, help="每种设置的 RL 步数（默认 quick 10，完整 20）")
+
+
+def settings(exp: Experiment) -> dict:
+    cfg = dict(QUICK if exp.quick else FULL)
+    if exp.args.steps is not None:
+        cfg["steps"] = exp.args.steps
+    if cfg["steps"] < 1:
+        raise SystemExit(f"需要 --steps >= 1（收到 {cfg['steps']}）")
+    return cfg
+
+
+def grpo_args(beta: float, epsilon: float, group: int) -> SimpleNamespace:
+    """GRPOStep 读的那几个命令行参数（同 train_grpo.py --loss_type grpo），β 与 ε 由设置决定。"""
+    return SimpleNamespace(num_generations=group, max_gen_len=lab.MAX_NEW_TOKENS, temperature=1.0, top_p=None,
+                           scale_rewards=1, num_iterations=ITERATIONS, accumulation_steps=1, loss_type="grpo",
+                           epsilon=epsilon, epsilon_high=epsilon, beta=beta)
+
+
+def verifier_reward(tokenizer, device) -> RewardFunction:
+    """只要答对与否（0/1）：格式与长度的权重都为 0，没有奖励模型。"""
+    args = SimpleNamespace(correct_weight=1.0, format_weight=0.0, length_weight=0.0, max_gen_len=lab.MAX_NEW_TOKENS,
+                           reward_model_path="none", reward_model_weight=1.0)
+    return RewardFunction(args, tokenizer, device)
+
+
+def prompt_batch(dataset, indices, device) -> dict:
+    items = [dataset[i] for i in indices]
+    return {k: torch.stack([x[k] for x in items]).to(device) for k in ("prompt_ids", "prompt_mask", "index")}
+
+
+def train_setting(start, tokenizer, dataset, cfg, name, seed):
+    """从起点的拷贝出发，用 GRPOStep 训练 cfg["steps"] 步，每批采样优化 μ 次。
+    返回 (策略, 参考模型, 每步曲线, 每步第一次优化的裁剪比例)。"""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    device = next(start.parameters()).device
+    beta, epsilon = SETTINGS[name]
+    policy = copy.deepcopy(start).train()
+    reference = frozen_copy(start, device)
+    step_fn = GRPOStep(policy, reference, tokenizer, dataset, verifier_reward(tokenizer, device),
+                       grpo_args(beta, epsilon, cfg["group"]), reply_prefix(dataset))
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=LR, weight_decay=0.0)
+    curves = {k: [] for k in ("accuracy", "kl", "entropy", "clip_fraction", "reply_len", "batch_kl")}
+    first_clip = []
+    for _ in range(cfg["steps"]):
+        batch = prompt_batch(dataset, rng.choice(len(dataset), cfg["batch_prompts"], replace=False).tolist(), device)
+        extras = []
+        for _ in range(ITERATIONS):  # RolloutCache：第一次调用采样，之后重用同一批
+            loss, stats = step_fn(policy, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            optimizer.step()
+            extras.append(stats)
+        for key in ("accuracy", "kl", "entropy", "reply_len"):
+            curves[key].append(extras[0][key])  # 第一次优化时的策略 = 采样这批回答的策略
+        curves["clip_fraction"].append(float(np.mean([e["clip_fraction"] for e in extras[1:]])))
+        first_clip.append(extras[0]["clip_fraction"])
+        with torch.no_grad():  # 这批采样用完后走了多远：KL(π_old‖π_new)，样本来自 π_old
+            buf = step_fn.cache.buffers[0]
+            new_logp = completion_logprobs(policy, buf["rollout"])
+            curves["batch_kl"].append(masked_mean(k3_kl(buf["old_logp"], new_logp), buf["rollout"].completion_mask).item())
+    return policy.eval(), reference, curves, first_clip
+
+
+@torch.no_grad()
+def exact_kl_entropy(policy, reference, rollout):
+    """回答里每个位置对整个词表求和的 KL(π‖π_ref) 与 π 的熵，各 (N,)：按回答的 token 平均。"""
+    R = rollout.completion_mask.size(1)
+    logp, logq = (m(rollout.sequences, attention_mask=rollout.attention_mask, logits_to_keep=R + 1)
+                  .logits[:, :-1].float().log_softmax(-1) for m in (policy, reference))  # (N, R, V)
+    p = logp.exp()
+    kl = (p * (logp - logq)).sum(-1)  # (N, R)
+    entropy = -(p * logp).sum(-1)
+    mask = rollout.completion_mask
+    return masked_mean(kl, mask, dim=1), masked_mean(entropy, mask, dim=1)
+
+
+@torch.no_grad()
+def heldout_stats(policy, reference, tokenizer, dataset, indices, n, batch_prompts=30) -> dict:
+    """留出题上每题采 n 条，逐题平均：答对率、回答 token 数、精确 KL、熵。返回 {指标: 长 P 的列表}。"""
+    device = next(policy.parameters()).device
+    out = {k: [] for k in ("accuracy", "reply_len", "kl", "entropy")}
+    for start in range(0, len(indices), batch_prompts):
+        chunk = indices[start:start + batch_prompts]
+        batch = prompt_batch(dataset, chunk, device)
+        rollout = sample_replies(policy, tokenizer, batch["prompt_ids"], batch["prompt_mask"], n, lab.MAX_NEW_TOKENS)
+        kl, entropy = exact_kl_entropy(policy, reference, rollout)
+        rows = [dataset.row(i) for i in chunk for _ in range(n)]
+        correct = torch.tensor([correctness_reward(t, r["task"], r["answer"]) for t, r in zip(rollout.texts, rows)])
+        for key, value in (("accuracy", correct), ("reply_len", rollout.n_tokens.float()), ("kl", kl),
+                           ("entropy", entropy)):
+            out[key] += value.cpu().view(len(chunk), n).mean(1).tolist()
+    return out
+
+
+def clipping_is_inactive_on_policy() -> bool:
+    """确定性检查：比率恒为 1（old_logp = logp）时，无论 ε 多小、优势多大，都没有 token 被裁剪。"""
+    gen = torch.Generator().manual_seed(0)
+    logp = torch.randn(6, 5, generator=gen) - 3
+    adv, mask = torch.randn(6, generator=gen) * 5, torch.ones(6, 5)
+    return all(policy_loss(logp, logp.clone(), adv, mask, "grpo", eps, eps)[1]["clip_fraction"] == 0.0
+               for eps in (0.01, 0.2))
+
+
+def main():
+    exp = Experiment(__file__, description="KL 惩罚 β 与裁剪 ε：奖励、到参考模型的 KL、熵、裁剪比例、留出准确率与回答长度",
+                     extra_args=add_args)
+    cfg = settings(exp)
+    tokenizer = lab.load_tokenizer()
+    train_set, eval_set = lab.eval_prompts(tokenizer, lab.RL_TRAIN), lab.eval_prompts(tokenizer)
+    eval_idx = list(range(cfg["eval_prompts"]))
+    print(f"每步 {cfg['batch_prompts']} 题 × G={cfg['group']}，每批采样优化 μ={ITERATIONS} 次，{cfg['steps']} 步，lr {LR}；"
+          f"留出 {cfg['eval_prompts']} 题 × {cfg['eval_samples']} 条")
+
+    names = list(SETTINGS)
+    metrics = ("accuracy", "reply_len", "kl", "entropy")
+    held = {k: {m: [] for m in metrics} for k in ["start"] + names}  # 每个种子的全体平均
+    held_prompts = {}  # 第一个种子逐题的值（quick 模式按题配对）
+    curves = {k: {m: [] for m in ("accuracy", "kl", "entropy", "clip_fraction", "reply_len", "batch_kl")} for k in names}
+    first_clip = []
+    for seed in exp.seeds:
+        Experiment.seed_everything(seed)
+        start = lab.train_task_start(seed, cfg["start_epochs"]).to(exp.device)
+        runs = {"start": (start, start)}
+        for name in names:
+            policy, reference, curve, clip0 = train_setting(start, tokenizer, train_set, cfg, name, seed)
+            for m, values in curve.items():
+                curves[name][m].append(values)
+            first_clip += clip0
+            runs[name] = (policy, reference)
+        for name, (policy, reference) in runs.items():
+            Experiment.seed_everything(seed)  # 各设置在留出题上用同样的随机数状态采样
+            stats = heldout_stats(policy, reference, tokenizer, eval_set, eval_idx, cfg["eval_samples"])
+            for m in metrics:
+                held[name][m].append(float(np.mean(stats[m])))
+            held_prompts.setdefault(name, stats)
+        print(f"[seed {seed}] " + "；".join(f"{LABELS[k] if k in LABELS else k}: 准确率 {held[k]['accuracy'][-1]:.3f}，"
+                                            f"KL {held[k]['kl'][-1]:.3f}，熵 {held[k]['entropy'][-1]:.3f}"
+                                            for k in ["start"] + names))
+
+    def last(name, m, k=5):  # 每个种子最后 k 步的平均
+        return [float(np.mean(c[-k:])) for c in curves[name][m]]
+
+    exp.print_table(["setting", "train acc (last 5)", "k3 KL to ref (last 5)", "entropy (last 5)", "clip fraction (all)",
+                     "KL(old‖new) per batch (all)"],
+                    [[LABELS[k], format_mean_std(last(k, "accuracy"), 3), format_mean_std(last(k, "kl"), 3),
+                      format_mean_std(last(k, "entropy"), 3), format_mean_std(last(k, "clip_fraction", cfg["steps"]), 3),
+                      format_mean_std(last(k, "batch_kl", cfg["steps"]), 4)]
+                     for k in names], title=f"训练中（{cfg['steps']} 步，每步 μ={ITERATIONS} 次优化）")
+    exp.print_table(["setting", "held-out acc", "reply tokens", "exact KL(π‖π_ref)", "entropy"],
+                    [[LABELS.get(k, "start (no RL)"), *(format_mean_std(held[k][m], 3) for m in metrics)]
+                     for k in ["start"] + names], title=f"训练后，留出 {cfg['eval_prompts']} 题 × {cfg['eval_samples']} 条采样")
+
+    # ---- 结论 ----
+    def runs(a, b, m, direction):
+        return compare_runs(held[a][m], held[b][m], direction, held_prompts[a][m], held_prompts[b][m])
+
+    def fmt(k, m):
+        return f"{LABELS.get(k, 'start')} {format_mean_std(held[k][m], 3)}"
+
+    exp.conclude("在策略上（比率恒为 1）裁剪不起作用：ε = 0.01 或 0.2 时裁剪比例都是 0，"
+                 f"实验里每批第一次优化的裁剪比例也全是 0（{len(first_clip)} 次）",
+                 clipping_is_inactive_on_policy() and all(c == 0.0 for c in first_clip),
+                 f"第一次优化的裁剪比例最大值 {max(first_clip):.3g}")
+    clip_seed = last("beta0", "clip_fraction", cfg["steps"])
+    exp.conclude_verdict("同一批采样重复优化时有 token 被裁剪：β=0、ε=0.2 在第 2 次起的优化里裁剪比例大于 0",
+                         exceeds(clip_seed if len(exp.seeds) > 1 else curves["beta0"]["clip_fraction"][0], 0.0,
+                                 unit="seeds" if len(exp.seeds) > 1 else "batches"),
+                         f"全程平均 {format_mean_std(clip_seed, 3)}")
+    exp.conclude_verdict("β 越大，策略离参考模型越近：β=1 训练后留出题上的 KL(π‖π_ref) 小于 β=0",
+                         runs("beta_large", "beta0", "kl", "less"), f"{fmt('beta0', 'kl')} vs {fmt('beta_large', 'kl')}")
+    exp.conclude_verdict("小 β 也拉住了一部分：β=0.04 的 KL 小于 β=0",
+                         runs("beta_small", "beta0", "kl", "less"), f"{fmt('beta0', 'kl')} vs {fmt('beta_small', 'kl')}")
+    exp.conclude_verdict("没有 KL 时熵坍缩：β=0 训练后留出题上的熵低于起点",
+                         runs("beta0", "start", "entropy", "less"), f"{fmt('start', 'entropy')} → {fmt('beta0', 'entropy')}")
+    exp.conclude_verdict("大 β 减缓熵坍缩：β=1 训练后的熵高于 β=0",
+                         runs("beta_large", "beta0", "entropy", "greater"),
+                         f"{fmt('beta0', 'entropy')} vs {fmt('beta_large', 'entropy')}")
+    exp.conclude_verdict("β=0 的 RL 提高了留出题的采样准确率",
+                         runs("beta0", "start", "accuracy", "greater"),
+                         f"{fmt('start', 'accuracy')} → {fmt('beta0', 'accuracy')}")
+    exp.conclude_verdict("KL 的代价：β=1 训练后的留出准确率低于 β=0",
+                         runs("beta_large", "beta0", "accuracy", "less"),
+                         f"{fmt('beta0', 'accuracy')} vs {fmt('beta_large', 'accuracy')}")
+    # 每批的步长是乘性的、偶尔一步极大：比较 log KL（几何平均），不让一两步主导
+    log_kl = {k: [[math.log(max(v, 1e-8)) for v in c] for c in curves[k]["batch_kl"]] for k in ("beta0", "no_clip")}
+    exp.conclude_verdict(f"裁剪限制每批采样上走多远：no clip 用完一批后的 KL(π_old‖π_new) 大于 ε=0.2（μ={ITERATIONS}，比较 log）",
+                         compare_runs([float(np.mean(c)) for c in log_kl["no_clip"]],
+                                      [float(np.mean(c)) for c in log_kl["beta0"]], "greater",
+                                      log_kl["no_clip"][0], log_kl["beta0"][0]),
+                         "几何平均 ε=0.2 " + format_mean_std([math.exp(np.mean(c)) for c in log_kl["beta0"]], 4)
+                         + " vs no clip " + format_mean_std([math.exp(np.mean(c)) for c in log_kl["no_clip"]], 4))
+    exp.conclude_verdict(f"不裁剪会把策略推坏（μ={ITERATIONS}）：no clip 训练后的留出准确率低于 ε=0.2",
+                         runs("no_clip", "beta0", "accuracy", "less"),
+                         f"{fmt('beta0', 'accuracy')} vs {fmt('no_clip', 'accuracy')}")
+    exp.conclude_verdict(f"回答长度不受 β 影响：β=0 与 β=1 训练后留出回答的 token 数相差不到 {LENGTH_MARGIN}",
+                         equivalent_runs(held["beta0"]["reply_len"], held["beta_large"]["reply_len"], LENGTH_MARGIN,
+                                         held_prompts["beta0"]["reply_len"], held_prompts["beta_large"]["reply_len"]),
+                         f"{fmt('beta0', 'reply_len')} vs {fmt('beta_large', 'reply_len')}")
+
+    set_style()
+    fig, axes = plt.subplots(1, 5, figsize=(23, 4.2))
+    steps = np.arange(1, cfg["steps"] + 1)
+    for ax, m, ylabel in zip(axes, ("accuracy", "kl", "entropy", "clip_fraction", "batch_kl"),
+                             ("train accuracy (reward)", "k3 KL(pi || pi_ref) per token", "entropy per token (nats)",
+                              "clip fraction (re-used batch)", "KL(pi_old || pi_new) after the batch")):
+        for k in names:
+            ax.plot(steps, np.array(curves[k][m]).mean(0), color=COLORS[k], label=LABELS[k])
+        ax.set_xlabel("RL step")
+        ax.set_ylabel(ylabel)
+    axes[0].legend(fontsize=8)
+    axes[0].set_title("A. Reward")
+    axes[1].set_title("B. Drift from the reference")
+    axes[2].set_title("C. Entropy (collapse)")
+    axes[3].set_title("D. Clipped tokens")
+    axes[4].set_title("E. Step size per batch")
+    axes[4].set_yscale("log")
+    fig.suptitle(f"KL penalty and clipping, GRPO with mu={ITERATIONS} ({len(exp.seeds)} seed(s), mean over seeds)")
+    fig.tight_layout()
+    exp.save_figure(fig, "exp3_kl_clip.png")
+
+    exp.save_metrics({"config": {**cfg, "lr": LR, "iterations": ITERATIONS,
+                                 "settings": {k: {"beta": b, "epsilon": None if math.isinf(e) else e}
+                                              for k, (b, e) in SETTINGS.items()}},
+                      "heldout": held, "curves": curves})
+    exp.finish()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,432 @@
+"""实验 4：PPO、GRPO、DPO 的账单——内存里放几个模型、每次更新前向/反向多少 token、生成多少 token，到达目标准确率要多久。
+
+同一个起点（trainer/rl/startup.py 的 task_sft）、同一个任务、同样的学习率，每次更新都用 64 条回答：
+    GRPO  8 题 × G=8 条，β=0.04（trainer/train_grpo.py::GRPOStep，grpo 损失，μ=1）
+    PPO   64 题 × 1 条，actor + critic + 参考模型，GAE（trainer/train_ppo.py::PPOStep，μ=1）
+    DPO   32 个偏好对 = 64 条回答（trainer/train_dpo.py::make_dpo_step，β=0.1）。偏好对在训练前离线造好：
+          起点对训练题各采 8 条回答，验证器判对错，同一题里一条答对的当 chosen、一条答错的当 rejected。
+
+A. 账单（确定性的计数，与机器快慢无关）：从同一个起点各做一次更新（之后丢弃），用前向钩子数每个 MiniMind 主干
+   处理了多少 token——带梯度的（之后还要反向）与不带梯度的（采样、参考模型、旧策略）分开数；
+   数内存里有几个 MiniMind 主干、参数与 Adam 状态多少字节。
+B. 每次更新的墙钟时间：三种方法的训练本身就在同一个进程里轮流计时（modules/common/timing.py::alternating_timings，
+   每次更新是一个窗口，三种方法的第 k 次更新配成一对）。
+C. 训练到目标：每隔几次更新在留出题上每题采 4 条，算采样准确率（pass@1 的估计，逐题平均；比 96 题的贪心准确率细得多），
+   各方法用同样的随机数采样。两个目标 = 起点的采样准确率 + 0.05 / + 0.10（TARGET_GAINS，不随结果往下调）。
+   到达目标的更新次数与时间（这个方法自己那些更新的实测秒数之和，不含评测）；没到达的如实记为"没到达"。
+   （开发时的第一次完整运行只有 +0.05 一个目标、每 5 次更新评测一次：三种方法都在第一个评测点就到了，分不出先后；
+   于是完整模式改为每 2 次更新评测一次，并加上 +0.10。）
+
+    python exp4_rl_bill.py --quick
+"""
+import copy
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import rl_lab as lab  # noqa: E402
+from exp3_kl_clip import prompt_batch, verifier_reward  # noqa: E402
+from dataset.lm_dataset import DPODataset  # noqa: E402
+from model.model_minimind import MiniMindModel  # noqa: E402
+from modules.common.experiment_base import Experiment, format_mean_std  # noqa: E402
+from modules.common.noise import compare_runs, exceeds  # noqa: E402
+from modules.common.timing import alternating_timings, compare_speed, speed_ratio  # noqa: E402
+from modules.common.visualization import set_style  # noqa: E402
+from trainer.rl.startup import frozen_copy, reply_prefix  # noqa: E402
+from trainer.rl.value_head import ScalarHeadModel  # noqa: E402
+from trainer.train_dpo import make_dpo_step, sequence_logprob  # noqa: E402
+from trainer.train_grpo import GRPOStep  # noqa: E402
+from trainer.train_ppo import ActorCritic, PPOStep  # noqa: E402
+
+METHODS = ("grpo", "ppo", "dpo")
+COLORS = {"grpo": "tab:blue", "ppo": "tab:red", "dpo": "tab:green"}
+LR = 1e-3  # 同 trainer/rl/startup.py 的 QUICK_RL
+REPLIES = 64  # 每次更新的回答条数（三种方法相同）
+GROUP = 8  # GRPO 的 G；DPO 造偏好对时每题采几条
+TARGET_GAINS = (0.05, 0.10)  # 目标 = 起点的留出采样准确率 + 0.05 / + 0.10
+DPO_BETA = 0.1  # 同 train_dpo.py 的默认
+DPO_SEQ_LEN = 48  # 偏好对（prompt + 一两个 token 的答案）编码后的最大长度
+QUICK = dict(start_epochs=1, updates=12, eval_every=4, eval_prompts=128, eval_samples=4, pair_prompts=192)
+FULL = dict(start_epochs=4, updates=30, eval_every=2, eval_prompts=256, eval_samples=4, pair_prompts=512)
+
+
+def add_args(parser):
+    parser.add_argument("--updates", type=int, default=None, help="每种方法训练多少次更新（默认 quick 12，完整 30）")
+
+
+def count(values) -> str:
+    """整数计数的 mean ± std（一个种子时只写数）。"""
+    return f"{np.mean(values):.0f}" if len(values) == 1 else f"{np.mean(values):.0f} ± {np.std(values):.0f}"
+
+
+def settings(exp: Experiment) -> dict:
+    cfg = dict(QUICK if exp.quick else FULL)
+    if exp.args.updates is not None:
+        cfg["updates"] = exp.args.updates
+    if cfg["updates"] < cfg["eval_every"] or cfg["updates"] % cfg["eval_every"]:  # 每块至少 2 个计时窗口
+        raise SystemExit(f"需要 --updates 是 {cfg['eval_every']} 的正整数倍（每 {cfg['eval_every']} 次更新评测一次），"
+                         f"收到 {cfg['updates']}")
+    return cfg
+
+
+class TokenCounter:
+    """在每个 MiniMind 主干上挂前向钩子：数它处理了多少 token（batch × 序列长度），带梯度与不带梯度分开。
+    生成时每个新 token 过一次主干（KV cache），所以采样的开销也按 token 数算进"不带梯度"里。"""
+
+    def __init__(self, modules):
+        self.backbones = list({id(m): m for root in modules for m in root.modules()
+                               if isinstance(m, MiniMindModel)}.values())
+        self.grad_tokens, self.no_grad_tokens, self.grad_calls = 0, 0, 0
+        self.handles = [b.register_forward_hook(self.hook, with_kwargs=True) for b in self.backbones]
+
+    def hook(self, module, args, kwargs, output):
+        ids = args[0] if args else kwargs["input_ids"]
+        if torch.is_grad_enabled():
+            self.grad_tokens += ids.numel()
+            self.grad_calls += 1
+        else:
+            self.no_grad_tokens += ids.numel()
+
+    def parameter_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for b in self.backbones for p in b.parameters())
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+def build_pairs(start, tokenizer, dataset, n_prompts, seed) -> tuple[list, int]:
+    """离线造 DPO 偏好对：前 n_prompts 道训练题每题采 GROUP 条，验证器判分，取一条对的、一条错的。
+    错的那条可能是空回答（起点有时直接输出 <|im_end|>）：它的标签只有 <|im_end|> 一个 token，照样是合法的 rejected。
+    返回 (偏好对的 jsonl 行, 造它们生成的 token 数)。"""
+    torch.manual_seed(seed)
+    indices = list(range(min(n_prompts, len(dataset))))
+    gold, texts = lab.sample_and_grade(start, tokenizer, dataset, indices, GROUP)
+    rows, tokens = [], 0
+    for i, g, replies in zip(indices, gold.tolist(), texts):
+        tokens += sum(len(tokenizer.encode(r)) + 1 for r in replies)  # +1：<|im_end|>
+        if 0 < sum(g) < GROUP:
+            user = dataset.row(i)["conversations"]
+            good, bad = replies[g.index(1.0)], replies[g.index(0.0)]
+            rows.append({"chosen": user + [{"role": "assistant", "content": good}],
+                         "rejected": user + [{"role": "assistant", "content": bad}]})
+    return rows, tokens
+
+
+def encode_pairs(rows, tokenizer) -> list:
+    """jsonl 行 → DPODataset 的张量（同 train_dpo.py 读 dpo.jsonl 的编码）。"""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "pairs.jsonl"
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        pair_set = DPODataset(path, tokenizer, DPO_SEQ_LEN)
+        return [pair_set[i] for i in range(len(pair_set))]
+
+
+def stack_pairs(items, pad_id, device) -> dict:
+    """若干偏好对 → {chosen_ids, chosen_labels, rejected_ids, rejected_labels}，裁掉两边都是 padding 的尾部列。"""
+    batch = {k: torch.stack([x[k] for x in items]) for k in items[0]}
+    width = int(max((batch[k] != pad_id).sum(1).max() for k in ("chosen_ids", "rejected_ids")))
+    return {k: v[:, :width].to(device) for k, v in batch.items()}
+
+
+class Method:
+    """一种方法的一次更新：update() 从自己的数据流里取一批，前向、反向、优化器一步。"""
+
+    def __init__(self, name, start, tokenizer, train_set, pairs, seed):
+        device = next(start.parameters()).device
+        self.name, self.rng, self.pad_id = name, np.random.default_rng(seed), tokenizer.pad_token_id
+        self.train_set, self.pairs, self.device = train_set, pairs, device
+        policy = copy.deepcopy(start).train()
+        reference = frozen_copy(start, device)
+        reward = verifier_reward(tokenizer, device)
+        common = dict(max_gen_len=lab.MAX_NEW_TOKENS, temperature=1.0, top_p=None, num_iterations=1,
+                      accumulation_steps=1)
+        if name == "grpo":
+            args = SimpleNamespace(**common, num_generations=GROUP, scale_rewards=1, loss_type="grpo", epsilon=0.2,
+                                   epsilon_high=0.2, beta=0.04)
+            self.model, self.step = policy, GRPOStep(policy, reference, tokenizer, train_set, reward, args,
+                                                     reply_prefix(train_set))
+            self.batch_size = REPLIES // GROUP
+        elif name == "ppo":
+            args = SimpleNamespace(**common, beta=0.04, gamma=1.0, lam=0.95, epsilon=0.2, cliprange_value=0.2,
+                                   vf_coef=0.5)
+            self.model = ActorCritic(policy, ScalarHeadModel.from_causal_lm(policy)).to(device).train()
+            self.step = PPOStep(self.model, reference, tokenizer, train_set, reward, args, reply_prefix(train_set))
+            self.batch_size = REPLIES
+        else:
+            self.model, self.step = policy, make_dpo_step(reference, beta=DPO_BETA)
+            self.batch_size = REPLIES // 2
+        self.policy, self.reference = policy, reference
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=LR, weight_decay=0.0)
+
+    def batch(self):
+        if self.name == "dpo":
+            idx = self.rng.choice(len(self.pairs), self.batch_size, replace=False).tolist()
+            return stack_pairs([self.pairs[i] for i in idx], self.pad_id, self.device)
+        idx = self.rng.choice(len(self.train_set), self.batch_size, replace=False).tolist()
+        return prompt_batch(self.train_set, idx, self.device)
+
+    def update(self):
+        loss, _ = self.step(self.model, self.batch())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+
+
+def bill(method: Method) -> dict:
+    """一次更新的账单：主干个数、参数与优化器状态的字节数、带/不带梯度的主干 token 数、生成的 token 数。"""
+    counter = TokenCounter([method.model, method.reference])
+    method.update()
+    counter.close()
+    trainable = sum(p.numel() * p.element_size() for p in method.model.parameters() if p.requires_grad)
+    generated = 0
+    if method.name != "dpo":
+        generated = int(method.step.cache.buffers[0]["rollout"].n_tokens.sum())
+    return {"backbones": len(counter.backbones), "grad_passes": counter.grad_calls,
+            "parameter_mb": counter.parameter_bytes() / 2 ** 20, "adam_state_mb": 2 * trainable / 2 ** 20,
+            "grad_tokens": counter.grad_tokens, "no_grad_tokens": counter.no_grad_tokens, "generated_tokens": generated}
+
+
+def sampled_accuracy(model, tokenizer, eval_set, cfg, seed) -> list:
+    """留出题前 eval_prompts 道、每题采 eval_samples 条的逐题答对率（平均即 pass@1 的估计）。
+    在 fork_rng 里用固定种子：不扰动训练的随机数，各方法、各评测点用同样的随机数采样。"""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gold, _ = lab.sample_and_grade(model, tokenizer, eval_set, list(range(cfg["eval_prompts"])),
+                                       cfg["eval_samples"], batch_prompts=64)
+    return gold.float().mean(1).tolist()
+
+
+@torch.no_grad()
+def pair_logprob_shift(method: Method, pairs) -> dict:
+    """DPO 训练后，偏好对上 log π − log π_ref（整条回答的对数概率，train_dpo.py::sequence_logprob），
+    chosen 与 rejected 分开，逐对返回；以及偏好准确率（隐式奖励差 > 0 的比例）。"""
+    shift = {"chosen": [], "rejected": []}
+    for s in range(0, len(pairs), 128):
+        batch = stack_pairs(pairs[s:s + 128], method.pad_id, method.device)
+        for side in shift:
+            ids, labels = batch[f"{side}_ids"], batch[f"{side}_labels"]
+            logp = sequence_logprob(method.policy(ids).logits, labels)
+            ref = sequence_logprob(method.reference(ids).logits, labels)
+            shift[side] += (logp - ref).tolist()
+    margin = np.array(shift["chosen"]) - np.array(shift["rejected"])
+    shift["pair_accuracy"] = float((margin > 0).mean())
+    return shift
+
+
+def first_reached(curve, steps, target):
+    """第一次 ≥ target 的评测点（更新次数）；没到达返回 None。"""
+    return next((s for s, a in zip(steps, curve) if a >= target), None)
+
+
+def main():
+    exp = Experiment(__file__, description="PPO vs GRPO vs DPO：模型个数、前向/反向与生成的 token、到达目标准确率的时间",
+                     extra_args=add_args)
+    cfg = settings(exp)
+    tokenizer = lab.load_tokenizer()
+    train_set, eval_set = lab.eval_prompts(tokenizer, lab.RL_TRAIN), lab.eval_prompts(tokenizer)
+    U, E = cfg["updates"], cfg["eval_every"]
+    eval_steps = list(range(0, U + 1, E))
+    print(f"每次更新 {REPLIES} 条回答；{U} 次更新，每 {E} 次在留出 {cfg['eval_prompts']} 题 × {cfg['eval_samples']} 条上"
+          f"测采样准确率；目标 = 起点 + {' / '.join(map(str, TARGET_GAINS))}")
+
+    bills = {m: [] for m in METHODS}
+    pair_counts, pair_tokens, pair_seconds = [], [], []
+    seconds = {m: [] for m in METHODS}  # 每个种子：每次更新的秒数（轮流计时，第 k 次更新是第 k 个窗口）
+    curves = {m: [] for m in METHODS}  # 每个种子：各评测点的采样准确率
+    start_acc, final_prompts = [], {}  # final_prompts：第一个种子的逐题值（quick 模式按题配对）
+    dpo_shift = []
+    for seed in exp.seeds:
+        Experiment.seed_everything(seed)
+        start = lab.train_task_start(seed, cfg["start_epochs"]).to(exp.device)
+        t0 = time.perf_counter()
+        rows, tokens = build_pairs(start, tokenizer, train_set, cfg["pair_prompts"], seed)
+        pair_seconds.append(time.perf_counter() - t0)
+        pair_counts.append(len(rows))
+        pair_tokens.append(tokens)
+        pairs = encode_pairs(rows, tokenizer)
+        if len(pairs) < REPLIES // 2:
+            raise SystemExit(f"只造出 {len(pairs)} 个偏好对，少于一批 {REPLIES // 2} 个：起点太强或太弱")
+        # A. 账单：各做一次更新（之后丢弃）
+        for m in METHODS:
+            torch.manual_seed(seed)
+            bills[m].append(bill(Method(m, start, tokenizer, train_set, pairs, seed)))
+        # B + C. 训练：三种方法每 E 次更新一块，块内轮流计时；块与块之间评测
+        base = sampled_accuracy(start, tokenizer, eval_set, cfg, seed)
+        start_acc.append(float(np.mean(base)))
+        final_prompts.setdefault("start", base)
+        torch.manual_seed(seed)
+        methods = {m: Method(m, start, tokenizer, train_set, pairs, seed) for m in METHODS}
+        times = {m: [] for m in METHODS}
+        curve = {m: [start_acc[-1]] for m in METHODS}
+        for _ in range(U // E):
+            block = alternating_timings({m: methods[m].update for m in METHODS}, exp.device, windows=E, warmup=0)
+            for m in METHODS:
+                times[m] += block[m]
+                per_prompt = sampled_accuracy(methods[m].policy, tokenizer, eval_set, cfg, seed)
+                curve[m].append(float(np.mean(per_prompt)))
+                if len(curve[m]) == len(eval_steps):
+                    final_prompts.setdefault(m, per_prompt)
+        dpo_shift.append(pair_logprob_shift(methods["dpo"], pairs))
+        for m in METHODS:
+            seconds[m].append(times[m])
+            curves[m].append(curve[m])
+            reached = [first_reached(curve[m], eval_steps, start_acc[-1] + g) for g in TARGET_GAINS]
+            print(f"[seed {seed}] {m}: 留出采样准确率 {' → '.join(f'{a:.3f}' for a in curve[m])}；到达 +"
+                  + "、+".join(f"{g}：{h if h else '没到'}" for g, h in zip(TARGET_GAINS, reached)))
+
+    # ---- 到达目标：更新次数与秒数（这个方法前 k 次更新的实测秒数之和）；没到达记 None / nan ----
+    hits = {g: {m: [first_reached(c, eval_steps, a + g) for c, a in zip(curves[m], start_acc)] for m in METHODS}
+            for g in TARGET_GAINS}
+    to_seconds = {g: {m: [float(np.sum(ts[:h])) if h else math.nan for h, ts in zip(hits[g][m], seconds[m])]
+                      for m in METHODS} for g in TARGET_GAINS}
+    total = {m: [float(np.sum(ts)) for ts in seconds[m]] for m in METHODS}
+
+    def hit_text(g, m):
+        return " ".join(str(h) if h else f">{U}" for h in hits[g][m])
+
+    def time_text(g, m):
+        return " ".join(f"{s:.1f}" if h else f">{t:.1f}" for h, s, t in zip(hits[g][m], to_seconds[g][m], total[m]))
+
+    exp.print_table(["method", "MiniMind backbones", "backbone params (MiB)", "Adam state (MiB)",
+                     "fwd+bwd passes", "tokens fwd+bwd", "tokens fwd only", "generated tokens"],
+                    [[m.upper(), bills[m][0]["backbones"], f"{bills[m][0]['parameter_mb']:.2f}",
+                      f"{bills[m][0]['adam_state_mb']:.2f}", bills[m][0]["grad_passes"],
+                      count([b["grad_tokens"] for b in bills[m]]), count([b["no_grad_tokens"] for b in bills[m]]),
+                      count([b["generated_tokens"] for b in bills[m]])] for m in METHODS],
+                    title=f"A. 一次更新的账单（{REPLIES} 条回答；DPO 另有离线造对：{count(pair_tokens)} 个生成 token，"
+                          f"造出 {count(pair_counts)} 对，用时 {format_mean_std(pair_seconds, 2)} s）")
+    exp.print_table(["method", "seconds / update (median)", "accuracy at end",
+                     *(f"{kind} to +{g}" for g in TARGET_GAINS for kind in ("updates", "seconds"))],
+                    [[m.upper(), format_mean_std([np.median(t) for t in seconds[m]], 3),
+                      format_mean_std([c[-1] for c in curves[m]], 3),
+                      *(f(g, m) for g in TARGET_GAINS for f in (hit_text, time_text))] for m in METHODS],
+                    title=f"B/C. 用时与到达目标（起点采样准确率 {format_mean_std(start_acc, 3)}；每个种子一个数，"
+                          f"'>' 表示 {U} 次更新内没到达、数值是下界）")
+
+    # ---- 结论：A 是确定性的计数 ----
+    b = {m: bills[m][0] for m in METHODS}
+    exp.conclude("内存里的模型：PPO 3 个 MiniMind 主干（actor、critic、参考），GRPO 与 DPO 各 2 个（策略、参考）；"
+                 "PPO 的 Adam 状态是 GRPO 的 2 倍（actor 与 critic 都要训练）",
+                 (b["ppo"]["backbones"], b["grpo"]["backbones"], b["dpo"]["backbones"]) == (3, 2, 2)
+                 and abs(b["ppo"]["adam_state_mb"] / b["grpo"]["adam_state_mb"] - 2) < 0.01,
+                 f"PPO {b['ppo']['parameter_mb']:.2f} MiB 主干参数 + {b['ppo']['adam_state_mb']:.2f} MiB Adam 状态；"
+                 f"GRPO {b['grpo']['parameter_mb']:.2f} + {b['grpo']['adam_state_mb']:.2f}；"
+                 f"DPO {b['dpo']['parameter_mb']:.2f} + {b['dpo']['adam_state_mb']:.2f}")
+    exp.conclude(f"DPO 每次更新不生成 token；GRPO 与 PPO 每次更新都要先生成 {REPLIES} 条回答",
+                 all(x["generated_tokens"] == 0 for x in bills["dpo"])
+                 and all(x["generated_tokens"] >= REPLIES for m in ("grpo", "ppo") for x in bills[m]),
+                 f"生成 token：GRPO {count([x['generated_tokens'] for x in bills['grpo']])}，"
+                 f"PPO {count([x['generated_tokens'] for x in bills['ppo']])}，DPO 0"
+                 f"（DPO 的偏好对在训练前一次性造好：{count(pair_tokens)} 个生成 token）")
+    exp.conclude("每次更新带梯度的前向（之后都要反向）：PPO 2 次（actor、critic），GRPO 与 DPO 各 1 次",
+                 all((bills["ppo"][i]["grad_passes"], bills["grpo"][i]["grad_passes"], bills["dpo"][i]["grad_passes"])
+                     == (2, 1, 1) for i in range(len(exp.seeds))),
+                 f"带梯度的主干 token：PPO {count([x['grad_tokens'] for x in bills['ppo']])}，"
+                 f"GRPO {count([x['grad_tokens'] for x in bills['grpo']])}，"
+                 f"DPO {count([x['grad_tokens'] for x in bills['dpo']])}")
+
+    # ---- B：每次更新的墙钟时间（窗口配对，全部种子的窗口合在一起）----
+    flat = {m: [t for ts in seconds[m] for t in ts] for m in METHODS}
+    for fast, slow in (("grpo", "ppo"), ("dpo", "grpo")):
+        exp.conclude_verdict(f"每次更新 {fast.upper()} 比 {slow.upper()} 快（同进程轮流计时）",
+                             compare_speed(flat[fast], flat[slow]),
+                             f"快 {speed_ratio(flat[fast], flat[slow]):.2f}×（每次更新中位数 "
+                             f"{np.median(flat[fast]):.3f} vs {np.median(flat[slow]):.3f} s）")
+
+    # ---- C：训练效果与到达目标 ----
+    def final(m):
+        return [c[-1] for c in curves[m]]
+
+    for m in METHODS:
+        exp.conclude_verdict(f"{m.upper()} 训练 {U} 次更新后留出采样准确率高于起点",
+                             compare_runs(final(m), start_acc, "greater", final_prompts[m], final_prompts["start"]),
+                             f"{format_mean_std(start_acc, 3)} → {format_mean_std(final(m), 3)}")
+    exp.conclude_verdict(f"同样 {U} 次更新（同样多的回答），PPO 训练后的留出采样准确率高于 GRPO",
+                         compare_runs(final("ppo"), final("grpo"), "greater", final_prompts["ppo"], final_prompts["grpo"]),
+                         f"PPO {format_mean_std(final('ppo'), 3)} vs GRPO {format_mean_std(final('grpo'), 3)}")
+    exp.conclude_verdict(f"DPO 在偏好对上学到了偏好：训练 {U} 次更新后偏好准确率（隐式奖励差 > 0）高于 0.5",
+                         exceeds([s["pair_accuracy"] for s in dpo_shift], 0.5) if len(exp.seeds) > 1 else
+                         exceeds([float(c > r) for c, r in zip(dpo_shift[0]["chosen"], dpo_shift[0]["rejected"])],
+                                 0.5, unit="batches"),
+                         f"偏好准确率 {format_mean_std([s['pair_accuracy'] for s in dpo_shift], 3)}")
+    chosen = [float(np.mean(s["chosen"])) for s in dpo_shift]
+    rejected = [float(np.mean(s["rejected"])) for s in dpo_shift]
+    exp.conclude_verdict("DPO 也压低了 chosen 的概率：训练后 log π(chosen) − log π_ref(chosen) < 0（偏好对上平均）",
+                         compare_runs(chosen, [0.0] * len(chosen), "less", dpo_shift[0]["chosen"],
+                                      [0.0] * len(dpo_shift[0]["chosen"])),
+                         f"chosen {format_mean_std(chosen, 3)} nats，rejected {format_mean_std(rejected, 3)} nats")
+
+    def lower_bound(values, h_list, bound):  # 被比较的一方没到达：用下界（对"另一方更少/更短"的声明是保守的）
+        return [v if h else b for v, h, b in zip(values, h_list, bound)]
+
+    for g in TARGET_GAINS:
+        reached = "，".join(f"{m.upper()} {sum(h is not None for h in hits[g][m])}/{len(exp.seeds)}" for m in METHODS)
+        # 声明"a 比 b 少/短"：a 没到达记 nan（判未确立），b 没到达用它的下界
+        steps = {m: [h if h else math.nan for h in hits[g][m]] for m in METHODS}
+        exp.conclude_verdict(f"到 +{g}：PPO 需要的更新次数比 GRPO 少",
+                             compare_runs(steps["ppo"], lower_bound(steps["grpo"], hits[g]["grpo"], [U + E] * len(exp.seeds)),
+                                          "less"),
+                             f"PPO {hit_text(g, 'ppo')} vs GRPO {hit_text(g, 'grpo')}（到达的种子：{reached}）")
+        for fast, slow in (("grpo", "ppo"), ("dpo", "grpo")):
+            exp.conclude_verdict(f"到 +{g}：{fast.upper()} 用的训练时间比 {slow.upper()} 短",
+                                 compare_runs(to_seconds[g][fast],
+                                              lower_bound(to_seconds[g][slow], hits[g][slow], total[slow]), "less"),
+                                 f"{fast.upper()} {time_text(g, fast)} s vs {slow.upper()} {time_text(g, slow)} s"
+                                 + ("（DPO 不含离线造对的用时）" if fast == "dpo" else ""))
+
+    set_style()
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.4))
+    x = np.arange(len(METHODS))
+    ax = axes[0]
+    for i, (key, label) in enumerate((("grad_tokens", "fwd+bwd"), ("no_grad_tokens", "fwd only"),
+                                      ("generated_tokens", "generated"))):
+        ax.bar(x + (i - 1) * 0.27, [np.mean([bb[key] for bb in bills[m]]) for m in METHODS], 0.27, label=label)
+    ax.set_xticks(x, [f"{m.upper()}\n({bills[m][0]['backbones']} backbones)" for m in METHODS])
+    ax.set_ylabel("backbone tokens per update")
+    ax.set_title(f"A. Compute per update ({REPLIES} replies)")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    ax.bar(x, [np.median(flat[m]) for m in METHODS], color=[COLORS[m] for m in METHODS])
+    ax.set_xticks(x, [m.upper() for m in METHODS])
+    ax.set_ylabel("seconds per update (median)")
+    ax.set_title("B. Wall time per update (alternating)")
+    ax = axes[2]
+    for m in METHODS:
+        clock = np.mean([np.concatenate([[0.0], np.cumsum(ts)])[eval_steps] for ts in seconds[m]], axis=0)
+        ax.plot(clock, np.mean(curves[m], axis=0), marker="o", color=COLORS[m], label=m.upper())
+    for g, ls in zip(TARGET_GAINS, ("--", ":")):
+        ax.axhline(np.mean(start_acc) + g, color="k", ls=ls, lw=1, label=f"target (start + {g})")
+    ax.set_xlabel("training wall time (s, excluding evaluation)")
+    ax.set_ylabel("held-out sampled accuracy")
+    ax.set_title("C. Accuracy vs wall time")
+    ax.legend(fontsize=8)
+    fig.suptitle(f"The bill: PPO vs GRPO vs DPO ({len(exp.seeds)} seed(s), mean over seeds)")
+    fig.tight_layout()
+    exp.save_figure(fig, "exp4_rl_bill.png")
+
+    exp.save_metrics({"config": {**cfg, "lr": LR, "replies_per_update": REPLIES, "group": GROUP,
+                                 "target_gains": TARGET_GAINS, "dpo_beta": DPO_BETA},
+                      "bill": bills, "dpo_pairs": pair_counts, "dpo_pair_tokens": pair_tokens,
+                      "dpo_pair_seconds": pair_seconds, "seconds_per_update": seconds, "start_accuracy": start_acc,
+                      "curves": curves, "eval_steps": eval_steps,
+                      "updates_to_target": {str(g): v for g, v in hits.items()},
+                      "seconds_to_target": {str(g): v for g, v in to_seconds.items()},
+                      "dpo_logprob_shift": [{k: (float(np.mean(v)) if isinstance(v, list) else v)
+                                             for k, v in s.items()} for s in dpo_shift]})
+    exp.finish()
+
+
+if __name__ == "__main__":
+    main()
