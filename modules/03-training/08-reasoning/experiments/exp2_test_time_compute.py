@@ -1,0 +1,196 @@
+"""实验 2：推理时多花算力——贪心、多数投票、验证器挑选，准确率随采样数 N 和生成 token 数怎么变。
+
+起点：实验 1 的 scratchpad 写法，在 1–2 位加法上训练 400 步（还没学满：贪心准确率随种子在 0.7–0.95 之间）。同一个模型，对每道留出题：
+  greedy       贪心解码一次
+  majority@N   温度 0.7（--temperature）采样 N 条，取出现最多的答案（self-consistency, Wang et al. 2022）
+  verifier@N   依次采样，验证器（addition_lab.check_scratchpad：逐步检查竖式、不用标准答案）通过就停；
+               N 条都没通过就退回多数投票（best-of-N / 拒绝采样）
+  pass@N       N 条里至少一条对（需要知道标准答案：是上限，不是能部署的方法）
+pass@k 的两种算法对照：按不相交分组直接数（经验值） vs Chen et al. 2021 的无偏估计（trainer/rl/evaluate.py::pass_at_k），
+以及朴素的 1 − (1 − c/n)^k（有偏，偏低）。
+
+    python exp2_test_time_compute.py --quick
+"""
+import random
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+import addition_lab as lab  # noqa: E402
+from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
+from modules.common.noise import compare_runs, equivalent_runs  # noqa: E402
+from modules.common.visualization import plt, set_style  # noqa: E402
+from trainer.rl.evaluate import pass_at_k  # noqa: E402
+
+N_MAX = 16  # 每题采样条数
+NS = (1, 2, 4, 8, 16)
+# 采样温度默认 0.7：Wang et al. 2022（self-consistency）采样推理路径用的就是 0.5–0.7 这一档；温度 1 的结果见 teaching.md
+TEMPERATURE = 0.7
+PASS_K = 4  # 经验 pass@k 与无偏估计对照用的 k
+PASS_MARGIN = 0.03  # 事先定好的等价容差
+EVAL_BATCHES = 10
+
+
+def add_args(parser):
+    parser.add_argument("--steps", type=int, default=400, help="scratchpad 模型的训练步数（默认 400）")
+    parser.add_argument("--temperature", type=float, default=TEMPERATURE, help="采样温度（默认 0.7）")
+
+
+def majority(answers: list):
+    """出现最多的答案（None = 没写成形，不参与投票；平票取最先出现的）；全是 None 时返回 None。"""
+    valid = [a for a in answers if a is not None]
+    return Counter(valid).most_common(1)[0][0] if valid else None
+
+
+def verifier_pick(problem, replies: list, answers: list, n_tokens: list, n: int):
+    """依次看前 n 条：第一条通过验证器的就用它并停止采样；都没通过就退回多数投票。返回 (答案, 用掉的 token 数)。"""
+    for i in range(n):
+        if lab.check_scratchpad(problem, replies[i]):
+            return answers[i], sum(n_tokens[:i + 1])
+    return majority(answers[:n]), sum(n_tokens[:n])
+
+
+def evaluate_problem(problem, greedy_reply, greedy_tokens, replies, n_tokens) -> dict:
+    """一道题上各方法在各个 N 下的对错与 token 花费。"""
+    a, b, _ = problem
+    truth = a + b
+    answers = [lab.parse_answer(r, "scratchpad") for r in replies]
+    correct = [ans == truth for ans in answers]
+    row = {"greedy": float(lab.parse_answer(greedy_reply, "scratchpad") == truth), "greedy_tokens": greedy_tokens,
+           "sample1": sum(correct) / len(correct), "c": sum(correct),
+           "accepted": [lab.check_scratchpad(problem, r) for r in replies], "correct_each": correct}
+    for n in NS:
+        row[f"majority@{n}"] = float(majority(answers[:n]) == truth)
+        row[f"majority@{n}_tokens"] = sum(n_tokens[:n])
+        pick, used = verifier_pick(problem, replies, answers, n_tokens, n)
+        row[f"verifier@{n}"] = float(pick == truth)
+        row[f"verifier@{n}_tokens"] = used
+        row[f"pass@{n}"] = float(any(correct[:n]))
+    groups = [correct[i:i + PASS_K] for i in range(0, N_MAX, PASS_K)]  # 不相交的 k 条一组
+    row["pass_k_empirical"] = sum(any(g) for g in groups) / len(groups)
+    row["pass_k_unbiased"] = pass_at_k(N_MAX, sum(correct), PASS_K)
+    row["pass_k_naive"] = 1 - (1 - sum(correct) / N_MAX) ** PASS_K
+    return row
+
+
+def run_seed(seed: int, steps: int, problems: list, temperature: float) -> list[dict]:
+    model = lab.new_model(seed, hidden_size=64, num_layers=2)
+    exclude = frozenset(problems)
+    lab.train_format(model, "scratchpad", steps, 1024, seed, 2, exclude, {"held_out": problems[:100]}, steps,
+                     progress=lambda fmt, s, accs, loss: print(f"  [seed {seed}] 训练 {s} 步：loss {loss:.3f}，"
+                                                                f"贪心准确率 {accs['held_out']:.2f}", flush=True))
+    max_new = len(lab.answer_text(problems[0], "scratchpad")) + 4
+    prompts = [lab.prompt_text(p) for p in problems]
+    greedy, greedy_tokens = lab.generate(model, prompts, max_new)
+    generator = torch.Generator().manual_seed(seed)
+    # 每题 N_MAX 条：把题目重复 N_MAX 次一起采样，第 i 题的样本是 [i*N_MAX, (i+1)*N_MAX)
+    sampled, sampled_tokens = lab.generate(model, [p for p in prompts for _ in range(N_MAX)], max_new,
+                                           temperature=temperature, generator=generator)
+    return [evaluate_problem(p, greedy[i], greedy_tokens[i], sampled[i * N_MAX:(i + 1) * N_MAX],
+                             sampled_tokens[i * N_MAX:(i + 1) * N_MAX]) for i, p in enumerate(problems)]
+
+
+def mean_of(rows, key):
+    return sum(r[key] for r in rows) / len(rows)
+
+
+def main():
+    exp = Experiment(__file__, description="推理时扩展：贪心 / 多数投票 / 验证器 best-of-N 随 N 的准确率与 token 花费；pass@k 估计",
+                     extra_args=add_args)
+    steps, temperature = exp.args.steps, exp.args.temperature
+    if steps < 20 or not temperature > 0:
+        raise SystemExit(f"需要 --steps >= 20、--temperature > 0（收到 {steps}、{temperature}）")
+    n_problems = 100 if exp.quick else 200
+    problems = lab.sample_problems(random.Random(4321), 2, n_problems)
+
+    per_seed = []
+    for seed in exp.seeds:
+        exp.seed_everything(seed)
+        per_seed.append(run_seed(seed, steps, problems, temperature))
+
+    def seeds_of(key):
+        return [mean_of(rows, key) for rows in per_seed]
+
+    def batches_of(key):
+        return lab.batch_means([r[key] for r in per_seed[0]], EVAL_BATCHES)
+
+    table = [["greedy", 1, format_mean_std(seeds_of("greedy"), 3), format_mean_std(seeds_of("greedy_tokens"), 3)]]
+    for n in NS:
+        for method in ("majority", "verifier"):
+            table.append([f"{method}@{n}", n, format_mean_std(seeds_of(f"{method}@{n}"), 3),
+                          format_mean_std(seeds_of(f"{method}@{n}_tokens"), 3)])
+        table.append([f"pass@{n} (oracle)", n, format_mean_std(seeds_of(f"pass@{n}"), 3), "-"])
+    exp.print_table(["method", "N", "accuracy", "tokens/problem"], table,
+                    title=f"{n_problems} 道留出的 2 位加法，温度 {temperature}（{len(exp.seeds)} 个种子）")
+    exp.print_table(["estimator", f"pass@{PASS_K}"],
+                    [["empirical (disjoint groups)", format_mean_std(seeds_of("pass_k_empirical"), 3)],
+                     ["unbiased (Chen 2021)", format_mean_std(seeds_of("pass_k_unbiased"), 3)],
+                     ["naive 1-(1-c/n)^k", format_mean_std(seeds_of("pass_k_naive"), 3)]],
+                    title=f"pass@{PASS_K} 的三种算法（每题 {N_MAX} 条采样）")
+    keys = ["greedy", "greedy_tokens", "sample1", "pass_k_empirical", "pass_k_unbiased", "pass_k_naive"]
+    keys += [f"{m}@{n}{suffix}" for n in NS for m in ("majority", "verifier") for suffix in ("", "_tokens")]
+    keys += [f"pass@{n}" for n in NS]
+    exp.save_metrics({"steps": steps, "n_problems": n_problems, "n_samples": N_MAX, "temperature": temperature,
+                      "per_seed": {k: seeds_of(k) for k in keys}})
+
+    top = f"@{N_MAX}"
+    ev = {k: format_mean_std(seeds_of(k), 3) for k in keys}
+    exp.conclude_verdict(f"多数投票 majority{top} 的准确率高于单条采样",
+                         compare_runs(seeds_of(f"majority{top}"), seeds_of("sample1"), "greater",
+                                      batches_of(f"majority{top}"), batches_of("sample1")),
+                         evidence=f"majority{top} {ev[f'majority{top}']} vs 单条采样 {ev['sample1']}")
+    exp.conclude_verdict(f"多数投票 majority{top} 的准确率高于贪心",
+                         compare_runs(seeds_of(f"majority{top}"), seeds_of("greedy"), "greater",
+                                      batches_of(f"majority{top}"), batches_of("greedy")),
+                         evidence=f"majority{top} {ev[f'majority{top}']} vs greedy {ev['greedy']}")
+    exp.conclude_verdict(f"验证器挑选 verifier{top} 的准确率高于多数投票 majority{top}",
+                         compare_runs(seeds_of(f"verifier{top}"), seeds_of(f"majority{top}"), "greater",
+                                      batches_of(f"verifier{top}"), batches_of(f"majority{top}")),
+                         evidence=f"verifier{top} {ev[f'verifier{top}']} vs majority{top} {ev[f'majority{top}']}")
+    exp.conclude_verdict(f"验证器挑选（通过即停）每题生成的 token 少于 majority{top}",
+                         compare_runs(seeds_of(f"verifier{top}_tokens"), seeds_of(f"majority{top}_tokens"), "less",
+                                      batches_of(f"verifier{top}_tokens"), batches_of(f"majority{top}_tokens")),
+                         evidence=f"{ev[f'verifier{top}_tokens']} vs {ev[f'majority{top}_tokens']} token/题")
+    accepted = [(acc, ok) for rows in per_seed for r in rows for acc, ok in zip(r["accepted"], r["correct_each"])]
+    n_accepted = sum(acc for acc, _ in accepted)
+    exp.conclude("验证器通过的回答全部正确（精确率 1：只做逐位检查就足以证明答案）",
+                 holds=n_accepted > 0 and all(ok for acc, ok in accepted if acc),
+                 evidence=f"{n_accepted} 条通过，其中答错 {sum(1 for acc, ok in accepted if acc and not ok)} 条；"
+                          f"答对但草稿有错的 {sum(1 for acc, ok in accepted if ok and not acc)} 条")
+    exp.conclude_verdict(f"经验 pass@{PASS_K}（不相交分组直接数）与无偏估计相差不超过 {PASS_MARGIN}",
+                         equivalent_runs(seeds_of("pass_k_empirical"), seeds_of("pass_k_unbiased"), PASS_MARGIN,
+                                         batches_of("pass_k_empirical"), batches_of("pass_k_unbiased")),
+                         evidence=f"经验 {ev['pass_k_empirical']} vs 无偏 {ev['pass_k_unbiased']}")
+    naive_low = all(r["pass_k_naive"] <= r["pass_k_unbiased"] + 1e-12 for rows in per_seed for r in rows)
+    exp.conclude("朴素估计 1−(1−c/n)^k 每道题都不高于无偏估计（偏低）",
+                 holds=naive_low and mean_of(per_seed[0], "pass_k_naive") < mean_of(per_seed[0], "pass_k_unbiased"),
+                 evidence=f"朴素 {ev['pass_k_naive']} vs 无偏 {ev['pass_k_unbiased']}")
+
+    set_style()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for method, style in (("majority", "o-"), ("verifier", "s-"), ("pass", "^--")):
+        accs = [mean_std(seeds_of(f"{method}@{n}"))[0] for n in NS]
+        axes[0].plot(NS, accs, style, label=f"{method}@N" + (" (oracle)" if method == "pass" else ""))
+        if method != "pass":
+            tokens = [mean_std(seeds_of(f"{method}@{n}_tokens"))[0] for n in NS]
+            axes[1].plot(tokens, accs, style, label=f"{method}@N")
+    greedy_acc = mean_std(seeds_of("greedy"))[0]
+    axes[0].axhline(greedy_acc, color="gray", linestyle=":", label="greedy")
+    axes[0].set_xscale("log", base=2)
+    axes[0].set_xlabel("samples per problem N")
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend()
+    axes[1].plot([mean_std(seeds_of("greedy_tokens"))[0]], [greedy_acc], "k*", markersize=12, label="greedy")
+    axes[1].set_xlabel("generated tokens per problem")
+    axes[1].set_ylabel("accuracy")
+    axes[1].legend()
+    exp.save_figure(fig, "exp2_test_time_compute.png")
+    exp.finish()
+
+
+if __name__ == "__main__":
+    main()

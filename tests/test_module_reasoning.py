@@ -1,0 +1,124 @@
+"""03-training/08-reasoning 模块：两个实验的 --quick 在子进程里从别的工作目录运行，检查测得的效应与结论一致；
+另有一个毫秒级的测试核对三种写法、验证器与 pass@k 的三种算法（不训练模型）。
+
+实验自己生成加法题，不下载任何东西，所以不需要 experiment_env（../shared）。
+"""
+import os
+import random
+from math import comb
+
+import pytest
+
+from conftest import REPO_ROOT, exempt_conclusions, find_conclusion, load_experiment_module, run_quick_experiment
+
+EXPERIMENTS = REPO_ROOT / "modules" / "03-training" / "08-reasoning" / "experiments"
+
+
+def run_quick(script_name, tmp_path, *extra):
+    env = dict(os.environ, MPLBACKEND="Agg")
+    return run_quick_experiment(EXPERIMENTS / script_name, tmp_path, env, extra)
+
+
+def test_formats_verifier_and_pass_at_k_estimators():
+    """三种写法都能被 parse_answer 读回正确答案；实验 3 的格式检查只看形状；验证器接受标准草稿、拒绝任何一处改动；
+    exp2 的 pass@k 三种算法与手算一致（无偏估计 = 1 − C(n−c,k)/C(n,k)，朴素估计每题不高于它）。"""
+    lab = load_experiment_module(EXPERIMENTS, "addition_lab")
+    exp2 = load_experiment_module(EXPERIMENTS, "exp2_test_time_compute")
+    assert lab.render((367, 85, 3), "scratchpad") == "367+085=7+5+0=12;6+8+1=15;3+0+1=04;|0452\n"
+    assert lab.render((367, 85, 3), "reverse") == "367+085=2540\n"
+    rng = random.Random(0)
+    for problem in lab.sample_problems(rng, 3, 50) + [(0, 0, 1), (999, 1, 3)]:
+        for fmt in lab.FORMATS:
+            assert lab.parse_answer(lab.answer_text(problem, fmt), fmt) == problem[0] + problem[1]
+        good = lab.answer_text(problem, "scratchpad")
+        assert lab.check_scratchpad(problem, good)
+        i = rng.choice([k for k, ch in enumerate(good) if ch.isdigit()])  # 改动草稿或答案里的一个数字
+        bad = good[:i] + str((int(good[i]) + 1) % 10) + good[i + 1:]
+        assert not lab.check_scratchpad(problem, bad), (good, bad)
+
+    # 实验 3 的直接答写法与格式检查：只看形状（算错但形状对也算合格），必须以换行结束
+    assert lab.render((367, 85, 3), "direct") == "367+085=|0452\n"
+    assert lab.parse_answer("|0452\n", "mixed") == 452 and lab.parse_answer("7+5+0=12;6+8+1=15;3+0+1=04;|0452", "mixed") == 452
+    assert lab.well_formed((367, 85, 3), "|0452\n") and lab.well_formed((367, 85, 3), "|9999\n")
+    assert lab.well_formed((367, 85, 3), "7+5+0=12;6+8+1=15;3+0+1=04;|0452\n")
+    for bad in ("|0452", "|452\n", "7+5+0=12;6+8+1=15;|0452\n", "7+5+0=12;6+8+1=15;3+0+1=4;|0452\n", "0452\n"):
+        assert not lab.well_formed((367, 85, 3), bad), bad
+
+    problem = (47, 38, 2)
+    good, wrong = lab.answer_text(problem, "scratchpad"), "7+8+0=15;4+3+1=08;|075"  # 答案抄错：草稿对、答案错
+    replies = [wrong, wrong, wrong, good] * 4  # 16 条，4 条对
+    row = exp2.evaluate_problem(problem, good, 20, replies, [20] * 16)
+    assert row["c"] == 4 and row["greedy"] == 1.0
+    assert row["majority@16"] == 0.0 and row["verifier@16"] == 1.0 and row["pass@4"] == 1.0
+    assert row["verifier@16_tokens"] == 80  # 第 4 条通过验证器就停
+    assert row["pass_k_unbiased"] == pytest.approx(1 - comb(12, 4) / comb(16, 4))
+    assert row["pass_k_naive"] == pytest.approx(1 - 0.75 ** 4) and row["pass_k_naive"] < row["pass_k_unbiased"]
+    assert row["pass_k_empirical"] == 1.0  # 每个不相交的 4 条一组里都恰有一条对
+
+
+def test_exp1_addition_formats(tmp_path):
+    record, _ = run_quick("exp1_addition_formats.py", tmp_path)
+    m = record["metrics"]
+    curve = {fmt: m["curve_mean"][fmt][0] for fmt in ("plain", "reverse", "scratchpad")}
+    assert len(m["curves"]["plain"]["steps"]) == 3
+    # 学得快慢的比较：quick 只有 300 步、正在各写法准确率陡升的阶段，"谁先起飞"随种子变（种子 42、7 上
+    # "高于 plain"两条都成立，种子 1 上在噪声以内），完整模式 3 个种子也未确立。这里只要求判定与测得的方向自洽、
+    # 且 plain 不会显著地更好。
+    for better, worse in (("scratchpad", "plain"), ("reverse", "plain")):
+        c = find_conclusion(record, f"{better} 的学习曲线（各检查点平均准确率）高于 {worse}")
+        assert c["status"] != "fails", c
+        assert (c["status"] == "holds") <= (curve[better] > curve[worse])
+    ratio = m["problems_seen"]["scratchpad"][0] / m["problems_seen"]["plain"][0]
+    assert find_conclusion(record, "scratchpad 见到的题不到 plain 的一半")["holds"] == (ratio < 0.5)
+    for fmt in ("plain", "reverse", "scratchpad"):
+        c = find_conclusion(record, f"长度外推差：{fmt}")
+        assert c["status"] == "holds" and m["final_longer"][fmt][0] < 0.1
+    # 同分布上确实学到了东西（最好的写法过 0.3）：3 位题全错不是因为什么都没学会
+    assert max(m["final_in_dist"][fmt][0] for fmt in ("plain", "reverse", "scratchpad")) > 0.3
+    exempt_conclusions(record, {"scratchpad 的学习曲线（各检查点平均准确率）高于 reverse":
+                                "quick 的 300 步正在起飞段，两者谁先起飞随种子变：种子 42、1 在噪声以内，种子 7 上 reverse 显著更高；"
+                                "完整模式 3/3 个种子 scratchpad 更高但未超出噪声（见 results/reference/）"})
+
+
+def test_exp2_test_time_compute(tmp_path):
+    record, _ = run_quick("exp2_test_time_compute.py", tmp_path)
+    seeds = record["metrics"]["per_seed"]
+    c = find_conclusion(record, "多数投票 majority@16 的准确率高于单条采样")
+    assert c["status"] == "holds" and seeds["majority@16"][0] > seeds["sample1"][0]
+    c = find_conclusion(record, "验证器挑选 verifier@16 的准确率高于多数投票 majority@16")
+    assert c["status"] == "holds" and seeds["verifier@16"][0] > seeds["majority@16"][0]
+    assert seeds["verifier@16"][0] <= seeds["pass@16"][0]  # 只能从同样的 16 条里挑：不超过 pass@16
+    c = find_conclusion(record, "验证器挑选（通过即停）每题生成的 token 少于 majority@16")
+    assert c["status"] == "holds" and seeds["verifier@16_tokens"][0] < seeds["majority@16_tokens"][0]
+    assert find_conclusion(record, "验证器通过的回答全部正确")["status"] == "holds"
+    assert find_conclusion(record, "朴素估计")["status"] == "holds"
+    assert seeds["pass_k_naive"][0] < seeds["pass_k_unbiased"][0]
+    # 经验值与无偏估计估的是同一个量：不能显著地差出容差之外
+    c = find_conclusion(record, "经验 pass@4（不相交分组直接数）与无偏估计相差不超过")
+    assert c["status"] != "fails" and abs(seeds["pass_k_empirical"][0] - seeds["pass_k_unbiased"][0]) < 0.05
+    c = find_conclusion(record, "多数投票 majority@16 的准确率高于贪心")
+    assert c["status"] != "fails"  # 投票追上贪心（不显著地比它差）；是否超过贪心在 quick 的噪声以内
+
+
+def test_exp3_rl_verifiable_rewards(tmp_path):
+    """GRPO 只奖励答对（+ 格式）：2 位题上"先打草稿"的比例、回答长度、题库题的准确率都上升
+    （quick 30 步：开发用的种子 42 之外，种子 2、7 上这三条和留出题准确率都 ✅）。"""
+    record, _ = run_quick("exp3_rl_verifiable_rewards.py", tmp_path)
+    probes = record["metrics"]["probes"]
+
+    def start_end(name, key):
+        return probes[name][key][0][0], probes[name][key][0][-1]
+
+    for claim, name, key in (("留出 2 位题上先打草稿的比例更高", "2digit", "think"),
+                             ("留出 2 位题上的回答更长", "2digit", "length"),
+                             ("题库里 2 位题（训练过的题）上的准确率", "pool", "correct")):
+        c = find_conclusion(record, claim)
+        start, end = start_end(name, key)
+        assert c["status"] == "holds" and end > start, (c, start, end)
+    for claim, name, key in (("留出 2 位题（没训练过的题）上的准确率", "2digit", "correct"),
+                             ("留出 2 位题上格式合格的回答更多", "2digit", "well_formed")):
+        c = find_conclusion(record, claim)
+        start, end = start_end(name, key)
+        assert c["status"] != "fails" and (c["status"] == "holds") <= (end > start), c
+    exempt_conclusions(record, {"先想比例的增幅": "1 位题上直接答也不总对（起点采样准确率 0.6–0.8），先想的比例也在涨；"
+                                               "quick 单种子时两者增幅之差接近评估噪声，方向见 results/reference/"})
