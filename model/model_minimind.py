@@ -589,13 +589,18 @@ class MiniMindModel(nn.Module):
         return hidden_states, presents, aux_loss
 
     def checkpointed_blocks(self) -> int:
-        """gradient_checkpointing 换算成要重算的块数：True → 全部 L 个，False → 0，整数 k → 前 k 个。"""
-        setting, n_layers = self.gradient_checkpointing, len(self.layers)
-        n = n_layers if setting is True else int(setting)
-        if not 0 <= n <= n_layers:
-            raise ValueError(f"gradient_checkpointing={setting!r} 不对：要重算的块数应在 0 到 {n_layers} 之间"
-                             f"（True = 全部，False = 不重算）")
-        return n
+        """要重算的块数（见 checkpointed_block_count）。"""
+        return checkpointed_block_count(self.gradient_checkpointing, len(self.layers))
+
+
+def checkpointed_block_count(setting: Union[bool, int], n_layers: int) -> int:
+    """gradient_checkpointing 换算成要重算的块数：True → 全部 n_layers 个，False → 0，整数 k → 前 k 个。
+    模型的前向与 trainer/memory_report.py 的内存公式都用它，两边的块数不会不一致。"""
+    n = n_layers if setting is True else int(setting)
+    if not 0 <= n <= n_layers:
+        raise ValueError(f"gradient_checkpointing={setting!r} 不对：要重算的块数应在 0 到 {n_layers} 之间"
+                         f"（True = 全部，False = 不重算）")
+    return n
 
 
 @dataclass

@@ -15,6 +15,8 @@ from typing import Optional, Union
 
 import torch
 
+from model.model_minimind import checkpointed_block_count
+
 FP32_BYTES = 4
 MIB = 2 ** 20
 
@@ -106,11 +108,6 @@ def estimate_training_memory(model: torch.nn.Module, batch_size: int, seq_len: i
     stored_blocks = L - n if n < L else 1
     per_token = n * config.hidden_size * FP32_BYTES + stored_blocks * block + head
     return MemoryEstimate(weights, gradients, optimizer, communication, batch_size * seq_len * per_token)
-
-
-def checkpointed_block_count(grad_checkpointing: Union[bool, int], n_layers: int) -> int:
-    """--grad_checkpointing 的取值换算成重算的块数：True → 全部，False → 0，整数 k → k。"""
-    return n_layers if grad_checkpointing is True else int(grad_checkpointing)
 
 
 def format_memory_report(estimate: MemoryEstimate, sharding: str, world_size: int, dtype: torch.dtype,
