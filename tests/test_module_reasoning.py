@@ -62,12 +62,13 @@ def test_exp1_addition_formats(tmp_path):
     curve = {fmt: m["curve_mean"][fmt][0] for fmt in ("plain", "reverse", "scratchpad")}
     assert len(m["curves"]["plain"]["steps"]) == 3
     # 学得快慢的比较：quick 只有 300 步、正在各写法准确率陡升的阶段，"谁先起飞"随种子变（种子 42、7 上
-    # "高于 plain"两条都成立，种子 1 上在噪声以内），完整模式 3 个种子也未确立。这里只要求判定与测得的方向自洽、
-    # 且 plain 不会显著地更好。
+    # "高于 plain"两条都成立，种子 1 上在噪声以内；种子 3 上 scratchpad 成立、reverse 反而显著低于 plain），
+    # 完整模式 3 个种子也未确立。scratchpad 只要求不显著地更差；reverse 一条只要求判定与测得的方向自洽。
     for better, worse in (("scratchpad", "plain"), ("reverse", "plain")):
         c = find_conclusion(record, f"{better} 的学习曲线（各检查点平均准确率）高于 {worse}")
-        assert c["status"] != "fails", c
+        assert better == "reverse" or c["status"] != "fails", c
         assert (c["status"] == "holds") <= (curve[better] > curve[worse])
+        assert (c["status"] == "fails") <= (curve[better] < curve[worse])
     ratio = m["problems_seen"]["scratchpad"][0] / m["problems_seen"]["plain"][0]
     assert find_conclusion(record, "scratchpad 见到的题不到 plain 的一半")["holds"] == (ratio < 0.5)
     for fmt in ("plain", "reverse", "scratchpad"):
