@@ -1,4 +1,4 @@
-"""实验 1–2 共用的"小学加法"实验台：出题、三种答案写法、按 token 预算取批、训练、贪心解码与采样。
+"""实验 1–4 共用的"小学加法"实验台：出题、三种答案写法、按 token 预算取批、训练、贪心解码与采样。
 
     problems = sample_problems(rng, 3, 200)                       # [(a, b, 3), ...]：200 道 3 位加法
     text = render((367, 85, 3), "scratchpad")                     # "367+085=7+5+0=12;6+8+1=15;3+0+1=04;|0452\n"
@@ -6,6 +6,7 @@
     history = train_format(model, "reverse", steps, ...)           # 等 token 预算训练，返回每个检查点的准确率
     answers, n_tokens = generate(model, prompts, temperature=0)    # 贪心（或采样）续写，截到换行
     check_scratchpad(problem, reply)                              # 不看标准答案的验证器：逐步检查草稿
+    train_on_pairs(model, [(prompt, reply), ...], steps, 64, seed)  # 在给定的文本对上 SFT（实验 4 的学生）
 
 三种写法（Lee et al. 2023, "Teaching Arithmetic to Small Transformers"）：
 - plain：      "367+085=0452"    普通写法，先写最高位——但进位要从最低位算起，模型必须"一眼"算完所有进位
@@ -160,7 +161,13 @@ def new_model(seed: int, hidden_size: int = 64, num_layers: int = 2) -> LabModel
 
 def encode_batch(problems, fmt: str):
     """题目列表 → (input_ids, labels)，各 (B, T)，右侧 padding；labels 只保留 "=" 之后的回答（含换行），其余 -100。"""
-    rows = [(TOKENIZER.encode(prompt_text(p)), TOKENIZER.encode(answer_text(p, fmt) + "\n")) for p in problems]
+    return encode_pairs([(prompt_text(p), answer_text(p, fmt)) for p in problems])
+
+
+def encode_pairs(pairs):
+    """(题目, 回答) 文本对 → (input_ids, labels)，各 (B, T)，右侧 padding；回答后面补上换行（= eos），
+    labels 只保留回答与换行，其余 -100（同 SFT 只训练回答）。"""
+    rows = [(TOKENIZER.encode(prompt), TOKENIZER.encode(reply + "\n")) for prompt, reply in pairs]
     width = max(len(p) + len(r) for p, r in rows)
     ids = torch.full((len(rows), width), PAD, dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
@@ -257,6 +264,26 @@ def train_format(model, fmt: str, steps: int, token_budget: int, seed: int, max_
             if progress:
                 progress(fmt, step + 1, {name: history[name][-1] for name in eval_sets}, loss.item())
     return history
+
+
+def train_on_pairs(model, pairs: list, steps: int, batch_size: int, seed: int) -> list[float]:
+    """在给定的 (题目, 回答) 文本对上做 SFT（实验 4 的学生）：每步有放回地抽 batch_size 条，
+    优化器与学习率日程同 train_format（AdamW + 预热 + 余弦）。返回每步的 loss。"""
+    rng = random.Random(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.98), weight_decay=0.0)
+    losses = []
+    model.train()
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, lr=LR, warmup_steps=WARMUP, total_steps=steps)
+        ids, labels = encode_pairs([pairs[rng.randrange(len(pairs))] for _ in range(batch_size)])
+        loss = model(ids, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
 
 
 def batch_means(values: list[float], n_batches: int) -> list[float]:
