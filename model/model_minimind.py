@@ -652,15 +652,32 @@ class MiniMindForCausalLM(nn.Module):
                  top_k: Optional[int] = None, top_p: Optional[float] = None, do_sample: bool = False,
                  repetition_penalty: float = 1.0, eos_token_id: Optional[int] = None,
                  attention_mask: Optional[torch.Tensor] = None, use_cache: bool = True,
-                 streamer: Optional[Callable[[torch.Tensor], None]] = None) -> torch.Tensor:
-        """自回归生成，返回 (B, T + 新生成长度)。
+                 streamer: Optional[Callable[[torch.Tensor], None]] = None,
+                 draft_model: Optional["MiniMindForCausalLM"] = None, num_draft_tokens: int = 4,
+                 return_stats: bool = False):
+        """自回归生成，返回 (B, T + 新生成长度)（return_stats=True 时见下）。
 
         do_sample=False 为贪心；否则按 temperature / top_k / top_p 采样。
         eos_token_id 默认取 config.eos_token_id：每行遇到 EOS 就停（之后补 EOS），全部停了就提前结束——
         不设 EOS 时模型会一直生成到 max_new_tokens，常见的"复读机"问题就是这样来的。
         批量的长短 prompt 请左侧 padding 并传 attention_mask (B, T)。
         streamer(token_ids) 在每步收到形状 (B,) 的新 token，可用来流式打印。
+
+        draft_model 给出时改用投机解码（model/speculative.py）：草稿模型每轮提出 num_draft_tokens 个 token，
+        本模型一次前向验证。贪心结果与不用草稿时逐 token 相同，采样结果服从同一个分布；只支持 batch=1、
+        必须用 KV cache、不支持 repetition_penalty。
+        return_stats=True 时返回 (sequence, stats)：投机解码时 stats 是 SpeculativeStats（接受率 α、
+        每次前向产出的 token 数……），普通生成时为 None。
         """
+        if draft_model is not None:
+            from model.speculative import speculative_generate  # 放在这里：speculative.py 反过来要 import 本文件
+            if not use_cache:
+                raise ValueError("投机解码依赖 KV cache（验证后要截回 cache）：请用 use_cache=True，或不传 draft_model")
+            sequence, stats = speculative_generate(
+                self, draft_model, input_ids, max_new_tokens=max_new_tokens, num_draft_tokens=num_draft_tokens,
+                do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=eos_token_id,
+                attention_mask=attention_mask, repetition_penalty=repetition_penalty, streamer=streamer)
+            return (sequence, stats) if return_stats else sequence
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens 不能为负，收到 {max_new_tokens}")
         if do_sample and temperature <= 0:
@@ -696,7 +713,8 @@ class MiniMindForCausalLM(nn.Module):
                     break
                 next_input = next_token[:, None]
             self.train(was_training)
-        return sequence.clone()  # 在 inference_mode 之外复制：返回普通张量，拿去训练（如 DPO 采样）也不报错
+        sequence = sequence.clone()  # 在 inference_mode 之外复制：返回普通张量，拿去训练（如 DPO 采样）也不报错
+        return (sequence, None) if return_stats else sequence
 
     @staticmethod
     def _apply_repetition_penalty(logits, sequence, penalty):
@@ -711,15 +729,25 @@ class MiniMindForCausalLM(nn.Module):
     def _choose_next_token(logits, do_sample, temperature, top_k, top_p):
         if not do_sample:
             return logits.argmax(dim=-1)
-        logits = logits / temperature
-        if top_k is not None and top_k > 0:
-            kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]  # (B, 1)
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if top_p is not None and top_p < 1.0:
-            sorted_logits, sorted_idx = torch.sort(logits, descending=True)
-            cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-            # 去掉累计概率已超过 top_p 之后的 token（至少保留概率最大的一个）
-            remove = cum - sorted_logits.softmax(dim=-1) > top_p
-            logits = logits.masked_fill(remove.scatter(1, sorted_idx, remove), float("-inf"))
-        probs = logits.softmax(dim=-1)
+        probs = sampling_probs(logits, temperature, top_k, top_p)  # (B, V)
         return torch.multinomial(probs, num_samples=1).squeeze(1)
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
+                   top_p: Optional[float] = None) -> torch.Tensor:
+    """采样时真正使用的分布：logits (N, V) 先除以 temperature，再按 top_k、top_p 截断，softmax 成 (N, V) 的概率。
+
+    generate 从它抽样；投机解码（model/speculative.py）对目标模型和草稿模型用同一个函数，
+    接受/拒绝比较的是这两个分布，它们必须经过完全相同的处理。
+    """
+    logits = logits / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]  # (N, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, descending=True)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # 去掉累计概率已超过 top_p 之后的 token（至少保留概率最大的一个）
+        remove = cum - sorted_logits.softmax(dim=-1) > top_p
+        logits = logits.masked_fill(remove.scatter(1, sorted_idx, remove), float("-inf"))
+    return logits.softmax(dim=-1)  # (N, V)

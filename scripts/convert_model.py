@@ -33,6 +33,8 @@ def parse_args(argv=None):
         p.error("请二选一：--out_dir DIR（MiniMind → transformers）或 --from_hf DIR --out_pth FILE（反过来）")
     if args.from_hf is not None and args.out_pth is None:
         p.error("--from_hf 需要 --out_pth（输出的 .pth 路径）")
+    if args.quantize != "none":  # 量化后的层是 qweight/scale，transformers 的 Llama 结构认不出来
+        p.error("--quantize 只用于推理，转换请用浮点权重（去掉 --quantize）")
     try:
         resolve_model_args(args)
     except ModelLoadError as e:

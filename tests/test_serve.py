@@ -302,3 +302,23 @@ def test_server_binds_loopback_by_default():
     args = parse_args(["--quick"])
     assert args.host == "127.0.0.1" and args.api_key is None and args.hidden_size == 128
     assert parse_args(["--quick", "--hidden_size", "64"]).hidden_size == 64  # --quick 只填没给的
+
+
+def test_server_serves_an_int8_model_loaded_with_quantize(engine, tmp_path):
+    """--quantize 走 load_chat_model，所以服务与 eval_llm 一样能加载量化模型：回答等于进程内量化模型的贪心输出。"""
+    from model.checkpoint import save_checkpoint
+    from model.quantization import QuantizedLinear, quantize_model
+    from scripts.serve_openai_api import parse_args
+    from trainer.model_loading import load_chat_model
+
+    save_checkpoint(engine.model, tmp_path / "tiny.pth")
+    engine.model.config.save(tmp_path / "tiny.json")
+    model, tokenizer = load_chat_model(parse_args(["--weights", str(tmp_path / "tiny.pth"), "--quantize", "int8",
+                                                   "--device", "cpu"]))
+    assert isinstance(model.model.layers[0].mlp.down_proj, QuantizedLinear)
+    reference = ChatEngine(quantize_model(copy.deepcopy(engine.model), bits=8), tokenizer, context_length=4096)
+    _, new = reference_ids(reference, USER, 8)
+    with run_server(build_app(ChatEngine(model, tokenizer, context_length=4096), model_name="tiny-int8")) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
+        r = client.chat.completions.create(model="tiny-int8", messages=USER, max_tokens=8, temperature=0)
+    assert r.choices[0].message.content == visible_text(reference, new).lstrip()

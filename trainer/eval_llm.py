@@ -4,6 +4,8 @@
     python trainer/eval_llm.py --weight full_sft                         # out/full_sft_512.pth，交互式
     python trainer/eval_llm.py --weights MiniMind2.pth --tokenizer path/to/minimind_tokenizer
     python trainer/eval_llm.py --quick --lora_weight out/lora_identity_128.pth    # 基座 + train_lora.py 的适配器
+    python trainer/eval_llm.py --weights MiniMind2.pth --hidden_size 768 --num_hidden_layers 16 \
+        --draft_weights MiniMind2-Small.pth    # 投机解码：26M 草稿 + 104M 目标，回答后打印接受率 α
 
 --weights 可以是 MiniMind 官方发布的 .pth（同目录没有 .json 配置时，按 --family、--hidden_size 等参数建模型），
 也可以是 scripts/convert_model.py 转出的 transformers 文件夹。选模型的参数与 scripts/serve_openai_api.py 相同，
@@ -18,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from model.tokenization import find_structure_literal  # noqa: E402
-from trainer.model_loading import ModelLoadError, add_model_args, load_chat_model, resolve_model_args  # noqa: E402
+from trainer.model_loading import (ModelLoadError, add_model_args, load_chat_model, load_draft_model,  # noqa: E402
+                                   resolve_model_args)
 from trainer.trainer_utils import fail  # noqa: E402
 
 
@@ -33,17 +36,28 @@ def parse_args(argv=None):
     p.add_argument("--repetition_penalty", type=float, default=1.0)
     p.add_argument("--raw", action="store_true", help="不套对话模板，直接续写（适合只做过预训练的模型）")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--draft_weights", type=Path, default=None,
+                   help="投机解码的草稿模型（更小的 MiniMind，同一个分词器）；给出时每次回答后打印接受率 α")
+    p.add_argument("--draft_hidden_size", type=int, default=None,
+                   help="草稿权重旁边没有 .json 时（官方 .pth）的 hidden_size，默认按 --family")
+    p.add_argument("--draft_num_hidden_layers", type=int, default=None, help="同上，草稿的层数，默认 8")
+    p.add_argument("--num_draft_tokens", type=int, default=4, help="投机解码每轮草稿提出的 token 数 γ")
     args = p.parse_args(argv)
     if args.max_new_tokens <= 0:
         p.error(f"--max_new_tokens 必须是正整数，收到 {args.max_new_tokens}")
+    if args.num_draft_tokens <= 0:
+        p.error(f"--num_draft_tokens 必须是正整数，收到 {args.num_draft_tokens}")
+    if args.draft_weights is not None and args.repetition_penalty != 1.0:
+        p.error("--draft_weights（投机解码）不支持 --repetition_penalty：请去掉其中一个")
     try:
         return resolve_model_args(args)
     except ModelLoadError as e:
         p.error(str(e))
 
 
-def stream_reply(model, tokenizer, prompt_ids, args) -> str:
-    """逐 token 生成并打印；多字节字符（如中文）可能跨 token，凑齐了再打印。"""
+def stream_reply(model, tokenizer, prompt_ids, args, draft=None) -> str:
+    """逐 token 生成并打印；多字节字符（如中文）可能跨 token，凑齐了再打印。
+    给了草稿模型时走投机解码，回答之后再打印一行接受率 α 与每次目标前向产出的 token 数。"""
     new_ids, printed = [], ""
 
     def on_token(token):  # token: (1,)
@@ -55,12 +69,15 @@ def stream_reply(model, tokenizer, prompt_ids, args) -> str:
             printed = text
 
     sample = args.temperature > 0
-    model.generate(torch.tensor([prompt_ids], device=next(model.parameters()).device),
-                   max_new_tokens=args.max_new_tokens, do_sample=sample,
-                   temperature=args.temperature if sample else 1.0, top_p=args.top_p if sample else None,
-                   repetition_penalty=args.repetition_penalty, eos_token_id=tokenizer.eos_token_id,
-                   streamer=on_token)
+    _, stats = model.generate(torch.tensor([prompt_ids], device=next(model.parameters()).device),
+                              max_new_tokens=args.max_new_tokens, do_sample=sample,
+                              temperature=args.temperature if sample else 1.0, top_p=args.top_p if sample else None,
+                              repetition_penalty=args.repetition_penalty, eos_token_id=tokenizer.eos_token_id,
+                              streamer=on_token, draft_model=draft, num_draft_tokens=args.num_draft_tokens,
+                              return_stats=True)
     print()
+    if stats is not None:
+        print(f"[{stats.summary()}]")
     return tokenizer.decode(new_ids)
 
 
@@ -68,6 +85,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         model, tokenizer = load_chat_model(args)
+        draft = load_draft_model(args, model, tokenizer) if args.draft_weights is not None else None
     except ModelLoadError as e:
         fail(str(e))
     torch.manual_seed(args.seed)
@@ -101,7 +119,7 @@ def main(argv=None):
             messages = history + [{"role": "user", "content": question}]
             prompt_ids = tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
         print("MiniMind：", end="", flush=True)
-        reply = stream_reply(model, tokenizer, prompt_ids, args)
+        reply = stream_reply(model, tokenizer, prompt_ids, args, draft)
         if not args.raw and prompts is None:  # 交互模式保留多轮上下文
             history += [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
 

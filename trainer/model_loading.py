@@ -17,6 +17,7 @@ from typing import Optional, Tuple
 from model.checkpoint import CheckpointError, load_pretrained, load_state_dict_file
 from model.model_lora import apply_lora, load_lora, merge_lora
 from model.model_minimind import FAMILY_DEFAULTS, MiniMindConfig, MiniMindForCausalLM
+from model.quantization import QUANTIZE_SCHEMES, quantize_model, weight_bytes
 from model.tokenization import MiniMindTokenizer, TokenizerError, load_tokenizer
 from model.device import get_device
 from trainer.trainer_utils import QUICK_OVERRIDES, REPO_ROOT
@@ -44,6 +45,9 @@ def add_model_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="叠加的 LoRA 适配器 .pth（train_lora.py 的输出）；秩、alpha、目标层从旁边的 .json 读取")
     p.add_argument("--merge_lora", action="store_true", help="把 LoRA 增量合并进基座权重（推理零额外开销）")
     p.add_argument("--device", default="auto", help="auto / cpu / cuda / mps")
+    p.add_argument("--quantize", choices=["none", *QUANTIZE_SCHEMES], default="none",
+                   help="加载后只量化权重：int8 每个输出通道一个 scale，int4 每 32 个输入一个 scale；"
+                        "词嵌入和与之共享权重的 lm_head 保持浮点（见 model/quantization.py）")
     return p
 
 
@@ -56,6 +60,9 @@ def resolve_model_args(args: argparse.Namespace) -> argparse.Namespace:
     for name in ("hidden_size", "num_hidden_layers"):
         if getattr(args, name) <= 0:
             raise ModelLoadError(f"--{name} 必须是正整数，收到 {getattr(args, name)}")
+    if args.quantize != "none" and args.lora_weight is not None:  # 挂了 LoRA 的层（合并后也是）不是 nn.Linear，量化不到
+        raise ModelLoadError("--quantize 不能和 --lora_weight 一起用：请先用 scripts/convert_model.py --lora_weight … "
+                             "--out_dir DIR 把适配器合并成完整模型，再 --weights DIR --quantize")
     return args
 
 
@@ -98,6 +105,22 @@ def load_base_model(args: argparse.Namespace, tokenizer: MiniMindTokenizer) -> M
         raise ModelLoadError(f"权重 {path} 的词表大小是 {model.config.vocab_size}，分词器 {tokenizer.source} 是 "
                              f"{tokenizer.vocab_size}：请用训练这份权重时的分词器（--tokenizer）")
     return model
+
+
+def load_draft_model(args: argparse.Namespace, target: MiniMindForCausalLM,
+                     tokenizer: MiniMindTokenizer) -> MiniMindForCausalLM:
+    """投机解码的草稿模型（args.draft_weights）：一个更小的 MiniMind，必须与目标模型用同一个分词器。
+
+    加载方式与目标相同（load_base_model）：.pth 旁边有 .json 就按它建模型；官方 .pth 没有 .json 时按 --family
+    和 args.draft_hidden_size / args.draft_num_hidden_layers（None 时取该家族的默认 512·8 / 768·8）；也可以是
+    transformers 文件夹。词表与分词器不一致时报 ModelLoadError。放到目标模型所在的设备上，eval 模式。
+    """
+    draft_args = argparse.Namespace(**{
+        **vars(args), "weights": Path(args.draft_weights), "use_moe": 0,
+        "hidden_size": args.draft_hidden_size or FAMILY_DEFAULTS[args.family]["hidden_size"],
+        "num_hidden_layers": args.draft_num_hidden_layers or 8})
+    draft = load_base_model(draft_args, tokenizer)  # 检查了词表 = 分词器的词表，目标也检查过，所以两者一致
+    return draft.to(next(target.parameters()).device).eval()
 
 
 def lora_config_path(adapter: Path) -> Path:
@@ -152,4 +175,16 @@ def load_chat_model(args: argparse.Namespace) -> Tuple[MiniMindForCausalLM, Mini
     model = load_base_model(args, tokenizer)
     if args.lora_weight is not None:
         attach_lora(model, args.lora_weight, merge=args.merge_lora)
+    if args.quantize != "none":
+        quantize_loaded_model(model, args)
     return model.to(device).eval(), tokenizer
+
+
+def quantize_loaded_model(model: MiniMindForCausalLM, args: argparse.Namespace) -> None:
+    """--quantize：在 CPU 上把加载好的浮点权重量化，打印一行权重字节数的变化。"""
+    before = weight_bytes(model)
+    try:
+        quantize_model(model, **QUANTIZE_SCHEMES[args.quantize])
+    except ValueError as e:
+        raise ModelLoadError(f"--quantize {args.quantize} 用不了：{e}") from None
+    print(f"--quantize {args.quantize}：权重 {before / 2**20:.1f} MiB → {weight_bytes(model) / 2**20:.1f} MiB")
