@@ -57,28 +57,28 @@ def test_formats_verifier_and_pass_at_k_estimators():
 
 
 def test_exp1_addition_formats(tmp_path):
+    """默认 3 位加法（进位链长到一次前向算不完的区间）：quick 500 步时草稿写法已经起飞，plain 与 reverse 还几乎为 0
+    （开发用的种子 42 之外，种子 1、7 上两条"scratchpad 高于…"都 ✅）。"""
     record, _ = run_quick("exp1_addition_formats.py", tmp_path)
     m = record["metrics"]
+    assert m["digits"] == 3 and len(m["curves"]["plain"]["steps"]) == 3
     curve = {fmt: m["curve_mean"][fmt][0] for fmt in ("plain", "reverse", "scratchpad")}
-    assert len(m["curves"]["plain"]["steps"]) == 3
-    # 学得快慢的比较：quick 只有 300 步、正在各写法准确率陡升的阶段，"谁先起飞"随种子变（种子 42、7 上
-    # "高于 plain"两条都成立，种子 1 上在噪声以内；种子 3 上 scratchpad 成立、reverse 反而显著低于 plain），
-    # 完整模式 3 个种子也未确立。scratchpad 只要求不显著地更差；reverse 一条只要求判定与测得的方向自洽。
-    for better, worse in (("scratchpad", "plain"), ("reverse", "plain")):
-        c = find_conclusion(record, f"{better} 的学习曲线（各检查点平均准确率）高于 {worse}")
-        assert better == "reverse" or c["status"] != "fails", c
-        assert (c["status"] == "holds") <= (curve[better] > curve[worse])
-        assert (c["status"] == "fails") <= (curve[better] < curve[worse])
+    for worse in ("plain", "reverse"):
+        c = find_conclusion(record, f"scratchpad 的学习曲线（各检查点平均准确率）高于 {worse}")
+        assert c["status"] == "holds" and curve["scratchpad"] > curve[worse], c
+    # reverse 在 quick 的 500 步里还没起飞（种子 42、7 与 plain 一样接近 0，在噪声以内；种子 1 上 ✅）：
+    # 只要求判定与测得的方向自洽；完整模式 1200 步的结果见 results/reference/
+    c = find_conclusion(record, "reverse 的学习曲线（各检查点平均准确率）高于 plain")
+    assert (c["status"] == "holds") <= (curve["reverse"] > curve["plain"]), c
+    assert (c["status"] == "fails") <= (curve["reverse"] < curve["plain"]), c
     ratio = m["problems_seen"]["scratchpad"][0] / m["problems_seen"]["plain"][0]
-    assert find_conclusion(record, "scratchpad 见到的题不到 plain 的一半")["holds"] == (ratio < 0.5)
+    c = find_conclusion(record, "scratchpad 见到的题不到 plain 的一半")
+    assert c["holds"] and ratio < 0.5, c
     for fmt in ("plain", "reverse", "scratchpad"):
         c = find_conclusion(record, f"长度外推差：{fmt}")
         assert c["status"] == "holds" and m["final_longer"][fmt][0] < 0.1
-    # 同分布上确实学到了东西（最好的写法过 0.3）：3 位题全错不是因为什么都没学会
-    assert max(m["final_in_dist"][fmt][0] for fmt in ("plain", "reverse", "scratchpad")) > 0.3
-    exempt_conclusions(record, {"scratchpad 的学习曲线（各检查点平均准确率）高于 reverse":
-                                "quick 的 300 步正在起飞段，两者谁先起飞随种子变：种子 42、1 在噪声以内，种子 7 上 reverse 显著更高；"
-                                "完整模式 3/3 个种子 scratchpad 更高但未超出噪声（见 results/reference/）"})
+    # 同分布上确实学到了东西：4 位题全错不是因为什么都没学会
+    assert m["final_in_dist"]["scratchpad"][0] > 0.3
 
 
 def test_exp2_test_time_compute(tmp_path):
