@@ -188,6 +188,8 @@ class ChatEngine:
     model: torch.nn.Module
     tokenizer: MiniMindTokenizer
     context_length: int
+    draft_model: Optional[torch.nn.Module] = None  # 给了就用投机解码（model/speculative.py）：贪心结果不变，采样分布不变
+    num_draft_tokens: int = 4  # 投机解码每轮草稿提出的 token 数 γ
     lock: threading.Lock = field(default_factory=threading.Lock)
     completed: int = 0  # 已结束的生成数
     recent: Deque[GenerationResult] = field(default_factory=lambda: deque(maxlen=64))  # 最近结束的生成（测试与监控用）
@@ -240,7 +242,8 @@ class ChatEngine:
                     self.model.generate(torch.tensor([prompt.ids], device=device), max_new_tokens=params.max_tokens,
                                         do_sample=sample, temperature=params.temperature if sample else 1.0,
                                         top_p=params.top_p if sample else None,
-                                        eos_token_id=-1 if params.ignore_eos else eos, streamer=on_token)
+                                        eos_token_id=-1 if params.ignore_eos else eos, streamer=on_token,
+                                        draft_model=self.draft_model, num_draft_tokens=self.num_draft_tokens)
                 except _Stop:
                     pass
             if state["reason"] != "cancelled":

@@ -18,13 +18,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.model_loading import ModelLoadError, add_model_args, load_chat_model, resolve_model_args, weights_path  # noqa: E402
+from trainer.model_loading import (ModelLoadError, add_draft_args, add_model_args, load_chat_model,  # noqa: E402
+                                   load_draft_model, resolve_model_args, weights_path)
 from trainer.trainer_utils import fail  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="MiniMind 的 OpenAI 兼容 API 服务", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_model_args(p)
+    add_draft_args(p)
     p.add_argument("--host", default="127.0.0.1", help="监听地址；0.0.0.0 = 对局域网开放（请同时设 --api_key）")
     p.add_argument("--port", type=int, default=8998)
     p.add_argument("--api_key", default=None, help="设置后请求须带 Authorization: Bearer <key>")
@@ -53,10 +55,12 @@ def main(argv=None):
         fail(f"缺少 API 服务的依赖（{e.name}）：pip install -r requirements-serve.txt")
     try:
         model, tokenizer = load_chat_model(args)
+        draft = load_draft_model(args, model, tokenizer) if args.draft_weights is not None else None
     except ModelLoadError as e:
         fail(str(e))
     context = min(args.context_length or model.config.max_position_embeddings, model.config.max_position_embeddings)
-    engine = ChatEngine(model, tokenizer, context_length=context)
+    engine = ChatEngine(model, tokenizer, context_length=context, draft_model=draft,
+                        num_draft_tokens=args.num_draft_tokens)
     name = args.model_name or weights_path(args).stem
     app = build_app(engine, model_name=name, api_key=args.api_key, default_max_tokens=args.max_tokens)
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"

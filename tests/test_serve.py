@@ -322,3 +322,35 @@ def test_server_serves_an_int8_model_loaded_with_quantize(engine, tmp_path):
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
         r = client.chat.completions.create(model="tiny-int8", messages=USER, max_tokens=8, temperature=0)
     assert r.choices[0].message.content == visible_text(reference, new).lstrip()
+
+
+def test_server_with_a_draft_model_answers_like_plain_greedy(engine, tmp_path):
+    """--draft_weights 在服务里也生效：贪心时投机解码的回答与不用草稿时逐 token 相同（用量、finish_reason 也相同）。"""
+    from model.checkpoint import save_checkpoint
+    from scripts.serve_openai_api import parse_args
+    from trainer.model_loading import load_chat_model, load_draft_model
+
+    torch.manual_seed(1)
+    config = MiniMindConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                            vocab_size=engine.tokenizer.vocab_size, max_position_embeddings=4096)
+    save_checkpoint(engine.model, tmp_path / "target.pth")
+    engine.model.config.save(tmp_path / "target.json")
+    save_checkpoint(MiniMindForCausalLM(config), tmp_path / "draft.pth")
+    config.save(tmp_path / "draft.json")
+    args = parse_args(["--weights", str(tmp_path / "target.pth"), "--draft_weights", str(tmp_path / "draft.pth"),
+                       "--num_draft_tokens", "3", "--device", "cpu"])
+    model, tokenizer = load_chat_model(args)
+    draft = load_draft_model(args, model, tokenizer)
+    draft_calls = []
+    draft.register_forward_hook(lambda *_: draft_calls.append(1))  # 证明服务真的用了草稿，而不只是回答碰巧相同
+    speculative = ChatEngine(model, tokenizer, context_length=4096, draft_model=draft,
+                             num_draft_tokens=args.num_draft_tokens)
+    _, new = reference_ids(engine, USER, 12)
+    with run_server(build_app(speculative, model_name="tiny-spec")) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
+        r = client.chat.completions.create(model="tiny-spec", messages=USER, max_tokens=12, temperature=0)
+    assert r.choices[0].message.content == visible_text(engine, new).lstrip()
+    assert r.usage.completion_tokens == 12 and r.choices[0].finish_reason == "length"
+    assert len(draft_calls) >= 3  # 每轮草稿前向 γ 次（最后一轮可能更少）
+    with pytest.raises(SystemExit):  # γ 必须是正整数：参数解析时就拒绝
+        parse_args(["--weights", str(tmp_path / "target.pth"), "--num_draft_tokens", "0"])

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from model.tokenization import find_structure_literal  # noqa: E402
-from trainer.model_loading import (ModelLoadError, add_model_args, load_chat_model, load_draft_model,  # noqa: E402
-                                   resolve_model_args)
+from trainer.model_loading import (ModelLoadError, add_draft_args, add_model_args, load_chat_model,  # noqa: E402
+                                   load_draft_model, resolve_model_args)
 from trainer.trainer_utils import fail  # noqa: E402
 
 
@@ -36,17 +36,10 @@ def parse_args(argv=None):
     p.add_argument("--repetition_penalty", type=float, default=1.0)
     p.add_argument("--raw", action="store_true", help="不套对话模板，直接续写（适合只做过预训练的模型）")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--draft_weights", type=Path, default=None,
-                   help="投机解码的草稿模型（更小的 MiniMind，同一个分词器）；给出时每次回答后打印接受率 α")
-    p.add_argument("--draft_hidden_size", type=int, default=None,
-                   help="草稿权重旁边没有 .json 时（官方 .pth）的 hidden_size，默认按 --family")
-    p.add_argument("--draft_num_hidden_layers", type=int, default=None, help="同上，草稿的层数，默认 8")
-    p.add_argument("--num_draft_tokens", type=int, default=4, help="投机解码每轮草稿提出的 token 数 γ")
+    add_draft_args(p)  # --draft_weights 等：投机解码，每次回答后打印接受率 α
     args = p.parse_args(argv)
     if args.max_new_tokens <= 0:
         p.error(f"--max_new_tokens 必须是正整数，收到 {args.max_new_tokens}")
-    if args.num_draft_tokens <= 0:
-        p.error(f"--num_draft_tokens 必须是正整数，收到 {args.num_draft_tokens}")
     if args.draft_weights is not None and args.repetition_penalty != 1.0:
         p.error("--draft_weights（投机解码）不支持 --repetition_penalty：请去掉其中一个")
     try:

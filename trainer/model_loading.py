@@ -51,6 +51,17 @@ def add_model_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def add_draft_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """投机解码的草稿模型参数（eval_llm.py 与 API 服务共用）；加载见 load_draft_model，检查在 resolve_model_args。"""
+    p.add_argument("--draft_weights", type=Path, default=None,
+                   help="投机解码的草稿模型（更小的 MiniMind，同一个分词器）：它先猜、目标模型一次前向验证，贪心结果不变")
+    p.add_argument("--draft_hidden_size", type=int, default=None,
+                   help="草稿权重旁边没有 .json 时（官方 .pth）的 hidden_size，默认按 --family")
+    p.add_argument("--draft_num_hidden_layers", type=int, default=None, help="同上，草稿的层数，默认 8")
+    p.add_argument("--num_draft_tokens", type=int, default=4, help="投机解码每轮草稿提出的 token 数 γ")
+    return p
+
+
 def resolve_model_args(args: argparse.Namespace) -> argparse.Namespace:
     """补上没有在命令行上给出的尺寸：--quick 用训练脚本 --quick 的尺寸，否则用 --family 的默认值。"""
     if args.hidden_size is None:
@@ -60,6 +71,8 @@ def resolve_model_args(args: argparse.Namespace) -> argparse.Namespace:
     for name in ("hidden_size", "num_hidden_layers"):
         if getattr(args, name) <= 0:
             raise ModelLoadError(f"--{name} 必须是正整数，收到 {getattr(args, name)}")
+    if getattr(args, "num_draft_tokens", 1) <= 0:
+        raise ModelLoadError(f"--num_draft_tokens 必须是正整数，收到 {args.num_draft_tokens}")
     if args.quantize != "none" and args.lora_weight is not None:  # 挂了 LoRA 的层（合并后也是）不是 nn.Linear，量化不到
         raise ModelLoadError("--quantize 不能和 --lora_weight 一起用：请先用 scripts/convert_model.py --lora_weight … "
                              "--out_dir DIR 把适配器合并成完整模型，再 --weights DIR --quantize")
