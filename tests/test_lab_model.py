@@ -1,5 +1,6 @@
 """modules/common/lab_model.py：默认开关 = MiniMind（逐位相同），每个开关真的改变了模型，记录工具可用。"""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from modules.common.lab_model import (
     record_activations,
     record_attention,
     sinusoidal_table,
+    sliding_window_mask,
 )
 
 SMALL = dict(vocab_size=50, hidden_size=64, num_layers=3, n_heads=4, max_seq_len=32)
@@ -291,3 +293,42 @@ def test_lab_model_without_causal_mask_sees_the_future(pos_encoding):
     with record_attention(model) as attn:
         model(x)
     assert attn["layers.0"].triu(1).sum() > 0
+
+
+def test_sliding_window_mask_by_hand():
+    mask = sliding_window_mask(6, window=3, sinks=1)
+    # 第 5 行：key 3、4、5 在窗口里，key 0 是 sink；key 1、2 被挤出窗口
+    assert mask[5].tolist() == [True, False, False, True, True, True]
+    assert mask[2].tolist() == [True, True, True, False, False, False]  # 还没超出窗口时等于因果 mask
+    assert torch.equal(sliding_window_mask(6, window=6), torch.ones(6, 6).tril().bool())
+
+
+@pytest.mark.parametrize("pos_encoding", ["rope", "alibi"])
+def test_sliding_window_limits_what_each_layer_sees(pos_encoding):
+    torch.manual_seed(0)
+    cfg = LabConfig(hidden_size=64, num_layers=2, n_heads=4, pos_encoding=pos_encoding)
+    full = LabModel(cfg).eval()
+    x = torch.randint(0, 65, (1, 40))
+    same = LabModel(replace(cfg, sliding_window=40)).eval()
+    same.load_state_dict(full.state_dict())
+    assert torch.allclose(same(x).logits, full(x).logits, atol=1e-5)  # 窗口不小于序列：就是普通因果注意力
+
+    changed = x.clone()
+    changed[0, 0] = (changed[0, 0] + 1) % 65
+    for sinks, reach_far in ((0, False), (2, True)):
+        windowed = LabModel(replace(cfg, sliding_window=8, attention_sinks=sinks)).eval()
+        windowed.load_state_dict(full.state_dict())
+        diff = (windowed(x).logits - windowed(changed).logits).abs().amax(-1)[0]  # (T,)
+        # 2 层、窗口 8：token 0 最远影响到位置 2·7 = 14；作为 sink 时每个位置都看得到它
+        assert diff[:15].min() > 0 and (diff[15:].max() > 0) == reach_far
+    with record_attention(windowed) as attn:
+        windowed(x)
+    weights = attn["layers.0"][0, 0]  # (T, T)
+    assert torch.all(weights[20, 2:13] == 0) and weights[20, 13:21].sum() + weights[20, :2].sum() == pytest.approx(1.0)
+
+
+def test_sliding_window_rejects_bad_values():
+    for bad in (dict(sliding_window=0), dict(sliding_window=8, causal=False), dict(attention_sinks=2),
+                dict(sliding_window=8, attention_sinks=-1)):
+        with pytest.raises(ValueError):
+            LabConfig(**bad)

@@ -9,6 +9,7 @@
     with record_activations(model) as stats: model(ids)   # 每层输出的 std / rms
     with record_attention(model) as attn: model(ids)      # 每层的注意力权重 (B, nh, T, T)
     set_rope_scaling(model, 256, "yarn", factor=4)        # 在 64 上训练的 RoPE 模型，用 YaRN 读 256 长的序列
+    model = LabModel(LabConfig(sliding_window=32, attention_sinks=4))  # 只看最近 32 个 token + 最前面 4 个
 """
 import math
 from contextlib import contextmanager
@@ -67,6 +68,10 @@ class LabConfig:
     qk_scale: str = "inv_sqrt_d"  # 注意力分数除以 √d（"inv_sqrt_d"）或不缩放（"one"）
     qk_norm: bool = False  # True：minimind-3 的 QK-norm，RoPE 前对每个头的 q、k 做 RMSNorm
     causal: bool = True  # False：去掉因果 mask，每个位置都能看到后面的 token（训练时等于偷看答案）
+    # 滑动窗口注意力（Beltagy 2020 / Mistral 2023）：每个 query 只看最近 sliding_window 个 key（含自己）。
+    # 等价于解码时只留最近 W 个位置的滚动 KV cache（key 保持原来的 RoPE 角度）。None = 看全部前文（MiniMind）
+    sliding_window: Optional[int] = None
+    attention_sinks: int = 0  # 在窗口之外始终保留最前面的几个 token（StreamingLLM 的 attention sink，Xiao 2023）
     tie_embeddings: bool = True
     scaled_init: bool = False  # True：o_proj / down_proj 初始化 std 再乘 1/√(2·num_layers)（GPT-2 的做法）
     # "normal"：全部 N(0, 0.02)（MiniMind）；"xavier"：块内线性层用 Xavier 正态初始化（原始 Transformer，
@@ -93,6 +98,12 @@ class LabConfig:
             raise ValueError("LabConfig.init='xavier' 与 scaled_init=True 是两种不同的初始化，只能选一个")
         if self.ffn_ratio is not None and self.ffn_ratio <= 0:
             raise ValueError(f"LabConfig.ffn_ratio 必须为正，收到 {self.ffn_ratio}")
+        if self.sliding_window is not None and (self.sliding_window < 1 or not self.causal):
+            raise ValueError(f"LabConfig.sliding_window 必须 >= 1 且只用于因果注意力（causal=True），"
+                             f"收到 {self.sliding_window}、causal={self.causal}")
+        if self.attention_sinks < 0 or (self.attention_sinks and self.sliding_window is None):
+            raise ValueError(f"LabConfig.attention_sinks 必须 >= 0，且只和 sliding_window 一起用，"
+                             f"收到 {self.attention_sinks}、sliding_window={self.sliding_window}")
         self.to_minimind_config()  # 借 MiniMindConfig 校验头数、整除等
 
     @property
@@ -189,6 +200,14 @@ def rope_cos_sin(config: LabConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return precompute_freqs_cis(hd, end, base)
 
 
+def sliding_window_mask(seq_len: int, window: int, sinks: int = 0, device=None) -> torch.Tensor:
+    """(T, T) 的布尔 mask，True = 第 i 个 query 可以看第 j 个 key：因果，且 j 在最近 window 个位置里
+    （i − window < j <= i），或 j 是最前面的 sinks 个 token 之一。"""
+    i = torch.arange(seq_len, device=device)[:, None]  # (T, 1) query 位置
+    j = torch.arange(seq_len, device=device)[None, :]  # (1, T) key 位置
+    return (j <= i) & ((j > i - window) | (j < sinks))
+
+
 class LabAttention(Attention):
     """复用 model/ 的 Attention（同样的 q/k/v/o 投影和参数名），前向加上位置编码与缩放开关。"""
 
@@ -197,6 +216,7 @@ class LabAttention(Attention):
         self.pos_encoding = config.pos_encoding
         self.scale = 1 / math.sqrt(self.head_dim) if config.qk_scale == "inv_sqrt_d" else 1.0
         self.causal = config.causal
+        self.sliding_window, self.attention_sinks = config.sliding_window, config.attention_sinks
         if self.pos_encoding == "alibi":
             self.register_buffer("slopes", alibi_slopes(self.n_heads), persistent=False)
         self.record = False  # True 时把注意力权重存到 self.last_weights
@@ -219,8 +239,12 @@ class LabAttention(Attention):
         if self.pos_encoding == "alibi":
             distance = torch.arange(T, device=x.device)[None, :] - torch.arange(T, device=x.device)[:, None]  # j - i
             bias = self.slopes[:, None, None] * distance.clamp(max=0)  # (nh, T, T)：越远罚得越多
-            if self.causal:
+            if self.causal and self.sliding_window is None:
                 bias = bias + attention_bias(T, T, None, x.dtype, x.device)[0]  # 加上因果屏蔽
+        if self.sliding_window is not None:  # 窗口 mask 已含因果屏蔽
+            allowed = sliding_window_mask(T, self.sliding_window, self.attention_sinks, x.device)  # (T, T)
+            bias = (torch.zeros((), dtype=x.dtype, device=x.device) if bias is None else bias).masked_fill(
+                ~allowed, torch.finfo(x.dtype).min)  # (T, T) 或 (nh, T, T)
 
         dropout_p = self.dropout if self.training else 0.0
         if self.record:  # 显式路径：需要拿到 softmax 后的权重
