@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -164,21 +164,27 @@ def bench_quantized(model, scheme: str, device, repeats=3) -> dict:
             "q_gen_tok_s": NEW_TOKENS / quantized_s, "q_vs_fp": plain_s / quantized_s}
 
 
-@torch.inference_mode()
-def bench_decode_matmuls(model, device, repeats=50) -> float:
-    """只做一步解码里的矩阵-向量乘（每个 nn.Linear 作用于 1 个 token），返回这样算的 tokens/s。
+def decode_matmuls(model) -> Callable[[], None]:
+    """返回一个无参函数：只做一步解码里的矩阵-向量乘（每个 nn.Linear 作用于 1 个 token）。
 
     有 KV cache 时每生成一个 token，都要把全部权重从内存读一遍、每个权重只乘一次：
-    计算量很小，速度由内存带宽（模型放不进缓存时）决定。这一列是 KV cache 生成速度的上限，
-    实测的生成速度离它越近，说明 Python 与算子调度的开销越小。
+    计算量很小，速度由内存带宽（模型放不进缓存时）决定。这个函数的耗时是 KV cache 生成每个 token 耗时的下限，
+    实测的生成速度离它越近，说明 Python 与算子调度的开销越小（02-inference 实验 2 与它轮流计时）。
     """
+    device = next(model.parameters()).device
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     inputs = [torch.randn(1, 1, linear.in_features, device=device) for linear in linears]  # 各 (1, 1, in)
 
+    @torch.inference_mode()
     def one_token():
         for linear, x in zip(linears, inputs):
             F.linear(x, linear.weight)
+    return one_token
 
+
+def bench_decode_matmuls(model, device, repeats=50) -> float:
+    """decode_matmuls 的 tokens/s（5 个窗口取最快）：KV cache 生成速度的上限。"""
+    one_token = decode_matmuls(model)
     one_token()  # 热身
     return 1.0 / fastest_call_seconds(one_token, device, windows=5, calls_per_window=repeats)
 
