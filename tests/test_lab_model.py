@@ -14,6 +14,7 @@ from modules.common.lab_model import (
     layer_grad_norms,
     record_activations,
     record_attention,
+    set_rope_scaling,
     sinusoidal_table,
     sliding_window_mask,
 )
@@ -296,11 +297,13 @@ def test_lab_model_without_causal_mask_sees_the_future(pos_encoding):
 
 
 def test_sliding_window_mask_by_hand():
-    mask = sliding_window_mask(6, window=3, sinks=1)
+    mask = sliding_window_mask(6, 6, window=3, sinks=1)
     # 第 5 行：key 3、4、5 在窗口里，key 0 是 sink；key 1、2 被挤出窗口
     assert mask[5].tolist() == [True, False, False, True, True, True]
     assert mask[2].tolist() == [True, True, True, False, False, False]  # 还没超出窗口时等于因果 mask
-    assert torch.equal(sliding_window_mask(6, window=6), torch.ones(6, 6).tril().bool())
+    assert torch.equal(sliding_window_mask(6, 6, window=6), torch.ones(6, 6).tril().bool())
+    assert torch.equal(sliding_window_mask(6, 6), torch.ones(6, 6).tril().bool())  # 没有窗口：普通因果 mask
+    assert torch.equal(sliding_window_mask(2, 6, window=3, sinks=1), mask[-2:])  # 解码：query 只是最后 2 个位置
 
 
 @pytest.mark.parametrize("pos_encoding", ["rope", "alibi"])
@@ -332,3 +335,101 @@ def test_sliding_window_rejects_bad_values():
                 dict(sliding_window=8, attention_sinks=-1)):
         with pytest.raises(ValueError):
             LabConfig(**bad)
+
+
+# ---------------------------------------------------------------------------
+# MLA（attention="mla"，modules/common/mla_attention.py）
+# ---------------------------------------------------------------------------
+MLA = dict(SMALL, attention="mla", kv_latent_dim=24, rope_head_dim=8)  # hd = 16
+
+
+def mla_layer_inputs(config, T=20, seed=0):
+    """一层 MLA（权重放大到 std 0.3，注意力才不是近乎均匀的）、输入 h (2, T, H) 与 RoPE 表。"""
+    torch.manual_seed(seed)
+    model = LabModel(config).eval()
+    attn = model.model.layers[0].self_attn
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.normal_(0.0, 0.3)
+    h = torch.randn(2, T, config.hidden_size)
+    return attn, h, (model.model.freqs_cos[:T], model.model.freqs_sin[:T])
+
+
+@pytest.mark.parametrize("window", [None, (6, 2)])
+def test_mla_absorbed_form_equals_explicit_form(window):
+    extra = {} if window is None else dict(sliding_window=window[0], attention_sinks=window[1])
+    attn, h, (cos, sin) = mla_layer_inputs(LabConfig(**MLA, **extra))
+    with torch.no_grad():
+        explicit = attn(h, (cos, sin))  # (2, T, H)：解压出每个头的 k、v
+        whole, (c_kv, k_r) = attn.forward_absorbed(h, (cos, sin))  # 一次算完整段
+        past, steps = None, []
+        for t in range(h.shape[1]):  # 逐 token 解码：每步只带着潜向量缓存
+            y, past = attn.forward_absorbed(h[:, t:t + 1], (cos[t:t + 1], sin[t:t + 1]), past)
+            steps.append(y)
+    assert explicit.abs().mean() > 0.1  # 不是一个平凡的全零输出
+    scale = explicit.abs().max()
+    assert (whole - explicit).abs().max() < 1e-5 * scale and (torch.cat(steps, 1) - explicit).abs().max() < 1e-5 * scale
+    assert c_kv.shape == (2, 20, 24) and k_r.shape == (2, 20, 8) and torch.allclose(past[0], c_kv, atol=1e-6)
+    # 吸收形式把每个头的 W_UK 并进 query：用别的头的 W_UK 就不对了（这个测试能失败）
+    with torch.no_grad():
+        attn.k_up_proj.weight.copy_(attn.k_up_proj.weight.view(4, 16, 24).flip(0).reshape(64, 24))
+        assert (attn.forward_absorbed(h, (cos, sin))[0] - explicit).abs().max() > 0.1 * scale
+
+
+def test_mla_caches_latent_and_rope_key_only():
+    from modules.common.mla_attention import cache_values_per_token, record_latent_cache
+
+    config = LabConfig(**MLA)
+    model = LabModel(config).eval()
+    x = ids(B=2, T=16)
+    with record_latent_cache(model) as cache:
+        model(x)
+    assert sorted(cache) == [f"layers.{i}" for i in range(3)]
+    assert all(c.shape == (2, 16, 24) and k.shape == (2, 16, 8) for c, k in cache.values())
+    cached_values = sum(c.numel() + k.numel() for c, k in cache.values())
+    assert cached_values == 2 * 16 * 3 * (24 + 8) == 2 * 16 * cache_values_per_token(config)
+    # 同尺寸的 MHA：2·L·nh·hd = 2·3·64 个数每 token
+    assert cache_values_per_token(LabConfig(**SMALL)) == 384 and cache_values_per_token(LabConfig(**SMALL, n_kv_heads=1)) == 96
+    # 默认维度按 DeepSeek-V2：d_c = 4·hd，d_R = hd/2；RoPE 表只有 d_R 宽
+    default = LabConfig(**SMALL, attention="mla")
+    assert (default.kv_latent_dim, default.rope_head_dim) == (64, 8)
+    assert LabModel(default).model.freqs_cos.shape == (32, 8) and LabModel(LabConfig(**SMALL)).model.freqs_cos.shape == (32, 16)
+    with pytest.raises(ValueError):
+        with record_latent_cache(LabModel(LabConfig(**SMALL))):
+            pass
+
+
+def test_mla_model_trains_and_respects_causality_and_window():
+    torch.manual_seed(0)
+    model = LabModel(LabConfig(**MLA))
+    x = ids()
+    model(x, labels=x).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())  # 每个投影都有梯度
+
+    model.eval()
+    changed = x.clone()
+    changed[:, 9] = (changed[:, 9] + 1) % SMALL["vocab_size"]
+    with torch.no_grad():
+        assert torch.allclose(model(changed).logits[:, :9], model(x).logits[:, :9], atol=1e-6)  # 因果
+        assert not torch.allclose(model(changed).logits[:, 9:], model(x).logits[:, 9:], atol=1e-4)
+        with record_attention(model) as attn:
+            recorded = model(x).logits
+        assert torch.allclose(recorded, model(x).logits, atol=1e-5)  # 显式记录路径与 SDPA 路径一致
+    assert attn["layers.0"].shape == (2, 4, 16, 16) and attn["layers.0"].triu(1).sum() == 0
+
+    windowed = LabModel(LabConfig(**MLA, sliding_window=4)).eval()
+    with torch.no_grad(), record_attention(windowed) as attn:
+        windowed(x)
+    assert torch.all(attn["layers.1"][:, :, 10, :7] == 0) and torch.all(attn["layers.1"][:, :, 10, 7:11] > 0)
+
+
+def test_mla_rejects_unsupported_combinations():
+    for bad in (dict(kv_latent_dim=16), dict(rope_head_dim=8),  # 只有 MLA 用这两个维度
+                dict(attention="mla", pos_encoding="alibi"), dict(attention="mla", qk_norm=True),
+                dict(attention="mla", n_kv_heads=2), dict(attention="mla", rope_head_dim=7),
+                dict(attention="mla", kv_latent_dim=0), dict(attention="mqa"),
+                dict(attention="mla", rope_scaling="yarn", rope_scaling_factor=2.0)):
+        with pytest.raises(ValueError):
+            LabConfig(**SMALL, **bad)
+    with pytest.raises(ValueError):
+        set_rope_scaling(LabModel(LabConfig(**MLA)), 64)

@@ -48,7 +48,7 @@ def test_windowed_copy_and_position_losses():
     # 窗口模型的注意力权重在窗口外（除了 sink）恰好为 0
     with record_attention(narrow) as attn:
         narrow(x)
-    outside = ~sliding_window_mask(12, 4, 1)
+    outside = ~sliding_window_mask(12, 12, 4, 1)
     assert attn["layers.1"][..., outside].abs().max().item() == 0.0
     masses = exp3.first_token_masses(narrow, batches, [(6, 12), (2, 4)])  # {段: [层][批]}
     assert masses[(6, 12)][1][0] == pytest.approx(exp3.first_token_mass(attn["layers.1"], 6, 12))

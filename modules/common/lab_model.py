@@ -10,6 +10,7 @@
     with record_attention(model) as attn: model(ids)      # 每层的注意力权重 (B, nh, T, T)
     set_rope_scaling(model, 256, "yarn", factor=4)        # 在 64 上训练的 RoPE 模型，用 YaRN 读 256 长的序列
     model = LabModel(LabConfig(sliding_window=32, attention_sinks=4))  # 只看最近 32 个 token + 最前面 4 个
+    model = LabModel(LabConfig(attention="mla", kv_latent_dim=64, rope_head_dim=16))  # DeepSeek-V2 的 MLA
 """
 import math
 from contextlib import contextmanager
@@ -32,6 +33,8 @@ from model.model_minimind import (
     precompute_freqs_cis,
     repeat_kv,
 )
+from modules.common.attention_mask import sliding_window_mask
+from modules.common.mla_attention import MultiHeadLatentAttention
 from modules.common.training import layer_of
 
 NORMS = ("rmsnorm", "layernorm", "none")
@@ -41,6 +44,7 @@ FFNS = ("swiglu", "gelu", "relu", "none")  # "none"：只有注意力、没有 F
 QK_SCALES = ("inv_sqrt_d", "one")
 INITS = ("normal", "xavier")
 ROPE_SCALINGS = (None, "pi", "ntk", "yarn", "yarn_minimind3")
+ATTENTIONS = ("gqa", "mla")
 
 
 @dataclass
@@ -72,6 +76,11 @@ class LabConfig:
     # 等价于解码时只留最近 W 个位置的滚动 KV cache（key 保持原来的 RoPE 角度）。None = 看全部前文（MiniMind）
     sliding_window: Optional[int] = None
     attention_sinks: int = 0  # 在窗口之外始终保留最前面的几个 token（StreamingLLM 的 attention sink，Xiao 2023）
+    # "gqa"：MiniMind 的注意力（n_kv_heads 决定 MHA / GQA / MQA）；"mla"：DeepSeek-V2 的多头潜在注意力
+    # （modules/common/mla_attention.py：每个 token 每层只缓存 kv_latent_dim + rope_head_dim 个数）
+    attention: str = "gqa"
+    kv_latent_dim: Optional[int] = None  # MLA 的潜向量维度 d_c；None → 4·head_dim（DeepSeek-V2 的取法）
+    rope_head_dim: Optional[int] = None  # MLA 解耦 RoPE 的 q_R / k_R 维度 d_R；None → head_dim / 2（同上）
     tie_embeddings: bool = True
     scaled_init: bool = False  # True：o_proj / down_proj 初始化 std 再乘 1/√(2·num_layers)（GPT-2 的做法）
     # "normal"：全部 N(0, 0.02)（MiniMind）；"xavier"：块内线性层用 Xavier 正态初始化（原始 Transformer，
@@ -87,7 +96,7 @@ class LabConfig:
             self.n_kv_heads = self.n_heads
         for name, allowed in (("norm", NORMS), ("norm_position", NORM_POSITIONS), ("pos_encoding", POS_ENCODINGS),
                               ("ffn", FFNS), ("qk_scale", QK_SCALES), ("rope_scaling", ROPE_SCALINGS),
-                              ("init", INITS)):
+                              ("init", INITS), ("attention", ATTENTIONS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"LabConfig.{name}={getattr(self, name)!r} 未知，可选 {allowed}")
         if self.rope_scaling_factor < 1:
@@ -104,7 +113,29 @@ class LabConfig:
         if self.attention_sinks < 0 or (self.attention_sinks and self.sliding_window is None):
             raise ValueError(f"LabConfig.attention_sinks 必须 >= 0，且只和 sliding_window 一起用，"
                              f"收到 {self.attention_sinks}、sliding_window={self.sliding_window}")
+        self._check_mla()
         self.to_minimind_config()  # 借 MiniMindConfig 校验头数、整除等
+
+    def _check_mla(self):
+        """MLA 的维度默认值与不兼容的组合。"""
+        if self.attention != "mla":
+            if self.kv_latent_dim is not None or self.rope_head_dim is not None:
+                raise ValueError("LabConfig.kv_latent_dim / rope_head_dim 只用于 attention='mla'，"
+                                 f"当前 attention={self.attention!r}")
+            return
+        head_dim = self.hidden_size // self.n_heads
+        self.kv_latent_dim = 4 * head_dim if self.kv_latent_dim is None else self.kv_latent_dim
+        self.rope_head_dim = head_dim // 2 if self.rope_head_dim is None else self.rope_head_dim
+        if self.kv_latent_dim < 1 or self.rope_head_dim < 2 or self.rope_head_dim % 2:
+            raise ValueError(f"LabConfig.kv_latent_dim 必须 >= 1、rope_head_dim 必须是 >= 2 的偶数（RoPE 两两旋转），"
+                             f"收到 {self.kv_latent_dim}、{self.rope_head_dim}")
+        if self.pos_encoding != "rope" or self.qk_norm or self.rope_scaling is not None:
+            raise ValueError(f"attention='mla' 的位置信息只走解耦的 RoPE key：需要 pos_encoding='rope'、qk_norm=False，"
+                             f"且暂不支持 rope_scaling；收到 pos_encoding={self.pos_encoding!r}、qk_norm={self.qk_norm}、"
+                             f"rope_scaling={self.rope_scaling!r}")
+        if self.n_kv_heads != self.n_heads:
+            raise ValueError(f"attention='mla' 没有 KV 头的分组（缓存的是潜向量），n_kv_heads 请留空；"
+                             f"收到 n_kv_heads={self.n_kv_heads}、n_heads={self.n_heads}")
 
     @property
     def intermediate_size(self) -> int:
@@ -200,14 +231,6 @@ def rope_cos_sin(config: LabConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return precompute_freqs_cis(hd, end, base)
 
 
-def sliding_window_mask(seq_len: int, window: int, sinks: int = 0, device=None) -> torch.Tensor:
-    """(T, T) 的布尔 mask，True = 第 i 个 query 可以看第 j 个 key：因果，且 j 在最近 window 个位置里
-    （i − window < j <= i），或 j 是最前面的 sinks 个 token 之一。"""
-    i = torch.arange(seq_len, device=device)[:, None]  # (T, 1) query 位置
-    j = torch.arange(seq_len, device=device)[None, :]  # (1, T) key 位置
-    return (j <= i) & ((j > i - window) | (j < sinks))
-
-
 class LabAttention(Attention):
     """复用 model/ 的 Attention（同样的 q/k/v/o 投影和参数名），前向加上位置编码与缩放开关。"""
 
@@ -242,7 +265,7 @@ class LabAttention(Attention):
             if self.causal and self.sliding_window is None:
                 bias = bias + attention_bias(T, T, None, x.dtype, x.device)[0]  # 加上因果屏蔽
         if self.sliding_window is not None:  # 窗口 mask 已含因果屏蔽
-            allowed = sliding_window_mask(T, self.sliding_window, self.attention_sinks, x.device)  # (T, T)
+            allowed = sliding_window_mask(T, T, self.sliding_window, self.attention_sinks, x.device)  # (T, T)
             bias = (torch.zeros((), dtype=x.dtype, device=x.device) if bias is None else bias).masked_fill(
                 ~allowed, torch.finfo(x.dtype).min)  # (T, T) 或 (nh, T, T)
 
@@ -268,7 +291,7 @@ class LabBlock(nn.Module):
         super().__init__()
         self.layer_id = layer_id
         self.config = config
-        self.self_attn = LabAttention(config)
+        self.self_attn = MultiHeadLatentAttention(config) if config.attention == "mla" else LabAttention(config)
         self.input_layernorm = make_norm(config)
         if not config.parallel_block:  # 并行块里注意力和 FFN 共用 input_layernorm
             self.post_attention_layernorm = make_norm(config)
@@ -330,8 +353,9 @@ class LabBackbone(nn.Module):
         elif config.pos_encoding == "sinusoidal":
             self.register_buffer("pos_table", sinusoidal_table(config.max_seq_len, config.hidden_size),
                                  persistent=False)
-        elif config.pos_encoding == "rope":
-            cos, sin = rope_cos_sin(config)
+        elif config.pos_encoding == "rope":  # MLA 只旋转解耦的 d_R 维（不做 RoPE 缩放，见 LabConfig._check_mla）
+            cos, sin = (precompute_freqs_cis(config.rope_head_dim, config.max_seq_len, config.rope_theta)
+                        if config.attention == "mla" else rope_cos_sin(config))
             self.register_buffer("freqs_cos", cos, persistent=False)
             self.register_buffer("freqs_sin", sin, persistent=False)
 
@@ -402,6 +426,8 @@ def set_rope_scaling(model: LabModel, max_seq_len: int, rope_scaling: Optional[s
     """
     if model.config.pos_encoding != "rope":
         raise ValueError(f"set_rope_scaling 只适用于 pos_encoding='rope' 的模型，这个模型是 {model.config.pos_encoding!r}")
+    if model.config.attention == "mla":
+        raise ValueError("set_rope_scaling 不支持 attention='mla' 的模型（它的 RoPE 表只有 rope_head_dim 宽）")
     config = replace(model.config, max_seq_len=max_seq_len, rope_scaling=rope_scaling, rope_scaling_factor=factor)
     model.config = model.model.config = config
     for layer in model.model.layers:
@@ -436,7 +462,7 @@ def record_activations(model: nn.Module):
 
 @contextmanager
 def record_attention(model: nn.Module):
-    """打开每层 LabAttention 的记录开关；产出 {"layers.0": (B, nh, T, T), ...}，前向结束后填好。"""
+    """打开每层注意力（LabAttention 或 MLA）的记录开关；产出 {"layers.0": (B, nh, T, T), ...}，前向结束后填好。"""
     weights: Dict[str, torch.Tensor] = {}
     attns = [(i, layer.self_attn) for i, layer in enumerate(model.model.layers)]
     for _, attn in attns:
