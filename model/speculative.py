@@ -37,12 +37,16 @@ class SpeculativeStats:
     target_calls: int = 0  # 目标模型的前向次数（每轮一次）
     drafted: int = 0  # 草稿提出的 token 总数（= 草稿模型的前向次数）
     accepted: int = 0  # 其中通过验证的个数（结束时被 eos 截掉的也算：它们的验证已经做完）
+    rejected: int = 0  # 被拒绝的个数：每轮至多一个——第一个被拒绝的草稿之后，同一轮剩下的草稿根本没被检验
     new_tokens: int = 0  # 最终生成的新 token 数
 
     @property
     def acceptance_rate(self) -> float:
-        """α = accepted / drafted；一个草稿 token 都没提过时为 0。"""
-        return self.accepted / self.drafted if self.drafted else 0.0
+        """α = accepted / (accepted + rejected)：被检验过的草稿里通过的比例，即 Leviathan 公式
+        E[每次目标前向的 token 数] = (1 − α^{γ+1}) / (1 − α) 里的 α。没有检验过任何草稿时为 0。
+        注意不是 accepted / drafted：那个比例把没被检验的草稿也算进分母，γ 越大它越小（02-inference 实验 4）。"""
+        tested = self.accepted + self.rejected
+        return self.accepted / tested if tested else 0.0
 
     @property
     def tokens_per_target_call(self) -> float:
@@ -50,7 +54,8 @@ class SpeculativeStats:
         return self.new_tokens / self.target_calls if self.target_calls else 0.0
 
     def summary(self) -> str:
-        return (f"speculative: α = {self.acceptance_rate:.2f} ({self.accepted}/{self.drafted} drafted accepted), "
+        return (f"speculative: α = {self.acceptance_rate:.2f} ({self.accepted} accepted, {self.rejected} rejected, "
+                f"{self.drafted} drafted), "
                 f"{self.tokens_per_target_call:.2f} tokens / target call ({self.target_calls} target calls)")
 
 
@@ -189,6 +194,7 @@ def speculative_generate(target: MiniMindForCausalLM, draft: MiniMindForCausalLM
             stats.target_calls += 1
             stats.drafted += gamma
             stats.accepted += n
+            stats.rejected += int(n < gamma)
 
             new_tokens = torch.cat([drafts[:n], next_token])  # (n+1,)
             eos_hits = (new_tokens == eos).nonzero()

@@ -79,10 +79,16 @@ def test_greedy_speculative_equals_plain_greedy(target, drafts, draft_name):
                                               eos_token_id=-1)
             assert torch.equal(out, plain), (length, gamma)
             assert stats.new_tokens == 13 and stats.target_calls <= 13
+            # 每轮至多拒绝一个；产出 = 接受的 + 每轮一个（改用目标的 token 或奖励 token）
+            assert stats.rejected <= stats.target_calls and stats.new_tokens == stats.accepted + stats.target_calls
+            assert stats.accepted + stats.rejected <= stats.drafted
             total.drafted += stats.drafted
             total.accepted += stats.accepted
+            total.rejected += stats.rejected
     # 两条路径（接受、拒绝后改用目标的 token）都真的走到了，否则上面的相等说明不了什么
-    assert 0 < total.accepted < total.drafted, total
+    assert 0 < total.accepted < total.drafted and total.rejected > 0, total
+    # γ > 1 时有的草稿没被检验（同一轮前面的已被拒绝）：α = 接受 / 检验 大于 接受 / 草稿
+    assert total.acceptance_rate > total.accepted / total.drafted
 
 
 def test_greedy_speculative_stops_at_eos_like_plain_greedy(target, drafts):
@@ -106,7 +112,7 @@ def test_draft_identical_to_target_accepts_everything(target):
     for gamma, new in ((1, 9), (3, 10), (4, 11)):
         out, stats = speculative_generate(target, same, prompt, max_new_tokens=new, num_draft_tokens=gamma,
                                           eos_token_id=-1)
-        assert stats.acceptance_rate == 1.0 and stats.accepted == stats.drafted > 0
+        assert stats.acceptance_rate == 1.0 and stats.accepted == stats.drafted > 0 and stats.rejected == 0
         # 每轮产出 γ+1 个，最后一轮只提出剩余额度减 1 个草稿：目标前向次数 = ⌈new / (γ+1)⌉，产出恰好 new 个
         assert stats.target_calls == math.ceil(new / (gamma + 1)) and out.shape[1] == 6 + new
         assert stats.tokens_per_target_call == new / stats.target_calls
@@ -220,6 +226,7 @@ def test_speculative_sampling_matches_the_target_distribution(target, drafts, to
         runs.append(out[0])
         stats.drafted += s.drafted
         stats.accepted += s.accepted
+        stats.rejected += s.rejected
     assert 0.15 < stats.acceptance_rate < 0.85  # 接受与拒绝重抽都经常发生
     for position, (counts, probs) in enumerate(zip(new_token_counts(torch.stack(runs)), exact)):
         assert counts[probs == 0].sum() == 0, f"第 {position + 1} 个 token 抽到了目标分布里概率为 0 的 token"
