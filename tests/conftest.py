@@ -68,6 +68,18 @@ def char_unigram_entropy() -> float:
     return -sum(c / len(text) * math.log(c / len(text)) for c in counts.values())
 
 
+@pytest.fixture
+def one_thread():
+    """测试期间 PyTorch 只用 1 个线程。给只有几十微秒算子的小模型用：2 核机器上有别的程序时，
+    两个线程互相等待会慢十几倍。用法：模块里写 pytestmark = pytest.mark.usefixtures("one_thread")。"""
+    import torch  # 放在这里：conftest 不让只测文档的测试也付导入 torch 的时间
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def experiment_env(shared_dir, tmp_path_factory):
     """给实验子进程用的环境变量：数据从回环 HTTP 服务器（提供 ../shared/data）经镜像设置下载，

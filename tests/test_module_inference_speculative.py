@@ -19,13 +19,7 @@ EXPERIMENTS = REPO_ROOT / "modules" / "04-advanced" / "02-inference" / "experime
 VOCAB = 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """这些小模型的前向只有几十微秒的算子：2 核机器上有别的程序时，两个线程互相等待会慢十几倍。"""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # 小模型的算子只有几十微秒，多线程没有好处
 
 
 @pytest.fixture(scope="module")

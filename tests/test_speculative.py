@@ -17,13 +17,7 @@ from model.speculative import SpeculativeStats, speculative_generate, truncate_c
 VOCAB = 50
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """这些小模型的前向都是几十微秒的算子，多线程没有好处；2 核机器上有别的程序时，两个线程互相等待会慢十几倍。"""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # 小模型的算子只有几十微秒，多线程没有好处
 
 
 def random_model(seed, hidden_size=64, num_hidden_layers=2, vocab_size=VOCAB) -> MiniMindForCausalLM:
