@@ -11,6 +11,7 @@ v.mean_delta 是 log 比值（0.1 ≈ 快 10%）。
 """
 import math
 import time
+from statistics import median
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -50,6 +51,4 @@ def compare_speed(times_a: List[float], times_b: List[float]) -> Verdict:
 
 def speed_ratio(times_a: List[float], times_b: List[float]) -> float:
     """b 的用时 / a 的用时，取各窗口比值的中位数（> 1 表示 a 快）。"""
-    ratios = sorted(b / a for a, b in zip(times_a, times_b))
-    mid = len(ratios) // 2
-    return ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+    return median(b / a for a, b in zip(times_a, times_b))

@@ -43,6 +43,7 @@ import math  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import time  # noqa: E402
+from statistics import median  # noqa: E402
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -78,12 +79,6 @@ def add_args(parser):
     parser.add_argument("--windows", type=int, default=None, help="每个种子交替计时的窗口数（默认 quick 5 / 完整 5，>= 3）")
     parser.add_argument("--sizes", default=",".join(SIZES), help=f"第 3 部分的尺寸，逗号分隔，从小到大（默认 {','.join(SIZES)}）")
     parser.add_argument("--threads", type=int, default=1, help="CPU 上 PyTorch 的线程数（默认 1）")
-
-
-def median(values):
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def fit_line(xs, ys) -> tuple:
@@ -338,26 +333,21 @@ def summarize_seed(raw: dict, args: dict) -> dict:
                                         for k in args["size_order"]}}
 
 
+def lookup(record: dict, keys) -> list:
+    """record[k1][k2]…：取出一个种子的某一组逐窗口值。"""
+    for k in keys:
+        record = record[k]
+    return record
+
+
 def pooled(per_seed: list, *keys) -> list:
     """把各种子的逐窗口值按 keys 取出并首尾相接（噪声检验的单位是窗口）。"""
-    out = []
-    for s in per_seed:
-        value = s
-        for k in keys:
-            value = value[k]
-        out.extend(value)
-    return out
+    return [v for s in per_seed for v in lookup(s, keys)]
 
 
 def seed_medians(per_seed: list, *keys) -> list:
     """各种子的逐窗口值取中位数，每个种子一个数（用来报 mean ± std）。"""
-    values = []
-    for s in per_seed:
-        value = s
-        for k in keys:
-            value = value[k]
-        values.append(median(value))
-    return values
+    return [median(lookup(s, keys)) for s in per_seed]
 
 
 def parse_args(exp) -> dict:

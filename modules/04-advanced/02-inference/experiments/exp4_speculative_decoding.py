@@ -50,6 +50,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import math  # noqa: E402
 import time  # noqa: E402
+from statistics import median  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -271,12 +272,6 @@ def weakest(verdicts: list):
     def reach(v):
         return abs(v.mean_delta) + (noise_multiplier(v.n) * v.se if math.isfinite(v.se) else math.inf)
     return min(verdicts, key=lambda v: (rank[v.status], -reach(v)))
-
-
-def median(values):
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 # ---------------------------------------------------------------- 一个种子：训练 + α-γ + 卡方

@@ -26,6 +26,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import copy  # noqa: E402
+from statistics import median  # noqa: E402
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -44,12 +45,6 @@ def add_args(parser):
     parser.add_argument("--new-tokens", type=int, default=None, help="每次生成的新 token 数（默认 quick 32 / 完整 64，>= 8）")
     parser.add_argument("--windows", type=int, default=None, help="交替计时的窗口数（默认 quick 6 / 完整 15，>= 3）")
     parser.add_argument("--threads", type=int, default=1, help="CPU 上 PyTorch 的线程数（默认 1）")
-
-
-def median(values):
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def build_variants(model: MiniMindForCausalLM) -> dict:
