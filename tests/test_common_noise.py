@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from modules.common.noise import FAILS, HOLDS, NOT_ESTABLISHED, compare, compare_runs, equivalent, equivalent_runs, exceeds
+from modules.common.noise import (FAILS, HOLDS, NOT_ESTABLISHED, compare, compare_runs, equivalent, equivalent_runs, exceeds,
+                                  noninferior, noninferior_runs)
 
 
 def test_consistent_effect_beyond_noise_holds():
@@ -54,6 +55,21 @@ def test_equivalence_needs_the_whole_interval_inside_the_margin():
     assert equivalent([1.0, 1.0, 1.0], [0.96, 1.04, 1.00], margin=0.05).status == NOT_ESTABLISHED
     with pytest.raises(ValueError, match="margin"):
         equivalent([1.0, 2.0], [1.0, 2.0], margin=0)
+
+
+def test_noninferiority_has_one_bound():
+    # issue 19：GQA 比 MHA 好 0.057——"最多差 0.05"的声明因此更稳，而不是不成立
+    better = noninferior([1.0, 1.0, 1.0], [1.057, 1.06, 1.055], margin=0.05)
+    assert better.status == HOLDS and better.one_sided and "不差于界 0.05" in better.describe()
+    assert noninferior([1.10, 1.11, 1.09], [1.0, 1.0, 1.0], margin=0.05).status == FAILS
+    assert noninferior([1.04, 1.06, 1.05], [1.0, 1.0, 1.0], margin=0.05).status == NOT_ESTABLISHED
+    # 越大越好（准确率）：a 低于 b 超过 margin 才算更差
+    assert noninferior([0.80, 0.81, 0.79], [0.82, 0.82, 0.82], margin=0.05, direction="greater").status == HOLDS
+    assert noninferior([0.60, 0.61, 0.59], [0.82, 0.82, 0.82], margin=0.05, direction="greater").status == FAILS
+    with pytest.raises(ValueError, match="margin"):
+        noninferior([1.0, 2.0], [1.0, 2.0], margin=-1)
+    one = noninferior_runs([1.0], [9.0], 0.05, a_batches=[1.00, 1.01, 0.99, 1.00], b_batches=[1.00, 1.00, 1.01, 0.99])
+    assert one.unit == "batches" and one.status == HOLDS
 
 
 def test_exceeds_a_constant():

@@ -54,9 +54,12 @@ def test_attention_exp3_multihead(tmp_path, experiment_env):
     for fragment in ("4 个头的验证 loss 低于 1 个头", "GQA 用一半", "分了工"):
         c = conclusion(record, fragment)
         assert c["status"] == "holds" and c["noise"]["unit"] == "batches" and c["noise"]["n"] == 8, c
-    # MQA 与 MHA 的等价：种子 42、1 成立，种子 7 差 0.041、区间伸出 ±0.05（未确立）——只要求不是"不成立"
-    mqa_same = conclusion(record, "MQA 用四分之一")
-    assert mqa_same["status"] != "fails" and mqa_same["noise"]["margin"] == 0.05, mqa_same
+    # "比 MHA 高不到 0.05"是单侧的不差于检验：比 MHA 好不算违背（issue 19：双侧的等价界在 GQA 好 0.057 时判为不成立）
+    gqa_ok = conclusion(record, "GQA 用一半")
+    assert gqa_ok["noise"]["one_sided"] and gqa["val_loss"] - mha["val_loss"] < 0.05, (gqa, mha)
+    # MQA：种子 42、1、3 成立，种子 7 差 0.041、区间伸出界外（未确立）——只要求不是"不成立"
+    mqa_ok = conclusion(record, "MQA 用四分之一")
+    assert mqa_ok["status"] != "fails" and mqa_ok["noise"]["margin"] == 0.05 and mqa_ok["noise"]["one_sided"], mqa_ok
     # 分工检验可以失败：同一初始化模型用同样的方法量，max/min 接近 1
     spread = record["metrics"]["head_distance_log_spread"]
     assert abs(sum(spread["init"][0]) / len(spread["init"][0])) < 0.05

@@ -25,8 +25,10 @@
 - unit="windows"（计时：同一进程里轮流计时的窗口，见 modules/common/timing.py）：规则同 batches。
 - 只有一对（一个种子、没有可用的批次噪声）时无从估计噪声：一律 NOT_ESTABLISHED。
 
-等价声明（"GQA 与 MHA 差不多"）用 equivalent(a, b, margin)：差值的 ±k·SE 区间整个落在 ±margin 里才成立；
+等价声明（"两种算法给出同一个数"）用 equivalent(a, b, margin)：差值的 ±k·SE 区间整个落在 ±margin 里才成立；
 区间整个落在外面是 FAILS；其余 NOT_ESTABLISHED。margin 必须在看结果之前定好，写进声明。
+"不差于"声明（"GQA 省一半 KV cache，loss 最多差 0.05"）用 noninferior(a, b, margin)：只有一侧的界，
+a 比 b 好多少都不违背声明——双侧的 equivalent 会把"好得多"也判为不成立。
 """
 import math
 from dataclasses import dataclass, field
@@ -57,7 +59,8 @@ class Verdict:
     mean_delta: float  # 声明方向上的平均差值（>0 支持声明）
     se: float          # 差值均值的标准误（n=1 时为 nan）
     deltas: list = field(default_factory=list)
-    margin: float | None = None  # 只有等价检验有
+    margin: float | None = None  # 只有等价 / 不差于检验有
+    one_sided: bool = False      # True：不差于检验（只有一侧的界）
 
     @property
     def holds(self) -> bool:
@@ -75,13 +78,13 @@ class Verdict:
             agree = sum(d > 0 for d in self.deltas)
             text += f"，{agree}/{self.n} 个种子方向一致"
         if self.margin is not None:
-            text += f"，等价界 ±{self.margin:g}"
+            text += f"，不差于界 {self.margin:g}" if self.one_sided else f"，等价界 ±{self.margin:g}"
         return text + f"，SE={se}）"
 
     def to_dict(self) -> dict:
         return {"status": self.status, "unit": self.unit, "n": self.n, "mean_delta": self.mean_delta,
                 "se": self.se if math.isfinite(self.se) else None, "deltas": list(self.deltas),
-                "margin": self.margin}
+                "margin": self.margin, "one_sided": self.one_sided}
 
 
 def _finite_floats(values, name: str) -> list[float]:
@@ -171,6 +174,21 @@ def equivalent(a, b, margin: float, unit: str = "seeds") -> Verdict:
     return Verdict(status, unit, n, mean, se, deltas, margin)
 
 
+def noninferior(a, b, margin: float, direction: str = "less", unit: str = "seeds") -> Verdict:
+    """声明"a 不比 b 差超过 margin"（direction="less"：a 越小越好，如 loss；"greater"：越大越好，如准确率）。
+
+    等价于 compare(a, b ± margin, direction)：每一对的支持量是 margin − (a 比 b 差的量)，
+    要超出噪声地为正才成立；a 比 b 差得超出 margin（超出噪声）是 FAILS。a 比 b 好，只会让声明更稳。
+    """
+    if not margin > 0:
+        raise ValueError(f"margin 必须为正，收到 {margin}")
+    shift = margin if direction == "less" else -margin
+    shifted = [float(y) + shift for y in b]
+    verdict = compare(a, shifted, direction, unit)
+    verdict.margin, verdict.one_sided = margin, True
+    return verdict
+
+
 def compare_runs(a_seeds, b_seeds, direction: str, a_batches=None, b_batches=None) -> Verdict:
     """实验里最常见的比较：完整模式（≥ 2 个种子）按种子配对；quick 模式只有一个种子时，
     退而用同一次运行里按评估批次（同一批数据）配对的值——没给批次值就只能判 NOT_ESTABLISHED。"""
@@ -184,3 +202,10 @@ def equivalent_runs(a_seeds, b_seeds, margin: float, a_batches=None, b_batches=N
     if len(list(a_seeds)) >= 2 or a_batches is None:
         return equivalent(a_seeds, b_seeds, margin, unit="seeds")
     return equivalent(a_batches, b_batches, margin, unit="batches")
+
+
+def noninferior_runs(a_seeds, b_seeds, margin: float, direction: str = "less", a_batches=None, b_batches=None) -> Verdict:
+    """"不差于"的 compare_runs：≥ 2 个种子时按种子配对，只有一个种子时按评估批次配对。"""
+    if len(list(a_seeds)) >= 2 or a_batches is None:
+        return noninferior(a_seeds, b_seeds, margin, direction, unit="seeds")
+    return noninferior(a_batches, b_batches, margin, direction, unit="batches")
