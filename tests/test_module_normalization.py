@@ -150,18 +150,27 @@ def test_exp4_layernorm_vs_rmsnorm(tmp_path, experiment_env):
     assert inv["RMSNorm"]["scale"] < 1e-4
     assert inv["RMSNorm(x - mean) vs LayerNorm(x)"] < 1e-4
     assert claim(record, "LayerNorm 对平移") and claim(record, "RMSNorm 对平移不是不变的")
-    # 速度结论与测得的时间一致
-    speed = m["speed_ms"]
-    assert {"RMSNorm (readable)", "RMSNorm (fused backward)", "nn.LayerNorm"} <= set(speed)
-    assert all(ms > 0 for ms in speed.values())
-    assert claim(record, "手写反向的 RMSNorm 比可读实现") == (
-        speed["RMSNorm (fused backward)"] < speed["RMSNorm (readable)"])
-    best_rms = min(ms for name, ms in speed.items() if name != "nn.LayerNorm")
-    assert claim(record, "最快的 RMSNorm 实现比 nn.LayerNorm") == (best_rms < speed["nn.LayerNorm"])
-    q = m["quality"]
-    assert all(math.isfinite(as_loss(v["mean"])) for v in q.values())
     assert claim(record, "都对整体缩放不变") and claim(record, "先减均值再做 RMSNorm")
-    exempt_conclusions(record, {"语言模型质量": "\"差距在噪声以内\"要改用 equivalent() 的等价界（issue 19）；quick 单种子时只比较 0.05 的界"})
+    # 质量：等价界 0.05（quick：同一批 8 个验证 batch 配对）；种子 42/1/7 的 quick 运行里都成立
+    q = m["quality"]
+    gap = q["Pre-LN (RMSNorm)"]["mean"] - q["Pre-LN (LayerNorm)"]["mean"]
+    c = find_conclusion(record, "验证 loss 相差不到 0.05")
+    assert c["status"] == "holds" and c["noise"]["unit"] == "batches" and abs(gap) < 0.05, (c, gap)
+    # 省了什么：确定的计数。逐步实现时 RMSNorm 少 8 个算子、读写少约 30%；手写反向只存 x̂ 一份激活
+    t = m["traffic"]
+    assert t["RMSNorm"]["ops"] < t["LayerNorm"]["ops"] and t["RMSNorm"]["bytes"] < 0.8 * t["LayerNorm"]["bytes"], t
+    assert claim(record, "算子更少、读写的字节更少")
+    saved, one_tensor = m["saved_bytes"], 8 * 256 * 512 * 4
+    assert saved["RMSNorm (fused backward)"] < 1.1 * one_tensor < 1.9 * one_tensor < saved["RMSNorm (readable)"], saved
+    assert claim(record, "手写反向为反向保存的激活")
+    # 速度：交替计时过噪声检验。写法相同时 RMSNorm 快、融合的 nn.LayerNorm 比逐步的 RMSNorm 快——差距都在 1.5 倍以上，
+    # 断言成立；手写反向只快 1.1–1.2 倍，单测时负载大起大落可能判为未确立，只要求不是"不成立"
+    ms = m["median_ms"]
+    for fragment, fast, slow in (("写法相同", "RMSNorm (readable)", "LayerNorm (readable)"),
+                                 ("融合内核的 nn.LayerNorm", "nn.LayerNorm", "RMSNorm (readable)")):
+        c = find_conclusion(record, fragment)
+        assert c["status"] == "holds" and c["noise"]["unit"] == "windows" and ms[fast] < ms[slow], (c, ms)
+    assert find_conclusion(record, "手写反向的 RMSNorm 比可读实现")["status"] != "fails"
 
 
 @pytest.mark.parametrize("script", ["exp2_norm_comparison.py", "exp3_prenorm_vs_postnorm.py",
