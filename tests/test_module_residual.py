@@ -1,10 +1,11 @@
 """02-architecture/01-residual-connection 模块：两个实验的 --quick 在子进程里从别的工作目录运行，检查测得的效应。"""
+import math
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO_ROOT, exempt_conclusions, find_conclusion, run_quick_experiment
+from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
 
 EXPERIMENTS = REPO_ROOT / "modules" / "02-architecture" / "01-residual-connection" / "experiments"
 
@@ -35,9 +36,16 @@ def test_exp1_residual_trains_and_keeps_gradients_balanced(tmp_path, experiment_
     # 训练中：没残差的第 0 层梯度坍缩，有残差的没有
     assert m["grad_end"]["residual"]["layer0"] > 100 * m["grad_end"]["no residual"]["layer0"]
     # 深度扫描：没残差的失衡随深度变大
-    spread = m["depth_sweep"]["spread"]
+    spread, depths = m["depth_sweep"]["spread"], m["depth_sweep"]["depths"]
     assert spread["no residual"][-1] > 100 * spread["no residual"][0]
-    assert max(spread["residual"]) < 5
+    # 有残差时 spread 也随深度变大，但慢于线性（log-log 斜率 < 1；理论 ≈ 0.5）。issue 19：种子 7 的 24 层 spread 是 5.3，
+    # 旧的"始终 < 5 倍"是个随手定的界；斜率在种子 42/1/7/2/3 上是 0.47/0.52/0.65/0.38/0.35，无残差 2.85–3.46
+    def slope(v):
+        return math.log(v[-1] / v[0]) / math.log(depths[-1] / depths[0])
+
+    assert slope(spread["residual"]) < 1 < slope(spread["no residual"]), spread
+    assert find_conclusion(record, "只随深度缓慢变大")["holds"] is True
+    assert find_conclusion(record, "是深度把无残差模型弄坏的")["holds"] is True
 
     # 训练结果的比较经噪声检验（单种子：同一批 8 个验证 batch、最后 10% 的训练步逐步配对）且必须成立
     for fragment in ("有残差的模型验证 loss 明显更低", "停在一元模型熵附近", "第 0 层的梯度已经坍缩"):
@@ -46,8 +54,6 @@ def test_exp1_residual_trains_and_keeps_gradients_balanced(tmp_path, experiment_
     # 初始化时的梯度对给定种子和探针 batch 是确定的：逐个种子检查的结论（种子 42/1/7 的 quick 运行里都成立）
     for fragment in ("同一量级", "梯度严重失衡", "教科书式的梯度消失"):
         assert find_conclusion(record, fragment)["holds"] is True, fragment
-    exempt_conclusions(record, {"是深度把无残差模型弄坏的": "种子 7 的 quick 运行里有残差的 24 层模型 max/min 到 5.3，"
-                                                   "越过了 5 倍的界（无残差的单调增长照样成立）；种子 42、1 成立"})
     assert "unigram entropy" in stdout
 
 
