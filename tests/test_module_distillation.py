@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO_ROOT, find_conclusion, load_experiment_module, run_quick_experiment
+from conftest import REPO_ROOT, exempt_conclusions, find_conclusion, load_experiment_module, run_quick_experiment
 
 EXPERIMENTS = REPO_ROOT / "modules" / "03-training" / "06-distillation" / "experiments"
 
@@ -85,6 +85,39 @@ def test_t2_factor_keeps_gradient_scale_on_random_logits():
         assert math.isclose(b, T ** 2 * a, rel_tol=1e-4)
 
 
+def test_transfer_set_and_precomputed_teacher():
+    """转移集是训练切分里固定的 K 条序列；训练批只从这 K 条里抽；预存的老师 logits 与真实老师逐位相同。"""
+    lab = load("distill_lab")
+    text = "".join(chr(97 + (i * 7) % 26) for i in range(4000))
+    sequences = lab.transfer_set(text, 5, seed=0)
+    assert sequences.shape == (5, lab.BLOCK)
+    assert torch.equal(sequences, lab.transfer_set(text, 5, seed=0))
+    get_batch = lab.transfer_batches(sequences, text, seed=0)
+    rows = {tuple(r.tolist()) for r in sequences}
+    for _ in range(3):
+        input_ids, labels = get_batch("train")
+        assert input_ids.shape == (lab.BATCH, lab.BLOCK) and torch.equal(input_ids, labels)
+        assert all(tuple(r.tolist()) in rows for r in input_ids)
+    teacher = lab.new_model(lab.STUDENT_SIZE, 26, seed=0).eval()
+    cached = lab.PrecomputedTeacher(teacher, sequences, chunk=2)
+    input_ids, _ = get_batch("train")
+    with torch.no_grad():
+        assert torch.allclose(cached(input_ids).logits, teacher(input_ids).logits, atol=1e-5)
+    val_ids, _ = get_batch("val")
+    with pytest.raises(ValueError, match="转移集"):
+        cached(val_ids)
+
+
+def test_teacher_softness_grows_with_temperature():
+    lab = load("distill_lab")
+    teacher = lab.new_model(lab.STUDENT_SIZE, 20, seed=0).eval()  # 随机初始化：T=1 时熵约 2.93，已接近 ln 20
+    batches = [(ids, ids) for ids in torch.randint(0, 20, (2, 3, 16), generator=torch.Generator().manual_seed(0))]
+    soft = [lab.teacher_softness(teacher, batches, T) for T in (1.0, 4.0, 1000.0)]
+    assert soft[0]["entropy"] < soft[1]["entropy"] < soft[2]["entropy"] <= math.log(20) + 1e-6
+    assert soft[0]["mass_outside_top1"] < soft[1]["mass_outside_top1"]
+    assert math.isclose(soft[2]["entropy"], math.log(20), rel_tol=1e-3)  # T→∞：均匀分布
+
+
 @pytest.mark.parametrize("script", ["exp1_soft_vs_hard.py", "exp2_temperature.py", "exp3_teacher_size.py"])
 def test_bad_steps_gives_clear_error(tmp_path, script):
     proc = subprocess.run([sys.executable, str(EXPERIMENTS / script), "--steps", "3", "--output-dir", str(tmp_path)],
@@ -93,26 +126,47 @@ def test_bad_steps_gives_clear_error(tmp_path, script):
     assert "--steps" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_bad_small_transfer_gives_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, str(EXPERIMENTS / "exp1_soft_vs_hard.py"), "--small-transfer", "0",
+                           "--output-dir", str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, encoding="utf-8", timeout=120)
+    assert proc.returncode != 0
+    assert "--small-transfer" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def assert_batch_verdict(c, status="holds"):
+    """quick 模式只有一个种子：比较结论按同一组 8 个验证批逐批配对做噪声检验。"""
+    assert c["status"] == status and c["noise"]["unit"] == "batches" and c["noise"]["n"] == 8, c
+
+
 @pytest.mark.experiment
-def test_exp1_soft_student_agrees_with_teacher_more(tmp_path, experiment_env, char_unigram_entropy):
+def test_exp1_soft_labels_rescue_the_small_transfer_set(tmp_path, experiment_env, char_unigram_entropy):
     record, stdout = run_quick("exp1_soft_vs_hard.py", tmp_path, experiment_env)
     m = record["metrics"]
-    s = {name: {k: v["mean"] for k, v in d.items()} for name, d in m["summary"].items()}
-    assert set(s) == {"hard", "soft", "mix"}
+    assert m["transfer_sequences"] == {"small": 16, "large": 4096}
     assert m["params"]["student"] < m["params"]["teacher"] / 4
-    # 老师明显好于所有学生，学生都学到了字符频率以外的东西（低于一元熵约 3.31 至少 0.3）
+    s = {regime: {name: {k: v["mean"] for k, v in d.items()} for name, d in by_name.items()}
+         for regime, by_name in m["summary"].items()}
+    small, large = s["small"], s["large"]
+    assert set(small) == set(large) == {"hard", "soft", "mix"}
     teacher = m["teacher_val_loss"]["mean"]
-    assert all(teacher < v["student_val_loss"] < char_unigram_entropy - 0.3 for v in s.values()), (s, teacher)
-    # 关键效应：只学老师分布的学生与老师的 argmax 一致率明显高于只学硬标签的学生
-    assert s["soft"]["agreement"] > s["hard"]["agreement"] + 0.02, s
-    # 比较经噪声检验（单种子：同一组 8 个验证批逐批配对）。soft 胜过 hard 的两条在试过的 quick 种子（42、1、7）上都成立
-    for fragment in ("一致率高于硬标签学生", "软标签学生在真实标签上"):
-        c = find_conclusion(record, fragment)
-        assert c["status"] == "holds" and c["noise"]["unit"] == "batches" and c["noise"]["n"] == 8, c
-    # mix 与 hard 的比较随种子翻转（quick 种子 42、1 成立，种子 7 反向超出批次噪声：2.701 vs 2.668）——
-    # 批次噪声量不到换种子训练的噪声，所以这里只要求它经过了噪声检验，不断言结果
-    mix = find_conclusion(record, "各半混合")
-    assert mix["noise"]["unit"] == "batches" and mix["noise"]["n"] == 8, mix
+    # 小转移集：硬标签学生背下了 16 条序列，验证 loss 比只会字符频率的一元模型（约 3.31）还差得多；
+    # 学老师分布的学生没有过拟合成这样，离老师只差零点几
+    assert small["hard"]["student_val_loss"] > char_unigram_entropy + 1.0, small
+    assert teacher < small["soft"]["student_val_loss"] < char_unigram_entropy - 0.5, (small, teacher)
+    assert small["soft"]["student_val_loss"] < small["hard"]["student_val_loss"] - 1.0, small
+    assert small["mix"]["student_val_loss"] < small["hard"]["student_val_loss"] - 1.0, small
+    assert small["soft"]["agreement"] > small["hard"]["agreement"] + 0.2, small
+    # 大转移集：三个学生都学到了上下文，软标签仍然领先，但差距小得多
+    assert all(teacher < v["student_val_loss"] < char_unigram_entropy - 0.5 for v in large.values()), (large, teacher)
+    assert large["soft"]["student_val_loss"] < large["hard"]["student_val_loss"], large
+    gain_small = small["hard"]["student_val_loss"] - small["soft"]["student_val_loss"]
+    gain_large = large["hard"]["student_val_loss"] - large["soft"]["student_val_loss"]
+    assert gain_small > 5 * gain_large > 0, (gain_small, gain_large)
+    # 五条比较都经噪声检验，在 quick 种子 42、1、7 上都成立
+    for fragment in ("一致率高于硬标签学生", "小转移集上，软标签学生在真实标签上", "小转移集上，各半混合",
+                     "对照：大转移集", "好处（val loss 之差）在小转移集上大于大转移集"):
+        assert_batch_verdict(find_conclusion(record, fragment))
     assert "agreement" in stdout
 
 
@@ -133,12 +187,26 @@ def test_exp2_t2_factor_and_temperature_sweep(tmp_path, experiment_env, char_uni
     assert 0.2 < with_t2[-1] < 5
     assert find_conclusion(record, "按约 1/T² 缩小")["holds"] is True
     assert find_conclusion(record, "乘上 T² 后")["holds"] is True
-    # 温度扫描：四个学生都训练了，结论与数字一致
-    s = {T: d["student_val_loss"]["mean"] for T, d in m["summary"].items()}
-    assert set(s) == {"1.0", "2.0", "4.0", "8.0"}
-    assert all(v < char_unigram_entropy - 0.2 for v in s.values()), (s, char_unigram_entropy)  # 都学到了上下文（低于一元熵至少 0.2）
-    assert find_conclusion(record, "温度大于 1")["holds"] == (min(s["2.0"], s["4.0"]) < s["1.0"])
-    assert m["best_T_by_val_loss"] == float(min(s, key=s.get))
+    # 老师有多软：字符级老师在 T=1 时 top-1 之外已有三成以上的概率；T=4 时熵已接近均匀分布 ln V
+    soft = m["teacher_softness"]["mean"]
+    ln_v = m["teacher_softness"]["max_entropy_ln_V"]
+    entropies = [soft[T]["entropy"] for T in ("1.0", "2.0", "4.0", "8.0")]
+    assert all(a < b for a, b in zip(entropies, entropies[1:])) and entropies[-1] < ln_v
+    assert soft["1.0"]["mass_outside_top1"] > 0.3 and soft["4.0"]["entropy"] > 0.85 * ln_v, soft
+    # 温度扫描：两个转移集、四个温度的学生都训练了，都学到了上下文
+    s = {regime: {T: d["student_val_loss"]["mean"] for T, d in by_T.items()} for regime, by_T in m["summary"].items()}
+    assert set(s) == {"small", "large"} and all(set(v) == {"1.0", "2.0", "4.0", "8.0"} for v in s.values())
+    assert all(v < char_unigram_entropy - 0.3 for by_T in s.values() for v in by_T.values()), s
+    # 小转移集：升温（T=2、T=4）好于 T=1；大转移集：T=1 好于 T=4；升温的代价在小转移集上更小
+    small, large = s["small"], s["large"]
+    assert small["2.0"] < small["1.0"] and small["4.0"] < small["1.0"], small
+    assert large["1.0"] < large["4.0"] and m["best_T_by_val_loss"]["large"] == 1.0, large
+    assert small["4.0"] - small["1.0"] < large["4.0"] - large["1.0"]
+    for fragment in ("T=2 的学生验证 loss 低于 T=1", "T=4 的学生验证 loss 低于 T=1", "对照：大转移集",
+                     "升温到 T=4 的代价"):
+        assert_batch_verdict(find_conclusion(record, fragment))
+    for regime, by_T in s.items():
+        assert m["best_T_by_val_loss"][regime] == float(min(by_T, key=by_T.get))
 
 
 @pytest.mark.experiment
@@ -153,13 +221,17 @@ def test_exp3_bigger_teachers_have_lower_loss(tmp_path, experiment_env):
     # 相同步数下，老师越大验证 loss 越低
     assert teacher[0] > teacher[1] > teacher[2], teacher
     student = {n: s[n]["student_val_loss"] for n in names}
-    # 比较经噪声检验（单种子：同一组 8 个验证批逐批配对）；下面五条在试过的 quick 种子（42、1、7）上都成立
+    # 比较经噪声检验（单种子：同一组 8 个验证批逐批配对）；下面四条在试过的 quick 种子（42、1、7）上都成立
     for fragment in ("老师 medium 的验证 loss 低于老师 small", "老师 large 的验证 loss 低于老师 medium",
-                     "低于跟 small 老师学的", "低于跟 medium 老师学的", "与老师 medium 的一致率低于与老师 small"):
+                     "低于跟 small 老师学的", "与老师 medium 的一致率低于与老师 small"):
         c = find_conclusion(record, fragment)
         assert c["status"] == "holds" and c["noise"]["unit"] == "batches" and c["noise"]["n"] == 8, (fragment, c)
-    # quick 模式（80 步）里 medium 老师反而最难模仿：三个 quick 种子上学生与 large 的一致率都高于与 medium 的，
-    # 超出批次噪声（完整模式 160 步的结果见 teaching.md）。这一条如实判为不成立
-    c = find_conclusion(record, "与老师 large 的一致率低于与老师 medium")
-    assert c["status"] == "fails" and s["large"]["agreement"] > s["medium"]["agreement"], c
+    # 下面两条在 quick 模式（80 步）里随种子翻转，都超出批次噪声（2026-12-04 在当前代码上重测）：
+    # 种子 1、7 上跟 large 学的学生好于跟 medium 学的（成立），学生与 large 的一致率高于与 medium 的（不成立）；
+    # 种子 42 上两条都反过来（学生 val loss large 2.992 vs medium 2.938；一致率 large 0.389 vs medium 0.509）。
+    # 批次噪声量不到换种子训练的噪声，完整模式（160 步、按种子配对）的结果见 teaching.md
+    exempt_conclusions(record, {
+        "低于跟 medium 老师学的": "quick 结果随种子翻转：种子 1、7 成立，种子 42 反向超出批次噪声",
+        "与老师 large 的一致率低于与老师 medium": "quick 结果随种子翻转：种子 1、7 不成立，种子 42 成立",
+    })
     assert m["best_teacher_for_student"] == min(student, key=student.get)

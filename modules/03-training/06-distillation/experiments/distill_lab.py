@@ -7,6 +7,13 @@
     hist = train_student(student, teacher, get_batch, steps, temperature=2.0, alpha=1.0, device=device)
     scores = evaluate(student, teacher, eval_batches(text, n, seed))   # 真实标签 CE、与老师 argmax 的一致率
 
+转移集（transfer set，Hinton et al. 2015 的说法：学生用来学老师的那些输入）可以很小：
+
+    sequences = transfer_set(text, 16, seed)                     # (16, BLOCK)：学生只见这 16 条序列
+    cached = PrecomputedTeacher(teacher, sequences)              # 老师在这 16 条上的 logits 先算好
+    train_student(student, cached, transfer_batches(sequences, text, seed), steps, temperature=2.0, alpha=1.0,
+                  device=device)
+
 损失只有一份：trainer/train_distillation.py::distillation_loss（α·T²·KL + (1-α)·CE），这里不复制。
 """
 import sys
@@ -20,7 +27,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from model.model_minimind import CausalLMOutput, MiniMindConfig, MiniMindForCausalLM  # noqa: E402
-from modules.common.text_data import char_lm_batches  # noqa: E402
+from modules.common.text_data import BatchSampler, CharTokenizer, char_lm_batches, train_val_split  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from trainer.train_distillation import distillation_loss  # noqa: E402
 
@@ -79,6 +86,51 @@ class DistillStudent(nn.Module):
         return CausalLMOutput(logits=student_logits, loss=loss)
 
 
+def transfer_set(text: str, n_sequences: int, seed: int) -> torch.Tensor:
+    """转移集：从训练切分里随机截取 n_sequences 条长 BLOCK 的序列，形状 (K, BLOCK)；seed 决定截哪几段。"""
+    tokenizer = CharTokenizer(text)
+    train_ids, _ = train_val_split(torch.tensor(tokenizer.encode(text)))
+    sequences, _ = BatchSampler(train_ids, BLOCK, n_sequences, seed=20_000 + seed).sample()  # (K, BLOCK)
+    return sequences
+
+
+def transfer_batches(sequences: torch.Tensor, text: str, seed: int, device=None):
+    """train_model 用的 get_batch：训练批从转移集的 K 条序列里有放回地抽 BATCH 条（K 小时就是同几条反复学很多遍）；
+    验证批与 char_lm_batches 相同（验证切分）。"""
+    _, full_batches = char_lm_batches(text, BLOCK, BATCH, seed=seed, device=device)
+    generator = torch.Generator().manual_seed(seed)
+
+    def get_batch(split: str):
+        if split != "train":
+            return full_batches(split)
+        rows = sequences[torch.randint(len(sequences), (BATCH,), generator=generator)]  # (B, BLOCK)
+        return rows.to(device), rows.clone().to(device)  # labels 不移位，模型内部移位（同 MiniMind）
+
+    return get_batch
+
+
+class PrecomputedTeacher(nn.Module):
+    """冻结的老师在转移集上的 logits，一次算好存下来（离线蒸馏）。
+
+    老师不再更新，同一条序列的输出永远相同：每个学生、每一步再跑一次老师只是重复计算。
+    forward 按序列内容查表，只接受转移集里的序列；验证时（evaluate）仍然用真实的老师。
+    MiniMind 的 make_distill_step 是每步在线跑老师：SFT 数据量大、每条只见几次，存全部 logits 不划算。"""
+
+    def __init__(self, teacher: MiniMindForCausalLM, sequences: torch.Tensor, chunk: int = 64):
+        super().__init__()
+        with torch.no_grad():
+            logits = [teacher(sequences[i:i + chunk]).logits for i in range(0, len(sequences), chunk)]
+        self.register_buffer("logits", torch.cat(logits))  # (K, BLOCK, V)
+        self.row_of = {tuple(seq.tolist()): i for i, seq in enumerate(sequences)}
+
+    def forward(self, input_ids):
+        try:
+            rows = [self.row_of[tuple(seq.tolist())] for seq in input_ids]
+        except KeyError:
+            raise ValueError("PrecomputedTeacher 只认识转移集里的序列；别的输入请用真实的老师") from None
+        return CausalLMOutput(logits=self.logits[rows])  # (B, BLOCK, V)
+
+
 def train_teacher(size: dict, vocab_size: int, get_batch, steps: int, seed: int, device, desc: str = "teacher"):
     """在真实标签上普通预训练一个老师；返回 (冻结的老师, 训练历史)。"""
     teacher = new_model(size, vocab_size, seed)
@@ -103,6 +155,21 @@ def eval_batches(text: str, n: int, seed: int, device=None) -> list:
     """固定的 n 个验证批（来自验证切分，独立的随机源）：所有模型都在完全相同的位置上比较。"""
     _, get_batch = char_lm_batches(text, BLOCK, BATCH, seed=10_000 + seed, device=device)
     return [get_batch("val") for _ in range(n)]
+
+
+@torch.no_grad()
+def teacher_softness(teacher, batches, temperature: float) -> dict:
+    """老师在验证批上、温度 T 下的分布有多"软"：每个位置的平均熵（nats）与 top-1 之外的概率质量。
+
+    熵接近 ln V（均匀分布）说明分布几乎摊平；top-1 之外的质量就是"暗知识"所在的那部分概率。"""
+    entropies, off_top1 = [], []
+    for input_ids, _ in batches:
+        log_probs = (teacher(input_ids).logits[:, :-1] / temperature).log_softmax(-1)  # (B, T-1, V)
+        probs = log_probs.exp()
+        entropies.append(-(probs * log_probs).sum(-1).mean().item())
+        off_top1.append(1.0 - probs.max(-1).values.mean().item())
+    n = len(batches)
+    return {"entropy": sum(entropies) / n, "mass_outside_top1": sum(off_top1) / n}
 
 
 @torch.no_grad()
