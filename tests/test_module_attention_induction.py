@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from conftest import REPO_ROOT, exempt_conclusions, find_conclusion, run_quick_experiment
+from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
 
 SCRIPT = REPO_ROOT / "modules" / "01-foundation" / "03-attention" / "experiments" / "exp4_induction_heads.py"
 
@@ -27,8 +27,10 @@ def test_attention_exp4_induction_heads(tmp_path):
     # 2 层模型几乎完美地抄写重复段；它的复制收益比 1 层大 1 nat 以上
     assert two["repeat_loss"] < 0.5
     assert two["gain"] > one["gain"] + 1.0
-    # 机制：第 1 层有前一 token 头，第 2 层有 induction 头（平摊注意力时 induction score 约 0.03）
-    assert max(two["head_scores"]["layers.0"]["prev_token"]) > 0.4
+    # 机制：第 1 层把前一个 token 搬进残差流（各头注意 t−1 的权重之和；平摊注意力时约 0.29，1 层模型停在这附近——
+    # quick 种子 42/1/7/2：2 层 0.93/0.94/1.12/1.15，1 层 0.26/0.26/0.28/0.27），第 2 层有 induction 头（平摊时 induction score 约 0.03）
+    assert sum(two["head_scores"]["layers.0"]["prev_token"]) > 0.5 > sum(one["head_scores"]["layers.0"]["prev_token"])
+    assert find_conclusion(record, "把前一个 token 搬进残差流")["holds"]
     assert max(two["head_scores"]["layers.1"]["induction"]) > 0.5
     # 1 层模型没有 induction 头
     assert max(one["head_scores"]["layers.0"]["induction"]) < 0.3
@@ -36,5 +38,3 @@ def test_attention_exp4_induction_heads(tmp_path):
     assert find_conclusion(record, "复制收益比 1 层")["holds"]
     for fragment in ("压到 0.5 nat 以下（几乎完美", "并非毫无收益"):  # "纯位置捷径"的对照只在完整模式里跑
         assert find_conclusion(record, fragment)["status"] == "holds", fragment
-    exempt_conclusions(record, {"前一 token 头": "阈值 0.5 随种子变：一个没用过的 quick 种子下最佳分数 0.429（issue 19）；"
-                                                 "上面只断言 > 0.4"})

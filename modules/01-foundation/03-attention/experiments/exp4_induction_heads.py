@@ -208,8 +208,21 @@ def main():
                  f"{format_mean_std(one_layer_induction, 3)}")
     prev_best = [s for _, s in best("2_layers", "layers.0", "prev_token")]
     ind_best = [s for _, s in best("2_layers", "layers.1", "induction")]
-    exp.conclude("2 层模型的第 1 层有前一 token 头（最佳 previous-token score > 0.5）",
-                 mean_std(prev_best)[0] > 0.5, f"各种子的最佳 previous-token score：{format_mean_std(prev_best, 3)}")
+    # 前一 token 的功能可能由一个头承担，也可能分摊在两个头上（各 0.4 左右）：只看"最佳单头 > 0.5"随种子时成时不成
+    # （issue 19）。K-composition 要的是"前一个 token 的信息进了残差流"，所以量第 1 层各头注意 t−1 的权重之和；
+    # 平摊注意力时这个和是 n_heads × 平均 1/(t+1)，1 层模型（用不上前一 token 头）就停在这附近
+    uniform_sum = N_HEADS * float(np.mean([1 / (t + 1) for t in range(1, 2 * L)]))
+
+    def prev_sums(v, layer):
+        return [sum(r["head_scores"][layer]["prev_token"]) for r in runs[v]]
+
+    prev_sum, one_layer_sum = prev_sums("2_layers", "layers.0"), prev_sums("1_layers", "layers.0")
+    exp.conclude(f"2 层模型的第 1 层把前一个 token 搬进残差流：每个种子里第 1 层各头注意 t−1 的权重之和 > 0.5"
+                 f"（平摊注意力时 {uniform_sum:.2f}），而 1 层模型的这个和 < 0.5",
+                 min(prev_sum) > 0.5 and max(one_layer_sum) < 0.5,
+                 f"第 1 层权重之和：2 层模型 {format_mean_std(prev_sum, 3)}，1 层模型 {format_mean_std(one_layer_sum, 3)}，"
+                 f"2 层模型的第 2 层 {format_mean_std(prev_sums('2_layers', 'layers.1'), 3)}；"
+                 f"最佳单头的 previous-token score {format_mean_std(prev_best, 3)}")
     exp.conclude("2 层模型的第 2 层有 induction 头（最佳 induction score > 0.5）",
                  mean_std(ind_best)[0] > 0.5, f"各种子的最佳 induction score：{format_mean_std(ind_best, 3)}")
     if "1_layer_fixed_L" in runs:
