@@ -150,3 +150,14 @@ def test_aux_loss_is_reported_and_trained():
     assert len(history["aux_loss"]) == 30
     assert history["aux_loss"][0] == pytest.approx(1.0)
     assert history["aux_loss"][-1] < 0.9  # 不参与反向传播的话它会一直是 1.0
+
+
+def test_lr_at_wsd_holds_then_decays_linearly():
+    """cooldown_steps 给定时：预热之后保持 lr，最后 cooldown_steps 步线性降到 min_lr_ratio·lr（WSD）；不给时仍是余弦。"""
+    kw = dict(lr=1.0, warmup_steps=10, total_steps=100, min_lr_ratio=0.1)
+    wsd = [lr_at(s, cooldown_steps=20, **kw) for s in range(100)]
+    assert wsd[9] == 1.0 and all(v == 1.0 for v in wsd[10:80])  # 平台
+    assert wsd[80] == 1.0 and abs(wsd[90] - 0.55) < 1e-12 and wsd[99] > 0.1  # 线性：一半时在 1 与 0.1 正中间
+    assert lr_at(100, cooldown_steps=20, **kw) == 0.1
+    cosine = [lr_at(s, **kw) for s in range(100)]
+    assert cosine[50] < 1.0 and cosine[:10] == wsd[:10]  # 默认余弦，预热两者相同

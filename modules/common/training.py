@@ -13,16 +13,25 @@ from tqdm import tqdm
 _LAYER_PATTERN = re.compile(r"^(?:model\.|transformer\.)?((?:layers|h|blocks)\.\d+)\.")
 
 
-def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1) -> float:
+def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1,
+          cooldown_steps: int | None = None) -> float:
     """第 step 次更新（从 0 起）用的学习率：前 warmup_steps 步线性升到 lr，之后余弦降到 min_lr_ratio * lr。
 
     step=0 → lr/warmup_steps；step=warmup_steps-1 → lr；step>=total_steps → min_lr_ratio * lr。
+    cooldown_steps 给定时换成 WSD（warmup-stable-decay，Hu et al. 2024 / Hägele et al. 2024）：预热后保持 lr，
+    只在最后 cooldown_steps 步线性降到 min_lr_ratio * lr。默认 None 即余弦（MiniMind 的调度）。
     """
     min_lr = min_lr_ratio * lr
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
     if step >= total_steps:
         return min_lr
+    if cooldown_steps is not None:
+        cooldown_start = total_steps - cooldown_steps
+        if step < cooldown_start:
+            return lr
+        progress = (step - cooldown_start) / max(1, cooldown_steps)  # 0 → 1
+        return lr + progress * (min_lr - lr)
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)  # 0 → 1
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
@@ -85,6 +94,7 @@ def train_model(
     lr: float = 3e-4,
     warmup_steps: int | None = None,
     min_lr_ratio: float = 0.1,
+    cooldown_steps: int | None = None,
     weight_decay: float = 0.1,
     betas: tuple[float, float] = (0.9, 0.95),
     grad_clip: float | None = 1.0,
@@ -98,10 +108,12 @@ def train_model(
     """训练 steps 步，返回历史记录（普通 dict，可直接 save_metrics）。
 
     get_batch(split) -> (input_ids, labels)，split ∈ {"train", "val"}。
-    warmup_steps 默认 steps 的 10%；eval_every 默认 steps 的 1/10；最后一步之后总会再验证一次。
+    warmup_steps 默认 steps 的 10%；cooldown_steps 给定时用 WSD 调度（见 lr_at），默认余弦；
+    eval_every 默认 steps 的 1/10；最后一步之后总会再验证一次。
     loss 出现 NaN/inf 时停止训练，diverged_at 记下那一步（从 0 起），不抛异常。
     返回：steps / train_loss / lr（每步一项，step 从 0 起）、aux_loss（模型有 aux_loss 时每步一项）、
-    val_steps / val_loss（在第 val_steps[i] 步更新之后评估）、final_val_batches（最后一次验证的逐 batch loss）、grad_norms {层分组: 每步范数}、
+    val_steps / val_loss（在第 val_steps[i] 步更新之后评估）、val_batches（每次验证的逐 batch loss，与 val_steps 一一对应）、
+    final_val_batches（最后一次验证的逐 batch loss）、grad_norms {层分组: 每步范数}、
     diverged_at、tokens_per_s（只计训练步）、wall_s（含评估）。
     """
     if steps < 1:
@@ -115,7 +127,7 @@ def train_model(
     named_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
     history = {
-        "steps": [], "train_loss": [], "lr": [], "aux_loss": [], "val_steps": [], "val_loss": [],
+        "steps": [], "train_loss": [], "lr": [], "aux_loss": [], "val_steps": [], "val_loss": [], "val_batches": [],
         "final_val_batches": [], "grad_norms": {}, "diverged_at": None, "tokens_per_s": 0.0, "wall_s": 0.0,
     }
     tokens, train_time = 0, 0.0
@@ -123,7 +135,8 @@ def train_model(
     bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     for step in bar:
         t0 = time.perf_counter()
-        step_lr = lr_at(step, lr=lr, warmup_steps=warmup_steps, total_steps=steps, min_lr_ratio=min_lr_ratio)
+        step_lr = lr_at(step, lr=lr, warmup_steps=warmup_steps, total_steps=steps, min_lr_ratio=min_lr_ratio,
+                        cooldown_steps=cooldown_steps)
         for group in optimizer.param_groups:
             group["lr"] = step_lr
 
@@ -160,6 +173,7 @@ def train_model(
             batch_losses = evaluate_batches(model, get_batch, eval_batches, device)
             history["val_steps"].append(step)
             history["val_loss"].append(sum(batch_losses) / len(batch_losses))
+            history["val_batches"].append(batch_losses)
             history["final_val_batches"] = batch_losses
         if progress:
             bar.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{tokens / max(train_time, 1e-9):.0f}", refresh=False)

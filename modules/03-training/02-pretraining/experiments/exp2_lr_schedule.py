@@ -1,11 +1,16 @@
 """实验 2：学习率与调度——预训练最敏感的超参数。
 
-真实的 MiniMindForCausalLM（小尺寸）在字符级 TinyShakespeare 上，相同步数、相同初始化、相同数据顺序：
-  A. 学习率扫描：6 个对数等距的峰值 LR（都用 warmup+cosine），画"最终 loss vs LR"，
+真实的 MiniMindForCausalLM（小尺寸）在字符级 TinyShakespeare 上，相同初始化、相同数据顺序：
+  A. 学习率扫描：7 个对数等距的峰值 LR（都用 warmup+cosine，训练 steps 步），画"最终 loss vs LR"，
      看太小（学得慢）/ 合适 / 太大（loss 爆炸后停在接近 unigram 熵的位置，或直接 NaN）三个区间。
-  B. 调度对比（都用 training.py::lr_at，即 trainer/ 同款的 warmup + 余弦），峰值取 A 里最好的 LR：
-     constant（不预热、不衰减）/ warmup+cosine / 10 倍峰值不预热 / 10 倍峰值有预热；
-     看最终验证 loss 和训练初期的 loss 尖峰（前 10% 步里最大的训练 loss）。
+  B. 调度对比，训练足够长（默认 full 1600 步），峰值取 A 里"仍在好区间"的最大 LR（最终 loss 比最好的高不到 0.2；
+     实践中峰值尽量取大，衰减的好处也正是在峰值接近稳定上限时最明显）：
+     warmup+constant / warmup+cosine（training.py::lr_at，trainer/ 同款）/ WSD（warmup + 平台 + 最后 20% 步线性退火，
+     Hägele et al. 2024）。衰减的好处来自末段退火：LR 降下来后梯度噪声被平均掉，loss 再降一截。
+  C. 短训练对照（steps/8 步）：同样的峰值下 constant 与 cosine 的差距小得多（甚至反过来）——训练远未进入
+     "被 LR 噪声卡住"的阶段时，退火没什么可收的。
+  D. 10 倍峰值不预热 / 有预热（steps/4 步，6 个种子），看训练初期的 loss 尖峰。
+所有比较都经共享的噪声检验（modules/common/noise.py）：完整模式按种子配对，quick 模式按同一组验证批配对。
 """
 import math
 import sys
@@ -18,32 +23,44 @@ if str(REPO_ROOT) not in sys.path:
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
+from modules.common.noise import FAILS, HOLDS, compare, compare_runs, equivalent_runs, noise_multiplier  # noqa: E402
 from modules.common.text_data import char_lm_batches  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 
-HIDDEN, LAYERS, HEADS, KV_HEADS, BLOCK, BATCH = 48, 2, 4, 2, 64, 8
-HIGH_FACTOR = 10  # 调度对比里"高峰值"= 扫描出的最好 LR × 10
-SWEEP_LRS = [float(v) for v in np.logspace(-4, 0, 6)]  # 1e-4 … 1.0，相邻差 10^0.8 ≈ 6.3 倍
+HIDDEN, LAYERS, HEADS, KV_HEADS, BLOCK, BATCH = 32, 2, 4, 2, 64, 8
+EVAL_BATCHES = 16
+HIGH_FACTOR = 10  # 预热对照里的"高峰值"= 调度对比的峰值 × 10
+SWEEP_LRS = [float(v) for v in np.logspace(-4, 0.8, 7)]  # 1e-4 … 6.3，相邻差 10^0.8 ≈ 6.3 倍
 BLOWUP_MARGIN = 1.0  # 训练 loss 的最大值比 ln(V)（均匀乱猜）还高 1 nat 以上（或出现 NaN）就算"爆炸"
+FAR_MARGIN = 0.2  # "太小 / 太大"：最终 loss 比最好的 LR 高出这么多以上
+COOLDOWN_FRACTION = 0.2  # WSD 在最后 20% 步退火（Hägele et al. 2024 的常用设置）
+MATCH_MARGIN = 0.05  # "WSD 与 cosine 打平"的等价界（nats），在看结果之前定好
+SHORT_DIVISOR = 8  # 短训练对照的步数 = steps // 8
+SPIKE_DIVISOR = 4  # 预热对照的步数 = steps // 4（其中 10% 预热）
+SPIKE_SEEDS = 6  # 预热对照在两种模式下都用 6 个种子（--seed 起连续 6 个）：尖峰的高度在种子间差得很多
 
 
 def add_args(parser):
-    parser.add_argument("--steps", type=int, default=None, help="每个配置的训练步数（默认 quick 100 / full 240）")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="扫描与调度对比的训练步数（默认 quick 600 / full 1600）；短训练对照用它的 1/8，预热对照用 1/4")
 
 
-def schedules(steps: int, base_lr: float) -> dict:
-    """名字 → train_model 的调度参数（lr, warmup_steps, min_lr_ratio）。warmup_steps=1 即不预热。"""
-    warmup, high_lr = max(1, steps // 10), HIGH_FACTOR * base_lr
+def schedule_kwargs(steps: int, lr: float) -> dict:
+    """名字 → train_model 的调度参数。warmup_steps=1 即不预热；cooldown_steps 给定即 WSD。"""
+    warmup = max(1, steps // 10)
     return {
-        f"constant {base_lr:.2g}": dict(lr=base_lr, warmup_steps=1, min_lr_ratio=1.0),
-        f"warmup+cosine {base_lr:.2g}": dict(lr=base_lr, warmup_steps=warmup, min_lr_ratio=0.1),
-        f"no warmup, cosine {high_lr:.2g}": dict(lr=high_lr, warmup_steps=1, min_lr_ratio=0.1),
-        f"warmup+cosine {high_lr:.2g}": dict(lr=high_lr, warmup_steps=warmup, min_lr_ratio=0.1),
+        "warmup+constant": dict(lr=lr, warmup_steps=warmup, min_lr_ratio=1.0),
+        "warmup+cosine": dict(lr=lr, warmup_steps=warmup, min_lr_ratio=0.1),
+        "WSD (20% cooldown)": dict(lr=lr, warmup_steps=warmup, min_lr_ratio=0.1,
+                                   cooldown_steps=max(1, int(steps * COOLDOWN_FRACTION))),
+        f"no warmup, cosine {HIGH_FACTOR}x": dict(lr=HIGH_FACTOR * lr, warmup_steps=1, min_lr_ratio=0.1),
+        f"warmup+cosine {HIGH_FACTOR}x": dict(lr=HIGH_FACTOR * lr, warmup_steps=warmup, min_lr_ratio=0.1),
     }
 
 
@@ -59,13 +76,14 @@ def run(seed, text, steps, device, desc, **schedule) -> dict:
     tokenizer, get_batch = char_lm_batches(text, BLOCK, BATCH, seed=seed, device=device)
     config = MiniMindConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
                             num_key_value_heads=KV_HEADS, vocab_size=tokenizer.vocab_size, max_position_embeddings=256)
-    # 只在最后评估一次（16 个验证批），省下中途评估的时间
-    hist = train_model(MiniMindForCausalLM(config), get_batch, steps=steps, eval_every=steps, eval_batches=16,
-                       device=device, desc=desc, **schedule)
+    # 只在最后评估一次：同一种子下每个配置拿到同一组验证批，quick 模式的噪声检验按批配对
+    hist = train_model(MiniMindForCausalLM(config), get_batch, steps=steps, eval_every=steps,
+                       eval_batches=EVAL_BATCHES, device=device, desc=desc, **schedule)
     early = hist["train_loss"][: max(1, steps // 10)]
     diverged = hist["diverged_at"] is not None
     return {
         "final_val_loss": math.nan if diverged else hist["val_loss"][-1],
+        "final_val_batches": [math.nan] * EVAL_BATCHES if diverged else hist["final_val_batches"],
         "max_train_loss": max(hist["train_loss"]) if hist["train_loss"] else math.nan,
         "early_peak_loss": max(early) if early else math.nan,
         "initial_loss": hist["train_loss"][0] if hist["train_loss"] else math.nan,
@@ -78,125 +96,214 @@ def blew_up(r: dict, ln_v: float) -> bool:
     return r["diverged_at"] is not None or r["max_train_loss"] > ln_v + BLOWUP_MARGIN
 
 
+def weakest(verdicts: list):
+    """几条"都要成立"的判定里最弱的一条：有 FAILS 取 FAILS，否则有未确立取未确立，同一状态取 |Δ|/(k·SE) 最小的。"""
+    rank = {FAILS: 0, HOLDS: 2}
+
+    def strength(v):
+        margin = noise_multiplier(v.n) * v.se if math.isfinite(v.se) else math.inf
+        return rank.get(v.status, 1), abs(v.mean_delta) / margin if margin > 0 else math.inf
+
+    return min(verdicts, key=strength)
+
+
 def main():
     exp = Experiment(__file__, extra_args=add_args, description=(
-        "预训练实验 2：6 个峰值 LR 的扫描（太小 / 合适 / 爆炸三个区间），再在最好的 LR 上比较\n"
-        "constant / warmup+cosine / 10 倍峰值不预热 / 10 倍峰值有预热。相同步数、初始化与数据顺序。"))
-    steps = exp.args.steps or (100 if exp.quick else 240)
-    if steps < 10:
-        raise SystemExit(f"--steps 至少为 10（收到 {steps}）：warmup 占 10% 的步数，至少要有 1 步")
+        "预训练实验 2：7 个峰值 LR 的扫描（太小 / 合适 / 爆炸三个区间）；在好区间里最大的 LR 上比较\n"
+        "warmup+constant / warmup+cosine / WSD（长训练），再用短训练对照和 10 倍峰值看退火与预热各管什么。"))
+    steps = exp.args.steps or (600 if exp.quick else 1600)
+    short_steps = steps // SHORT_DIVISOR
+    if short_steps < 10:
+        raise SystemExit(f"--steps 至少为 {10 * SHORT_DIVISOR}（收到 {steps}）：短训练对照用 1/{SHORT_DIVISOR} 的步数，"
+                         "其中 warmup 占 10%，至少要有 1 步")
+    if exp.device.type == "cpu":
+        torch.set_num_threads(1)  # 这么小的模型，2 个线程在 2 核机器上几乎不更快，机器一忙反而慢很多
     text = get_experiment_data("shakespeare")
-    vocab_size = len(set(text))
-    ln_v = math.log(vocab_size)
+    ln_v = math.log(len(set(text)))
     h_unigram = unigram_entropy(text[: int(len(text) * 0.9)])
+    spike_steps = steps // SPIKE_DIVISOR
+    spike_seeds = [exp.seed + i for i in range(SPIKE_SEEDS)]
 
-    sweep_runs = {lr: [run(seed, text, steps, exp.device, f"lr={lr:.2g} seed={seed}", lr=lr,
-                           warmup_steps=max(1, steps // 10)) for seed in exp.seeds] for lr in SWEEP_LRS}
+    # ---- A. LR 扫描（warmup+cosine）----
+    sweep_runs = {lr: [run(seed, text, steps, exp.device, f"lr={lr:.2g} seed={seed}",
+                           **schedule_kwargs(steps, lr)["warmup+cosine"]) for seed in exp.seeds] for lr in SWEEP_LRS}
 
-    def stat(runs, key):
-        return mean_std([r[key] for r in runs])
+    def finals(runs):
+        return [r["final_val_loss"] for r in runs]
 
-    sweep_mean = {lr: stat(rs, "final_val_loss")[0] for lr, rs in sweep_runs.items()}
+    def batches(runs):  # 第一个种子的逐批验证 loss：只有一个种子时噪声检验按批配对
+        return runs[0]["final_val_batches"]
+
+    sweep_mean = {lr: mean_std(finals(rs))[0] for lr, rs in sweep_runs.items()}
     finite = {lr: v for lr, v in sweep_mean.items() if math.isfinite(v)}
     if not finite:
         raise SystemExit("扫描里每个 LR 都发散了：请检查数据或减小 LR 范围")
     best_lr = min(finite, key=finite.get)
     low_lr, high_lr = SWEEP_LRS[0], SWEEP_LRS[-1]
+    # 调度对比的峰值：最终 loss 比最好的高不到 FAR_MARGIN 的最大 LR（规则事先定好，不看 B、C 的结果）
+    peak_lr = max(lr for lr, v in finite.items() if v < finite[best_lr] + FAR_MARGIN)
 
-    sched = schedules(steps, best_lr)
-    sched_runs = {name: [run(seed, text, steps, exp.device, f"{name} seed={seed}", **kw) for seed in exp.seeds]
-                  for name, kw in sched.items()}
+    # ---- B. 长训练的调度对比（warmup+cosine 直接用扫描里峰值那一列的几次）----
+    long_kw = schedule_kwargs(steps, peak_lr)
+    long_names = ["warmup+constant", "warmup+cosine", "WSD (20% cooldown)"]
+    long_runs = {name: (sweep_runs[peak_lr] if name == "warmup+cosine" else
+                        [run(seed, text, steps, exp.device, f"{name} seed={seed}", **long_kw[name])
+                         for seed in exp.seeds]) for name in long_names}
+
+    # ---- C. 短训练对照：同样的峰值，steps/8 步，与长训练同样的种子 ----
+    short_kw = schedule_kwargs(short_steps, peak_lr)
+    short_runs = {name: [run(seed, text, short_steps, exp.device, f"short {name} seed={seed}", **short_kw[name])
+                         for seed in exp.seeds] for name in ["warmup+constant", "warmup+cosine"]}
+
+    # ---- D. 10 倍峰值有 / 无预热：steps/4 步，6 个种子（结论按种子配对）----
+    spike_kw = schedule_kwargs(spike_steps, peak_lr)
+    spike_names = [f"no warmup, cosine {HIGH_FACTOR}x", f"warmup+cosine {HIGH_FACTOR}x"]
+    spike_runs = {name: [run(seed, text, spike_steps, exp.device, f"{name} seed={seed}", **spike_kw[name])
+                         for seed in spike_seeds] for name in spike_names}
 
     exp.print_table(["peak LR", "final val loss", "max train loss", "blew up / NaN"],
-                    [[f"{lr:.2g}", format_mean_std([r["final_val_loss"] for r in rs]),
-                      format_mean_std([r["max_train_loss"] for r in rs]),
+                    [[f"{lr:.2g}", format_mean_std(finals(rs)), format_mean_std([r["max_train_loss"] for r in rs]),
                       f"{sum(blew_up(r, ln_v) for r in rs)}/{len(rs)}"] for lr, rs in sweep_runs.items()],
                     title=f"A. LR sweep (warmup+cosine), {steps} steps, {len(exp.seeds)} seed(s)  "
                           f"(ln V = {ln_v:.3f}, unigram entropy {h_unigram:.3f})")
-    exp.print_table(["schedule", "final val loss", "early peak train loss", "blew up"],
-                    [[name, format_mean_std([r["final_val_loss"] for r in rs]),
-                      format_mean_std([r["early_peak_loss"] for r in rs]),
-                      f"{sum(blew_up(r, ln_v) for r in rs)}/{len(rs)}"] for name, rs in sched_runs.items()],
-                    title=f"B. Schedules at the best swept LR {best_lr:.2g} (and {HIGH_FACTOR}x it)")
+    exp.print_table(["schedule", f"final val loss, {steps} steps", "last-10% mean train loss"],
+                    [[name, format_mean_std(finals(rs)),
+                      format_mean_std([float(np.mean(r["train_loss"][-max(1, steps // 10):])) for r in rs])]
+                     for name, rs in long_runs.items()],
+                    title=f"B. Long runs at peak LR {peak_lr:.2g} (largest swept LR within {FAR_MARGIN:g} of the best "
+                          f"{best_lr:.2g}), {len(exp.seeds)} seed(s)")
+    exp.print_table(["schedule", f"final val loss, {short_steps} steps", f"same schedule, {steps} steps"],
+                    [[name, format_mean_std(finals(rs)), format_mean_std(finals(long_runs[name]))]
+                     for name, rs in short_runs.items()],
+                    title=f"C. Short runs at the same peak {peak_lr:.2g}, {len(exp.seeds)} seed(s)")
+    exp.print_table(["schedule", "peak LR", "warmup steps", "early peak train loss", "blew up", "final val loss"],
+                    [[name, f"{spike_kw[name]['lr']:.2g}", spike_kw[name]["warmup_steps"],
+                      format_mean_std([r["early_peak_loss"] for r in rs]), f"{sum(blew_up(r, ln_v) for r in rs)}/{len(rs)}",
+                      format_mean_std(finals(rs))] for name, rs in spike_runs.items()],
+                    title=f"D. {HIGH_FACTOR}x peak, {spike_steps} steps, seeds {spike_seeds}: max train loss in the first 10%")
+
+    def summary(runs, kw):
+        return {"config": kw, "final_val_loss": mean_std(finals(runs))[0], "final_val_loss_std": mean_std(finals(runs))[1],
+                "final_val_losses": finals(runs), "early_peak_loss": mean_std([r["early_peak_loss"] for r in runs])[0],
+                "blew_up": [blew_up(r, ln_v) for r in runs], "runs": runs}
+
     exp.save_metrics({
-        "steps": steps,
+        "steps": steps, "short_steps": short_steps, "spike_steps": spike_steps, "spike_seeds": spike_seeds,
         "model": {"hidden_size": HIDDEN, "num_layers": LAYERS, "n_heads": HEADS, "n_kv_heads": KV_HEADS,
                   "block_size": BLOCK, "batch_size": BATCH},
         "ln_vocab": ln_v, "unigram_entropy": h_unigram, "blowup_threshold": ln_v + BLOWUP_MARGIN,
-        "schedules": {name: {"config": sched[name],
-                             "final_val_loss": stat(rs, "final_val_loss")[0],
-                             "final_val_loss_std": stat(rs, "final_val_loss")[1],
-                             "early_peak_loss": stat(rs, "early_peak_loss")[0],
-                             "blew_up": [blew_up(r, ln_v) for r in rs],
-                             "runs": rs} for name, rs in sched_runs.items()},
+        "match_margin": MATCH_MARGIN, "far_margin": FAR_MARGIN,
         "sweep": {f"{lr:.6g}": {"lr": lr, "final_val_loss": sweep_mean[lr],
-                                "final_val_loss_std": stat(rs, "final_val_loss")[1],
-                                "max_train_loss": stat(rs, "max_train_loss")[0],
+                                "final_val_loss_std": mean_std(finals(rs))[1],
+                                "max_train_loss": mean_std([r["max_train_loss"] for r in rs])[0],
                                 "blew_up": [blew_up(r, ln_v) for r in rs],
-                                "final_val_losses": [r["final_val_loss"] for r in rs]}
+                                "final_val_losses": finals(rs), "final_val_batches": batches(rs)}
                   for lr, rs in sweep_runs.items()},
-        "best_lr": best_lr,
+        "best_lr": best_lr, "peak_lr": peak_lr,
+        "schedules": {name: summary(rs, long_kw[name]) for name, rs in long_runs.items()},
+        "short": {name: summary(rs, short_kw[name]) for name, rs in short_runs.items()},
+        "spike": {name: summary(rs, spike_kw[name]) for name, rs in spike_runs.items()},
     })
 
-    # ---- 图：左 调度下的 LR 曲线；中 对应的训练 loss；右 最终 loss vs 峰值 LR ----
+    # ---- 图：调度曲线；长训练的训练 loss（看末段退火）；短训练初期的尖峰；最终 loss vs 峰值 LR ----
     set_style()
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
-    for name, rs in sched_runs.items():
+    fig, axes = plt.subplots(1, 4, figsize=(22, 4.5))
+    window = max(1, steps // 40)
+    for name, rs in long_runs.items():
         axes[0].plot(rs[0]["lr"], label=name)
-        smooth = np.convolve(rs[0]["train_loss"], np.ones(5) / 5, mode="valid")
-        axes[1].plot(np.arange(len(smooth)) + 4, smooth, label=name)
-    axes[0].set_yscale("log")
+        smooth = np.convolve(rs[0]["train_loss"], np.ones(window) / window, mode="valid")
+        axes[1].plot(np.arange(len(smooth)) + window - 1, smooth, label=name)
     axes[0].set_xlabel("step")
     axes[0].set_ylabel("learning rate")
-    axes[0].set_title("Schedules (lr_at)")
+    axes[0].set_title(f"Schedules at peak {peak_lr:.2g} (lr_at)")
     axes[0].legend(fontsize=8)
-    axes[1].axhline(ln_v, color="gray", ls="--", label=f"ln V = {ln_v:.2f}")
-    axes[1].set_yscale("log")
+    axes[1].set_ylim(top=min(ln_v, float(np.max(long_runs["warmup+constant"][0]["train_loss"][steps // 4:]))) + 0.1)
     axes[1].set_xlabel("step")
-    axes[1].set_ylabel("train loss (5-step mean, first seed)")
-    axes[1].set_title("Training loss under each schedule")
+    axes[1].set_ylabel(f"train loss ({window}-step mean, first seed)")
+    axes[1].set_title("Long runs: the drop comes with the decay")
     axes[1].legend(fontsize=8)
+    for name, rs in spike_runs.items():
+        axes[2].plot(rs[0]["train_loss"], label=name)
+    axes[2].axhline(ln_v, color="gray", ls="--", label=f"ln V = {ln_v:.2f}")
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel("step")
+    axes[2].set_ylabel("train loss (first seed)")
+    axes[2].set_title(f"{HIGH_FACTOR}x peak ({spike_steps} steps): warmup vs spike")
+    axes[2].legend(fontsize=8)
     ok = [lr for lr in SWEEP_LRS if not any(blew_up(r, ln_v) for r in sweep_runs[lr])]
     bad = [lr for lr in SWEEP_LRS if lr not in ok]
-    axes[2].errorbar(ok, [sweep_mean[lr] for lr in ok], yerr=[stat(sweep_runs[lr], "final_val_loss")[1] for lr in ok],
+    axes[3].errorbar(ok, [sweep_mean[lr] for lr in ok], yerr=[mean_std(finals(sweep_runs[lr]))[1] for lr in ok],
                      fmt="o-", capsize=3, label="trained normally")
     if bad:
-        axes[2].plot(bad, [sweep_mean[lr] if math.isfinite(sweep_mean[lr]) else ln_v for lr in bad], "rx",
+        axes[3].plot(bad, [sweep_mean[lr] if math.isfinite(sweep_mean[lr]) else ln_v for lr in bad], "rx",
                      markersize=12, mew=2, label=f"blew up (max loss > ln V + {BLOWUP_MARGIN:g}, or NaN)")
-    axes[2].axhline(ln_v, color="gray", ls="--", label="ln V (uniform)")
-    axes[2].axhline(h_unigram, color="C2", ls=":", label="unigram entropy")
-    axes[2].set_xscale("log")
-    axes[2].set_xlabel("peak learning rate")
-    axes[2].set_ylabel("final val loss")
-    axes[2].set_title("LR sweep: too low / right / too high")
-    axes[2].legend(fontsize=8)
+    axes[3].axhline(ln_v, color="gray", ls="--", label="ln V (uniform)")
+    axes[3].axhline(h_unigram, color="C2", ls=":", label="unigram entropy")
+    axes[3].set_xscale("log")
+    axes[3].set_xlabel("peak learning rate")
+    axes[3].set_ylabel("final val loss")
+    axes[3].set_title("LR sweep: too low / right / too high")
+    axes[3].legend(fontsize=8)
     exp.save_figure(fig, "exp2_lr_schedule.png")
 
-    # ---- 结论（全部由上面的测量算出）----
-    names = list(sched)
-    const, cosine, high_nowarm, high_warm = (stat(sched_runs[n], "final_val_loss")[0] for n in names)
-    exp.conclude("同一峰值 LR 下，warmup+cosine 的最终 loss 低于 constant",
-                 cosine < const, f"{names[1]} {cosine:.4f} vs {names[0]} {const:.4f}")
-    spike_nowarm, spike_warm = (stat(sched_runs[n], "early_peak_loss")[0] for n in names[2:])
-    init = stat(sched_runs[names[2]], "initial_loss")[0]
-    exp.conclude(f"{HIGH_FACTOR} 倍峰值不预热时，训练初期出现高于初始 loss 的尖峰，预热能压低它",
-                 spike_nowarm > init and spike_warm < spike_nowarm,
-                 f"前 10% 步的最大训练 loss：不预热 {spike_nowarm:.3f}，预热 {spike_warm:.3f}（初始 {init:.3f}）")
-    exp.conclude(f"{HIGH_FACTOR} 倍峰值（不预热）的最终 loss 比最好的 LR + warmup+cosine 差",
-                 high_nowarm > cosine, f"{high_nowarm:.4f} vs {cosine:.4f}")
-    exp.conclude("LR 扫描呈 U 形：最好的 LR 在扫描范围内部，不在两端",
-                 best_lr not in (low_lr, high_lr),
-                 "最终 loss：" + "，".join(f"{lr:.2g}: {sweep_mean[lr]:.3f}" for lr in SWEEP_LRS) + f"；最好 {best_lr:.2g}")
-    exp.conclude(f"LR 太小（{low_lr:.2g}）：同样的步数学得慢，最终 loss 比最好的高 0.2 以上",
-                 sweep_mean[low_lr] > sweep_mean[best_lr] + 0.2,
-                 f"{sweep_mean[low_lr]:.4f} vs 最好 {sweep_mean[best_lr]:.4f}")
-    high_blew = any(blew_up(r, ln_v) for r in sweep_runs[high_lr])
-    high_final = sweep_mean[high_lr]
-    exp.conclude(f"LR 太大（{high_lr:.2g}）：loss 爆炸（最大训练 loss > ln V + {BLOWUP_MARGIN:g} 或 NaN），"
-                 "最终 loss 比最好的高 0.2 以上",
-                 high_blew and (not math.isfinite(high_final) or high_final > sweep_mean[best_lr] + 0.2),
-                 f"最大训练 loss {stat(sweep_runs[high_lr], 'max_train_loss')[0]:.1f}（阈值 {ln_v + BLOWUP_MARGIN:.2f}），"
-                 f"最终 loss {high_final:.4f} vs 最好 {sweep_mean[best_lr]:.4f}；unigram 熵 {h_unigram:.3f}")
+    # ---- 结论（全部由上面的测量算出；比较一律经噪声检验）----
+    best = sweep_runs[best_lr]
+
+    def shifted(runs_or_batches, delta):
+        return [v + delta for v in runs_or_batches]
+
+    def worse_by_margin(runs):  # 声明"runs 的 loss 比最好的 LR 高 FAR_MARGIN 以上"
+        return compare_runs(finals(runs), shifted(finals(best), FAR_MARGIN), "greater",
+                            batches(runs), shifted(batches(best), FAR_MARGIN))
+
+    low_verdict, high_verdict = worse_by_margin(sweep_runs[low_lr]), worse_by_margin(sweep_runs[high_lr])
+    exp.conclude_verdict("LR 扫描呈 U 形：两端的最终 loss 都比中间最好的 LR 高 "
+                         f"{FAR_MARGIN:g} 以上",
+                         weakest([low_verdict, high_verdict]),
+                         "最终 loss：" + "，".join(f"{lr:.2g}: {sweep_mean[lr]:.3f}" for lr in SWEEP_LRS)
+                         + f"；最好 {best_lr:.2g}；下面是两端里较弱的一端")
+    exp.conclude_verdict(f"LR 太小（{low_lr:.2g}）：同样的步数学得慢，最终 loss 比最好的高 {FAR_MARGIN:g} 以上",
+                         low_verdict, f"{format_mean_std(finals(sweep_runs[low_lr]))} vs 最好 {format_mean_std(finals(best))}")
+    high_runs = sweep_runs[high_lr]
+    exp.conclude(f"LR 太大（{high_lr:.2g}）：每个种子的 loss 都爆炸（最大训练 loss > ln V + {BLOWUP_MARGIN:g} 或 NaN）",
+                 all(blew_up(r, ln_v) for r in high_runs),
+                 f"最大训练 loss {format_mean_std([r['max_train_loss'] for r in high_runs])}"
+                 f"（阈值 {ln_v + BLOWUP_MARGIN:.2f}）；unigram 熵 {h_unigram:.3f}")
+    exp.conclude_verdict(f"LR 太大（{high_lr:.2g}）：最终 loss 比最好的高 {FAR_MARGIN:g} 以上",
+                         high_verdict, f"{format_mean_std(finals(high_runs))} vs 最好 {format_mean_std(finals(best))}")
+
+    const, cosine, wsd = (long_runs[n] for n in long_names)
+    exp.conclude_verdict(f"长训练（{steps} 步）、同一峰值 LR {peak_lr:.2g}：warmup+cosine 的最终 loss 低于 warmup+constant",
+                         compare_runs(finals(cosine), finals(const), "less", batches(cosine), batches(const)),
+                         f"{format_mean_std(finals(cosine))} vs {format_mean_std(finals(const))}")
+    exp.conclude_verdict(f"长训练：WSD（只在最后 {COOLDOWN_FRACTION:.0%} 步退火）的最终 loss 低于 warmup+constant",
+                         compare_runs(finals(wsd), finals(const), "less", batches(wsd), batches(const)),
+                         f"{format_mean_std(finals(wsd))} vs {format_mean_std(finals(const))}；"
+                         "退火开始之前两者的 LR 完全相同")
+    exp.conclude_verdict(f"长训练：WSD 与 warmup+cosine 的最终 loss 相差不超过 {MATCH_MARGIN:g} nats（等价界事先定好）",
+                         equivalent_runs(finals(wsd), finals(cosine), MATCH_MARGIN, batches(wsd), batches(cosine)),
+                         f"{format_mean_std(finals(wsd))} vs {format_mean_std(finals(cosine))}")
+
+    # 衰减带来的收益 = constant 的 loss − cosine 的 loss；长、短训练按种子（quick：同一组验证批）配对
+    gain_long = [a - b for a, b in zip(finals(const), finals(cosine))]
+    gain_short = [a - b for a, b in zip(finals(short_runs["warmup+constant"]), finals(short_runs["warmup+cosine"]))]
+    gain_long_b = [a - b for a, b in zip(batches(const), batches(cosine))]
+    gain_short_b = [a - b for a, b in zip(batches(short_runs["warmup+constant"]), batches(short_runs["warmup+cosine"]))]
+    exp.conclude_verdict(f"对照：衰减的收益随训练长度增长——{short_steps} 步时 cosine 比 constant 低得少，{steps} 步时低得多",
+                         compare_runs(gain_long, gain_short, "greater", gain_long_b, gain_short_b),
+                         f"constant − cosine：{steps} 步 {format_mean_std(gain_long)}，{short_steps} 步 "
+                         f"{format_mean_std(gain_short)}（负数表示 constant 反而更低）")
+
+    nowarm, warm = (spike_runs[n] for n in spike_names)
+    spike_nowarm = [r["early_peak_loss"] for r in nowarm]
+    spike_warm = [r["early_peak_loss"] for r in warm]
+    init = [r["initial_loss"] for r in nowarm]
+    exp.conclude_verdict(f"{HIGH_FACTOR} 倍峰值不预热：训练初期（前 10% 步）出现高于初始 loss 的尖峰",
+                         compare(spike_nowarm, init, "greater", unit="seeds"),
+                         f"前 10% 步的最大训练 loss {format_mean_std(spike_nowarm)} vs 初始 {format_mean_std(init)}")
+    exp.conclude_verdict(f"{HIGH_FACTOR} 倍峰值：预热把训练初期的尖峰压低",
+                         compare(spike_warm, spike_nowarm, "less", unit="seeds"),
+                         f"预热 {format_mean_std(spike_warm)} vs 不预热 {format_mean_std(spike_nowarm)}")
     exp.finish()
 
 

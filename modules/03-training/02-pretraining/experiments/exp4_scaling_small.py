@@ -1,11 +1,12 @@
-"""实验 4：迷你版 scaling law——loss 随参数量 N、数据量 D、算力 C ≈ 6·N·D 怎样下降？
+"""实验 4：迷你 scaling law——loss 随参数量 N、数据量 D、算力 C ≈ 6·N·D 怎样下降？
 
 几个尺寸的真实 MiniMindForCausalLM（只改 hidden_size）× 几个 token 预算，在字符级 TinyShakespeare 上
 各自完整训练（每个预算都有自己完整的 warmup + 余弦调度，Chinchilla 强调的做法），记录最终验证 loss：
   - N 取非嵌入参数量（Kaplan 2020 的约定），D = 训练 token 数，C = 6·N·D FLOPs；
+  - 尺寸（hidden 8 … 96，N 跨约 58 倍）× 预算（每档翻倍，跨 32 倍）让算力跨过 2 个数量级以上；
   - 在"算力前沿"（同等或更少算力里 loss 最低的点）上用 numpy 拟合 L = a·C^(−α)，
-    再拟合带不可约项的 L = E + a·C^(−α)，打印指数 α；
-  - 诚实地说明这种 CPU 尺度的拟合有多可信：点很少、算力只跨一两个数量级。
+    再拟合带不可约项的 L = E + a·C^(−α)；α 对每个种子（quick：每个验证批）各拟合一次，报告它的散布；
+  - "更多数据 / 更大模型 loss 更低"都经共享的噪声检验（modules/common/noise.py）。
 """
 import math
 import sys
@@ -17,22 +18,26 @@ if str(REPO_ROOT) not in sys.path:
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
+from modules.common.noise import FAILS, HOLDS, compare_runs, exceeds, noise_multiplier  # noqa: E402
 from modules.common.text_data import char_lm_batches  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 
 LAYERS, HEADS, KV_HEADS, BLOCK, BATCH, LR = 2, 4, 2, 64, 8, 1e-2
+EVAL_BATCHES = 16
+MIN_FRONTIER_POINTS, MIN_DECADES = 4, 2.0  # 拟合的最低可信门槛（事先定好，不随结果调整）
 
 
 def add_args(parser):
     parser.add_argument("--hidden-sizes", type=int, nargs="+", default=None,
-                        help="模型宽度列表，须是 4 的倍数（默认 quick 32 64 96 / full 32 48 64 96）")
+                        help="模型宽度列表，须是 4 的倍数（默认 quick 8 16 32 64 / full 8 16 32 64 96）")
     parser.add_argument("--budgets", type=int, nargs="+", default=None,
-                        help="训练步数列表，每步 8×64 个 token（默认 quick 40 80 160 / full 60 120 240）")
+                        help="训练步数列表，每步 8×64 个 token（默认 quick 20 40 … 640 / full 25 50 … 800，每档翻倍）")
 
 
 def build_model(hidden: int, vocab_size: int) -> MiniMindForCausalLM:
@@ -77,12 +82,24 @@ def fit_power_law_with_floor(compute: np.ndarray, loss: np.ndarray) -> dict:
     return best
 
 
+def weakest(verdicts: list):
+    """一组"每一对都要成立"的判定里最弱的一个：有 FAILS 取 FAILS，否则有未确立取未确立，
+    同一状态里取 |Δ| 相对 k·SE 最小的。整组成立当且仅当它成立。"""
+    rank = {FAILS: 0, HOLDS: 2}
+
+    def strength(v):
+        margin = noise_multiplier(v.n) * v.se if math.isfinite(v.se) else math.inf
+        return rank.get(v.status, 1), abs(v.mean_delta) / margin if margin > 0 else math.inf
+
+    return min(verdicts, key=strength)
+
+
 def main():
     exp = Experiment(__file__, extra_args=add_args, description=(
         "预训练实验 4：迷你 scaling law。几个尺寸的 MiniMind × 几个 token 预算，最终 loss vs N、vs C=6ND，\n"
-        "在算力前沿上拟合 L = a·C^(−α)（以及 L = E + a·C^(−α)）并打印指数。"))
-    hiddens = exp.args.hidden_sizes or ([32, 64, 96] if exp.quick else [32, 48, 64, 96])
-    budgets = exp.args.budgets or ([40, 80, 160] if exp.quick else [60, 120, 240])
+        "在算力前沿上拟合 L = a·C^(−α)（以及 L = E + a·C^(−α)），报告指数和它在种子间的散布。"))
+    hiddens = exp.args.hidden_sizes or ([8, 16, 32, 64] if exp.quick else [8, 16, 32, 64, 96])
+    budgets = exp.args.budgets or ([20, 40, 80, 160, 320, 640] if exp.quick else [25, 50, 100, 200, 400, 800])
     if len(hiddens) < 2 or len(budgets) < 2:
         raise SystemExit("--hidden-sizes 和 --budgets 各至少要 2 个值，才谈得上拟合趋势")
     if any(h < 8 or h % HEADS for h in hiddens):
@@ -90,11 +107,14 @@ def main():
     if any(b < 10 for b in budgets):
         raise SystemExit(f"--budgets 的每个值须 >= 10 步（warmup 占 10%），收到 {budgets}")
     hiddens, budgets = sorted(set(hiddens)), sorted(set(budgets))
+    if exp.device.type == "cpu":
+        torch.set_num_threads(1)  # 这么小的模型，2 个线程在 2 核机器上几乎不更快，机器一忙反而慢很多
     text = get_experiment_data("shakespeare")
     tokens_per_step = BATCH * BLOCK
     train_chars = int(len(text) * 0.9)
 
-    # runs[(hidden, steps)] = [每个种子的最终验证 loss]
+    # runs[(hidden, steps)] = 每个种子一项 {"loss": 最终验证 loss, "batches": 16 个验证批各自的 loss}
+    # 同一种子下所有配置看到的验证批相同（只在最后评估一次），所以 quick 模式可以按批配对
     runs, n_params = {}, {}
     for seed in exp.seeds:
         for hidden in hiddens:
@@ -103,22 +123,39 @@ def main():
                 tokenizer, get_batch = char_lm_batches(text, BLOCK, BATCH, seed=seed, device=exp.device)
                 model = build_model(hidden, tokenizer.vocab_size)
                 n_params[hidden] = non_embedding_params(model)
-                hist = train_model(model, get_batch, steps=steps, lr=LR, eval_every=steps, eval_batches=16,
+                hist = train_model(model, get_batch, steps=steps, lr=LR, eval_every=steps, eval_batches=EVAL_BATCHES,
                                    device=exp.device, desc=f"h={hidden} steps={steps} seed={seed}")
                 if hist["diverged_at"] is not None:
                     raise SystemExit(f"h={hidden} steps={steps}（seed={seed}）发散；请减小 LR")
-                runs.setdefault((hidden, steps), []).append(hist["val_loss"][-1])
+                runs.setdefault((hidden, steps), []).append(
+                    {"loss": hist["val_loss"][-1], "batches": hist["final_val_batches"]})
+
+    def seed_losses(h, s):
+        return [r["loss"] for r in runs[(h, s)]]
+
+    def batch_losses(h, s):  # 第一个种子的逐批 loss：quick 模式（一个种子）时噪声检验用它配对
+        return runs[(h, s)][0]["batches"]
 
     points = [{"hidden": h, "steps": s, "params": n_params[h], "tokens": s * tokens_per_step,
-               "compute": 6.0 * n_params[h] * s * tokens_per_step, "loss": mean_std(runs[(h, s)])[0],
-               "loss_std": mean_std(runs[(h, s)])[1], "losses": runs[(h, s)]} for h in hiddens for s in budgets]
+               "compute": 6.0 * n_params[h] * s * tokens_per_step, "loss": mean_std(seed_losses(h, s))[0],
+               "loss_std": mean_std(seed_losses(h, s))[1], "losses": seed_losses(h, s)}
+              for h in hiddens for s in budgets]
     frontier = compute_frontier(points)
     fit_points = frontier if len(frontier) >= 3 else points  # 前沿点太少时退回用全部点，并在结论里说明
     c = np.array([p["compute"] for p in fit_points])
     loss = np.array([p["loss"] for p in fit_points])
     fit = fit_power_law(c, loss)
     fit_floor = fit_power_law_with_floor(c, loss)
-    decades = math.log10(max(p["compute"] for p in points) / min(p["compute"] for p in points))
+    decades = math.log10(c.max() / c.min())  # 拟合用到的点跨了几个数量级的算力
+    # α 的散布：完整模式每个种子各拟合一次；quick 模式（一个种子）每个验证批各拟合一次（只含评估抽样的噪声）
+    if len(exp.seeds) >= 2:
+        alpha_unit = "seeds"
+        alpha_samples = [fit_power_law(c, np.array([runs[(p["hidden"], p["steps"])][i]["loss"] for p in fit_points]))
+                         ["alpha"] for i in range(len(exp.seeds))]
+    else:
+        alpha_unit = "batches"
+        alpha_samples = [fit_power_law(c, np.array([batch_losses(p["hidden"], p["steps"])[b] for p in fit_points]))
+                         ["alpha"] for b in range(EVAL_BATCHES)]
 
     exp.print_table(["hidden", "non-emb params N", "steps", "tokens D", "C = 6ND (FLOPs)", "val loss", "on frontier"],
                     [[p["hidden"], p["params"], p["steps"], p["tokens"], f"{p['compute']:.3g}",
@@ -126,6 +163,8 @@ def main():
                     title=f"Final val loss for {len(hiddens)} sizes x {len(budgets)} budgets, {len(exp.seeds)} seed(s)")
     exp.print_table(["fit", "a", "alpha", "E (floor)", "quality"],
                     [["L = a*C^-alpha", f"{fit['a']:.4g}", f"{fit['alpha']:.4f}", "-", f"R2(log) = {fit['r2']:.3f}"],
+                     [f"  same, one fit per {'seed' if alpha_unit == 'seeds' else 'val batch'}", "-", format_mean_std(alpha_samples), "-",
+                      f"n = {len(alpha_samples)}"],
                      ["L = E + a*C^-alpha", f"{fit_floor['a']:.4g}", f"{fit_floor['alpha']:.4f}",
                       f"{fit_floor['E']:.3f}", f"SSE = {fit_floor['sse']:.2e}"]],
                     title=f"Power-law fits on {len(fit_points)} {'frontier' if fit_points is frontier else 'all'} "
@@ -139,8 +178,11 @@ def main():
         "hidden_sizes": hiddens, "budgets_steps": budgets, "tokens_per_step": tokens_per_step,
         "non_embedding_params": {str(h): n for h, n in n_params.items()},
         "points": points, "frontier": [{"hidden": p["hidden"], "steps": p["steps"]} for p in frontier],
+        "final_val_batches": {f"h{h}_s{s}": batch_losses(h, s) for h in hiddens for s in budgets},
         "fit_on": "frontier" if fit_points is frontier else "all points",
         "fit": fit, "fit_with_floor": fit_floor, "compute_decades": decades,
+        "alpha_samples": {"unit": alpha_unit, "values": alpha_samples,
+                          "mean": mean_std(alpha_samples)[0], "std": mean_std(alpha_samples)[1]},
         "max_epochs": max(budgets) * tokens_per_step / train_chars,
     })
 
@@ -161,7 +203,7 @@ def main():
     axes[0].set_yscale("log")
     axes[0].set_xlabel("compute C = 6 N D (FLOPs)")
     axes[0].set_ylabel("final val loss")
-    axes[0].set_title("Loss vs compute")
+    axes[0].set_title(f"Loss vs compute ({decades:.2f} decades on the frontier)")
     axes[0].legend(fontsize=7)
     for j, s in enumerate(budgets):
         ps = [p for p in points if p["steps"] == s]
@@ -174,23 +216,31 @@ def main():
     axes[1].legend(fontsize=8)
     exp.save_figure(fig, "exp4_scaling_small.png")
 
-    # ---- 结论（全部由上面的测量算出）----
-    per_size = {h: [mean_std(runs[(h, s)])[0] for s in budgets] for h in hiddens}
-    exp.conclude("每个尺寸的模型，token 预算（算力）越多最终 loss 越低",
-                 all(all(b < a for a, b in zip(ls, ls[1:])) for ls in per_size.values()),
-                 "；".join(f"h{h}: " + " → ".join(f"{v:.3f}" for v in ls) for h, ls in per_size.items()))
-    exp.conclude("算力前沿上 loss 随算力按幂律下降：拟合指数 α > 0",
-                 fit["alpha"] > 0,
-                 f"L ≈ {fit['a']:.3g}·C^(−{fit['alpha']:.4f})，log 空间 R² = {fit['r2']:.3f}；带不可约项："
-                 f"L ≈ {fit_floor['E']:.3f} + {fit_floor['a']:.3g}·C^(−{fit_floor['alpha']:.4f})"
-                 f"（Kaplan 2020 报告的 α_C ≈ 0.050，量级与本实验不可比，见 teaching.md）")
-    largest = [mean_std(runs[(h, budgets[-1])])[0] for h in hiddens]
-    exp.conclude(f"数据最多（{budgets[-1]} 步）时，最大的模型 loss 低于最小的模型",
-                 largest[-1] < largest[0],
-                 f"h{hiddens[0]}: {largest[0]:.4f} vs h{hiddens[-1]}: {largest[-1]:.4f}")
-    exp.conclude("拟合达到最低的可信门槛：前沿点 ≥ 4 个，且算力跨度 ≥ 2 个数量级",
-                 len(frontier) >= 4 and decades >= 2.0,
-                 f"前沿 {len(frontier)} 个点、算力跨 {decades:.2f} 个数量级、最多 "
+    # ---- 结论（全部由上面的测量算出；比较经噪声检验）----
+    for h in hiddens:
+        doublings = [compare_runs(seed_losses(h, big), seed_losses(h, small), "less",
+                                  batch_losses(h, big), batch_losses(h, small))
+                     for small, big in zip(budgets, budgets[1:])]
+        exp.conclude_verdict(f"hidden {h}：token 预算每增加一档（{' → '.join(map(str, budgets))} 步），最终 loss 都更低",
+                             weakest(doublings),
+                             "均值 " + " → ".join(f"{mean_std(seed_losses(h, s))[0]:.3f}" for s in budgets)
+                             + "；逐档下降 " + "，".join(f"{v.mean_delta:+.3f}" for v in doublings)
+                             + "；下面是最弱的一档")
+    big, small = hiddens[-1], hiddens[0]
+    exp.conclude_verdict(f"数据最多（{budgets[-1]} 步）时，最大的模型（hidden {big}）loss 低于最小的（hidden {small}）",
+                         compare_runs(seed_losses(big, budgets[-1]), seed_losses(small, budgets[-1]), "less",
+                                      batch_losses(big, budgets[-1]), batch_losses(small, budgets[-1])),
+                         f"{format_mean_std(seed_losses(big, budgets[-1]))} vs "
+                         f"{format_mean_std(seed_losses(small, budgets[-1]))}")
+    exp.conclude_verdict("算力前沿上 loss 随算力按幂律下降：拟合指数 α > 0",
+                         exceeds(alpha_samples, 0.0, "greater", unit=alpha_unit),
+                         f"L ≈ {fit['a']:.3g}·C^(−{fit['alpha']:.4f})，log 空间 R² = {fit['r2']:.3f}；"
+                         f"每个{'种子' if alpha_unit == 'seeds' else '验证批'}各拟合一次：α = {format_mean_std(alpha_samples)}；"
+                         f"带不可约项：L ≈ {fit_floor['E']:.3f} + {fit_floor['a']:.3g}·C^(−{fit_floor['alpha']:.4f})"
+                         f"（Kaplan 2020 报告的 α_C ≈ 0.050，量级与本实验不可比，见 teaching.md）")
+    exp.conclude(f"拟合达到最低的可信门槛：前沿点 ≥ {MIN_FRONTIER_POINTS} 个，且算力跨度 ≥ {MIN_DECADES:g} 个数量级",
+                 len(frontier) >= MIN_FRONTIER_POINTS and decades >= MIN_DECADES,
+                 f"前沿 {len(frontier)} 个点、拟合的点跨 {decades:.2f} 个数量级的算力、最多 "
                  f"{max(budgets) * tokens_per_step / train_chars:.2f} 个 epoch；不满足时指数只是粗略估计")
     exp.finish()
 
