@@ -38,30 +38,73 @@ def test_paper_mscale_matches_yarn_formula():
     assert paper_mscale(1) == 1.0
 
 
+def test_train_model_keeps_per_batch_val_losses_of_every_eval():
+    """实验 3 的学习曲线按验证 batch 配对差距：train_model 的 val_batches 与 val_steps 一一对应，最后一项就是 final_val_batches。"""
+    import torch
+
+    from modules.common.lab_model import LabConfig, LabModel
+    from modules.common.training import train_model
+
+    torch.manual_seed(0)
+    data = torch.randint(0, 16, (64, 9))
+
+    def get_batch(split):
+        rows = data[torch.randint(0, 64, (4,))]
+        return rows, rows
+
+    model = LabModel(LabConfig(vocab_size=16, hidden_size=32, num_layers=1, n_heads=2, max_seq_len=9))
+    hist = train_model(model, get_batch, steps=6, lr=1e-3, eval_every=2, eval_batches=3, progress=False)
+    assert hist["val_steps"] == [1, 3, 5] and len(hist["val_batches"]) == 3
+    assert all(len(b) == 3 for b in hist["val_batches"]) and hist["val_batches"][-1] == hist["final_val_batches"]
+    assert hist["val_loss"] == pytest.approx([sum(b) / 3 for b in hist["val_batches"]])
+
+
+def test_lr_sensitivity_matches_wortsman_definition():
+    lr_sensitivity = load_script("exp1_qk_norm").lr_sensitivity
+    # 三个学习率的 loss 2.0 / 2.5 / 9.0，L0 = 4.0：9.0 按 4.0 计，E[min(L, L0)] − L* = (2.0 + 2.5 + 4.0)/3 − 2.0
+    assert lr_sensitivity([2.0, 2.5, 9.0], init_loss=4.0) == pytest.approx(8.5 / 3 - 2.0)
+    assert lr_sensitivity([2.0, 2.0], init_loss=4.0) == 0.0  # 处处一样好：完全不敏感
+    assert lr_sensitivity([2.0, float("nan")], init_loss=4.0) == pytest.approx(1.0)  # 发散（NaN）按 L0 计
+
+
 @pytest.mark.experiment
-def test_exp1_qk_norm_bounds_logits_and_trains_at_high_lr(tmp_path, experiment_env):
-    record, stdout = run_quick_experiment(EXPERIMENTS / "exp1_qk_norm.py", tmp_path, experiment_env)
+@pytest.mark.parametrize("seed", [42, 7])
+def test_exp1_qk_norm_bounds_logits_and_trains_at_high_lr(tmp_path, experiment_env, seed):
+    record, stdout = run_quick_experiment(EXPERIMENTS / "exp1_qk_norm.py", tmp_path, experiment_env,
+                                          extra_args=("--seed", str(seed)))
     m = record["metrics"]
     lo, hi = f"{min(m['lrs']):g}", f"{max(m['lrs']):g}"
     s = m["summary"]
     off, on = "no qk_norm (minimind2)", "qk_norm (minimind3)"
-    # 最大学习率下：无 QK-norm 的 logit 至少大一个数量级；有 QK-norm 的 logit 基本不随学习率增长
-    assert s[f"{off} @ {hi}"]["final_max_logit"] > 10 * s[f"{on} @ {hi}"]["final_max_logit"]
-    assert s[f"{off} @ {hi}"]["final_max_logit"] > 10 * s[f"{off} @ {lo}"]["final_max_logit"]
-    assert s[f"{on} @ {hi}"]["final_max_logit"] < 5 * s[f"{on} @ {lo}"]["final_max_logit"]
+    # 最大学习率下：无 QK-norm 的 logit 比有 QK-norm 大两个数量级以上；有 QK-norm 时 logit 随学习率的增长倍数小得多
+    assert s[f"{off} @ {hi}"]["final_max_logit"] > 100 * s[f"{on} @ {hi}"]["final_max_logit"]
+    growth_off = s[f"{off} @ {hi}"]["final_max_logit"] / s[f"{off} @ {lo}"]["final_max_logit"]
+    growth_on = s[f"{on} @ {hi}"]["final_max_logit"] / s[f"{on} @ {lo}"]["final_max_logit"]
+    assert growth_off > 100 * growth_on
+    # 熵坍缩：无 QK-norm 时最尖的头几乎 one-hot（熵 < 0.05 nats），有 QK-norm 时仍明显大于它
+    assert s[f"{off} @ {hi}"]["final_min_entropy"] < 0.05 < s[f"{on} @ {hi}"]["final_min_entropy"]
     # 最大学习率下有 QK-norm 的验证 loss 明显更低；小学习率下两者相近
     assert s[f"{on} @ {hi}"]["val_loss"] < s[f"{off} @ {hi}"]["val_loss"] - 0.1
     assert abs(s[f"{on} @ {lo}"]["val_loss"] - s[f"{off} @ {lo}"]["val_loss"]) < 0.2
-    # 逐步记录的 logit 轨迹与训练步一一对应
+    # 论文定义的学习率敏感度：有 QK-norm 的更小（从逐 LR 的验证 loss 独立重算）
+    sens = {v: m["lr_sensitivity"][v][0] for v in (off, on)}
+    for v in (off, on):
+        losses = [s[f"{v} @ {lr:g}"]["val_loss"] for lr in m["lrs"]]
+        capped = [min(x, m["init_loss"]) for x in losses]
+        assert sens[v] == pytest.approx(sum(capped) / len(capped) - min(capped))
+    assert sens[on] < sens[off]
+    # 逐步记录的 logit / 熵轨迹与训练步一一对应
     run = m["runs"][f"{off} @ {hi}"][0]
-    assert len(run["max_logit_trace"]) == len(run["train_loss"]) == m["steps"]
-    # 比较结论经噪声检验（单种子：logit 按末 10 个训练步配对，验证 loss 按 4 个验证 batch 配对）且必须成立
-    for fragment in ("最大注意力 logit 高于", "学习率越大 logit 越大", "验证 loss 更低", "对学习率更不敏感"):
+    assert len(run["max_logit_trace"]) == len(run["min_entropy_trace"]) == len(run["train_loss"]) == m["steps"]
+    # 比较结论经噪声检验（单种子：logit、熵按末 10 个训练步配对，验证 loss 按 4 个验证 batch 配对）且必须成立
+    for fragment in ("最大注意力 logit 高于", "学习率越大 logit 越大", "注意力熵坍缩", "验证 loss 更低",
+                     "对学习率更不敏感", "学习率敏感度 E_lr"):
         c = find_conclusion(record, fragment)
         assert c["status"] == "holds" and c["noise"]["unit"] == "batches", c
     # 最大回升是整条曲线上的一个数，单种子没有噪声可估：只能是"未确立"（完整模式按种子检验）
     spikes = find_conclusion(record, "loss 尖峰")
     assert spikes["status"] == "not_established" and spikes["noise"]["n"] == 1, spikes
+    # NaN/inf 发散：结论必须与记录的 diverged_at 一致（fp32 + 梯度裁剪下实测没有出现，结论照实判"不成立"）
     diverged = any(r["diverged_at"] is not None for r in m["runs"][f"{off} @ {hi}"])
     assert find_conclusion(record, "出现了发散")["holds"] == diverged
     assert "QK-norm vs none" in stdout
@@ -104,34 +147,60 @@ def test_exp2_yarn_scale_factors_and_context_extension(tmp_path, experiment_env)
 
 
 @pytest.mark.experiment
-def test_exp3_moe_equal_active_params_and_aux_loss_balances(tmp_path, experiment_env):
-    record, _ = run_quick_experiment(EXPERIMENTS / "exp3_moe_routing.py", tmp_path, experiment_env)
+@pytest.mark.parametrize("seed", [42, 1])
+def test_exp3_moe_equal_active_params_and_aux_loss_balances(tmp_path, experiment_env, seed):
+    from modules.common.noise import compare_runs
+
+    record, stdout = run_quick_experiment(EXPERIMENTS / "exp3_moe_routing.py", tmp_path, experiment_env,
+                                          extra_args=("--seed", str(seed)))
     m = record["metrics"]
     params, s = m["params"], m["summary"]
     # 激活参数相同（差别只有路由器的 E×H 权重），总参数 MoE 大得多
+    hidden = m["model"]["hidden_size"]
     for v in params:
-        assert abs(params[v]["active"] - params["dense"]["active"]) <= 2 * 4 * 64
-    assert params["moe3 top1 +aux"]["total"] > 3 * params["dense"]["total"]
+        assert abs(params[v]["active"] - params["dense"]["active"]) <= 2 * 4 * hidden
+    assert params["moe3 top1 +aux"]["total"] > 2 * params["dense"]["total"]
     # 真实尺寸：minimind-3 MoE 总参数约 198M、激活约 64M（≈ 稠密 minimind-3），MiniMind2-26M ≈ 25.8M
     real = m["real_sizes"]
     assert real["minimind-3-MoE 198M-A64M"]["total"] == pytest.approx(198.4e6, rel=0.01)
     assert real["minimind-3-MoE 198M-A64M"]["active"] == pytest.approx(real["minimind-3 64M"]["total"], rel=0.01)
     assert real["MiniMind2-Small 26M"]["total"] == pytest.approx(25.8e6, rel=0.01)
-    # 去掉 aux loss：minimind-3 的门（路由器根本学不动）负载明显更不均衡
-    assert s["moe3 top1 no-aux"]["norm_entropy"] < s["moe3 top1 +aux"]["norm_entropy"] - 0.05
-    assert s["moe3 top1 no-aux"]["max_share"] > s["moe3 top1 +aux"]["max_share"] + 0.1
-    for v in ("moe3 top1 +aux", "moe2-gate top1 +aux"):
-        assert s[v]["norm_entropy"] > 0.9 and s[v]["max_share"] < 0.4
-    # 每个变体的负载份额是概率分布
-    for v, runs in m["runs"].items():
-        for layer_share in runs[0].get("share", {}).values():
-            assert sum(layer_share) == pytest.approx(1.0)
-    for gate, on, off in (("minimind-3 的门", "moe3 top1 +aux", "moe3 top1 no-aux"),
-                          ("MiniMind2 的门", "moe2-gate top1 +aux", "moe2-gate top1 no-aux")):
-        assert find_conclusion(record, gate)["holds"] == (s[off]["norm_entropy"] < s[on]["norm_entropy"])
-    assert find_conclusion(record, "低于稠密")["holds"] == (s["moe3 top1 +aux"]["val_loss"] < s["dense"]["val_loss"])
+    # 去掉 aux loss：minimind-3 的门（路由器根本学不动）与 MiniMind2 的门（富者愈富）负载都明显更不均衡
+    for on, off in (("moe3 top1 +aux", "moe3 top1 no-aux"), ("moe2-gate top1 +aux", "moe2-gate top1 no-aux")):
+        assert s[off]["norm_entropy"] < s[on]["norm_entropy"] - 0.05
+        assert s[off]["max_share"] > s[on]["max_share"] + 0.1
+        c = find_conclusion(record, "minimind-3 的门" if on.startswith("moe3") else "MiniMind2 的门")
+        assert c["status"] == "holds" and c["noise"]["unit"] == "batches", c
+    for v in ("moe3 top1 +aux", "moe2-gate top1 +aux", "moe3 shared+top1 +aux"):
+        assert s[v]["norm_entropy"] > 0.9 and s[v]["max_share"] < 0.45 and s[v]["dead"] == 0
     assert find_conclusion(record, "都没有死专家")["status"] == "holds"
-    exempt_conclusions(record, {"共享专家": "两个均值的直接比较，还没经过噪声检验（issue 19 的 MoE 重新设计）"})
+    # 每个变体的负载份额是概率分布
+    for runs in m["runs"].values():
+        for layer_share in runs[0]["share"].values():
+            assert sum(layer_share) == pytest.approx(1.0)
+    # 学习曲线：10 个验证点，逐点的差距 = MoE − 稠密
+    curve = m["curve"]
+    dense, moe = curve["runs"]["dense"][0], curve["runs"]["moe3 top1 +aux"][0]
+    assert len(curve["val_steps"]) == 10 and curve["val_steps"][-1] == m["steps"]
+    assert curve["gaps"][0] == pytest.approx([a - b for a, b in zip(moe["val_curve"], dense["val_curve"])])
+    # quick 只训练 200 步：MoE 的专家各只见到约 1/4 的 token，还在"落后"阶段（完整模式 1500 步才追上）。
+    # 这两条比较在 quick 里是对照，不要求成立；这里从逐 batch 的验证 loss 独立重算噪声检验，核对脚本的判定
+    expected = compare_runs([moe["val_loss"]], [dense["val_loss"]], "less", moe["val_batches"], dense["val_batches"])
+    assert find_conclusion(record, "验证 loss 低于稠密")["status"] == expected.status
+    mid = curve["mid_index"]
+    gap_batches = {j: [a - b for a, b in zip(moe["val_curve_batches"][j], dense["val_curve_batches"][j])] for j in (mid, -1)}
+    expected = compare_runs([curve["gaps"][0][-1]], [curve["gaps"][0][mid]], "less", gap_batches[-1], gap_batches[mid])
+    assert find_conclusion(record, "差距随训练变小")["status"] == expected.status
+    # 共享专家版不差于宽专家版（非劣界在看结果前定为 0.05 nats）：从逐 batch 验证 loss 重算，并断言不等式本身
+    margin = m["shared_margin"]
+    assert margin == 0.05
+    shared_run, wide_run = m["runs"]["moe3 shared+top1 +aux"][0], m["runs"]["moe3 top1 +aux"][0]
+    expected = compare_runs([shared_run["val_loss"]], [wide_run["val_loss"] + margin], "less", shared_run["val_batches"],
+                            [x + margin for x in wide_run["val_batches"]])
+    shared = find_conclusion(record, "共享专家")
+    assert shared["status"] == expected.status == "holds" and shared["noise"]["unit"] == "batches", shared
+    assert s["moe3 shared+top1 +aux"]["val_loss"] < s["moe3 top1 +aux"]["val_loss"] + margin
+    assert "Learning curve" in stdout
 
 
 @pytest.mark.parametrize("script, args, flag", [

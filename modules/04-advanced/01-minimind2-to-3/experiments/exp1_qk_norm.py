@@ -1,10 +1,12 @@
 """实验 1：QK-norm（minimind-3 的 q_norm / k_norm）能不能管住注意力 logit、让大学习率也能训？
 
 同一个 LabModel，只差一个开关 qk_norm（True = minimind-3 的注意力：RoPE 前对每个头的 q、k 做 RMSNorm），
-在三个学习率上各训练同样的步数。每个训练步都用前向钩子记下每层的注意力 logit
-q·k/√d（softmax 之前、因果 mask 内）的最大绝对值，同时记录训练 loss 的尖峰、是否发散、最终验证 loss。
-预期（Dehghani et al. 2023；Wortsman et al. 2023）：没有 QK-norm 时 logit 随训练增大，大学习率下会尖峰/发散；
-有 QK-norm 时 logit 被 RMSNorm 的 weight 管住，大学习率也能训。
+在 Wortsman et al. 2023 的学习率范围（3e-4 ~ 3e-1）里扫四个学习率，各训练同样的步数（按论文的设置：
+AdamW β2=0.95、5% 线性预热、余弦衰减、梯度裁剪 1.0）。每个训练步都用前向钩子记下所有层的注意力 logit
+q·k/√d（softmax 之前、因果 mask 内）的最大绝对值，以及每个头的平均注意力熵（Zhai et al. 2023 的熵坍缩），
+同时记录训练 loss 的尖峰、是否出现 NaN/inf、最终验证 loss 与论文定义的学习率敏感度。
+预期（Dehghani et al. 2023；Wortsman et al. 2023；Zhai et al. 2023）：没有 QK-norm 时 logit 随训练增大、注意力熵坍缩，
+大学习率下最终 loss 明显变差；有 QK-norm 时 logit 被 RMSNorm 的 weight 管住，对学习率不敏感。
 """
 import math
 import sys
@@ -29,24 +31,27 @@ from modules.common.visualization import set_style  # noqa: E402
 
 VARIANTS = {"no qk_norm (minimind2)": False, "qk_norm (minimind3)": True}
 EVAL_BATCHES = 4  # 最后一次验证用几个 batch（train_model 的默认值）
+WARMUP_FRACTION = 0.05  # Wortsman et al. 2023：1e5 步里预热 5e3 步
 
 
 def add_args(parser):
     parser.add_argument("--lrs", type=float, nargs="+", default=None,
-                        help="要比较的峰值学习率（默认 1e-3 1e-2 1e-1）")
+                        help="要比较的峰值学习率（默认 quick 1e-3 1e-1 3e-1 / full 1e-3 1e-2 1e-1 3e-1）")
     parser.add_argument("--steps", type=int, default=None, help="每个配置的训练步数（默认 quick 120 / full 250）")
     parser.add_argument("--spike-threshold", type=float, default=0.3,
                         help="训练 loss 比此前最低值高出多少 nats 记为一次尖峰（默认 0.3）")
 
 
 @contextmanager
-def track_max_logit(model: LabModel):
-    """训练模式下每次前向，记录所有层中注意力 logit（q·k·scale，因果 mask 内）的最大绝对值。
+def track_attention_logits(model: LabModel):
+    """训练模式下每次前向记录两个数：所有层中注意力 logit（q·k·scale，因果 mask 内）的最大绝对值，
+    以及所有层、所有头里最小的平均注意力熵（每个 query 那一行 softmax 的熵，对 batch 和位置取平均）。
 
     用前向预钩子拿到注意力层的输入，借同一层的 q_proj / k_proj / q_norm / k_norm 重算一遍 q、k（不参与反向）。
+    产出 {"max_logit": [每步一个], "min_entropy": [每步一个]}。
     """
-    trace: list[float] = []
-    step_max = {}
+    trace = {"max_logit": [], "min_entropy": []}
+    step_max, step_entropy = {}, {}
 
     def hook(attn, args):
         if not attn.training:
@@ -63,9 +68,14 @@ def track_max_logit(model: LabModel):
             scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * attn.scale  # (B, nh, T, T)
             causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             step_max[id(attn)] = scores.abs().masked_fill(~causal, 0).max().item()
+            probs = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)  # (B, nh, T, T)
+            entropy = -torch.special.xlogy(probs, probs).sum(dim=-1)  # (B, nh, T)，被 mask 的位置 p=0 贡献 0
+            step_entropy[id(attn)] = entropy.mean(dim=(0, 2)).min().item()  # 最"尖"的那个头
         if len(step_max) == len(handles):  # 最后一层也算完了：记一个训练步
-            trace.append(max(step_max.values()))
+            trace["max_logit"].append(max(step_max.values()))
+            trace["min_entropy"].append(min(step_entropy.values()))
             step_max.clear()
+            step_entropy.clear()
 
     handles = [layer.self_attn.register_forward_pre_hook(hook) for layer in model.model.layers]
     try:
@@ -87,11 +97,18 @@ def count_spikes(losses: list[float], threshold: float, skip: int) -> tuple[int,
     return spikes, worst
 
 
+def lr_sensitivity(losses_by_lr: list[float], init_loss: float) -> float:
+    """Wortsman et al. 2023 的学习率敏感度：E_lr[min(L(lr), L0) − L*]，L* 是扫描里最好的 loss，
+    L0 是初始化时的 loss（比 L0 还差、或发散成 NaN 的运行按 L0 计，免得一次爆炸主导平均）。越小越不敏感。"""
+    capped = [min(loss, init_loss) if math.isfinite(loss) else init_loss for loss in losses_by_lr]
+    return sum(capped) / len(capped) - min(capped)
+
+
 def main():
     exp = Experiment(__file__, extra_args=add_args, description=(
         "minimind2→3 实验 1：有无 QK-norm 时，注意力 logit 的增长与大学习率下的训练稳定性。\n"
         "三个学习率 × {无 QK-norm, QK-norm}，记录每步最大注意力 logit、loss 尖峰、发散与验证 loss。"))
-    lrs = exp.args.lrs or [1e-3, 1e-2, 1e-1]
+    lrs = exp.args.lrs or ([1e-3, 1e-1, 3e-1] if exp.quick else [1e-3, 1e-2, 1e-1, 3e-1])
     steps = exp.args.steps if exp.args.steps is not None else (120 if exp.quick else 250)
     if steps < 10 or any(lr <= 0 for lr in lrs) or exp.args.spike_threshold <= 0:
         raise SystemExit(f"--steps 至少为 10，--lrs 与 --spike-threshold 必须为正（收到 steps={steps}，lrs={lrs}，"
@@ -100,7 +117,7 @@ def main():
     text = get_experiment_data("shakespeare")
     set_style()
     size = dict(hidden_size=128, num_layers=2, n_heads=4, max_seq_len=64)
-    warmup = max(1, steps // 10)
+    warmup = max(1, round(WARMUP_FRACTION * steps))
 
     runs = {}  # (variant, lr) -> 每个种子一条记录
     for lr in lrs:
@@ -109,16 +126,20 @@ def main():
                 Experiment.seed_everything(seed)
                 tokenizer, get_batch = char_lm_batches(text, 64, batch_size=12, seed=seed, device=exp.device)
                 model = LabModel(LabConfig(vocab_size=tokenizer.vocab_size, qk_norm=qk_norm, **size)).to(exp.device)
-                with track_max_logit(model) as trace:
-                    hist = train_model(model, get_batch, steps=steps, lr=lr, warmup_steps=warmup,
+                with track_attention_logits(model) as trace:
+                    hist = train_model(model, get_batch, steps=steps, lr=lr, warmup_steps=warmup, grad_clip=1.0,
                                        eval_every=steps, eval_batches=EVAL_BATCHES, device=exp.device, desc=f"{variant} lr={lr:g} seed={seed}")
                 spikes, worst = count_spikes(hist["train_loss"], exp.args.spike_threshold, skip=warmup)
                 diverged = hist["diverged_at"] is not None
+                n_done = len(hist["train_loss"])
+                logits, entropies = trace["max_logit"][:n_done], trace["min_entropy"][:n_done]
                 runs.setdefault((variant, lr), []).append({
-                    "max_logit_trace": trace[: len(hist["train_loss"])],
+                    "max_logit_trace": logits,
+                    "min_entropy_trace": entropies,
                     "train_loss": hist["train_loss"],
-                    "final_max_logit": max(trace[-10:]) if trace else float("nan"),
-                    "peak_max_logit": max(trace) if trace else float("nan"),
+                    "final_max_logit": max(logits[-10:]) if logits else float("nan"),
+                    "peak_max_logit": max(logits) if logits else float("nan"),
+                    "final_min_entropy": min(entropies[-10:]) if entropies else float("nan"),
                     "val_loss": hist["val_loss"][-1] if (hist["val_loss"] and not diverged) else float("nan"),
                     # 最后一次验证的逐 batch loss：同一种子下各配置读的是同一批验证数据，quick 模式按 batch 配对
                     "val_batches": hist["final_val_batches"] if not diverged else [float("nan")] * EVAL_BATCHES,
@@ -133,26 +154,30 @@ def main():
             diverged = sum(r["diverged_at"] is not None for r in runs[(variant, lr)])
             rows.append([f"{lr:g}", variant, format_mean_std(agg(variant, lr, "peak_max_logit"), 3),
                          format_mean_std(agg(variant, lr, "final_max_logit"), 3),
+                         format_mean_std(agg(variant, lr, "final_min_entropy"), 3),
                          format_mean_std(agg(variant, lr, "spikes"), 2), format_mean_std(agg(variant, lr, "max_rise"), 2),
                          f"{diverged}/{len(exp.seeds)}", format_mean_std(agg(variant, lr, "val_loss"), 4)])
-    exp.print_table(["lr", "variant", "peak max logit", "final max logit", "spike steps", "max loss rise",
+    exp.print_table(["lr", "variant", "peak max logit", "final max logit", "min attn entropy", "spike steps", "max loss rise",
                      "diverged", "val loss"], rows, title=f"QK-norm vs none, {steps} steps per run")
 
-    # ---- 图：最大 logit 随训练步（左）与训练 loss（右），每个学习率一行 ----
+    # ---- 图：最大 logit（左）、最小注意力熵（中）、训练 loss（右）随训练步，每个学习率一行 ----
     colors = {"no qk_norm (minimind2)": "tab:red", "qk_norm (minimind3)": "tab:blue"}
-    fig, axes = plt.subplots(len(lrs), 2, figsize=(11, 2.8 * len(lrs)), squeeze=False)
+    fig, axes = plt.subplots(len(lrs), 3, figsize=(16, 2.8 * len(lrs)), squeeze=False)
     for row, lr in enumerate(lrs):
         for variant in VARIANTS:
             for i, r in enumerate(runs[(variant, lr)]):
                 label = variant if i == 0 else None
                 axes[row, 0].plot(r["max_logit_trace"], color=colors[variant], alpha=0.8, lw=1, label=label)
-                axes[row, 1].plot(r["train_loss"], color=colors[variant], alpha=0.8, lw=1, label=label)
+                axes[row, 1].plot(r["min_entropy_trace"], color=colors[variant], alpha=0.8, lw=1, label=label)
+                axes[row, 2].plot(r["train_loss"], color=colors[variant], alpha=0.8, lw=1, label=label)
         axes[row, 0].set_yscale("log")
         axes[row, 0].set_ylabel(f"lr={lr:g}\nmax |attention logit|")
-        axes[row, 1].set_ylabel("train loss")
+        axes[row, 1].set_ylabel("min attn entropy (nats)")
+        axes[row, 2].set_ylabel("train loss")
         axes[row, 0].legend(fontsize=8)
-    axes[0, 0].set_title("Max attention logit (q.k/sqrt(d), pre-softmax)")
-    axes[0, 1].set_title("Training loss")
+    axes[0, 0].set_title("Max attention logit (pre-softmax)")
+    axes[0, 1].set_title("Attention entropy of the sharpest head")
+    axes[0, 2].set_title("Training loss")
     for ax in axes[-1]:
         ax.set_xlabel("step")
     exp.save_figure(fig, "exp1_logit_growth.png")
@@ -169,12 +194,17 @@ def main():
     ax.legend(fontsize=8)
     exp.save_figure(fig, "exp1_lr_sensitivity.png")
 
-    exp.save_metrics({"lrs": lrs, "steps": steps, "warmup_steps": warmup, "spike_threshold": exp.args.spike_threshold,
+    vocab_size = tokenizer.vocab_size
+    init_loss = math.log(vocab_size)  # 初始化时输出近似均匀分布：loss ≈ ln(词表大小)
+    sensitivity = {v: [lr_sensitivity([runs[(v, lr)][i]["val_loss"] for lr in lrs], init_loss)
+                       for i in range(len(exp.seeds))] for v in VARIANTS}
+    exp.save_metrics({"lrs": lrs, "steps": steps, "warmup_steps": warmup, "grad_clip": 1.0, "init_loss": init_loss,
+                      "spike_threshold": exp.args.spike_threshold, "lr_sensitivity": sensitivity,
                       "model": size, "runs": {f"{variant} @ {lr:g}": runs[(variant, lr)]
                                               for lr in lrs for variant in VARIANTS},
                       "summary": {f"{variant} @ {lr:g}": {key: mean_std(agg(variant, lr, key))[0] for key in
-                                                          ("peak_max_logit", "final_max_logit", "spikes", "max_rise",
-                                                           "val_loss")}
+                                                          ("peak_max_logit", "final_max_logit", "final_min_entropy",
+                                                           "spikes", "max_rise", "val_loss")}
                                   for lr in lrs for variant in VARIANTS}})
 
     # ---- 结论（全部由上面的测量算出；比较都过噪声检验 modules/common/noise.py）----
@@ -201,9 +231,20 @@ def main():
                          log_logit_verdict((off, hi), (off, lo)),
                          f"{m(off, lo, 'final_max_logit'):.2f} → {m(off, hi, 'final_max_logit'):.2f}；"
                          f"有 QK-norm：{m(on, lo, 'final_max_logit'):.2f} → {m(on, hi, 'final_max_logit'):.2f}（检验的是 log logit）")
+    # 熵坍缩（Zhai et al. 2023）：logit 变大 → softmax 变尖 → 注意力熵变小。单种子时按末 10 个训练步配对
+    entropy_steps = {key: runs[key][0]["min_entropy_trace"][-10:] for key in ((off, hi), (on, hi))}
+    n_tail = min(len(v) for v in entropy_steps.values())
+    exp.conclude_verdict(f"最大学习率 {hi:g} 下，无 QK-norm 的注意力熵坍缩：最尖的头的平均注意力熵低于有 QK-norm",
+                         compare_runs(agg(off, hi, "final_min_entropy"), agg(on, hi, "final_min_entropy"), "less",
+                                      entropy_steps[(off, hi)][-n_tail:], entropy_steps[(on, hi)][-n_tail:]),
+                         f"训练末 10 步的最小平均熵：无 {m(off, hi, 'final_min_entropy'):.3f} vs 有 "
+                         f"{m(on, hi, 'final_min_entropy'):.3f} nats（lr={lo:g} 时：无 {m(off, lo, 'final_min_entropy'):.3f}，"
+                         f"有 {m(on, lo, 'final_min_entropy'):.3f}）")
+    # 数值发散：论文里的大模型（bf16）会出现；这里 fp32 + 梯度裁剪，照实记录有没有出现 NaN/inf
     n_div = {v: sum(r["diverged_at"] is not None for r in runs[(v, hi)]) for v in VARIANTS}
     exp.conclude(f"最大学习率 {hi:g} 下，无 QK-norm 出现了发散（loss 变成 NaN/inf）",
-                 n_div[off] > 0, f"发散的种子数：无 {n_div[off]}/{len(exp.seeds)}，有 {n_div[on]}/{len(exp.seeds)}")
+                 n_div[off] > 0, f"发散的种子数：无 {n_div[off]}/{len(exp.seeds)}，有 {n_div[on]}/{len(exp.seeds)}"
+                 f"（Wortsman et al. 2023 所说的小模型不稳定是最终 loss 远高于最优学习率的 loss，见学习率敏感度那条）")
     # 最大回升是整条训练曲线上的一个数，没有批次噪声可用：单种子时只能判"未确立"
     exp.conclude_verdict(f"最大学习率 {hi:g} 下，无 QK-norm 的 loss 尖峰（回升）比有 QK-norm 更大",
                          compare_runs(agg(off, hi, "max_rise"), agg(on, hi, "max_rise"), "greater"),
@@ -230,6 +271,14 @@ def main():
                          f"升幅：有 {m(on, hi, 'val_loss') - m(on, lo, 'val_loss'):+.4f}，"
                          f"无 {m(off, hi, 'val_loss') - m(off, lo, 'val_loss'):+.4f}；"
                          f"均值最优的学习率：无 {best[off]:g}，有 {best[on]:g}")
+    # 论文的指标：整个扫描上 E_lr[min(L, L0) − L*]。单种子时对每个验证 batch 各算一次（同一批数据），按 batch 配对
+    batch_sensitivity = {v: [lr_sensitivity([first[(v, lr)][b] for lr in lrs], init_loss) for b in range(EVAL_BATCHES)]
+                         for v in VARIANTS}
+    exp.conclude_verdict(f"按 Wortsman et al. 2023 的学习率敏感度 E_lr[min(L, L0) − L*]（lr ∈ {{{', '.join(f'{lr:g}' for lr in lrs)}}}），"
+                         f"有 QK-norm 的更小",
+                         compare_runs(sensitivity[on], sensitivity[off], "less", batch_sensitivity[on], batch_sensitivity[off]),
+                         f"有 {format_mean_std(sensitivity[on], 3)} vs 无 {format_mean_std(sensitivity[off], 3)} nats"
+                         f"（L0 = ln {vocab_size} = {init_loss:.3f}）")
     exp.finish()
 
 
