@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from modules.common.noise import (FAILS, HOLDS, NOT_ESTABLISHED, compare, compare_runs, equivalent, equivalent_runs, exceeds,
-                                  noninferior, noninferior_runs)
+                                  fewer_failures, noninferior, noninferior_runs)
 
 
 def test_consistent_effect_beyond_noise_holds():
@@ -70,6 +70,24 @@ def test_noninferiority_has_one_bound():
         noninferior([1.0, 2.0], [1.0, 2.0], margin=-1)
     one = noninferior_runs([1.0], [9.0], 0.05, a_batches=[1.00, 1.01, 0.99, 1.00], b_batches=[1.00, 1.00, 1.01, 0.99])
     assert one.unit == "batches" and one.status == HOLDS
+
+
+def test_failure_rates_use_the_discordant_seeds():
+    # 每个种子只有"失败 / 没失败"：看结果不同的种子，精确符号检验（McNemar）
+    six_of_eight = fewer_failures([False] * 8, [True] * 6 + [False] * 2)  # 6 个不同的种子都支持：p = 1/64
+    assert six_of_eight.status == HOLDS and six_of_eight.p_value == pytest.approx(1 / 64)
+    assert "精确符号检验" in six_of_eight.describe() and six_of_eight.to_dict()["p_value"] == pytest.approx(1 / 64)
+    # 4 个不同的种子都支持：p = 1/16 > 0.05，种子太少，未确立
+    assert fewer_failures([False] * 6, [True] * 4 + [False] * 2).status == NOT_ESTABLISHED
+    # 两边都失败的种子不算证据：3 个都失败 + 3 个都成功，没有一个不同的种子
+    both = fewer_failures([True] * 3 + [False] * 3, [True] * 3 + [False] * 3)
+    assert both.status == NOT_ESTABLISHED and both.p_value == 1.0
+    # 反方向：a 更常失败
+    assert fewer_failures([True] * 5 + [False], [False] * 6).status == FAILS
+    # 5 支持、1 相反：p = 7/64 = 0.109，未确立
+    assert fewer_failures([False] * 5 + [True], [True] * 5 + [False]).status == NOT_ESTABLISHED
+    with pytest.raises(ValueError, match="个数相同"):
+        fewer_failures([True], [True, False])
 
 
 def test_exceeds_a_constant():

@@ -29,6 +29,8 @@
 区间整个落在外面是 FAILS；其余 NOT_ESTABLISHED。margin 必须在看结果之前定好，写进声明。
 "不差于"声明（"GQA 省一半 KV cache，loss 最多差 0.05"）用 noninferior(a, b, margin)：只有一侧的界，
 a 比 b 好多少都不违背声明——双侧的 equivalent 会把"好得多"也判为不成立。
+"失败率"声明（"不加 warmup 的 Post-LN 更常训不动"）的每个种子只有"失败 / 没失败"两种结果，
+用 fewer_failures(a_failed, b_failed)：按种子配对的精确符号检验（McNemar），见它的 docstring。
 """
 import math
 from dataclasses import dataclass, field
@@ -61,6 +63,7 @@ class Verdict:
     deltas: list = field(default_factory=list)
     margin: float | None = None  # 只有等价 / 不差于检验有
     one_sided: bool = False      # True：不差于检验（只有一侧的界）
+    p_value: float | None = None  # 只有失败率检验（fewer_failures）有：单侧精确符号检验的 p 值
 
     @property
     def holds(self) -> bool:
@@ -71,6 +74,10 @@ class Verdict:
         noise = NOISE_UNITS[self.unit]
         if self.n < 2:
             return f"只有 1 对测量，无法估计噪声（{noise}）"
+        if self.p_value is not None:  # 失败率检验：deltas 是每个种子的 b 失败 − a 失败（1 / 0 / −1）
+            helped, hurt = sum(d > 0 for d in self.deltas), sum(d < 0 for d in self.deltas)
+            return (f"失败率之差 {self.mean_delta:+.2f}（n={self.n} 个种子，结果不同的种子 {helped} 个支持、{hurt} 个相反；"
+                    f"精确符号检验单侧 p={self.p_value:.3g}，p < {FAILURE_TEST_ALPHA} 才算超出噪声）")
         se = f"{self.se:.3g}" if math.isfinite(self.se) else "nan"
         k = noise_multiplier(self.n)
         text = f"Δ={self.mean_delta:+.3g}，{k:g}·SE={k * self.se:.3g}（{noise}，n={self.n}"
@@ -84,7 +91,7 @@ class Verdict:
     def to_dict(self) -> dict:
         return {"status": self.status, "unit": self.unit, "n": self.n, "mean_delta": self.mean_delta,
                 "se": self.se if math.isfinite(self.se) else None, "deltas": list(self.deltas),
-                "margin": self.margin, "one_sided": self.one_sided}
+                "margin": self.margin, "one_sided": self.one_sided, "p_value": self.p_value}
 
 
 def _finite_floats(values, name: str) -> list[float]:
@@ -187,6 +194,42 @@ def noninferior(a, b, margin: float, direction: str = "less", unit: str = "seeds
     verdict = compare(a, shifted, direction, unit)
     verdict.margin, verdict.one_sided = margin, True
     return verdict
+
+
+FAILURE_TEST_ALPHA = 0.05
+
+
+def _sign_test_p(successes: int, trials: int) -> float:
+    """单侧精确符号检验：在 p = 1/2 的二项分布下，trials 次里至少 successes 次的概率。"""
+    return sum(math.comb(trials, k) for k in range(successes, trials + 1)) / 2 ** trials
+
+
+def fewer_failures(a_failed, b_failed, unit: str = "seeds") -> Verdict:
+    """声明"a 比 b 更少失败"（a_failed[i]、b_failed[i] 是同一个种子下两种做法是否失败，True / False）。
+
+    每个种子的结果只有两种时，compare 的"每个种子同号"用不上：两边都失败或都成功的种子差值为 0，
+    它们不提供 a、b 谁更好的信息。McNemar 的精确检验只看结果不同的种子：没有差别时，"b 失败而 a 成功"
+    与"a 失败而 b 成功"各占一半，于是"支持声明的种子数"服从 Binomial(不同的种子数, 1/2)。
+    单侧 p < 0.05 判为成立；反方向的单侧 p < 0.05 判为不成立；其余未确立。
+    至少要有 5 个结果不同、且全部支持声明的种子才可能成立（0.5^5 = 0.031），所以失败率声明要用更多种子。
+    """
+    _check_unit(unit)
+    a, b = [bool(x) for x in a_failed], [bool(x) for x in b_failed]
+    if len(a) != len(b) or not a:
+        raise ValueError(f"配对比较要求两边个数相同且不为空：a 有 {len(a)} 个，b 有 {len(b)} 个")
+    deltas = [int(y) - int(x) for x, y in zip(a, b)]  # 1：只有 b 失败（支持声明）；−1：只有 a 失败
+    n = len(deltas)
+    mean, se = _mean_se([float(d) for d in deltas])
+    helped, hurt = deltas.count(1), deltas.count(-1)
+    p_for = _sign_test_p(helped, helped + hurt)
+    p_against = _sign_test_p(hurt, helped + hurt)
+    if p_for < FAILURE_TEST_ALPHA:
+        status = HOLDS
+    elif p_against < FAILURE_TEST_ALPHA:
+        status = FAILS
+    else:
+        status = NOT_ESTABLISHED
+    return Verdict(status, unit, n, mean, se, deltas, p_value=p_for)
 
 
 def compare_runs(a_seeds, b_seeds, direction: str, a_batches=None, b_batches=None) -> Verdict:
