@@ -304,6 +304,10 @@ def main():
     exp.conclude_verdict(f"{HIGH_FACTOR} 倍峰值：预热把训练初期的尖峰压低",
                          compare(spike_warm, spike_nowarm, "less", unit="seeds"),
                          f"预热 {format_mean_std(spike_warm)} vs 不预热 {format_mean_std(spike_nowarm)}")
+    # 尖峰会不会留下持久的损伤：大模型上会（要回滚检查点），这么小的模型可能恢复。6 个种子按种子配对
+    exp.conclude_verdict(f"对照：{HIGH_FACTOR} 倍峰值不预热，{spike_steps} 步后的最终 loss 也高于预热（尖峰留下了持久损伤）",
+                         compare(finals(nowarm), finals(warm), "greater", unit="seeds"),
+                         f"不预热 {format_mean_std(finals(nowarm))} vs 预热 {format_mean_std(finals(warm))}")
     exp.finish()
 
 
