@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
+from conftest import REPO_ROOT, exempt_conclusions, find_conclusion, run_quick_experiment
+from modules.common.noise import compare, exceeds
 
 EXPERIMENTS = REPO_ROOT / "modules" / "03-training" / "03-sft" / "experiments"
 
@@ -66,30 +67,61 @@ def test_exp1_rejects_bad_index(tmp_path):
     assert "--index" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def paired_verdict(record, a, b, key, direction, shift=0.0):
+    """用 JSON 里第一个种子的逐对话 / 逐问题数值重算 quick 模式的噪声检验（与实验同一个 compare）。"""
+    per = record["metrics"]["per_prompt"]
+    return compare([x + shift for x in per[a][key]], per[b][key], direction, unit="batches")
+
+
 @pytest.mark.experiment
 def test_exp2_all_token_training_models_the_questions(tmp_path, experiment_env):
     record, stdout = run_quick("exp2_loss_masking.py", tmp_path, experiment_env)
     m = record["metrics"]
+    per = m["per_prompt"]
     assert m["n_heldout"] == 48 and m["n_train_conversations"] == 230
+    assert m["checkpoints"] == [5, 10, 20, 40, 80] and m["early_step"] == 10
     for model in ("pretrained", "masked", "all-token"):
-        for key in ("user_loss", "assistant_loss", "f1", "on_template"):
+        for key in ("user_loss", "assistant_loss", "f1", "on_template", "continues_user"):
             value = mean(record, model, key)
             assert value is not None and value == value, (model, key, value)  # 有限
-    # 核心效应：all-token 学会了预测用户的问题（用户文本 loss 大幅下降），masked 没学
-    assert mean(record, "all-token", "user_loss") < mean(record, "masked", "user_loss") - 1.0
-    # 两种 SFT 都让助手回答的 loss 低于预训练模型
-    for model in ("masked", "all-token"):
+        assert all(len(per[model][k]) == 48 for k in ("on_template", "continues_user", "f1", "user_loss"))
+
+    def check(fragment, a, b, key, direction, shift=0.0):
+        c = find_conclusion(record, fragment)
+        recomputed = paired_verdict(record, a, b, key, direction, shift)
+        assert c["noise"]["unit"] == "batches" and c["noise"]["n"] == 48, c
+        assert c["status"] == recomputed.status and abs(c["noise"]["mean_delta"] - recomputed.mean_delta) < 1e-9, c
+        return c, recomputed
+
+    def avg(model, key):
+        return sum(per[model][key]) / len(per[model][key])
+
+    # 核心效应：all-token 学会了预测用户的问题（逐对话配对，低 0.5 nats 以上且超出噪声），masked 没学
+    c, _ = check("用户文本的 loss 比 masked 低 0.5 nats", "all-token", "masked", "user_loss", "less", shift=0.5)
+    assert c["status"] == "holds" and avg("all-token", "user_loss") < avg("masked", "user_loss") - 1.0, c
+    # 同样步数，masked 在留出的助手回答上 loss 更低、回答更像参考答案
+    c, _ = check("留出的助手回答上 loss 更低", "masked", "all-token", "assistant_loss", "less")
+    assert c["status"] == "holds" and avg("masked", "assistant_loss") < avg("all-token", "assistant_loss"), c
+    c, _ = check("token F1 更高", "masked", "all-token", "f1", "greater")
+    assert c["status"] == "holds" and avg("masked", "f1") > avg("all-token", "f1"), c
+    for model in ("masked", "all-token"):  # 两种 SFT 都让助手回答的 loss 低于预训练模型
         assert mean(record, model, "assistant_loss") < mean(record, "pretrained", "assistant_loss")
-    # 结论的 holds 与数字一致
-    assert find_conclusion(record, "用户文本的 loss 远低于")["holds"] == (
-        mean(record, "all-token", "user_loss") < mean(record, "masked", "user_loss") - 0.5)
-    assert find_conclusion(record, "留出的助手回答上 loss 更低")["holds"] == (
-        mean(record, "masked", "assistant_loss") < mean(record, "all-token", "assistant_loss"))
-    assert find_conclusion(record, "token F1 更高")["holds"] == (
-        mean(record, "masked", "f1") > mean(record, "all-token", "f1"))
-    assert find_conclusion(record, "守模板")["holds"] == (
-        mean(record, "masked", "on_template") > mean(record, "all-token", "on_template"))
-    assert "all-token" in stdout
+    # 学习曲线：SFT 途中（最后一步之前的检查点平均）masked 守模板更好
+    c, _ = check("SFT 途中", "masked", "all-token", "on_template_during", "greater")
+    assert c["status"] == "holds" and avg("masked", "on_template_during") > avg("all-token", "on_template_during"), c
+    # 推理不在 <|im_end|> 停：all-token 接着替用户写下一轮，masked 从没学过 <|im_end|> 之后写什么
+    c, _ = check("接着写 <|im_start|>user", "all-token", "masked", "continues_user", "greater")
+    assert c["status"] == "holds" and avg("all-token", "continues_user") > avg("masked", "continues_user"), c
+    # 训练结束时两者守模板不再有"masked 更好"的差距（Shi et al. 2024 那一侧的对照；种子 42 上 all-token 反而更高）
+    c, _ = check("SFT 结束时", "masked", "all-token", "on_template", "greater")
+    assert c["status"] != "holds" and avg("all-token", "on_template") >= avg("masked", "on_template"), c
+    # 单看第 10 步：依赖种子（quick 42 成立、1 不成立、7 未确立，见 README 的逐种子表）；只核对它由数据重算得到
+    check("第 10 步", "masked", "all-token", "on_template_early", "greater")
+    exempt_conclusions(record, {"第 10 步": "学习曲线在第 10–20 步剧烈摆动，单个检查点的方向随种子变（quick 42 ✅、1 ❌、7 ❔）；"
+                                            "上面已核对它的判定由逐问题数据重算一致"})
+    curve = m["curves"]["all-token"][0]
+    assert curve["steps"] == m["checkpoints"] and len(curve["on_template"]) == len(curve["steps"])
+    assert "writes user turn" in stdout and "Learning curve" in stdout
 
 
 @pytest.mark.experiment
@@ -105,12 +137,31 @@ def test_exp3_sft_answers_follow_the_template(tmp_path, experiment_env):
     answers = m["samples"]["sft"]
     assert len(answers) == 48
     assert abs(sum(a["ended"] for a in answers) / 48 - sft["ended"]["mean"]) < 1e-9
-    # 结论的 holds 与数字一致
-    assert find_conclusion(record, "以 <|im_end|> 结束的回答比例")["holds"] == (sft["ended"]["mean"] > pre["ended"]["mean"])
-    assert find_conclusion(record, "token F1 更高")["holds"] == (sft["f1"]["mean"] > pre["f1"]["mean"])
-    ref = m["mean_reference_tokens"]
-    assert find_conclusion(record, "长度更接近")["holds"] == (
-        abs(sft["mean_tokens"]["mean"] - ref) < abs(pre["mean_tokens"]["mean"] - ref))
-    assert find_conclusion(record, "格式而不是知识")["holds"] == (
-        sft["exact_fact"]["mean"] < 0.5 and sft["exact_arithmetic"]["mean"] < 0.5)
+    per = m["per_prompt"]
+
+    def avg(values):
+        return sum(values) / len(values)
+
+    def check(fragment, verdict):
+        """结论的判定与噪声细节必须与用逐问题数据（48 对，unit=batches）重算的一致。"""
+        c = find_conclusion(record, fragment)
+        assert c["noise"]["unit"] == "batches" and c["noise"]["n"] == verdict.n, c
+        assert c["status"] == verdict.status and abs(c["noise"]["mean_delta"] - verdict.mean_delta) < 1e-9, c
+        return c
+
+    # 回答更像参考答案：超出逐问题噪声
+    c = check("token F1 更高", compare(per["sft"]["f1"], per["pretrained"]["f1"], "greater", unit="batches"))
+    assert c["status"] == "holds" and avg(per["sft"]["f1"]) > avg(per["pretrained"]["f1"]), c
+    # SFT 教不会知识：事实、算术题完全答对的比例低于 50%
+    for fragment, kind, n in (("事实题完全答对", "fact", 22), ("算术题完全答对", "arithmetic", 21)):
+        c = check(fragment, exceeds(per["sft"][f"exact_{kind}"], 0.5, "less", unit="batches"))
+        assert c["status"] == "holds" and len(per["sft"][f"exact_{kind}"]) == n and avg(per["sft"][f"exact_{kind}"]) < 0.5, c
+    # 会停、长度更接近参考：quick 下依赖种子——只核对判定由逐问题数据重算一致，再登记豁免
+    check("以 <|im_end|> 结束的回答比例", compare(per["sft"]["ended"], per["pretrained"]["ended"], "greater", unit="batches"))
+    check("长度更接近", compare(per["sft"]["length_error"], per["pretrained"]["length_error"], "less", unit="batches"))
+    exempt_conclusions(record, {
+        "以 <|im_end|> 结束的回答比例": "预训练语料每条都以 <|im_end|> 结尾，quick 种子 42 的预训练模型已有 85% 的回答会停，"
+                                   "SFT 后 90%：差距在逐问题噪声以内（quick 1、7 成立，见 README 的逐种子表）",
+        "长度更接近": "quick 种子 42 的 SFT 模型（80 步）有几条回答停不下来、重复到 48 个 token，长度误差 9.1 → 6.4 "
+                  "只在噪声以内（quick 1、7 与完整模式成立，见 README 的逐种子表）"})
     assert "Same prompts" in stdout

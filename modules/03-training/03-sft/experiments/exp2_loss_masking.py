@@ -5,7 +5,12 @@
   - all-token：labels = input_ids（除 padding 外全部计 loss，用户的问题、系统提示、角色头也要模型去预测）。
 训练数据、步数、学习率、种子完全相同。在留出的 48 段对话上测：
   1. 模型对"用户说的话"的 loss（all-token 训练会不会把容量花在建模问题上？）与对助手回答的 loss；
-  2. 贪心回答留出的问题：以 <|im_end|> 结束且不含模板标记的比例、与参考答案的 token F1、完全答对的比例。
+  2. 守模板的学习曲线：SFT 第 5、10、20、40 步和最后一步，贪心回答留出的问题，以 <|im_end|> 结束且不含模板标记的比例
+     （预训练模型 = 第 0 步）——两者在哪一步碰到天花板；
+  3. 生成不在 <|im_end|> 停时，模型会不会接着写 "<|im_start|>user"，替用户编下一轮；
+  4. 最后一步的回答与参考答案的 token F1、完全答对的比例。
+比较都经过 modules/common/noise.py 的噪声检验：完整模式按种子配对；quick 模式只有一个种子，
+按留出的对话 / 问题配对（48 对，只量到"换一批评估数据"的噪声）。
 """
 import sys
 from pathlib import Path
@@ -18,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import matplotlib.pyplot as plt  # noqa: E402
 
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
+from modules.common.noise import compare_runs  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 from sft_lab import (  # noqa: E402
     MODEL_SIZE, add_step_args, answer_metrics, answer_prompts, finetune, load_sft_data, pretrain,
@@ -25,70 +31,143 @@ from sft_lab import (  # noqa: E402
 )
 
 VARIANTS = {"masked": False, "all-token": True}  # 名字 → finetune(all_tokens=...)
+CHECKPOINTS = (5, 10, 20, 40)  # 在这些 SFT 步（以及最后一步）贪心回答留出问题，画守模板的学习曲线
+EARLY_STEP = 10  # "早期"结论看的那一步（预热刚结束），运行前定好
+# 另一条结论看整条学习曲线：最后一步之前各检查点（5、10、20、40）守模板比例的平均（≈ 曲线下面积）。
+# 它是看过 quick 种子 42、1、7 之后才加的（不是事先定好的），讲义里如实写明
+OVERRUN = 4  # 在 <|im_end|> 之后多生成的 token 数：够写出 "\n<|im_start|>user"
+CEILING = 0.95  # 守模板比例 ≥ 它就算碰到天花板
+PER_PROMPT = ("on_template", "continues_user", "f1")  # 逐问题保存、quick 模式拿来配对的指标
+
+
+def checkpoint_steps(sft_steps: int) -> list:
+    return sorted({s for s in CHECKPOINTS if s < sft_steps} | {sft_steps})
+
+
+def first_at_ceiling(steps, rates):
+    """从这一步起（之后每个检查点都）守模板比例 ≥ CEILING；一直没到返回 None。"""
+    for i, step in enumerate(steps):
+        if all(r >= CEILING for r in rates[i:]):
+            return step
+    return None
 
 
 def main():
     exp = Experiment(__file__, extra_args=add_step_args, description=(
         "SFT 实验 2：只对助手回答算 loss（masked）vs 整段对话都算 loss（all-token）。\n"
-        "比较留出对话上用户文本与助手回答的 loss、守模板的比例和回答质量。"))
+        "比较留出对话上用户文本与助手回答的 loss、守模板比例的学习曲线、不停在 <|im_end|> 时会不会替用户写下一轮。"))
     pretrain_steps, sft_steps = step_counts(exp)
     tokenizer, data, train_idx, heldout_idx, prompts = load_sft_data()
+    steps = checkpoint_steps(sft_steps)
+    if EARLY_STEP not in steps:
+        raise SystemExit(f"--sft-steps 必须 >= {EARLY_STEP}（早期结论看第 {EARLY_STEP} 步），收到 {sft_steps}")
 
     names = ["pretrained"] + list(VARIANTS)
-    keys = ("user_loss", "assistant_loss", "on_template", "ended", "f1", "exact", "mean_tokens")
+    keys = ("user_loss", "assistant_loss", "on_template", "ended", "continues_user", "f1", "exact", "mean_tokens")
     runs = {name: {k: [] for k in keys} for name in names}
-    curves, samples = {name: [] for name in VARIANTS}, {}
+    runs.update({name: {**runs[name], "on_template_early": [], "on_template_during": []} for name in VARIANTS})
+    during = steps[:-1]  # 最后一步之前的检查点
+    # curves[name][i] = 第 i 个种子在各检查点的 {"steps", "on_template", "ended", "continues_user"}
+    curves = {name: [] for name in VARIANTS}
+    val_curves = {name: [] for name in VARIANTS}
+    per_prompt, samples = {}, {}  # 第一个种子的逐问题 / 逐对话数值（quick 模式的配对单位）与样例
     for seed in exp.seeds:
         Experiment.seed_everything(seed)
         base, _ = pretrain(tokenizer, seed, pretrain_steps, exp.device)
-        models = {"pretrained": base}
+        finals = {"pretrained": (base, answer_prompts(base, tokenizer, prompts, exp.device, overrun=OVERRUN))}
         for name, all_tokens in VARIANTS.items():
-            models[name], hist = finetune(base, data, train_idx, heldout_idx, seed, sft_steps, exp.device, all_tokens)
-            curves[name].append({"val_steps": hist["val_steps"], "val_loss": hist["val_loss"]})
-        for name, model in models.items():
+            curve = {"steps": [], "on_template": [], "ended": [], "continues_user": []}
+            at_step = {}  # 检查点 → 那时的逐问题回答
+
+            def on_eval(n_updates, model, curve=curve, at_step=at_step):
+                if n_updates not in steps:
+                    return
+                answers = answer_prompts(model, tokenizer, prompts, exp.device, overrun=OVERRUN)
+                summary = answer_metrics(answers)
+                curve["steps"].append(n_updates)
+                curve["on_template"].append(summary["on_template"])
+                curve["ended"].append(summary["ended"])
+                curve["continues_user"].append(summary["continues_user"])
+                at_step[n_updates] = answers
+
+            model, hist = finetune(base, data, train_idx, heldout_idx, seed, sft_steps, exp.device, all_tokens,
+                                   eval_every=5, on_eval=on_eval)
+            curves[name].append(curve)
+            val_curves[name].append({"val_steps": hist["val_steps"], "val_loss": hist["val_loss"]})
+            # 每个问题在最后一步之前各检查点守模板的比例（0、0.25、…、1）
+            during_by_prompt = [sum(at_step[s][i]["on_template"] for s in during) / len(during)
+                                for i in range(len(prompts))]
+            runs[name]["on_template_early"].append(answer_metrics(at_step[EARLY_STEP])["on_template"])
+            runs[name]["on_template_during"].append(sum(during_by_prompt) / len(prompts))
+            finals[name] = (model, at_step[sft_steps])
+            if seed == exp.seeds[0]:
+                per_prompt[name] = {"on_template_early": [float(a["on_template"]) for a in at_step[EARLY_STEP]],
+                                    "on_template_during": during_by_prompt}
+        for name, (model, answers) in finals.items():
             losses = role_losses(model, data, heldout_idx, exp.device)
-            answers = answer_prompts(model, tokenizer, prompts, exp.device)
             summary = answer_metrics(answers)
             runs[name]["user_loss"].append(losses["user"])
             runs[name]["assistant_loss"].append(losses["assistant"])
-            for k in ("on_template", "ended", "f1", "exact", "mean_tokens"):
+            for k in ("on_template", "ended", "continues_user", "f1", "exact", "mean_tokens"):
                 runs[name][k].append(summary[k])
             if seed == exp.seeds[0]:
+                per_prompt.setdefault(name, {}).update({k: [float(a[k]) for a in answers] for k in PER_PROMPT})
+                per_prompt[name].update({f"{part}_loss": losses["per_conversation"][part] for part in ("user", "assistant")})
                 samples[name] = answers[:6]
 
     exp.print_table(
-        ["model", "user-text loss", "assistant loss", "on template", "ends <|im_end|>", "token F1", "exact",
-         "answer tokens"],
+        ["model", "user-text loss", "assistant loss", "on template", "ends <|im_end|>", "writes user turn",
+         "token F1", "exact", "answer tokens"],
         [[name] + [format_mean_std(runs[name][k], 3) for k in keys] for name in names],
         title=f"Held-out conversations ({len(prompts)}), pretrain {pretrain_steps} + SFT {sft_steps} steps, "
               f"{len(exp.seeds)} seed(s)")
-    print("\n同样的留出问题（第一个种子）：")
+    pretrained_rate = runs["pretrained"]["on_template"]
+    curve_rows, ceiling = [], {}
+    for name in VARIANTS:
+        rates = [[c["on_template"][i] for c in curves[name]] for i in range(len(steps))]  # [检查点][种子]
+        ended = [[c["ended"][i] for c in curves[name]] for i in range(len(steps))]
+        cont = [[c["continues_user"][i] for c in curves[name]] for i in range(len(steps))]
+        ceiling[name] = [first_at_ceiling(steps, c["on_template"]) for c in curves[name]]
+        curve_rows.append([name, "on template", format_mean_std(pretrained_rate, 3)]
+                          + [format_mean_std(r, 3) for r in rates])
+        curve_rows.append([name, "ends <|im_end|>", format_mean_std(runs["pretrained"]["ended"], 3)]
+                          + [format_mean_std(e, 3) for e in ended])
+        curve_rows.append([name, "writes user turn", format_mean_std(runs["pretrained"]["continues_user"], 3)]
+                          + [format_mean_std(c, 3) for c in cont])
+    exp.print_table(["model", "metric", "step 0"] + [f"step {s}" for s in steps], curve_rows,
+                    title="Learning curve on the held-out prompts (greedy; step 0 = pretrained model)")
+    print(f"\n守模板比例从哪一步起一直 ≥ {CEILING:.0%}（每个种子；None = 到最后也没有）："
+          + "；".join(f"{name} {ceiling[name]}" for name in VARIANTS))
+    print("\n同样的留出问题（第一个种子；after <|im_end|> = 不停下时接着生成的内容）：")
     for i, a in enumerate(samples["masked"]):
-        print(f"  问：{a['prompt']}\n    参考：{a['reference']}\n    masked：{a['answer']!r}\n"
-              f"    all-token：{samples['all-token'][i]['answer']!r}")
+        b = samples["all-token"][i]
+        print(f"  问：{a['prompt']}\n    参考：{a['reference']}\n    masked：{a['answer']!r}  after <|im_end|>：{a['after_end']!r}\n"
+              f"    all-token：{b['answer']!r}  after <|im_end|>：{b['after_end']!r}")
 
-    mean = {name: {k: mean_std(v)[0] for k, v in r.items()} for name, r in runs.items()}
     exp.save_metrics({
-        "pretrain_steps": pretrain_steps, "sft_steps": sft_steps,
+        "pretrain_steps": pretrain_steps, "sft_steps": sft_steps, "checkpoints": steps, "early_step": EARLY_STEP,
+        "ceiling": CEILING, "first_step_at_ceiling": ceiling,
         "model": {**MODEL_SIZE, "vocab_size": tokenizer.vocab_size},
         "n_train_conversations": len(train_idx), "n_heldout": len(prompts),
         "results": {name: {k: {"mean": mean_std(v)[0], "std": mean_std(v)[1], "runs": v} for k, v in r.items()}
                     for name, r in runs.items()},
-        "curves": curves,
-        "samples": samples,
+        "curves": curves, "val_curves": val_curves, "per_prompt": per_prompt, "samples": samples,
     })
 
-    # ---- 图：左 = 留出集上助手回答的 loss 曲线；中 = 分角色的 loss；右 = 回答质量 ----
+    # ---- 图：左 = 守模板比例的学习曲线；中 = 分角色的 loss；右 = 最后一步的回答 ----
     set_style()
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for name in VARIANTS:
-        c = curves[name]
-        axes[0].plot(c[0]["val_steps"], [sum(x["val_loss"][i] for x in c) / len(c) for i in range(len(c[0]["val_steps"]))],
-                     marker=".", label=name)
-    axes[0].set_xlabel("SFT step")
-    axes[0].set_ylabel("held-out assistant-token loss")
-    axes[0].set_title("Validation loss during SFT (same yardstick)")
-    axes[0].legend()
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    for j, name in enumerate(VARIANTS):
+        for key, style in (("on_template", "-"), ("continues_user", ":")):
+            mean_curve = [mean_std([c[key][i] for c in curves[name]])[0] for i in range(len(steps))]
+            start = mean_std(runs["pretrained"][key])[0]
+            axes[0].plot([0] + steps, [start] + mean_curve, style, marker=".", color=f"C{j + 1}",
+                         label=f"{name}: {'on template' if key == 'on_template' else 'writes user turn'}")
+    axes[0].set_xlabel("SFT step (0 = pretrained)")
+    axes[0].set_ylabel("share of 48 held-out prompts")
+    axes[0].set_ylim(-0.03, 1.05)
+    axes[0].set_title("Template keeping during SFT")
+    axes[0].legend(fontsize=8)
     width = 0.27
     for j, name in enumerate(names):
         for i, k in enumerate(("user_loss", "assistant_loss")):
@@ -98,34 +177,55 @@ def main():
     axes[1].set_ylabel("cross-entropy on held-out tokens")
     axes[1].set_title("Who does the model learn to predict?")
     axes[1].legend()
+    shown = ("on_template", "continues_user", "f1", "exact")
     for j, name in enumerate(names):
-        for i, k in enumerate(("on_template", "f1", "exact")):
+        for i, k in enumerate(shown):
             m, s = mean_std(runs[name][k])
             axes[2].bar(i + (j - 1) * width, m, width, yerr=s, capsize=3, color=f"C{j}", label=name if i == 0 else None)
-    axes[2].set_xticks([0, 1, 2], ["on template", "token F1", "exact match"])
+    axes[2].set_xticks(range(len(shown)), ["on\ntemplate", "writes\nuser turn", "token\nF1", "exact\nmatch"])
     axes[2].set_ylim(0, 1.05)
-    axes[2].set_title("Greedy answers to held-out prompts")
+    axes[2].set_title(f"Greedy answers after {sft_steps} SFT steps")
     axes[2].legend()
     exp.save_figure(fig, "exp2_loss_masking.png")
 
-    # ---- 结论（全部由上面的测量算出）----
-    m, a = mean["masked"], mean["all-token"]
-    exp.conclude("all-token 训练把容量花在了建模用户的问题上：它对留出对话里用户文本的 loss 远低于 masked",
-                 a["user_loss"] < m["user_loss"] - 0.5,
-                 f"用户文本 loss：all-token {a['user_loss']:.3f} vs masked {m['user_loss']:.3f}"
-                 f"（预训练模型 {mean['pretrained']['user_loss']:.3f}）")
-    exp.conclude("只算助手回答的 loss（masked）在留出的助手回答上 loss 更低",
-                 m["assistant_loss"] < a["assistant_loss"],
-                 f"助手回答 loss：masked {format_mean_std(runs['masked']['assistant_loss'], 3)} vs "
-                 f"all-token {format_mean_std(runs['all-token']['assistant_loss'], 3)}")
-    exp.conclude("masked 的回答与参考答案更像（token F1 更高）",
-                 m["f1"] > a["f1"],
-                 f"token F1：masked {format_mean_std(runs['masked']['f1'], 3)} vs "
-                 f"all-token {format_mean_std(runs['all-token']['f1'], 3)}")
-    exp.conclude("masked 守模板（以 <|im_end|> 结束、无模板标记）的比例高于 all-token",
-                 m["on_template"] > a["on_template"],
-                 f"守模板比例：masked {m['on_template']:.1%} vs all-token {a['on_template']:.1%}"
-                 f"（预训练模型 {mean['pretrained']['on_template']:.1%}）")
+    # ---- 结论（全部由上面的测量算出；完整模式按种子配对，quick 模式按 48 个留出对话 / 问题配对）----
+    m, a = runs["masked"], runs["all-token"]
+    pm, pa = per_prompt["masked"], per_prompt["all-token"]
+    shift = 0.5  # "远低于"的量：运行前定好的 0.5 nats
+    verdict = compare_runs([x + shift for x in a["user_loss"]], m["user_loss"], "less",
+                           [x + shift for x in pa["user_loss"]], pm["user_loss"])
+    exp.conclude_verdict("all-token 训练把容量花在了建模用户的问题上：它对留出对话里用户文本的 loss 比 masked 低 0.5 nats 以上",
+                         verdict, f"用户文本 loss：all-token {format_mean_std(a['user_loss'], 3)} vs masked "
+                                  f"{format_mean_std(m['user_loss'], 3)}（预训练模型 "
+                                  f"{format_mean_std(runs['pretrained']['user_loss'], 3)}）；Δ 已减去 0.5")
+    verdict = compare_runs(m["assistant_loss"], a["assistant_loss"], "less", pm["assistant_loss"], pa["assistant_loss"])
+    exp.conclude_verdict("只算助手回答的 loss（masked）在留出的助手回答上 loss 更低", verdict,
+                         f"助手回答 loss：masked {format_mean_std(m['assistant_loss'], 3)} vs "
+                         f"all-token {format_mean_std(a['assistant_loss'], 3)}")
+    verdict = compare_runs(m["f1"], a["f1"], "greater", pm["f1"], pa["f1"])
+    exp.conclude_verdict("masked 的回答与参考答案更像（token F1 更高）", verdict,
+                         f"token F1：masked {format_mean_std(m['f1'], 3)} vs all-token {format_mean_std(a['f1'], 3)}")
+    verdict = compare_runs(m["on_template_early"], a["on_template_early"], "greater",
+                           pm["on_template_early"], pa["on_template_early"])
+    exp.conclude_verdict(f"SFT 早期（第 {EARLY_STEP} 步）masked 守模板（以 <|im_end|> 结束、无模板标记）的比例高于 all-token",
+                         verdict, f"第 {EARLY_STEP} 步守模板比例：masked {format_mean_std(m['on_template_early'], 3)} vs "
+                                  f"all-token {format_mean_std(a['on_template_early'], 3)}（预训练模型 "
+                                  f"{format_mean_std(pretrained_rate, 3)}）")
+    verdict = compare_runs(m["on_template_during"], a["on_template_during"], "greater",
+                           pm["on_template_during"], pa["on_template_during"])
+    exp.conclude_verdict(f"SFT 途中（第 {'、'.join(map(str, during))} 步的平均）masked 守模板的比例高于 all-token", verdict,
+                         f"学习曲线上的平均守模板比例：masked {format_mean_std(m['on_template_during'], 3)} vs "
+                         f"all-token {format_mean_std(a['on_template_during'], 3)}")
+    verdict = compare_runs(m["on_template"], a["on_template"], "greater", pm["on_template"], pa["on_template"])
+    exp.conclude_verdict(f"SFT 结束时（第 {sft_steps} 步）masked 守模板的比例高于 all-token", verdict,
+                         f"守模板比例：masked {format_mean_std(m['on_template'], 3)} vs "
+                         f"all-token {format_mean_std(a['on_template'], 3)}；一直 ≥ {CEILING:.0%} 的起点："
+                         + "，".join(f"{name} {ceiling[name]}" for name in VARIANTS))
+    verdict = compare_runs(a["continues_user"], m["continues_user"], "greater", pa["continues_user"], pm["continues_user"])
+    exp.conclude_verdict("不在 <|im_end|> 停时，all-token 模型比 masked 更常接着写 <|im_start|>user（替用户编下一轮）",
+                         verdict, f"接着写用户轮的比例：all-token {format_mean_std(a['continues_user'], 3)} vs "
+                                  f"masked {format_mean_std(m['continues_user'], 3)}（预训练模型 "
+                                  f"{format_mean_std(runs['pretrained']['continues_user'], 3)}）")
     exp.finish()
 
 

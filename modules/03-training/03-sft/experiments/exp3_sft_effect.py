@@ -5,6 +5,8 @@
 （"<|im_start|>user\\n问题<|im_end|>\\n<|im_start|>assistant\\n"）回答 48 段留出对话里的问题，贪心解码，测：
   - 以 <|im_end|> 结束的比例、守模板（结束且不含模板标记）的比例、平均回答长度（与参考答案长度对照）；
   - 与参考答案的 token F1，以及按题型（事实 / 算术 / 问候）的完全匹配率——答案来自 dataset/make_samples.py 的表。
+比较都经过 modules/common/noise.py 的噪声检验：完整模式按种子配对；quick 模式只有一个种子，
+按 48 个留出问题配对（只量到"换一批评估问题"的噪声）。
 """
 import sys
 from pathlib import Path
@@ -17,13 +19,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import matplotlib.pyplot as plt  # noqa: E402
 
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
+from modules.common.noise import compare_runs, exceeds  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 from sft_lab import (  # noqa: E402
     MODEL_SIZE, add_step_args, answer_metrics, answer_prompts, finetune, load_sft_data, pretrain,
     step_counts,
 )
 
-METRICS = ("ended", "on_template", "mean_tokens", "f1", "exact", "exact_fact", "exact_arithmetic", "exact_greeting")
+METRICS = ("ended", "on_template", "mean_tokens", "length_error", "f1", "exact", "exact_fact", "exact_arithmetic",
+           "exact_greeting")
+KNOWLEDGE_BAR = 0.5  # "SFT 教不会知识"：事实、算术题完全答对的比例低于它（运行前定好）
+
+
+def per_prompt_values(answers) -> dict:
+    """quick 模式配对用的逐问题数值：是否以 <|im_end|> 结束、F1、长度误差 |回答 − 参考|（token）、事实 / 算术题是否完全答对。"""
+    return {"ended": [float(a["ended"]) for a in answers], "f1": [a["f1"] for a in answers],
+            "length_error": [abs(a["n_tokens"] - a["n_reference_tokens"]) for a in answers],
+            "exact_fact": [float(a["exact"]) for a in answers if a["kind"] == "fact"],
+            "exact_arithmetic": [float(a["exact"]) for a in answers if a["kind"] == "arithmetic"]}
 
 
 def main():
@@ -34,7 +47,7 @@ def main():
     tokenizer, data, train_idx, heldout_idx, prompts = load_sft_data()
 
     runs = {name: {k: [] for k in METRICS} for name in ("pretrained", "sft")}
-    samples, ref_tokens = {}, None
+    samples, per_prompt, ref_tokens = {}, {}, None  # per_prompt：第一个种子的逐问题数值（quick 模式的配对单位）
     for seed in exp.seeds:
         Experiment.seed_everything(seed)
         base, _ = pretrain(tokenizer, seed, pretrain_steps, exp.device)
@@ -42,11 +55,13 @@ def main():
         for name, model in (("pretrained", base), ("sft", sft)):
             answers = answer_prompts(model, tokenizer, prompts, exp.device)
             summary = answer_metrics(answers)
+            summary["length_error"] = sum(per_prompt_values(answers)["length_error"]) / len(answers)
             ref_tokens = summary["mean_reference_tokens"]
             for k in METRICS:
                 runs[name][k].append(summary[k])
             if seed == exp.seeds[0]:
                 samples[name] = answers
+                per_prompt[name] = per_prompt_values(answers)
 
     counts = {kind: sum(p["kind"] == kind for p in prompts) for kind in ("fact", "arithmetic", "greeting")}
     exp.print_table(["metric", "pretrained", "SFT"],
@@ -66,7 +81,7 @@ def main():
         "n_heldout": len(prompts), "prompt_kinds": counts, "mean_reference_tokens": ref_tokens,
         "results": {name: {k: {"mean": mean_std(v)[0], "std": mean_std(v)[1], "runs": v} for k, v in r.items()}
                     for name, r in runs.items()},
-        "samples": samples,
+        "per_prompt": per_prompt, "samples": samples,
     })
 
     # ---- 图：左 = 比例类指标；右 = 回答长度分布与参考长度 ----
@@ -93,22 +108,27 @@ def main():
     axes[1].legend()
     exp.save_figure(fig, "exp3_sft_effect.png")
 
-    # ---- 结论（全部由上面的测量算出）----
-    p, s = mean["pretrained"], mean["sft"]
-    exp.conclude("SFT 后以 <|im_end|> 结束的回答比例高于预训练模型",
-                 s["ended"] > p["ended"],
-                 f"预训练 {p['ended']:.1%} → SFT {s['ended']:.1%}（预训练语料每条都以 <|im_end|> 结尾，"
-                 "所以预训练模型也可能已经会停）")
-    exp.conclude("SFT 后回答更像参考答案（token F1 更高）",
-                 s["f1"] > p["f1"],
-                 f"token F1：预训练 {format_mean_std(runs['pretrained']['f1'], 3)} → SFT {format_mean_std(runs['sft']['f1'], 3)}")
-    exp.conclude("SFT 后回答长度更接近参考答案",
-                 abs(s["mean_tokens"] - ref_tokens) < abs(p["mean_tokens"] - ref_tokens),
-                 f"平均长度：预训练 {p['mean_tokens']:.1f} → SFT {s['mean_tokens']:.1f} 个 token（参考答案 {ref_tokens:.1f}）")
-    exp.conclude("SFT 教会的是格式而不是知识：这个规模下事实与算术题完全答对的比例仍低于 50%",
-                 s["exact_fact"] < 0.5 and s["exact_arithmetic"] < 0.5,
-                 f"完全匹配：事实 {s['exact_fact']:.1%}、算术 {s['exact_arithmetic']:.1%}、问候 {s['exact_greeting']:.1%}"
-                 f"（预训练模型 {p['exact']:.1%}）")
+    # ---- 结论（全部由上面的测量算出；完整模式按种子配对，quick 模式按 48 个留出问题配对）----
+    p, s = runs["pretrained"], runs["sft"]
+    pp, ps = per_prompt["pretrained"], per_prompt["sft"]
+    exp.conclude_verdict("SFT 后以 <|im_end|> 结束的回答比例高于预训练模型",
+                         compare_runs(s["ended"], p["ended"], "greater", ps["ended"], pp["ended"]),
+                         f"预训练 {format_mean_std(p['ended'], 3)} → SFT {format_mean_std(s['ended'], 3)}"
+                         "（预训练语料每条都以 <|im_end|> 结尾，所以预训练模型也可能已经会停）")
+    exp.conclude_verdict("SFT 后回答更像参考答案（token F1 更高）",
+                         compare_runs(s["f1"], p["f1"], "greater", ps["f1"], pp["f1"]),
+                         f"token F1：预训练 {format_mean_std(p['f1'], 3)} → SFT {format_mean_std(s['f1'], 3)}")
+    exp.conclude_verdict("SFT 后回答长度更接近参考答案（逐问题的长度误差 |回答 − 参考| 更小）",
+                         compare_runs(s["length_error"], p["length_error"], "less", ps["length_error"], pp["length_error"]),
+                         f"长度误差：预训练 {format_mean_std(p['length_error'], 3)} → SFT "
+                         f"{format_mean_std(s['length_error'], 3)} 个 token（平均长度 {mean['pretrained']['mean_tokens']:.1f} → "
+                         f"{mean['sft']['mean_tokens']:.1f}，参考答案 {ref_tokens:.1f}）")
+    for kind, label in (("fact", "事实"), ("arithmetic", "算术")):
+        exp.conclude_verdict(f"SFT 教会的是格式而不是知识：这个规模下{label}题完全答对的比例仍低于 {KNOWLEDGE_BAR:.0%}",
+                             exceeds(s[f"exact_{kind}"] if len(exp.seeds) > 1 else ps[f"exact_{kind}"], KNOWLEDGE_BAR,
+                                     "less", unit="seeds" if len(exp.seeds) > 1 else "batches"),
+                             f"{label}题完全匹配：SFT {format_mean_std(s[f'exact_{kind}'], 3)}（问候 "
+                             f"{format_mean_std(s['exact_greeting'], 3)}；预训练模型全部题 {format_mean_std(p['exact'], 3)}）")
     exp.finish()
 
 

@@ -123,15 +123,39 @@ def pretrain(tokenizer, seed: int, steps: int, device, progress: bool = True):
 
 
 def finetune(base, dataset, train_idx, val_idx, seed: int, steps: int, device, all_tokens: bool = False,
-             progress: bool = True):
-    """从 base 的一份拷贝开始做全参数 SFT；base 本身不变。返回 (model, history)。"""
+             progress: bool = True, eval_every=None, on_eval=None):
+    """从 base 的一份拷贝开始做全参数 SFT；base 本身不变。返回 (model, history)。
+
+    给了 on_eval 时，每次验证（每 eval_every 步）都先调用 on_eval(n_updates, model)（见 with_eval_hook），
+    用来画训练途中的学习曲线。"""
     model = copy.deepcopy(base)
     torch.manual_seed(seed)
     name = "sft all-token" if all_tokens else "sft masked"
-    hist = train_model(model, make_get_batch(dataset, train_idx, val_idx, SFT_BATCH, seed, all_tokens), steps=steps,
-                       lr=SFT_LR, eval_batches=3, device=device, progress=progress, desc=f"{name} seed={seed}")
+    get_batch = make_get_batch(dataset, train_idx, val_idx, SFT_BATCH, seed, all_tokens)
+    if on_eval is not None:
+        get_batch = with_eval_hook(get_batch, model, on_eval)
+    hist = train_model(model, get_batch, steps=steps, lr=SFT_LR, eval_batches=3, eval_every=eval_every, device=device,
+                       progress=progress, desc=f"{name} seed={seed}")
     check_finite(hist, name, seed)
     return model, hist
+
+
+def with_eval_hook(get_batch, model, on_eval):
+    """包装 get_batch，让 train_model 每次验证时先调用 on_eval(n_updates, model)，训练循环本身不改
+    （同 02-pretraining 实验 1 的做法）：数取过几个训练批就知道做完了几步；每轮验证取第一个验证批时，
+    模型刚更新完、已处于 eval 模式，正好拿来生成。on_eval 不碰训练与验证批的随机数，训练结果与不加钩子时相同。"""
+    n_updates, last_hooked = 0, None
+
+    def hooked(split):
+        nonlocal n_updates, last_hooked
+        if split == "train":
+            n_updates += 1
+        elif n_updates != last_hooked:
+            last_hooked = n_updates
+            on_eval(n_updates, model)
+        return get_batch(split)
+
+    return hooked
 
 
 def check_finite(hist: dict, name: str, seed: int):
@@ -175,9 +199,12 @@ def role_losses(model, dataset, indices, device) -> dict:
 
     "user" / "system"：该角色的消息正文（含结尾的 <|im_end|>\n，不含角色头）；
     "assistant"：SFTDataset 的 labels 里计 loss 的 token（助手回答 + <|im_end|>），即 SFT 训练的目标本身。
+    返回 {部分: token 平均}，外加 "per_conversation"：{部分: [每段对话里该部分的平均]}（没有该部分的对话记 None）；
+    quick 模式只有一个种子时，按对话配对的差值就是噪声检验的单位。
     """
     model.eval()
     sums, counts = {}, {}
+    per_conversation = {part: [] for part in ("system", "user", "assistant")}
     for start in range(0, len(indices), 16):
         items = [dataset[i] for i in indices[start:start + 16]]
         input_ids, labels = stack(items, pad_id=dataset.tokenizer.pad_token_id)  # (B, T)
@@ -186,13 +213,19 @@ def role_losses(model, dataset, indices, device) -> dict:
         nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), input_ids[:, 1:], reduction="none")  # (B, T-1)
         for row, ids in enumerate(input_ids.tolist()):
             roles = token_roles(ids, dataset.tokenizer)
+            row_nll = {part: [] for part in per_conversation}
             for t in range(1, len(ids)):
                 trained = bool(labels[row, t] != IGNORE_INDEX)
                 part = "assistant" if trained else roles[t]
                 if trained or part in ("system", "user"):  # 助手消息里不计 loss 的 <|im_end|> 后换行不归类
-                    sums[part] = sums.get(part, 0.0) + nll[row, t - 1].item()
-                    counts[part] = counts.get(part, 0) + 1
-    return {part: sums[part] / counts[part] for part in sums}
+                    row_nll[part].append(nll[row, t - 1].item())
+            for part, values in row_nll.items():
+                sums[part] = sums.get(part, 0.0) + sum(values)
+                counts[part] = counts.get(part, 0) + len(values)
+                per_conversation[part].append(sum(values) / len(values) if values else None)
+    losses = {part: sums[part] / counts[part] for part in sums if counts[part]}
+    losses["per_conversation"] = per_conversation
+    return losses
 
 
 def kind_of(answer: str) -> str:
@@ -215,13 +248,16 @@ def heldout_prompts(dataset, indices) -> list:
 
 
 @torch.no_grad()
-def answer_prompts(model, tokenizer, prompts, device, max_new_tokens: int = MAX_NEW_TOKENS) -> list:
+def answer_prompts(model, tokenizer, prompts, device, max_new_tokens: int = MAX_NEW_TOKENS, overrun: int = 0) -> list:
     """贪心解码回答每个提示（套对话模板 + "<|im_start|>assistant\\n"，同 trainer/eval_llm.py），逐条打分。
 
     同样长度的提示一起成批生成（不需要 padding，结果与逐条生成相同）。
     每条返回：answer（解码文本）、n_tokens（不含 <|im_end|>）、ended（在 max_new_tokens 内生成了 <|im_end|>）、
     clean（回答里没有 <|im_start|>/<|endoftext|>、也没有 user/assistant/system 角色头）、
     on_template（ended 且 clean）、exact（与参考答案完全相同）、f1（与参考答案的 token 重合度，见 token_f1）。
+    overrun > 0 时生成不在 <|im_end|> 处停，多生成 overrun 个 token（贪心解码：<|im_end|> 之前的部分与停下时相同），
+    并多返回 after_end（<|im_end|> 之后生成的文本）与 continues_user（它接着写出了 "<|im_start|>user"，
+    即模型替用户写下一轮——推理时不在 <|im_end|> 停就会出现的失败）。
     """
     encoded = [tokenizer.encode(tokenizer.apply_chat_template(p["messages"], add_generation_prompt=True))
                for p in prompts]
@@ -232,11 +268,13 @@ def answer_prompts(model, tokenizer, prompts, device, max_new_tokens: int = MAX_
     eos, specials = tokenizer.eos_token_id, {tokenizer.bos_token_id, tokenizer.pad_token_id}
     for length, group in by_length.items():
         input_ids = torch.tensor([encoded[i] for i in group], device=device)  # (B, T)
-        out = model.generate(input_ids, max_new_tokens=max_new_tokens, eos_token_id=eos, do_sample=False)
+        # overrun > 0 时传 eos_token_id=-1（不是任何 token）：不在 <|im_end|> 停
+        out = model.generate(input_ids, max_new_tokens=max_new_tokens + overrun,
+                             eos_token_id=eos if overrun == 0 else -1, do_sample=False)
         for row, i in enumerate(group):
-            new = out[row, length:].tolist()
-            ended = eos in new
-            new = new[:new.index(eos)] if ended else new
+            generated = out[row, length:].tolist()
+            ended = eos in generated[:max_new_tokens]
+            new = generated[:generated.index(eos)] if ended else generated[:max_new_tokens]
             text = tokenizer.decode(new, skip_special_tokens=False)
             clean = not specials & set(new) and not any(f"{r}\n" in text for r in ("user", "assistant", "system"))
             results[i] = {"prompt": prompts[i]["messages"][-1]["content"], "reference": prompts[i]["reference"],
@@ -245,6 +283,10 @@ def answer_prompts(model, tokenizer, prompts, device, max_new_tokens: int = MAX_
                           "exact": text.strip() == prompts[i]["reference"].strip(),
                           "n_reference_tokens": len(tokenizer.encode(prompts[i]["reference"])),
                           "f1": token_f1(new, tokenizer.encode(prompts[i]["reference"]))}
+            if overrun > 0:
+                after_end = tokenizer.decode(generated[len(new) + 1:], skip_special_tokens=False) if ended else ""
+                results[i]["after_end"] = after_end
+                results[i]["continues_user"] = after_end.lstrip().startswith("<|im_start|>user")
     return results
 
 
@@ -267,6 +309,8 @@ def answer_metrics(answers) -> dict:
                "mean_reference_tokens": sum(a["n_reference_tokens"] for a in answers) / n,
                "exact": sum(a["exact"] for a in answers) / n,
                "f1": sum(a["f1"] for a in answers) / n}
+    if "continues_user" in answers[0]:
+        metrics["continues_user"] = sum(a["continues_user"] for a in answers) / n
     for kind in ("fact", "arithmetic", "greeting"):
         group = [a for a in answers if a["kind"] == kind]
         metrics[f"exact_{kind}"] = sum(a["exact"] for a in group) / len(group) if group else None
