@@ -58,55 +58,109 @@ def test_pair_stats_margin_matches_independent_logprobs():
     assert stats["log_ratio_margin"] == pytest.approx(np.mean(deltas), abs=1e-4)
     assert stats["accuracy"] == pytest.approx(np.mean([d > 0 for d in deltas]))
     assert stats["chosen_logp"] == pytest.approx(np.mean(chosen), abs=1e-3)
+    assert stats["per_pair"]["log_ratio"] == pytest.approx(deltas, abs=1e-4)  # quick 模式逐对噪声检验用的值
+    assert stats["per_pair"]["chosen_logp"] == pytest.approx(chosen, abs=1e-3)
 
 
 @pytest.mark.experiment
 def test_exp1_margin_rises_and_generalises(tmp_path):
+    """quick（种子 42）：每条结论的判定都用 JSON 里第一个种子的逐对值重算一遍（与实验同样的配对方式），
+    成立的结论再断言效应本身的方向。"""
+    from modules.common.noise import compare, exceeds
+
     record, _ = run_quick("exp1_dpo_basics.py", tmp_path)
     m = record["metrics"]
-    steps = m["eval_steps"]
+    steps, beta, n_folds = m["eval_steps"], m["config"]["beta"], m["config"]["n_folds"]
     assert steps[0] == 0 and steps[-1] == m["config"]["dpo_steps"]
     train, heldout = m["curves"]["train"], m["curves"]["heldout"]
     # 第 0 步策略就是参考模型：奖励差与 KL 都恰好为 0
     assert np.allclose(np.array(train["margin"])[:, 0], 0) and np.allclose(np.array(heldout["kl"])[:, 0], 0)
-    margin = np.array(train["margin"]).mean(0)
-    assert margin[-1] > margin[1] > 0, margin  # 训练对上的奖励差上升且为正
-    acc = np.array(heldout["accuracy"]).mean(0)
-    assert acc[-1] > 0.5, acc  # 留出对上的偏好准确率高于随机
-    by_kind = m["heldout_accuracy_by_kind"]
-    assert by_kind["refusal"] > 0.8, by_kind  # "敷衍回答"这种表面特征推广得很好
-    assert find_conclusion(record, "refusal 的留出准确率高于")["holds"] == bool(
-        by_kind["refusal"] > max(by_kind["arithmetic"], by_kind["wrong_fact"]))
-    assert find_conclusion(record, "算术对")["holds"] == bool(by_kind["arithmetic"] > 0.5)
-    kl = np.array(heldout["kl"]).mean(0)
-    assert kl[-1] > 0
-    # 结论与数字一致
-    assert find_conclusion(record, "训练对上的奖励差随训练上升")["holds"] == bool(margin[-1] > margin[1] > 0)
-    assert find_conclusion(record, "偏好准确率高于 0.5")["holds"] == bool(acc[-1] > 0.5)
-    assert find_conclusion(record, "KL 随训练增大")["holds"] == bool(kl[-1] > kl[1] > 0)
-    hm = np.array(heldout["margin"]).mean(0)
-    assert find_conclusion(record, "留出对上的奖励差也上升")["holds"] == bool(hm[-1] > hm[1])
-    exempt_conclusions(record, {"奖励差主要来自压低 rejected": "均值的直接比较；同一现象在 exp3 里经噪声检验"
-                                                             "（留出对上 log p(chosen) 也下降、rejected 降得更多）"})
+    pairs = m["per_pair_first_seed"]
+    early, late = str(steps[1]), str(steps[-1])
+
+    def values(split, step, key, kind=None):
+        v = pairs[split][step][key]
+        return v if kind is None else [v[p] for p in m["kind_positions"][split][kind]]
+
+    def margins(split, step):
+        return [beta * d for d in values(split, step, "log_ratio")]
+
+    def correct(split, step, kind=None):
+        return [float(d > 0) for d in values(split, step, "log_ratio", kind)]
+
+    def checked(fragment, verdict):
+        c = find_conclusion(record, fragment)
+        assert c["noise"]["unit"] == "batches" and c["status"] == verdict.status, (c, verdict)
+        return verdict
+
+    v = checked("第 10 步已为正", exceeds(margins("train", early), 0.0, unit="batches"))
+    assert v.holds and np.mean(margins("train", early)) > 0
+    v = checked("训练对上的奖励差随训练上升", compare(margins("train", late), margins("train", early), "greater", "batches"))
+    assert v.holds and np.mean(margins("train", late)) > np.mean(margins("train", early))
+    v = checked("留出对上的奖励差也上升", compare(margins("heldout", late), margins("heldout", early), "greater", "batches"))
+    assert v.holds and np.mean(margins("heldout", late)) > np.mean(margins("heldout", early))
+    v = checked("KL 随训练增大", compare(values("heldout", late, "kl"), values("heldout", early, "kl"), "greater", "batches"))
+    assert v.holds and np.mean(values("heldout", late, "kl")) > np.mean(values("heldout", early, "kl"))
+    shift = {key: np.subtract(values("heldout", late, key), values("heldout", "0", key)) for key in ("chosen_logp", "rejected_logp")}
+    v = checked("奖励差主要来自压低 rejected", compare(shift["rejected_logp"], shift["chosen_logp"], "less", "batches"))
+    assert v.holds and shift["rejected_logp"].mean() < shift["chosen_logp"].mean() < 0  # chosen 自己也下降
+    v = checked("[对照] 训练过的算术对", exceeds(correct("train", late, "arithmetic"), 0.5, unit="batches"))
+    assert v.holds and np.mean(correct("train", late, "arithmetic")) > 0.5
+
+    def folds(kind):
+        c = correct("heldout", late, kind)
+        return [np.mean(c[f::n_folds]) for f in range(n_folds)]
+
+    v = checked("refusal 的留出准确率高于 wrong_fact", compare(folds("refusal"), folds("wrong_fact"), "greater", "batches"))
+    assert v.holds and np.mean(correct("heldout", late, "refusal")) > 0.8  # "敷衍回答"这种表面特征推广得很好
+    # 下面两条在 60 个留出对的噪声边缘：quick 种子 42、1、7 上判定不一（README 的逐种子表），
+    # 这里断言判定与重算一致、方向不反、效应本身的方向与参考运行相同
+    v = checked("refusal 的留出准确率高于 arithmetic", compare(folds("refusal"), folds("arithmetic"), "greater", "batches"))
+    assert v.status != "fails" and v.mean_delta > 0
+    v = checked("偏好准确率高于 0.5（随机猜）", exceeds(correct("heldout", late), 0.5, unit="batches"))
+    assert v.status != "fails" and v.mean_delta > 0
+    # issue 的核心结论：参考模型不会加法时，DPO 的算术偏好推广不到留出的题——测得的是"未确立"（种子 42、1、7 都是），
+    # 断言判定与重算一致且不是"成立"；参考模型自己的偏好（log π_ref 比较）也在 0.5 附近，两者都记进 JSON
+    v = checked("模型学会了'算对'", exceeds(correct("heldout", late, "arithmetic"), 0.5, unit="batches"))
+    assert v.status != "holds", v
+    assert len(m["reference_prefers_chosen_by_kind"]["arithmetic"]) == 1
 
 
 @pytest.mark.experiment
 def test_exp2_larger_beta_stays_closer_to_reference(tmp_path):
+    """quick（种子 42）：判定用 JSON 里第一个种子的逐对值重算（各 β 在同一组留出对上逐对配对）。"""
+    from modules.common.noise import compare, exceeds
+
     record, _ = run_quick("exp2_beta.py", tmp_path)
     m = record["metrics"]
     betas = m["config"]["betas"]
-    kl = {b: float(np.mean(m["per_beta"][str(b)]["kl"])) for b in betas}
-    delta = {b: float(np.mean(m["per_beta"][str(b)]["log_ratio_margin"])) for b in betas}
-    assert all(v > 0 for v in kl.values()), kl
-    # 最大的 β 的 KL 明显小于最小的 β（留了余量：至少小四分之一；参考运行里小一半以上）
-    assert kl[betas[-1]] < 0.75 * kl[betas[0]], kl
-    assert delta[betas[0]] > delta[betas[-1]], delta
-    assert find_conclusion(record, "β 越大，策略离参考模型越近")["holds"] == bool(kl[betas[-1]] < kl[betas[0]])
-    order = [kl[b] for b in betas]
-    assert find_conclusion(record, "KL 随 β 单调下降")["holds"] == all(a > b for a, b in zip(order, order[1:]))
-    assert find_conclusion(record, "推得越开")["holds"] == bool(delta[betas[0]] > delta[betas[-1]])
-    exempt_conclusions(record, {"每个 β 在留出对上的偏好准确率都高于 0.5": "比例与 0.5 的直接比较，留出对只有几十对，"
-                                                                         "还没经过噪声检验（issue 19）"})
+    pairs = {b: m["per_pair_first_seed"][str(b)] for b in betas}
+    kl = {b: float(np.mean(pairs[b]["kl"])) for b in betas}
+
+    def checked(fragment, verdict):
+        c = find_conclusion(record, fragment)
+        assert c["noise"]["unit"] == "batches" and c["status"] == verdict.status, (c, verdict)
+        return verdict
+
+    small, large = betas[0], betas[-1]
+    v = checked("β 越大，策略离参考模型越近", compare(pairs[large]["kl"], pairs[small]["kl"], "less", "batches"))
+    assert v.holds and kl[large] < 0.75 * kl[small], kl  # 参考运行里小一半以上
+    for lower, higher in zip(betas[1:], betas[2:]):  # 0.1 → 0.5 → 2：quick 种子 42、1、7 上都成立
+        v = checked(f"β={higher} 的 KL 小于 β={lower}", compare(pairs[higher]["kl"], pairs[lower]["kl"], "less", "batches"))
+        assert v.holds and kl[higher] < kl[lower], kl
+    # 下面两条在 quick 种子之间判定不一（README 的逐种子表）：0.01 与 0.1 两档的 KL 只差约 0.01–0.05 nat/token
+    # （种子 42 成立，1、7 未确立）；β=0.01 与 β=2 的 Δ 之差在种子 1 上（+1.35）小于 2·SE（2.46）。
+    # 断言判定与重算一致、方向不反、效应方向与参考运行相同
+    v = checked(f"β={betas[1]} 的 KL 小于 β={small}", compare(pairs[betas[1]]["kl"], pairs[small]["kl"], "less", "batches"))
+    assert v.status != "fails" and kl[betas[1]] < kl[small], kl
+    v = checked("推得越开", compare(pairs[small]["log_ratio"], pairs[large]["log_ratio"], "greater", "batches"))
+    assert v.status != "fails" and np.mean(pairs[small]["log_ratio"]) > np.mean(pairs[large]["log_ratio"])
+    # 偏好准确率约 0.6：60 个留出对的噪声（2·SE ≈ 0.13）刚好盖住它，quick 种子之间判定不一；
+    # 断言判定与重算一致、方向不反
+    for b in betas:
+        correct = [float(d > 0) for d in pairs[b]["log_ratio"]]
+        v = checked(f"β={b} 在留出对上的偏好准确率高于 0.5", exceeds(correct, 0.5, unit="batches"))
+        assert v.status != "fails" and np.mean(correct) > 0.5, (b, np.mean(correct))
 
 
 @pytest.mark.experiment

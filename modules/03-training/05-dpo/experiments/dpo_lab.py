@@ -184,37 +184,46 @@ def pair_logprobs(model, dpo_data, indices, device, chunk: int = 32) -> dict:
 
 
 @torch.no_grad()
-def answer_kl(policy, ref, dpo_data, indices, device, chunk: int = 32) -> float:
-    """策略到参考模型的 KL：在 chosen 与 rejected 回答的每个位置（teacher forcing）精确计算下一个 token 分布的
-    KL(π ‖ π_ref) = Σ_v π(v)·(log π(v) − log π_ref(v))，对所有回答位置取平均（单位：nat/token）。"""
-    total, count = 0.0, 0
+def answer_kl_per_pair(policy, ref, dpo_data, indices, device, chunk: int = 32):
+    """策略到参考模型的 KL，逐个偏好对：在 chosen 与 rejected 回答的每个位置（teacher forcing）精确计算下一个 token
+    分布的 KL(π ‖ π_ref) = Σ_v π(v)·(log π(v) − log π_ref(v))。返回 (kl_sum, n_tokens)，各 (N,)：
+    每对两个回答所有位置的 KL 之和与位置数。"""
+    kl_sums, counts = [], []
     for start in range(0, len(indices), chunk):
         batch = pair_batch(dpo_data, indices[start:start + chunk], device)
+        kl_sum, count = 0.0, 0
         for key in ("chosen", "rejected"):
             ids, labels = batch[f"{key}_ids"], batch[f"{key}_labels"]
             logp = policy(ids).logits[:, :-1].float().log_softmax(-1)  # (B, T-1, V)：位置 t 预测第 t+1 个 token
             logp_ref = ref(ids).logits[:, :-1].float().log_softmax(-1)  # (B, T-1, V)
             kl = (logp.exp() * (logp - logp_ref)).sum(-1)  # (B, T-1)
             mask = labels[:, 1:] != -100  # 只看回答位置（与 sequence_logprob 相同的掩码）
-            total += kl[mask].sum().item()
-            count += int(mask.sum())
-    return total / count
+            kl_sum = kl_sum + (kl * mask).sum(1)  # (B,)
+            count = count + mask.sum(1)  # (B,)
+        kl_sums.append(kl_sum)
+        counts.append(count)
+    return torch.cat(kl_sums), torch.cat(counts)
 
 
 def pair_stats(policy, ref, dpo_data, indices, beta: float, device, ref_logps: dict = None) -> dict:
     """一组偏好对上的 DPO 指标：
     margin = β·[(log π(y_c) − log π_ref(y_c)) − (log π(y_r) − log π_ref(y_r))] 的平均（隐式奖励差，同 dpo_loss），
     log_ratio_margin = margin / β（与 β 无关的"对数概率差的变化"），accuracy = margin > 0 的比例，
-    chosen_logp / rejected_logp = 策略下的平均序列对数概率，kl = answer_kl，
-    accuracy_<kind> = 每种偏好对（pair_kind）各自的偏好准确率。"""
+    chosen_logp / rejected_logp = 策略下的平均序列对数概率，kl = 所有回答位置平均的 KL（nat/token），
+    accuracy_<kind> = 每种偏好对（pair_kind）各自的偏好准确率，
+    per_pair = 逐对的值（与 indices 同序）：log_ratio（上面的 Δ）、chosen_logp、rejected_logp、
+    kl（这一对两个回答的位置平均 KL）——单种子时噪声检验按偏好对配对用它们。"""
     ref_logps = ref_logps or pair_logprobs(ref, dpo_data, indices, device)
     logps = pair_logprobs(policy, dpo_data, indices, device)
     delta = (logps["chosen"] - ref_logps["chosen"]) - (logps["rejected"] - ref_logps["rejected"])  # (N,)
+    kl_sum, n_tokens = answer_kl_per_pair(policy, ref, dpo_data, indices, device)  # (N,), (N,)
     kinds = [pair_kind(dpo_data.rows[i]) for i in indices]
     stats = {"margin": (beta * delta).mean().item(), "log_ratio_margin": delta.mean().item(),
              "accuracy": (delta > 0).float().mean().item(),
              "chosen_logp": logps["chosen"].mean().item(), "rejected_logp": logps["rejected"].mean().item(),
-             "kl": answer_kl(policy, ref, dpo_data, indices, device)}
+             "kl": (kl_sum.sum() / n_tokens.sum()).item(),
+             "per_pair": {"log_ratio": delta.tolist(), "chosen_logp": logps["chosen"].tolist(),
+                          "rejected_logp": logps["rejected"].tolist(), "kl": (kl_sum / n_tokens).tolist()}}
     for kind in PAIR_KINDS:
         picked = torch.tensor([k == kind for k in kinds], device=delta.device)
         stats[f"accuracy_{kind}"] = (delta[picked] > 0).float().mean().item() if picked.any() else None

@@ -6,6 +6,9 @@
   隐式奖励差 margin = β·[(log π(y_c) − log π_ref(y_c)) − (log π(y_r) − log π_ref(y_r))]，
   偏好准确率 = margin > 0 的比例，策略到参考模型的 KL（回答位置上精确计算，nat/token），
   以及 chosen / rejected 回答的平均序列对数概率。
+每条比较结论都过噪声检验（modules/common/noise.py）：完整模式按种子配对；quick 模式只有一个种子，
+按同一组偏好对逐对配对（KL 用每一对的位置平均 KL），分类型的比较按 N_FOLDS 个固定的留出子集配对。
+算术对另报参考模型自己是否已偏好正确结果（log π_ref(y_c) > log π_ref(y_r)）：DPO 只能放大参考模型已有的区分。
 
     python exp1_dpo_basics.py --quick
 """
@@ -18,10 +21,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import dpo_lab as lab  # noqa: E402
-from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
+from modules.common.experiment_base import Experiment, format_mean_std  # noqa: E402
+from modules.common.noise import compare_runs  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 
 N_TRAIN_EVAL = 60  # 监控用的训练对数量（固定的前 60 对）
+N_FOLDS = 5  # quick 模式比较两类留出对时配对用的固定子集数（每类约 20 对，每个子集约 4 对）
 
 
 def add_args(parser):
@@ -61,9 +66,11 @@ def main():
 
         _, hist = lab.train_dpo(ref, dpo_data, train_idx, seed, dpo_steps, beta, exp.device,
                                 evaluate=evaluate, eval_every=eval_every)
+        hist["ref_prefers_chosen"] = (ref_heldout["chosen"] > ref_heldout["rejected"]).float().tolist()  # (N_heldout,)
         runs.append(hist)
 
     eval_steps = [e["step"] for e in runs[0]["evals"]]
+    n_seeds = len(runs)
 
     def curve(split, key):  # (n_seeds, n_evals)
         return np.array([[e[split][key] for e in run["evals"]] for run in runs])
@@ -78,40 +85,92 @@ def main():
     exp.print_table(["pairs", "metric", "step 0 (=ref)", f"step {eval_steps[early]}", f"step {eval_steps[late]}"],
                     rows, title="DPO 训练过程中的指标（mean ± std over seeds）")
 
+    # 噪声检验（modules/common/noise.py）：完整模式按种子配对；quick 模式只有一个种子，按同一组偏好对逐对配对
+    # （训练监控对 60 对、留出对 60 对；分类型的比较按固定的 N_FOLDS 个留出子集配对）
+    def pair_values(split, key, pos, indices=None):  # 第一个种子在第 pos 次评估时的逐对值
+        values = runs[0]["evals"][pos][split]["per_pair"][key]
+        return values if indices is None else [values[i] for i in indices]
+
+    def pair_margins(split, pos):  # 逐对的奖励差 β·Δ
+        return [beta * d for d in pair_values(split, "log_ratio", pos)]
+
+    def pair_correct(split, pos, indices=None):  # 逐对的"margin > 0"（0/1），平均值就是偏好准确率
+        return [float(d > 0) for d in pair_values(split, "log_ratio", pos, indices)]
+
+    step_e, step_l = eval_steps[early], eval_steps[late]
     train_margin, heldout_margin = curve("train", "margin"), curve("heldout", "margin")
-    heldout_acc, heldout_kl = curve("heldout", "accuracy"), curve("heldout", "kl")
-    m_early, m_late = mean_std(train_margin[:, early])[0], mean_std(train_margin[:, late])[0]
-    exp.conclude("训练对上的奖励差随训练上升（后期 > 早期 > 0）",
-                 bool(m_late > m_early > 0),
-                 f"train margin: step {eval_steps[early]} = {m_early:.3f}, step {eval_steps[late]} = {m_late:.3f}")
-    h_early, h_late = mean_std(heldout_margin[:, early])[0], mean_std(heldout_margin[:, late])[0]
-    exp.conclude("留出对上的奖励差也上升（后期 > 早期）：偏好推广到没见过的问题",
-                 bool(h_late > h_early),
-                 f"heldout margin: step {eval_steps[early]} = {h_early:.3f}, step {eval_steps[late]} = {h_late:.3f}")
-    acc = mean_std(heldout_acc[:, late])[0]
-    exp.conclude("留出对上的偏好准确率高于 0.5（随机猜）",
-                 bool(acc > 0.5), f"heldout accuracy at step {eval_steps[late]} = {acc:.3f}")
-    kl_early, kl_late = mean_std(heldout_kl[:, early])[0], mean_std(heldout_kl[:, late])[0]
-    exp.conclude("策略离参考模型越来越远：KL 随训练增大（DPO 的奖励是用偏离参考模型换来的）",
-                 bool(kl_late > kl_early > 0),
-                 f"heldout KL (nat/token): step {eval_steps[early]} = {kl_early:.4f}, step {eval_steps[late]} = {kl_late:.4f}")
-    kind_acc = {kind: mean_std(curve("heldout", f"accuracy_{kind}")[:, late])[0] for kind in lab.PAIR_KINDS}
-    kind_counts = {kind: sum(lab.pair_kind(dpo_data.rows[i]) == kind for i in heldout_idx) for kind in lab.PAIR_KINDS}
-    exp.print_table(["pair kind", "n held-out", f"accuracy @ step {eval_steps[late]}"],
-                    [[k, kind_counts[k], format_mean_std(curve("heldout", f"accuracy_{k}")[:, late], 3)]
-                     for k in lab.PAIR_KINDS], title="留出对按类型的偏好准确率")
-    exp.conclude("学到的偏好在'敷衍回答'这类对上推广得最好：refusal 的留出准确率高于 arithmetic 与 wrong_fact",
-                 bool(kind_acc["refusal"] > max(kind_acc["arithmetic"], kind_acc["wrong_fact"])),
-                 ", ".join(f"{k}: {v:.3f}" for k, v in kind_acc.items()))
-    exp.conclude("算术对（正确结果 vs 差 1–2）的留出准确率高于 0.5：模型学会了'算对'",
-                 bool(kind_acc["arithmetic"] > 0.5), f"arithmetic held-out accuracy = {kind_acc['arithmetic']:.3f}")
+    exp.conclude_verdict(f"训练对上的奖励差在第 {step_e} 步已为正：DPO 一开始就在拉开 chosen 与 rejected",
+                         compare_runs(train_margin[:, early], [0.0] * n_seeds, "greater",
+                                      pair_margins("train", early), [0.0] * N_TRAIN_EVAL),
+                         f"train margin @ step {step_e} = {format_mean_std(train_margin[:, early], 3)}")
+    exp.conclude_verdict(f"训练对上的奖励差随训练上升（第 {step_l} 步 > 第 {step_e} 步）",
+                         compare_runs(train_margin[:, late], train_margin[:, early], "greater",
+                                      pair_margins("train", late), pair_margins("train", early)),
+                         f"train margin: step {step_e} = {format_mean_std(train_margin[:, early], 3)}, "
+                         f"step {step_l} = {format_mean_std(train_margin[:, late], 3)}")
+    exp.conclude_verdict(f"留出对上的奖励差也上升（第 {step_l} 步 > 第 {step_e} 步）：偏好推广到没见过的问题",
+                         compare_runs(heldout_margin[:, late], heldout_margin[:, early], "greater",
+                                      pair_margins("heldout", late), pair_margins("heldout", early)),
+                         f"heldout margin: step {step_e} = {format_mean_std(heldout_margin[:, early], 3)}, "
+                         f"step {step_l} = {format_mean_std(heldout_margin[:, late], 3)}")
+    heldout_acc = curve("heldout", "accuracy")
+    exp.conclude_verdict("留出对上的偏好准确率高于 0.5（随机猜）",
+                         compare_runs(heldout_acc[:, late], [0.5] * n_seeds, "greater",
+                                      pair_correct("heldout", late), [0.5] * len(heldout_idx)),
+                         f"heldout accuracy @ step {step_l} = {format_mean_std(heldout_acc[:, late], 3)}")
+    heldout_kl = curve("heldout", "kl")
+    exp.conclude_verdict(f"策略离参考模型越来越远：KL 随训练增大（第 {step_l} 步 > 第 {step_e} 步；DPO 的奖励是用偏离参考模型换来的）",
+                         compare_runs(heldout_kl[:, late], heldout_kl[:, early], "greater",
+                                      pair_values("heldout", "kl", late), pair_values("heldout", "kl", early)),
+                         f"heldout KL (nat/token): step {step_e} = {format_mean_std(heldout_kl[:, early], 4)}, "
+                         f"step {step_l} = {format_mean_std(heldout_kl[:, late], 4)}")
+
+    kinds = {split: [lab.pair_kind(dpo_data.rows[i]) for i in idx]
+             for split, idx in (("train", monitor_idx), ("heldout", heldout_idx))}
+    positions = {split: {kind: [p for p, k in enumerate(kinds[split]) if k == kind] for kind in lab.PAIR_KINDS}
+                 for split in kinds}
+    kind_acc = {kind: curve("heldout", f"accuracy_{kind}")[:, late] for kind in lab.PAIR_KINDS}  # (n_seeds,)
+    # 第 0 步的准确率按定义是 0（margin 恰为 0），参考模型自己"更偏好哪个回答"另算：log π_ref(y_c) > log π_ref(y_r)
+    ref_prefers = {kind: [float(np.mean([run["ref_prefers_chosen"][p] for p in positions["heldout"][kind]]))
+                          for run in runs] for kind in lab.PAIR_KINDS}
+    exp.print_table(["pair kind", "n held-out", f"DPO accuracy @ step {step_l}", "reference prefers chosen"],
+                    [[k, len(positions["heldout"][k]), format_mean_std(kind_acc[k], 3),
+                      format_mean_std(ref_prefers[k], 3)] for k in lab.PAIR_KINDS],
+                    title="留出对按类型：DPO 的偏好准确率（margin > 0），以及参考模型自己给 chosen 的对数概率是否更高")
+
+    def fold_accuracy(kind):  # 每种偏好对按出现顺序轮流分进 N_FOLDS 个固定子集，各子集的准确率（第一个种子）
+        correct = pair_correct("heldout", late, positions["heldout"][kind])
+        return [float(np.mean(correct[f::N_FOLDS])) for f in range(N_FOLDS)]
+
+    for other in ("arithmetic", "wrong_fact"):
+        exp.conclude_verdict(f"学到的偏好在'敷衍回答'这类对上推广得最好：refusal 的留出准确率高于 {other}",
+                             compare_runs(kind_acc["refusal"], kind_acc[other], "greater",
+                                          fold_accuracy("refusal"), fold_accuracy(other)),
+                             f"refusal {format_mean_std(kind_acc['refusal'], 3)}, "
+                             f"{other} {format_mean_std(kind_acc[other], 3)}"
+                             + (f"（单种子：按 {N_FOLDS} 个固定的留出子集配对）" if n_seeds == 1 else ""))
+    train_arith = curve("train", "accuracy_arithmetic")[:, late]
+    exp.conclude_verdict("[对照] 训练过的算术对上偏好准确率高于 0.5：DPO 能逐题记住哪个结果是对的",
+                         compare_runs(train_arith, [0.5] * n_seeds, "greater",
+                                      pair_correct("train", late, positions["train"]["arithmetic"]),
+                                      [0.5] * len(positions["train"]["arithmetic"])),
+                         f"train arithmetic accuracy @ step {step_l} = {format_mean_std(train_arith, 3)}"
+                         f"（{len(positions['train']['arithmetic'])} 对）")
+    exp.conclude_verdict("算术对（正确结果 vs 差 1–2）的留出准确率高于 0.5：模型学会了'算对'",
+                         compare_runs(kind_acc["arithmetic"], [0.5] * n_seeds, "greater",
+                                      pair_correct("heldout", late, positions["heldout"]["arithmetic"]),
+                                      [0.5] * len(positions["heldout"]["arithmetic"])),
+                         f"arithmetic held-out accuracy = {format_mean_std(kind_acc['arithmetic'], 3)}；"
+                         f"参考模型自己偏好正确结果的比例 = {format_mean_std(ref_prefers['arithmetic'], 3)}")
     chosen, rejected = curve("heldout", "chosen_logp"), curve("heldout", "rejected_logp")
-    d_chosen = mean_std(chosen[:, late] - chosen[:, 0])[0]
-    d_rejected = mean_std(rejected[:, late] - rejected[:, 0])[0]
-    exp.conclude("奖励差主要来自压低 rejected：rejected 的对数概率降得比 chosen 多",
-                 bool(d_rejected < d_chosen),
-                 f"heldout Δlog p: chosen {d_chosen:+.2f}, rejected {d_rejected:+.2f}"
-                 f"（chosen {'也下降了' if d_chosen < 0 else '上升了'}）")
+    d_chosen, d_rejected = chosen[:, late] - chosen[:, 0], rejected[:, late] - rejected[:, 0]  # (n_seeds,)
+
+    def pair_shift(key):  # 第一个种子逐对的 log p 变化（最后一步 − 第 0 步）
+        return [b - a for a, b in zip(pair_values("heldout", key, 0), pair_values("heldout", key, late))]
+
+    exp.conclude_verdict("奖励差主要来自压低 rejected：留出对上 rejected 的对数概率降得比 chosen 多",
+                         compare_runs(d_rejected, d_chosen, "less", pair_shift("rejected_logp"), pair_shift("chosen_logp")),
+                         f"heldout Δlog p: chosen {format_mean_std(d_chosen, 2)}, rejected {format_mean_std(d_rejected, 2)}")
 
     set_style()
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
@@ -140,14 +199,19 @@ def main():
 
     exp.save_metrics({"config": {"ref_steps": ref_steps, "dpo_steps": dpo_steps, "beta": beta, "lr": lab.DPO_LR,
                                  "batch_pairs": lab.DPO_BATCH, "n_train_pairs": len(train_idx),
-                                 "n_heldout_pairs": len(heldout_idx), "model": lab.MODEL_SIZE},
+                                 "n_heldout_pairs": len(heldout_idx), "n_folds": N_FOLDS, "model": lab.MODEL_SIZE},
                       "eval_steps": eval_steps,
-                      "heldout_kind_counts": kind_counts, "heldout_accuracy_by_kind": kind_acc,
+                      "kind_positions": positions,
+                      "heldout_accuracy_by_kind": {k: v.tolist() for k, v in kind_acc.items()},
+                      "reference_prefers_chosen_by_kind": ref_prefers,
                       "curves": {split: {key: curve(split, key).tolist()
                                          for key in ("margin", "log_ratio_margin", "accuracy", "kl",
                                                      "chosen_logp", "rejected_logp")
                                          + tuple(f"accuracy_{k}" for k in lab.PAIR_KINDS)}
                                  for split in ("train", "heldout")},
+                      # 第一个种子逐对的值（第 0 步、第一次评估、最后一步），quick 模式的噪声检验就用它们
+                      "per_pair_first_seed": {split: {str(eval_steps[pos]): runs[0]["evals"][pos][split]["per_pair"]
+                                                      for pos in (0, early, late)} for split in ("train", "heldout")},
                       "batch_reward_margin": [run["reward_margin"] for run in runs],
                       "batch_loss": [run["loss"] for run in runs]})
     exp.finish()

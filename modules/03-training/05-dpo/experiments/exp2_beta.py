@@ -4,7 +4,8 @@ DPO 的损失 −log σ(β·Δ)，Δ = (log π(y_c) − log π_ref(y_c)) − (lo
 β 小：σ 一直停在 0.5 附近、损失不饱和，策略会把 Δ 推得很大，离参考模型也越远；
 β 大：β·Δ 很快变大、σ(−β·Δ) → 0，梯度自己消失，策略停在参考模型附近。
 本实验对每个 β 从同一个参考模型出发做同样步数的 DPO，在留出的偏好对上测 Δ（与 β 无关的对数概率差变化）、
-奖励差 β·Δ、偏好准确率和 KL(π ‖ π_ref)。
+奖励差 β·Δ、偏好准确率和 KL(π ‖ π_ref)。比较结论都过噪声检验（modules/common/noise.py）：完整模式按种子配对，
+quick 模式各 β 在同一组留出对上逐对配对。
 
     python exp2_beta.py --quick
 """
@@ -18,6 +19,7 @@ import numpy as np  # noqa: E402
 
 import dpo_lab as lab  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
+from modules.common.noise import compare_runs  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 
 BETAS = [0.01, 0.1, 0.5, 2.0]
@@ -64,19 +66,35 @@ def main():
 
     kl = {beta: mean_std(values(beta, "kl"))[0] for beta in betas}
     delta = {beta: mean_std(values(beta, "log_ratio_margin"))[0] for beta in betas}
-    small, large = betas[0], betas[-1]
-    exp.conclude(f"β 越大，策略离参考模型越近：β={large} 的 KL 小于 β={small}",
-                 bool(kl[large] < kl[small]), f"KL: β={small} → {kl[small]:.4f}, β={large} → {kl[large]:.4f} nat/token")
-    kl_order = [kl[b] for b in betas]
-    exp.conclude("KL 随 β 单调下降（每一档 β 都比前一档小）",
-                 bool(all(a > b for a, b in zip(kl_order, kl_order[1:]))),
-                 "KL by β: " + ", ".join(f"{b}: {kl[b]:.4f}" for b in betas))
-    exp.conclude(f"β 越小，chosen 与 rejected 的对数概率差被推得越开：β={small} 的 Δ 大于 β={large}",
-                 bool(delta[small] > delta[large]),
-                 f"Δ log-ratio: β={small} → {delta[small]:.2f}, β={large} → {delta[large]:.2f}")
     acc = {beta: mean_std(values(beta, "accuracy"))[0] for beta in betas}
-    exp.conclude("每个 β 在留出对上的偏好准确率都高于 0.5",
-                 bool(min(acc.values()) > 0.5), "accuracy by β: " + ", ".join(f"{b}: {acc[b]:.3f}" for b in betas))
+
+    # 噪声检验（modules/common/noise.py）：完整模式按种子配对；quick 模式只有一个种子，
+    # 各 β 的策略在同一组留出对上逐对配对（KL 用每一对的位置平均 KL，准确率用每一对的 margin > 0）
+    def pair_values(beta, key):
+        return stats[beta][0]["per_pair"][key]
+
+    def verdict(beta_a: float, beta_b: float, key: str, direction: str):  # "β=beta_a 的 key 比 β=beta_b 更 direction"
+        return compare_runs(values(beta_a, key), values(beta_b, key), direction,
+                            pair_values(beta_a, key), pair_values(beta_b, key))
+
+    small, large = betas[0], betas[-1]
+    exp.conclude_verdict(f"β 越大，策略离参考模型越近：β={large} 的 KL 小于 β={small}",
+                         verdict(large, small, "kl", "less"),
+                         f"KL: β={small} → {kl[small]:.4f}, β={large} → {kl[large]:.4f} nat/token")
+    for lower, higher in zip(betas, betas[1:]):
+        exp.conclude_verdict(f"KL 随 β 单调下降：β={higher} 的 KL 小于 β={lower}",
+                             verdict(higher, lower, "kl", "less"),
+                             f"KL: β={lower} → {kl[lower]:.4f}, β={higher} → {kl[higher]:.4f} nat/token")
+    exp.conclude_verdict(f"β 越小，chosen 与 rejected 的对数概率差被推得越开：β={small} 的 Δ 大于 β={large}",
+                         compare_runs(values(small, "log_ratio_margin"), values(large, "log_ratio_margin"), "greater",
+                                      pair_values(small, "log_ratio"), pair_values(large, "log_ratio")),
+                         f"Δ log-ratio: β={small} → {delta[small]:.2f}, β={large} → {delta[large]:.2f}")
+    for beta in betas:
+        correct = [float(d > 0) for d in pair_values(beta, "log_ratio")]
+        exp.conclude_verdict(f"β={beta} 在留出对上的偏好准确率高于 0.5",
+                             compare_runs(values(beta, "accuracy"), [0.5] * len(exp.seeds), "greater",
+                                          correct, [0.5] * len(correct)),
+                             f"accuracy = {format_mean_std(values(beta, 'accuracy'), 3)}")
 
     set_style()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -112,7 +130,9 @@ def main():
                                    for beta in betas},
                       "mean_kl": {str(b): kl[b] for b in betas},
                       "mean_log_ratio_margin": {str(b): delta[b] for b in betas},
-                      "mean_accuracy": {str(b): acc[b] for b in betas}})
+                      "mean_accuracy": {str(b): acc[b] for b in betas},
+                      # 第一个种子逐对的值，quick 模式的噪声检验就用它们
+                      "per_pair_first_seed": {str(beta): stats[beta][0]["per_pair"] for beta in betas}})
     exp.finish()
 
 
