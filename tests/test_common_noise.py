@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from modules.common.noise import (FAILS, HOLDS, NOT_ESTABLISHED, compare, compare_runs, equivalent, equivalent_runs, exceeds,
-                                  fewer_failures, noninferior, noninferior_runs)
+                                  fewer_failures, noninferior, noninferior_runs, weakest)
 
 
 def test_consistent_effect_beyond_noise_holds():
@@ -88,6 +88,19 @@ def test_failure_rates_use_the_discordant_seeds():
     assert fewer_failures([False] * 5 + [True], [True] * 5 + [False]).status == NOT_ESTABLISHED
     with pytest.raises(ValueError, match="个数相同"):
         fewer_failures([True], [True, False])
+
+
+def test_weakest_decides_an_every_pair_claim():
+    strong = compare([1.0, 1.0, 1.0], [2.0, 2.1, 1.9], "less")       # 成立，Δ 远大于噪声
+    marginal = compare([1.0, 1.0, 1.0], [1.10, 1.12, 1.09], "less")  # 成立，但最勉强
+    unclear = compare([1.0, 1.0, 1.0], [1.1, 0.9, 1.05], "less")     # 未确立
+    reversed_ = compare([2.0, 2.1, 1.9], [1.0, 1.0, 1.0], "less")    # 反向超出噪声
+    assert strong.holds and marginal.holds and unclear.status == NOT_ESTABLISHED and reversed_.status == FAILS
+    assert weakest([strong, marginal]) is marginal
+    assert weakest({"a": strong, "b": unclear, "c": marginal}) is unclear
+    assert weakest([unclear, reversed_, strong]) is reversed_
+    with pytest.raises(ValueError, match="至少"):
+        weakest([])
 
 
 def test_exceeds_a_constant():

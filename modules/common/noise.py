@@ -232,6 +232,22 @@ def fewer_failures(a_failed, b_failed, unit: str = "seeds") -> Verdict:
     return Verdict(status, unit, n, mean, se, deltas, p_value=p_for)
 
 
+def weakest(verdicts) -> Verdict:
+    """"每一对都要成立"的结论（"A 比其余每一个都好"、"每多一档预算 loss 都更低"）由几次检验组成：
+    全部成立才成立，任一次反向超出噪声就不成立，其余未确立。返回决定整条结论的那一次（verdicts 可以是列表或字典）：
+    先按状态（FAILS < NOT_ESTABLISHED < HOLDS），同一状态里取 |Δ| 相对 k·SE 最小的——全部成立时就是最勉强成立的一对。"""
+    verdicts = list(verdicts.values()) if isinstance(verdicts, dict) else list(verdicts)
+    if not verdicts:
+        raise ValueError("weakest 至少要有一个判定")
+    order = {FAILS: 0, HOLDS: 2}
+
+    def strength(v):
+        bar = noise_multiplier(v.n) * v.se if math.isfinite(v.se) else math.inf
+        return order.get(v.status, 1), abs(v.mean_delta) / bar if bar > 0 else math.inf
+
+    return min(verdicts, key=strength)
+
+
 def compare_runs(a_seeds, b_seeds, direction: str, a_batches=None, b_batches=None) -> Verdict:
     """实验里最常见的比较：完整模式（≥ 2 个种子）按种子配对；quick 模式只有一个种子时，
     退而用同一次运行里按评估批次（同一批数据）配对的值——没给批次值就只能判 NOT_ESTABLISHED。"""

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
-from modules.common.noise import FAILS, HOLDS, compare, compare_runs, equivalent_runs, noise_multiplier  # noqa: E402
+from modules.common.noise import compare, compare_runs, equivalent_runs, weakest  # noqa: E402
 from modules.common.text_data import char_lm_batches  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
@@ -94,17 +94,6 @@ def run(seed, text, steps, device, desc, **schedule) -> dict:
 
 def blew_up(r: dict, ln_v: float) -> bool:
     return r["diverged_at"] is not None or r["max_train_loss"] > ln_v + BLOWUP_MARGIN
-
-
-def weakest(verdicts: list):
-    """几条"都要成立"的判定里最弱的一条：有 FAILS 取 FAILS，否则有未确立取未确立，同一状态取 |Δ|/(k·SE) 最小的。"""
-    rank = {FAILS: 0, HOLDS: 2}
-
-    def strength(v):
-        margin = noise_multiplier(v.n) * v.se if math.isfinite(v.se) else math.inf
-        return rank.get(v.status, 1), abs(v.mean_delta) / margin if margin > 0 else math.inf
-
-    return min(verdicts, key=strength)
 
 
 def main():

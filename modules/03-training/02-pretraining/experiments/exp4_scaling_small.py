@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
-from modules.common.noise import FAILS, HOLDS, compare_runs, exceeds, noise_multiplier  # noqa: E402
+from modules.common.noise import compare_runs, exceeds, weakest  # noqa: E402
 from modules.common.text_data import char_lm_batches  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
@@ -80,18 +80,6 @@ def fit_power_law_with_floor(compute: np.ndarray, loss: np.ndarray) -> dict:
         if best is None or sse < best["sse"]:
             best = {"E": float(floor), "a": fit["a"], "alpha": fit["alpha"], "sse": sse}
     return best
-
-
-def weakest(verdicts: list):
-    """一组"每一对都要成立"的判定里最弱的一个：有 FAILS 取 FAILS，否则有未确立取未确立，
-    同一状态里取 |Δ| 相对 k·SE 最小的。整组成立当且仅当它成立。"""
-    rank = {FAILS: 0, HOLDS: 2}
-
-    def strength(v):
-        margin = noise_multiplier(v.n) * v.se if math.isfinite(v.se) else math.inf
-        return rank.get(v.status, 1), abs(v.mean_delta) / margin if margin > 0 else math.inf
-
-    return min(verdicts, key=strength)
 
 
 def main():
