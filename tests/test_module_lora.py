@@ -1,4 +1,5 @@
 """03-training/04-lora 模块：三个实验的 --quick 在子进程里从别的工作目录运行，检查测得的效应。"""
+import math
 import subprocess
 import sys
 
@@ -67,8 +68,17 @@ def test_exp1_lora_trains_only_adapters_and_params_scale_with_rank(tmp_path, exp
     assert m["timing"]["method"].startswith("alternating")
     assert "AdamW state KiB" in stdout
 
+def paired_margin(a, b):
+    """声明"a 比 b 低"时逐条配对差值 b − a 的 (均值, 2·SE)：quick 单种子时噪声检验用的量，在测试里独立重算。"""
+    deltas = [y - x for x, y in zip(a, b)]
+    n = len(deltas)
+    mean = sum(deltas) / n
+    se = math.sqrt(sum((d - mean) ** 2 for d in deltas) / (n - 1) / n)
+    return mean, 2 * se
+
+
 @pytest.mark.experiment
-def test_exp2_placements_have_matched_budgets(tmp_path, experiment_env):
+def test_exp2_all_linear_fits_best_at_equal_budget(tmp_path, experiment_env):
     record, stdout = run_quick("exp2_where_to_adapt.py", tmp_path, experiment_env)
     m = record["metrics"]
     p = m["placements"]
@@ -79,19 +89,40 @@ def test_exp2_placements_have_matched_budgets(tmp_path, experiment_env):
     for name, item in p.items():
         assert item["trainable_params"] == item["rank"] * lora_unit(model, item["targets"]), name
         assert abs(item["trainable_params"] / budget - 1) <= 0.05, name
-        assert item["new_loss"]["mean"] < m["base"]["new_loss"] - 0.2, name  # 每种位置都学到了新任务
+        assert item["new_loss"]["mean"] < m["base"]["new_loss"]["mean"] - 0.5, name  # 每种位置都学到了新任务
+        assert len(item["new_batches_first_seed"]) == 48 and len(item["fit_batches_first_seed"]) == 230, name
     new = {name: item["new_loss"]["mean"] for name, item in p.items()}
     assert m["ranking"] == sorted(new, key=new.get)
     assert " < ".join(m["ranking"]) in stdout
     assert find_conclusion(record, "相差不超过 5%")["holds"] is True
-    assert find_conclusion(record, "注意力 + FFN")["holds"] == (m["ranking"][0] == "attn+FFN")
-    assert find_conclusion(record, "优于只挂 q,v")["holds"] == (new["q,k,v,o"] < new["q,v"])
-    gap = max(new.values()) - min(new.values())
-    assert find_conclusion(record, "相差不到 0.1")["holds"] == (gap < 0.1)
+
+    # 容量：拟合 loss（230 条训练对话逐条配对）。attn+FFN 好于 q,v、q,o 超出 2·SE，在种子 42、1、7 的 quick 都成立；
+    # 好于 q,k,v,o 在 quick（120 步，离容量上限还远）里不稳：种子 1、7 成立，42 未确立（逐条对话 Δ=−0.008，
+    # 2·SE=0.014）。所以 quick 只要求整条结论不反向；完整模式（200 步）按种子检验，见 README 的逐种子表
+    fit = {name: item["fit_batches_first_seed"] for name, item in p.items()}
+    for name in ("q,v", "q,o (MiniMind default)"):
+        gain, bar = paired_margin(fit["attn+FFN"], fit[name])
+        assert gain > bar, (name, gain, bar)
+    assert find_conclusion(record, "训练对话的拟合 loss")["status"] != "fails"
+    # 泛化：留出对话（48 条逐条配对）上 attn+FFN 好于 q,v 超出噪声（种子 42、1、7 都成立）；与 q,k,v,o 的差在三个种子上
+    # 都落在噪声内（与 q,o 的差在 42 上也是），只要求整条结论不反向
+    held = {name: item["new_batches_first_seed"] for name, item in p.items()}
+    gain, bar = paired_margin(held["attn+FFN"], held["q,v"])
+    assert gain > bar, (gain, bar)
+    assert find_conclusion(record, "留出对话的新任务 loss（泛化）")["status"] != "fails"
+    gain, bar = paired_margin(held["q,k,v,o"], held["q,v"])
+    assert find_conclusion(record, "q,k,v,o 全部挂")["status"] == "holds" and gain > bar, (gain, bar)
+    # 远小于：逐条对话 (基座 − 最好) − 5 × (最差 − 最好) 超出噪声地为正
+    best, worst = m["ranking"][0], m["ranking"][-1]
+    base = m["base"]["new_batches_first_seed"]
+    factor = m["config"]["spread_factor"]
+    margin, bar = paired_margin([factor * (w - b) for w, b in zip(held[worst], held[best])],
+                                [x - b for x, b in zip(base, held[best])])
+    assert find_conclusion(record, "远小于")["status"] == "holds" and margin > bar, (margin, bar)
 
 
 @pytest.mark.experiment
-def test_exp3_merge_is_exact_and_full_ft_forgets_more(tmp_path, experiment_env):
+def test_exp3_merge_is_exact_and_forgetting_is_noise_tested(tmp_path, experiment_env):
     record, _ = run_quick("exp3_merge_and_forget.py", tmp_path, experiment_env)
     m = record["metrics"]
     assert m["config"]["comparison"] == "matched steps"
@@ -104,13 +135,15 @@ def test_exp3_merge_is_exact_and_full_ft_forgets_more(tmp_path, experiment_env):
     v = m["variants"]
     rise = {name: item["old_rise"]["mean"] for name, item in v.items()}
     assert all(item["new_drop"]["mean"] > 0.2 for item in v.values())  # 都学到了新任务
-    # 同样步数：全参数微调的旧任务 loss 上升明显多于 LoRA（quick 实测约 0.27 vs 0.10 / 0.18）
-    assert rise["full FT"] > rise["LoRA r=8"] + 0.05
-    assert rise["full FT"] > rise["LoRA r=64"]
     assert find_conclusion(record, "只差 fp32 舍入")["holds"] is True
     assert all(r < 1e-5 for r in m["merge_relative_diff"].values())
-    assert find_conclusion(record, "全参数微调对旧任务的遗忘大于 LoRA")["holds"] is True
-    cost = {name: item["cost"]["mean"] for name, item in v.items()}
-    assert find_conclusion(record, "代价也更高")["holds"] == (
-        cost["full FT"] > max(cost["LoRA r=8"], cost["LoRA r=64"]))
-    assert find_conclusion(record, "rank 越大")["holds"] == (rise["LoRA r=64"] > rise["LoRA r=8"])
+    # 遗忘：quick 单种子按 56 段留出预训练文本逐段配对，段与段的 loss 差异大（SE ≈ 0.08），种子 42、1、7 的 quick
+    # 都判未确立；只要求不反向。全参数的旧任务上升比 LoRA r=8 多 0.05 以上在三个种子上都成立（0.17、0.17、0.14）
+    assert len(v["full FT"]["old_batches_first_seed"]) == 56
+    assert rise["full FT"] > rise["LoRA r=8"] + 0.05
+    assert find_conclusion(record, "全参数微调对旧任务的遗忘大于 LoRA")["status"] != "fails"
+    # 折算代价是两份数据上的比值，没有逐段配对的单位：quick 只有 1 个种子，必须判未确立（n=1），不能说成立
+    cost = find_conclusion(record, "代价也高于")
+    assert cost["status"] == "not_established" and cost["noise"]["n"] == 1
+    # rank 64 比 rank 8 忘得多：quick 种子 42、1 成立，7 未确立（Δ=0.013 < 2·SE=0.032）：只要求不反向
+    assert find_conclusion(record, "rank 越大")["status"] != "fails"

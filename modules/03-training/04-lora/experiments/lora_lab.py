@@ -1,11 +1,12 @@
 """实验 1–3 共用的 LoRA 小工具：同一个分词器、同一份数据代码、同一个 LoRA 实现、同一个 loss。
 
     tokenizer = load_tokenizer()                                  # model/tokenizer/（词表 2364）
-    tasks = load_tasks(tokenizer)                                 # 旧任务 pretrain.jsonl + 新任务 lora_identity.jsonl
+    tasks = load_tasks(tokenizer)                                 # 旧任务 pretrain.jsonl + 新任务 sft.jsonl（对话）
     base, _ = pretrain_base(tasks, seed, steps, device)           # "基座"：在 pretrain.jsonl 上预训练的小 MiniMind
     model, hist, targets = finetune(base, tasks, seed, steps, device, rank=8)   # rank=None 表示全参数微调
     task_loss(model, tasks["new"], device)                        # 新任务（留出对话）的 loss
     task_loss(model, tasks["old"], device)                        # 旧任务（留出预训练文本）的 loss：看遗忘
+    batch_losses(model, tasks["new"], device, batch_size=1)       # 逐条样本的 loss：quick 单种子时的配对噪声
 
 LoRA 用的是 model/model_lora.py 的 apply_lora / merge_lora / unmerge_lora；评估用 trainer/train_pretrain.py 的
 language_model_loss（trainer/train_lora.py 训练用的也是它）；训练循环是 modules/common/training.py::train_model，
