@@ -1,8 +1,10 @@
 """modules.common.text_data：字符分词器、顺序切分、可复现的随机取批。"""
+import math
+
 import pytest
 import torch
 
-from modules.common.text_data import BatchSampler, CharTokenizer, train_val_split
+from modules.common.text_data import BatchSampler, CharTokenizer, train_val_split, unigram_entropy
 
 TEXT = "hello world\n你好，世界！"
 
@@ -108,3 +110,9 @@ def test_char_lm_batches_shapes_and_splits():
     assert torch.equal(again("train")[0], x)  # 同种子同批次
     with pytest.raises(ValueError, match="split"):
         get_batch("test")
+
+
+def test_unigram_entropy_is_the_best_context_free_cross_entropy():
+    assert unigram_entropy("abcd" * 10) == pytest.approx(math.log(4))  # 4 个字符一样多：ln 4
+    assert unigram_entropy("aaaa") == 0.0  # 只有一个字符：不需要任何信息
+    assert unigram_entropy("aab") == pytest.approx(-(2 / 3) * math.log(2 / 3) - (1 / 3) * math.log(1 / 3))

@@ -1,5 +1,7 @@
 """字符级文本数据：分词器、训练/验证切分、随机取批（标签不移位，模型内部移位，同 MiniMind）。"""
 import json
+import math
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -45,6 +47,14 @@ class CharTokenizer:
         if not isinstance(payload, dict) or payload.get("type") != "char" or not isinstance(payload.get("chars"), list):
             raise ValueError(f"{path} 不是 CharTokenizer.save 写出的文件（需要 {{'type': 'char', 'chars': [...]}}）")
         return cls("".join(payload["chars"]))
+
+
+def unigram_entropy(text: str) -> float:
+    """只按字符频率猜下一个字符、不看上下文时最好的交叉熵（nats）。没学到上下文的模型（LR 太大塌缩、
+    深层网络训不动）loss 会停在这附近；要和验证 loss 比，就传训练部分的文本。"""
+    counts = Counter(text)
+    total = sum(counts.values())
+    return -sum(c / total * math.log(c / total) for c in counts.values())
 
 
 def train_val_split(ids: torch.Tensor, val_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,6 @@ loss 的参照线是"只学会字符频率"的一元模型熵 H(unigram)：loss 
 """
 import math
 import sys
-from collections import Counter
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
@@ -27,7 +26,7 @@ from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.lab_model import LabConfig, LabModel, layer_grad_norms  # noqa: E402
 from modules.common.noise import compare_runs, equivalent_runs  # noqa: E402
-from modules.common.text_data import char_lm_batches  # noqa: E402
+from modules.common.text_data import char_lm_batches, unigram_entropy  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 
@@ -61,13 +60,6 @@ def init_grad_profile(model: LabModel, batch) -> tuple[float, list[float]]:
 def spread(values: list[float]) -> float:
     """max/min：同一个模型里梯度最大的层比最小的层大多少倍（1 = 各层一样大）。"""
     return max(values) / min(values) if min(values) > 0 else math.inf
-
-
-def unigram_entropy(text: str) -> float:
-    """只按字符频率猜下一个字符时的交叉熵（nats）：没学到任何上下文的模型 loss 会停在这附近。"""
-    counts = Counter(text)
-    total = sum(counts.values())
-    return -sum(c / total * math.log(c / total) for c in counts.values())
 
 
 def main():

@@ -14,7 +14,6 @@
 """
 import math
 import sys
-from collections import Counter
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
@@ -29,7 +28,7 @@ from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E4
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.noise import compare, compare_runs, equivalent_runs, weakest  # noqa: E402
-from modules.common.text_data import char_lm_batches  # noqa: E402
+from modules.common.text_data import char_lm_batches, unigram_entropy  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 
@@ -62,13 +61,6 @@ def schedule_kwargs(steps: int, lr: float) -> dict:
         f"no warmup, cosine {HIGH_FACTOR}x": dict(lr=HIGH_FACTOR * lr, warmup_steps=1, min_lr_ratio=0.1),
         f"warmup+cosine {HIGH_FACTOR}x": dict(lr=HIGH_FACTOR * lr, warmup_steps=warmup, min_lr_ratio=0.1),
     }
-
-
-def unigram_entropy(text: str) -> float:
-    """只看字符频率、不看上下文的最好模型的交叉熵（nats）：LR 太大的模型常塌缩到这附近。"""
-    counts = Counter(text)
-    total = sum(counts.values())
-    return -sum(c / total * math.log(c / total) for c in counts.values())
 
 
 def run(seed, text, steps, device, desc, **schedule) -> dict:
