@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, exempt_conclusions, find_conclusion, run_quick_experiment
+from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
+from modules.common.noise import fewer_failures
 
 MODULE = REPO_ROOT / "modules" / "01-foundation" / "01-normalization"
 EXPERIMENTS = MODULE / "experiments"
@@ -75,8 +76,8 @@ def test_exp3_prenorm_vs_postnorm(tmp_path, experiment_env):
     record = run_quick("exp3_prenorm_vs_postnorm.py", tmp_path, experiment_env)
     m, cfg = record["metrics"], record["metrics"]["config"]
     shallow, deep = cfg["depths"]
-    no_wu, wu = cfg["warmups"]
-    assert no_wu == 0 and wu > 0 and deep >= 2 * shallow
+    wu = cfg["warmup_steps"]
+    assert wu > 0 and deep >= 2 * shallow
     # ---- 初始化梯度（Xavier，论文的设定）：每个种子的 top/bottom 由逐层梯度重新算出 ----
     n_seeds, depth = len(cfg["init_seeds"]), cfg["init_depth"]
     assert n_seeds >= 5 and depth >= 12
@@ -101,22 +102,55 @@ def test_exp3_prenorm_vs_postnorm(tmp_path, experiment_env):
     c = find_conclusion(record, "Pre-LN 最后一层的梯度缩小得比 Post-LN 多")
     assert c["status"] == "holds" and all(p < q for p, q in zip(pre, post)), (c, pre, post)
     assert max(pre) < 0.5 < 0.7 < min(post), (pre, post)  # 1/√8 ≈ 0.35；Post-LN 的比值在 1 附近
-    # ---- 深度 × warmup 网格（lr 1e-2；单种子，按 8 个验证 batch 配对）----
-    grid = {k: as_loss(v["mean"]) for k, v in m["grid"].items()}
-    assert all(math.isfinite(v) and v < math.log(65) for v in grid.values()), grid  # 每个配置都学到了东西
-    c = find_conclusion(record, f"{deep} 层、无 warmup 时，Pre-LN 的最终验证损失低于 Post-LN")
-    assert c["status"] == "holds" and c["noise"]["unit"] == "batches" and c["noise"]["n"] == 8, c
-    assert grid[f"Pre-LN, L={deep}, warmup=0"] < grid[f"Post-LN, L={deep}, warmup=0"] - 0.1, grid
-    # "Post-LN 更需要 warmup"（4 层、12 层）与"加深对 Post-LN 伤害更大"：lr 1e-2 下 Post-LN 是"训得动 / 卡在 ≈3.3"两态，
-    # 哪一态随种子变（quick 种子 42 上三条里两条成立；种子 1 上 Post-LN 四个配置都卡住，"加深"一条反而不成立）。
-    # 完整模式 3 个种子下三条都是未确立（teaching.md 逐种子列出）；这里只查它们经过了噪声检验
-    for fragment in (f"{shallow} 层时 Post-LN 更需要 warmup", f"{deep} 层时 Post-LN 更需要 warmup",
-                     "对 Post-LN 的伤害比对 Pre-LN 大"):
-        assert "noise" in find_conclusion(record, fragment)
-    exempt_conclusions(record, {
-        f"{shallow} 层时 Post-LN 更需要 warmup": "Post-LN 卡住与否随种子变，单种子结果不可断言；完整模式 3 个种子下未确立",
-        f"{deep} 层时 Post-LN 更需要 warmup": "Post-LN 卡住与否随种子变，单种子结果不可断言；完整模式 3 个种子下未确立",
-        "对 Post-LN 的伤害比对 Pre-LN 大": "Post-LN 卡住与否随种子变（种子 1 上不成立）；完整模式 3 个种子下未确立"})
+    # ---- 训练失败率：失败的定义（看结果之前定好）由 JSON 里的最终损失重新算出 ----
+    entropy, margin, threshold = cfg["unigram_entropy"], cfg["failure_margin"], cfg["failure_threshold"]
+    assert margin == 0.1 and abs(threshold - (entropy - margin)) < 1e-12
+    assert 3.2 < entropy < 3.4 and entropy < math.log(65), entropy  # TinyShakespeare 字符的一元熵 ≈ 3.31 nats
+    seeds = cfg["failure_seeds"]
+    assert seeds == [record["metadata"]["seed"] + i for i in range(len(seeds))]
+    grid = m["grid"]
+    assert set(grid) == {f"Post-LN, L={deep}, warmup=0", f"Post-LN, L={deep}, warmup={wu}", f"Pre-LN, L={deep}, warmup=0",
+                         f"Post-LN, L={shallow}, warmup=0"}, list(grid)
+    failed = {}
+    for name, r in grid.items():
+        finals = [as_loss(v) for v in r["final_val_loss"]]
+        failed[name] = [v > threshold for v in finals]
+        assert r["failed"] == failed[name] and r["n_failed"] == sum(failed[name]) and r["seeds"] == seeds, (name, r)
+        # 两态：失败的运行停在字符频率的平台上（离一元熵不到 0.2；完整模式两组种子里最远 0.14），不是发散
+        assert all(abs(v - entropy) < 0.2 for v, f in zip(finals, failed[name]) if f), (name, finals)
+    post_none, post_wu = failed[f"Post-LN, L={deep}, warmup=0"], failed[f"Post-LN, L={deep}, warmup={wu}"]
+    pre_none, post_shallow = failed[f"Pre-LN, L={deep}, warmup=0"], failed[f"Post-LN, L={shallow}, warmup=0"]
+    # 三条失败率结论：判定由记录的失败标记重新算出（精确符号检验）。quick 模式只跑完整模式的第一个种子（同样 200 步），
+    # 一个种子没有噪声可估，检验按设计只能是"未确立"；成立与否以完整模式（16 个种子）为准，下面对提交的参考结果断言
+    for fragment, (a, b) in {f"{deep} 层 Post-LN 用 {wu} 步 warmup 比不用时更少训练失败": (post_wu, post_none),
+                             f"{deep} 层、都不用 warmup 时，Pre-LN 比 Post-LN 更少训练失败": (pre_none, post_none),
+                             f"{shallow} 层 Post-LN 比 {deep} 层 Post-LN 更少训练失败": (post_shallow, post_none)}.items():
+        c = find_conclusion(record, fragment)
+        verdict = fewer_failures(a, b)
+        assert c["status"] == verdict.status == "not_established", (fragment, c)
+        assert c["noise"]["p_value"] == pytest.approx(verdict.p_value) and c["noise"]["n"] == len(seeds) == 1, c
+    # 测得的结果：不用 warmup 的 12 层 Pre-LN 训得动（完整模式两组种子 32 次里 0 次失败，最高 3.07 < 阈值 3.21）；
+    # Post-LN 这个种子卡不卡住随种子变（约一半），不断言
+    assert not any(pre_none), (pre_none, grid[f"Pre-LN, L={deep}, warmup=0"]["final_val_loss"])
+
+
+def test_exp3_reference_failure_rates():
+    """提交的完整模式参考结果（16 个种子）：三条失败率结论都成立，且由记录的失败标记重新算出。"""
+    record = json.loads((EXPERIMENTS / "results" / "reference" / "exp3_prenorm_vs_postnorm.json").read_text(encoding="utf-8"))
+    cfg, grid = record["metrics"]["config"], record["metrics"]["grid"]
+    shallow, deep = cfg["depths"]
+    wu, threshold = cfg["warmup_steps"], cfg["failure_threshold"]
+    assert len(cfg["failure_seeds"]) >= 12 and record["metadata"]["mode"] == "full"
+    failed = {name: [as_loss(v) > threshold for v in r["final_val_loss"]] for name, r in grid.items()}
+    post_none, post_wu = failed[f"Post-LN, L={deep}, warmup=0"], failed[f"Post-LN, L={deep}, warmup={wu}"]
+    pre_none, post_shallow = failed[f"Pre-LN, L={deep}, warmup=0"], failed[f"Post-LN, L={shallow}, warmup=0"]
+    for fragment, (a, b) in {"用 {wu} 步 warmup 比不用时更少训练失败".format(wu=wu): (post_wu, post_none),
+                             "Pre-LN 比 Post-LN 更少训练失败": (pre_none, post_none),
+                             "越深越难训": (post_shallow, post_none)}.items():
+        c = [c for c in record["conclusions"] if fragment in c["claim"]]
+        assert len(c) == 1 and c[0]["status"] == "holds", (fragment, c)
+        verdict = fewer_failures(a, b)
+        assert verdict.status == "holds" and verdict.p_value < 0.05 and sum(a) < sum(b), (fragment, a, b)
 
 
 def test_lab_config_xavier_init_switch():

@@ -7,11 +7,15 @@
      (b) 最后一层的梯度随层数 L 怎么变：论文的理论是 Post-LN 与 L 无关，Pre-LN 按 1/√L 缩小。
      初始化的随机性就是这里的噪声：每个配置用 INIT_SEEDS 个种子（quick 模式也一样，单次反向很便宜），
      同一种子下各配置用同一个 batch，按种子配对比较。
-  2. 深度 × warmup 网格：{浅, 深} × {无 warmup, warmup = 25% 步数} × {Pre-LN, Post-LN}，同样的学习率 1e-2 和步数，
-     比较最终验证损失。完整模式按种子配对做噪声检验；quick 模式只有一个种子，按同一组验证 batch 配对。
+  2. 训练失败率（Xiong et al. 2020；Liu et al. 2020）：学习率 5e-3 下，Post-LN 要么正常训练，要么整段训练停在
+     "只学到字符频率"的平台上（验证损失 ≈ 字符一元熵 3.31）——结果是两态的，所以这里数"失败"的种子，而不是比平均损失。
+     失败的定义在看多种子结果之前定好：最终验证损失没有比训练集字符的一元熵低 FAILURE_MARGIN（0.1 nats）。
+     四个配置各跑同一组种子（完整模式 16 个，quick 模式只跑第一个）：12 层 Post-LN 无 warmup / 有 warmup、12 层 Pre-LN 无 warmup、4 层 Post-LN 无 warmup；
+     失败率按种子配对做精确符号检验（noise.fewer_failures）。
 数据：TinyShakespeare 字符级。为了在 CPU 上跑得动，模型很窄（hidden 64）、序列很短（block 32）。
 """
 import math
+import random
 import sys
 from pathlib import Path
 
@@ -24,8 +28,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.lab_model import LabConfig, LabModel  # noqa: E402
-from modules.common.noise import compare, compare_runs  # noqa: E402
-from modules.common.text_data import char_lm_batches  # noqa: E402
+from modules.common.noise import compare, fewer_failures  # noqa: E402
+from modules.common.text_data import char_lm_batches, unigram_entropy  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 
@@ -38,9 +42,18 @@ INIT_SEEDS = 8  # 初始化梯度用几个种子（每个只做一次前向 + �
 INIT_BATCH_SIZE = 32  # 初始化梯度用的 batch 大一些，数据抽样带来的梯度噪声小一些
 INIT_DEPTH = 12  # 看逐层形状的模型深度
 SCALING_DEPTHS = (3, 6, 12, 24)  # 看最后一层梯度随深度变化
-# 学习率 1e-2：在 3e-3（与实验 2 相同）下 4 层与 12 层的 Post-LN、Pre-LN 差别都在噪声量级（见 teaching.md）；
-# 学习率大一些，"Post-LN 离不开 warmup"才显现出来——这本身就是论文的要点：Post-LN 只能用更小的学习率或 warmup
-LR = 1e-2
+# 第二部分的区间（先用种子 42… 探测、定下，再在种子 1… 上检查；teaching.md 列出探测结果）：
+# 学习率 5e-3 时 12 层 Post-LN 不用 warmup 多半卡住、用 100 步 warmup 很少卡住；1e-2 时连 warmup 也救不回 12 层 Post-LN，
+# 3e-3 时 Post-LN 与 Pre-LN 只差噪声量级
+LR = 5e-3
+SHALLOW, DEEP = 4, 12
+FAILURE_MARGIN = 0.1  # 失败：最终验证损失 > 字符一元熵 − 0.1（看结果之前定好）
+# 精确符号检验至少要 5 个结果不同的种子才可能成立，完整模式用 16 个。quick 模式只跑完整模式的第一个种子：
+# 同样的 200 步——缩到 100 步时，不用 warmup 的 Pre-LN 还没离开平台多远（3.04～3.22，阈值 3.21），"失败"就不再只是卡住
+FAILURE_SEEDS = {"quick": 1, "full": 16}
+STEPS, WARMUP_STEPS = 200, 100
+# 失败率网格里的四个配置：(位置, 层数, 是否 warmup)
+FAILURE_RUNS = (("post", DEEP, False), ("post", DEEP, True), ("pre", DEEP, False), ("post", SHALLOW, False))
 
 
 def init_w2_grads(batch, vocab_size: int, depth: int, position: str, init: str, seed: int, device) -> list[float]:
@@ -77,14 +90,18 @@ def final_val(history: dict) -> float:
     return history["val_loss"][-1]
 
 
+def run_name(position: str, depth: int, warmup: int) -> str:
+    return f"{LABELS[position]}, L={depth}, warmup={warmup}"
+
+
 def main():
     exp = Experiment(__file__, description=(
         "归一化实验 3：Pre-LN vs Post-LN。初始化时逐层 FFN W2 的梯度范数（Xavier 与 0.02 初始化），\n"
-        "以及 深度 × warmup 网格上的最终验证损失。"))
-    depths = (4, 12)
-    steps = 120 if exp.quick else 400
-    warmups = (0, steps // 4)
+        "以及 Post-LN / Pre-LN 有无 warmup、不同深度时训练失败（停在字符频率平台）的比例。"))
+    failure_seeds = [exp.seed + i for i in range(FAILURE_SEEDS["quick" if exp.quick else "full"])]
     text = get_experiment_data("shakespeare")
+    entropy = unigram_entropy(text[: int(len(text) * 0.9)])  # 训练部分（char_lm_batches 的前 90%）
+    threshold = entropy - FAILURE_MARGIN
     init_seeds = [exp.seed + i for i in range(INIT_SEEDS)]
     init_batches = {}  # 种子 → (词表大小, 这个种子的一个训练 batch)；同一种子下各配置用同一个 batch
     for s in init_seeds:
@@ -120,32 +137,39 @@ def main():
                     [[name] + [format_mean_std(r[f"L={d}"]) for d in SCALING_DEPTHS] for name, r in scaling.items()],
                     title=f"|grad W2| of the last layer vs depth (xavier init, {INIT_SEEDS} init seeds)")
 
-    # ---- 2. 深度 × warmup 网格 ----
+    # ---- 2. 训练失败率：每个配置跑同一组种子 ----
     grid = {}  # "Post-LN, L=12, warmup=0" → {...}
-    for depth in depths:
-        for warmup in warmups:
-            for position in POSITIONS:
-                histories = [train_once(text, depth, position, warmup, steps, seed, exp.device) for seed in exp.seeds]
-                finals = [final_val(h) for h in histories]
-                grid[f"{LABELS[position]}, L={depth}, warmup={warmup}"] = {
-                    "depth": depth, "warmup": warmup, "position": position, "final_val_loss": finals,
-                    "mean": mean_std(finals)[0], "diverged_at": [h["diverged_at"] for h in histories],
-                    "final_val_batches": histories[0]["final_val_batches"],
-                    "val_steps": histories[0]["val_steps"], "val_loss": histories[0]["val_loss"]}
-    exp.print_table(["depth", "warmup", "Post-LN val loss", "Pre-LN val loss"],
-                    [[d, w, format_mean_std(grid[f"Post-LN, L={d}, warmup={w}"]["final_val_loss"]),
-                      format_mean_std(grid[f"Pre-LN, L={d}, warmup={w}"]["final_val_loss"])]
-                     for d in depths for w in warmups],
-                    title=f"Final val loss after {steps} steps (hidden {HIDDEN}, lr {LR:g}, seeds {exp.seeds})")
-    exp.save_metrics({"config": {"depths": depths, "warmups": warmups, "steps": steps, "hidden": HIDDEN,
-                                 "n_heads": N_HEADS, "lr": LR, "block_size": BLOCK_SIZE, "batch_size": BATCH_SIZE,
+    for position, depth, use_warmup in FAILURE_RUNS:
+        warmup = WARMUP_STEPS if use_warmup else 0
+        histories = [train_once(text, depth, position, warmup, STEPS, seed, exp.device) for seed in failure_seeds]
+        finals = [final_val(h) for h in histories]
+        failed = [f > threshold for f in finals]  # 发散（inf）也算失败
+        grid[run_name(position, depth, warmup)] = {
+            "depth": depth, "warmup": warmup, "position": position, "seeds": failure_seeds,
+            "final_val_loss": finals, "failed": failed, "n_failed": sum(failed),
+            "diverged_at": [h["diverged_at"] for h in histories],
+            "val_steps": histories[0]["val_steps"], "val_curves": [h["val_loss"] for h in histories]}
+    n = len(failure_seeds)
+    exp.print_table(["model", "failed", "per seed (X = failed)", "val loss, trained runs", "val loss, failed runs"],
+                    [[name, f"{r['n_failed']}/{n}", "".join("X" if f else "." for f in r["failed"]),
+                      format_mean_std([v for v, f in zip(r["final_val_loss"], r["failed"]) if not f]) if r["n_failed"] < n else "-",
+                      format_mean_std([v for v, f in zip(r["final_val_loss"], r["failed"]) if f]) if r["n_failed"] else "-"]
+                     for name, r in grid.items()],
+                    title=(f"Failed to train after {STEPS} steps (final val loss > unigram entropy {entropy:.3f} - "
+                           f"{FAILURE_MARGIN:g} = {threshold:.3f}); hidden {HIDDEN}, lr {LR:g}, seeds {failure_seeds[0]}.."
+                           f"{failure_seeds[-1]}"))
+    exp.save_metrics({"config": {"depths": (SHALLOW, DEEP), "warmup_steps": WARMUP_STEPS, "steps": STEPS,
+                                 "hidden": HIDDEN, "n_heads": N_HEADS, "lr": LR, "block_size": BLOCK_SIZE,
+                                 "batch_size": BATCH_SIZE, "failure_seeds": failure_seeds,
+                                 "unigram_entropy": entropy, "failure_margin": FAILURE_MARGIN,
+                                 "failure_threshold": threshold,
                                  "init_seeds": init_seeds, "init_batch_size": INIT_BATCH_SIZE, "init_depth": INIT_DEPTH,
                                  "scaling_depths": SCALING_DEPTHS},
                       "init_shape": shape, "init_scaling": scaling, "grid": grid})
 
-    # ---- 图：初始化梯度（Xavier / 0.02）、最后一层梯度 vs 深度、网格柱状图 ----
+    # ---- 图：初始化梯度（Xavier / 0.02）、最后一层梯度 vs 深度、每个种子的最终损失、失败计数 ----
     set_style()
-    fig, axes = plt.subplots(1, 4, figsize=(23, 4.5))
+    fig, axes = plt.subplots(1, 5, figsize=(28, 4.5))
     for ax, init in zip(axes[:2], INITS):
         for position in POSITIONS:
             r = shape[f"{LABELS[position]}, {init}"]
@@ -167,16 +191,25 @@ def main():
     axes[2].set_xticks(SCALING_DEPTHS, labels=[str(d) for d in SCALING_DEPTHS])
     axes[2].minorticks_off()
     axes[2].legend(fontsize=8)
-    labels = [f"L={d}\nwu={w}" for d in depths for w in warmups]
-    xs = range(len(labels))
-    for offset, position in ((-0.2, "post"), (0.2, "pre")):
-        heights = [grid[f"{LABELS[position]}, L={d}, warmup={w}"]["mean"] for d in depths for w in warmups]
-        bars = axes[3].bar([x + offset for x in xs], heights, width=0.4, label=LABELS[position])
-        axes[3].bar_label(bars, labels=[f"{h:.3f}" for h in heights], fontsize=7, padding=2)
-    axes[3].set_xticks(list(xs), labels=labels)
-    axes[3].set(ylabel="final val loss (mean over seeds)", title=f"Depth x warmup grid (lr {LR:g})")
-    axes[3].set_ylim(bottom=min(r["mean"] for r in grid.values()) - 0.3)
+    names = list(grid)
+    ticks = [name.replace(", warmup=", "\nwarmup=") for name in names]
+    jitter = random.Random(0)
+    for x, name in enumerate(names):
+        r = grid[name]
+        finite = [min(v, entropy + 0.5) for v in r["final_val_loss"]]  # 发散（inf）画在图的上沿
+        xs_jit = [x + jitter.uniform(-0.15, 0.15) for _ in finite]
+        axes[3].scatter(xs_jit, finite, c=["tab:red" if f else "tab:blue" for f in r["failed"]], s=18)
+    axes[3].axhline(entropy, color="gray", linestyle=":", label=f"unigram entropy {entropy:.2f}")
+    axes[3].axhline(threshold, color="tab:red", linestyle="--", label=f"failure threshold {threshold:.2f}")
+    axes[3].set_xticks(range(len(names)), labels=ticks, fontsize=7)
+    axes[3].set(ylabel="final val loss (one dot per seed)", title=f"Per-seed outcome (lr {LR:g}, {STEPS} steps)")
     axes[3].legend(fontsize=8)
+    n_failed = [grid[name]["n_failed"] for name in names]
+    bars = axes[4].bar(range(len(names)), n_failed, color=["tab:red" if "Post" in name else "tab:green" for name in names])
+    axes[4].bar_label(bars, labels=[f"{k}/{len(failure_seeds)}" for k in n_failed], fontsize=8, padding=2)
+    axes[4].set_xticks(range(len(names)), labels=ticks, fontsize=7)
+    axes[4].set(ylabel="runs that failed to train", ylim=(0, len(failure_seeds) + 1),
+                title=f"Failed runs out of {len(failure_seeds)} seeds")
     exp.save_figure(fig, "exp3_prenorm_vs_postnorm.png")
 
     # ---- 结论：全部由上面的测量算出，比较都过噪声检验 ----
@@ -190,7 +223,7 @@ def main():
                          compare(pre_x, post_x, "less", unit="seeds"),
                          f"Pre-LN {format_mean_std(pre_x, 3)} vs Post-LN {format_mean_std(post_x, 3)}")
     post_n = shape["Post-LN, normal"]["top_over_bottom"]
-    exp.conclude_verdict(f"MiniMind 的 0.02 初始化下 Post-LN 的这种形状变弱：top/bottom 比 Xavier 时小",
+    exp.conclude_verdict("MiniMind 的 0.02 初始化下 Post-LN 的这种形状变弱：top/bottom 比 Xavier 时小",
                          compare(post_n, post_x, "less", unit="seeds"),
                          f"0.02 初始化 {format_mean_std(post_n, 3)} vs Xavier {format_mean_std(post_x, 3)}")
     shallow_d, deep_d = f"L={SCALING_DEPTHS[0]}", f"L={SCALING_DEPTHS[-1]}"
@@ -203,35 +236,20 @@ def main():
                          f"{deep_d} / {shallow_d}：Pre-LN {format_mean_std(pre_ratio, 3)}（1/√L 预测 {expected:.3f}），"
                          f"Post-LN {format_mean_std(post_ratio, 3)}")
 
-    # 网格：完整模式按种子配对；quick 模式一个种子，按同一组验证 batch 配对
-    shallow, deep = depths
-    no_wu, wu = warmups
+    # 失败率：同一种子下两个配置配对，精确符号检验只看结果不同的种子
+    post_none, post_wu = grid[run_name("post", DEEP, 0)], grid[run_name("post", DEEP, WARMUP_STEPS)]
+    pre_none, post_shallow = grid[run_name("pre", DEEP, 0)], grid[run_name("post", SHALLOW, 0)]
+    failure_rule = f"失败 = 最终验证损失 > 字符一元熵 {entropy:.3f} − {FAILURE_MARGIN:g}"
 
-    def run(position, depth, warmup):
-        return grid[f"{LABELS[position]}, L={depth}, warmup={warmup}"]
+    def failure_counts(a, b):
+        return f"失败 {a['n_failed']}/{n} vs {b['n_failed']}/{n}（{failure_rule}）"
 
-    def difference(a, b):
-        """逐种子、逐验证 batch 的 a − b（两次运行的同一种子 / 同一 batch 配对）。"""
-        return ([x - y for x, y in zip(a["final_val_loss"], b["final_val_loss"])],
-                [x - y for x, y in zip(a["final_val_batches"], b["final_val_batches"])])
-
-    pre, post = run("pre", deep, no_wu), run("post", deep, no_wu)
-    exp.conclude_verdict(f"{deep} 层、无 warmup 时，Pre-LN 的最终验证损失低于 Post-LN",
-                         compare_runs(pre["final_val_loss"], post["final_val_loss"], "less",
-                                      pre["final_val_batches"], post["final_val_batches"]),
-                         f"Pre-LN {format_mean_std(pre['final_val_loss'])} vs Post-LN {format_mean_std(post['final_val_loss'])}")
-    # warmup 带来的损失下降（无 warmup − 有 warmup），Post-LN 与 Pre-LN 配对比较
-    for depth in depths:
-        post_gain = difference(run("post", depth, no_wu), run("post", depth, wu))
-        pre_gain = difference(run("pre", depth, no_wu), run("pre", depth, wu))
-        exp.conclude_verdict(f"{depth} 层时 Post-LN 更需要 warmup：加 {wu} 步 warmup 带来的损失下降大于 Pre-LN 的",
-                             compare_runs(post_gain[0], pre_gain[0], "greater", post_gain[1], pre_gain[1]),
-                             f"warmup 带来的下降：Post-LN {format_mean_std(post_gain[0])}，Pre-LN {format_mean_std(pre_gain[0])}")
-    post_drop = difference(run("post", deep, wu), run("post", shallow, wu))
-    pre_drop = difference(run("pre", deep, wu), run("pre", shallow, wu))
-    exp.conclude_verdict(f"加深（{shallow} → {deep} 层，都用 warmup）对 Post-LN 的伤害比对 Pre-LN 大",
-                         compare_runs(post_drop[0], pre_drop[0], "greater", post_drop[1], pre_drop[1]),
-                         f"损失变化：Post-LN {format_mean_std(post_drop[0])}，Pre-LN {format_mean_std(pre_drop[0])}")
+    exp.conclude_verdict(f"{DEEP} 层 Post-LN 用 {WARMUP_STEPS} 步 warmup 比不用时更少训练失败（卡在字符频率平台）",
+                         fewer_failures(post_wu["failed"], post_none["failed"]), failure_counts(post_wu, post_none))
+    exp.conclude_verdict(f"{DEEP} 层、都不用 warmup 时，Pre-LN 比 Post-LN 更少训练失败",
+                         fewer_failures(pre_none["failed"], post_none["failed"]), failure_counts(pre_none, post_none))
+    exp.conclude_verdict(f"不用 warmup 时，{SHALLOW} 层 Post-LN 比 {DEEP} 层 Post-LN 更少训练失败（越深越难训）",
+                         fewer_failures(post_shallow["failed"], post_none["failed"]), failure_counts(post_shallow, post_none))
     exp.finish()
 
 
