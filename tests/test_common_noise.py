@@ -103,6 +103,14 @@ def test_weakest_decides_an_every_pair_claim():
         weakest([])
 
 
+def test_weakest_of_equivalences_is_the_one_nearest_its_margin():
+    # 等价检验的"勉强"看区间离界多近，不看 |Δ|/SE：Δ=0.05 而噪声极小的那次 |Δ|/SE 最大，却最靠近界 0.1
+    near_margin = equivalent([1.05, 1.051, 1.049], [1.0, 1.0, 1.0], 0.1)  # 区间 ≈ [0.048, 0.052]
+    centred = equivalent([1.0, 1.01, 0.99], [1.0, 1.0, 1.0], 0.1)         # 区间 ≈ [−0.017, 0.017]
+    assert near_margin.holds and centred.holds
+    assert weakest([near_margin, centred]) is near_margin and weakest([centred, near_margin]) is near_margin
+
+
 def test_exceeds_a_constant():
     assert exceeds([0.61, 0.64, 0.60], 0.5).status == HOLDS
     assert exceeds([0.52, 0.47, 0.55], 0.5).status == NOT_ESTABLISHED

@@ -61,7 +61,7 @@ def test_exp2_norm_comparison(tmp_path, experiment_env):
     assert claim(record, "都没有发散") and all(d is None for d in normed), normed
     # 最优学习率上的比较：单种子时结论必须与测量一致（均值不更低就不可能"成立"）
     best = {name: v["best_loss"][0] for name, v in s.items()}
-    lower = find_conclusion(record, "最优学习率上，Pre-LN(LayerNorm)")
+    lower = find_conclusion(record, "各取最优学习率时，Pre-LN(LayerNorm)")
     if best["Pre-LN (LayerNorm)"] >= best["Post-LN (LayerNorm)"]:
         assert lower["status"] != "holds", (lower, best)
     same = find_conclusion(record, "RMSNorm 与 LayerNorm 的最优验证损失相差不到")

@@ -233,9 +233,10 @@ def fewer_failures(a_failed, b_failed, unit: str = "seeds") -> Verdict:
 
 
 def weakest(verdicts) -> Verdict:
-    """"每一对都要成立"的结论（"A 比其余每一个都好"、"每多一档预算 loss 都更低"）由几次检验组成：
-    全部成立才成立，任一次反向超出噪声就不成立，其余未确立。返回决定整条结论的那一次（verdicts 可以是列表或字典）：
-    先按状态（FAILS < NOT_ESTABLISHED < HOLDS），同一状态里取 |Δ| 相对 k·SE 最小的——全部成立时就是最勉强成立的一对。"""
+    """"每一对都要成立"的结论（"A 比其余每一个都好"、"每多一档预算 loss 都更低"、"每个 γ 上都相差不到 ±m"）
+    由几次检验组成：全部成立才成立，任一次反向超出噪声就不成立，其余未确立。返回决定整条结论的那一次
+    （verdicts 可以是列表或字典）：先按状态（FAILS < NOT_ESTABLISHED < HOLDS），同一状态里取最勉强的那次——
+    比较（含不差于）取 |Δ| 相对 k·SE 最小的；等价检验取区间 |Δ| + k·SE 离界 ±margin 最近（或超出最多）的。"""
     verdicts = list(verdicts.values()) if isinstance(verdicts, dict) else list(verdicts)
     if not verdicts:
         raise ValueError("weakest 至少要有一个判定")
@@ -243,6 +244,8 @@ def weakest(verdicts) -> Verdict:
 
     def strength(v):
         bar = noise_multiplier(v.n) * v.se if math.isfinite(v.se) else math.inf
+        if v.margin is not None and not v.one_sided:  # 等价：区间的远端离界还有多远（负数 = 已经越界）
+            return order.get(v.status, 1), v.margin - (abs(v.mean_delta) + bar)
         return order.get(v.status, 1), abs(v.mean_delta) / bar if bar > 0 else math.inf
 
     return min(verdicts, key=strength)

@@ -58,7 +58,7 @@ from model.model_minimind import MiniMindConfig, MiniMindForCausalLM, sampling_p
 from model.speculative import SpeculativeStats, speculative_generate  # noqa: E402
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
-from modules.common.noise import FAILS, HOLDS, NOT_ESTABLISHED, equivalent_runs, noise_multiplier  # noqa: E402
+from modules.common.noise import equivalent_runs, weakest  # noqa: E402
 from modules.common.text_data import BatchSampler, CharTokenizer, train_val_split  # noqa: E402
 from modules.common.timing import alternating_timings, compare_speed, speed_ratio  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
@@ -262,16 +262,6 @@ def alpha_over_gammas(gamma_runs: dict) -> dict:
     pooled = (sum(p["accepted"] for r in runs for p in r) / attempted,
               sum(p["overlap_tested"] * p["attempted"] for r in runs for p in r) / attempted)
     return {"per_prompt": per_prompt, "pooled": pooled}
-
-
-def weakest(verdicts: list):
-    """一组等价判定里最不利的一个：先比状态（FAILS < NOT_ESTABLISHED < HOLDS），同状态时取区间 |Δ| + k·SE
-    离等价界最近的那个。整体声明"每一个都成立"用它。"""
-    rank = {FAILS: 0, NOT_ESTABLISHED: 1, HOLDS: 2}
-
-    def reach(v):
-        return abs(v.mean_delta) + (noise_multiplier(v.n) * v.se if math.isfinite(v.se) else math.inf)
-    return min(verdicts, key=lambda v: (rank[v.status], -reach(v)))
 
 
 # ---------------------------------------------------------------- 一个种子：训练 + α-γ + 卡方
