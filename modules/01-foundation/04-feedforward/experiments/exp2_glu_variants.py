@@ -28,11 +28,14 @@ from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 
 VARIANTS = ("swiglu", "gelu", "relu")
-HIDDEN, LAYERS, HEADS, BLOCK, BATCH, LR = 64, 2, 4, 64, 8, 3e-3
+HIDDEN, LAYERS, HEADS, BLOCK, BATCH, LR = 64, 2, 4, 64, 8, 3e-3  # 默认规模；GPU 上可用下面的参数放大
 
 
 def add_args(parser):
     parser.add_argument("--steps", type=int, default=None, help="每个模型的训练步数（默认 quick 300 / full 600）")
+    parser.add_argument("--hidden", type=int, default=HIDDEN, help=f"hidden size（默认 {HIDDEN}；须是 {2 * HEADS} 的倍数：{HEADS} 个头、每头维度为偶数）")
+    parser.add_argument("--layers", type=int, default=LAYERS, help=f"层数（默认 {LAYERS}）")
+    parser.add_argument("--lr", type=float, default=LR, help=f"峰值学习率（默认 {LR:g}；模型放大时通常要调小）")
 
 
 def smooth(values: list[float], window: int = 10) -> list[float]:
@@ -48,6 +51,10 @@ def main():
     steps = exp.args.steps or (300 if exp.quick else 600)
     if steps < 1:
         raise SystemExit(f"--steps 必须 >= 1（收到 {steps}）")
+    hidden, layers, lr = exp.args.hidden, exp.args.layers, exp.args.lr
+    if hidden < 2 * HEADS or hidden % (2 * HEADS) or layers < 1 or not lr > 0:
+        raise SystemExit(f"--hidden 须是 {2 * HEADS} 的正整数倍、--layers >= 1、--lr > 0"
+                         f"（收到 hidden={hidden}、layers={layers}、lr={lr:g}）")
     text = get_experiment_data("shakespeare")
 
     runs = {v: {"val_loss": [], "train_loss": [], "val_curves": [], "val_batches": None} for v in VARIANTS}
@@ -57,13 +64,13 @@ def main():
             # 每个变体重新建取批器：同一种子下各变体看到完全相同的训练 batch 顺序和验证 batch（才能按 batch 配对）
             tokenizer, get_batch = char_lm_batches(text, BLOCK, BATCH, seed=seed, device=exp.device)
             Experiment.seed_everything(seed)
-            config = LabConfig(vocab_size=tokenizer.vocab_size, hidden_size=HIDDEN, num_layers=LAYERS, n_heads=HEADS,
+            config = LabConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_layers=layers, n_heads=HEADS,
                                max_seq_len=BLOCK, ffn=variant, ffn_param_matched=True)
             model = LabModel(config).to(exp.device)
             mlp = model.model.layers[0].mlp
             params[variant] = {"intermediate_size": config.intermediate_size,
                                "ffn_per_layer": sum(p.numel() for p in mlp.parameters()), "total": model.num_params()}
-            hist = train_model(model, get_batch, steps=steps, lr=LR, eval_batches=8, device=exp.device,
+            hist = train_model(model, get_batch, steps=steps, lr=lr, eval_batches=8, device=exp.device,
                                desc=f"{variant} seed={seed}")
             if hist["diverged_at"] is not None:
                 raise SystemExit(f"{variant}（seed={seed}）在第 {hist['diverged_at']} 步发散；请减小学习率后重试")
@@ -81,8 +88,8 @@ def main():
                     title=f"Parameter-matched FFN variants, {steps} steps, {len(exp.seeds)} seed(s)")
     exp.save_metrics({
         "steps": steps,
-        "model": {"hidden_size": HIDDEN, "num_layers": LAYERS, "n_heads": HEADS, "block_size": BLOCK,
-                  "batch_size": BATCH, "lr": LR},
+        "model": {"hidden_size": hidden, "num_layers": layers, "n_heads": HEADS, "block_size": BLOCK,
+                  "batch_size": BATCH, "lr": lr},
         "params": params, "ranking": ranking,
         "val_loss": {v: {"mean": stats[v][0], "std": stats[v][1], "runs": runs[v]["val_loss"]} for v in VARIANTS},
         "val_batches_first_seed": {v: runs[v]["val_batches"] for v in VARIANTS},
