@@ -88,6 +88,27 @@ def test_quiz_runner_scores_answers(tmp_path):
     assert "得分：2 / 3" in proc.stdout
 
 
+ENGLISH = (GOOD.replace("<summary>答案与解析</summary>", "<summary>Answer and explanation</summary>")
+           .replace("答案：", "Answer: ").replace("解析：", "Explanation: "))
+
+
+def test_english_quiz_uses_english_markers_and_interface(tmp_path):
+    path = tmp_path / "quiz.en.md"
+    path.write_text(ENGLISH, encoding="utf-8")
+    chinese, english = parse_quiz(write(tmp_path, GOOD)), parse_quiz(path)
+    # 同一份题：题号、题型、选项字母、答案都一样，只有标记换成英文
+    assert [(q.number, q.kind, sorted(q.options), q.answer) for q in english] == \
+        [(q.number, q.kind, sorted(q.options), q.answer) for q in chinese]
+    proc = subprocess.run([sys.executable, "-m", "modules.common.quiz", str(path)], cwd=REPO_ROOT,
+                          input="B\nAB\n\ny\n", capture_output=True, text=True, encoding="utf-8", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "Score: 2 / 3" in proc.stdout and "Explanation: " in proc.stdout and "得分" not in proc.stdout
+    broken = tmp_path / "broken.en.md"
+    broken.write_text(ENGLISH.replace("Explanation: 加法。", "加法。"), encoding="utf-8")
+    with pytest.raises(QuizFormatError, match="Explanation"):
+        parse_quiz(broken)
+
+
 def test_quiz_cli_check_and_errors(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "modules.common.quiz", str(write(tmp_path, GOOD)), "--check"],
                         cwd=REPO_ROOT, capture_output=True, text=True, encoding="utf-8", timeout=60)

@@ -173,6 +173,35 @@ def test_link_rewriting_maps_repository_paths(build_docs):
     assert build_docs.rewrite_links(text, src, ctx) == text   # 代码里的 [x](y) 不是链接
 
 
+def test_english_counterparts_become_the_english_pages(tmp_path, build_docs):
+    """X.en.md 旁边有中文 X.md 时，英文站用它（不再是"暂无英文版"的回退页）；英文自测题的界面是英文。"""
+    if not (REPO_ROOT / "website" / "node_modules" / "katex").is_dir():
+        missing("缺 KaTeX/mermaid 的 npm 包：在仓库根目录运行 `npm ci --prefix website`（需要 Node.js 与 npm）")
+    quiz_zh = (REPO_ROOT / "modules/01-foundation/01-normalization/quiz.md").read_text(encoding="utf-8")
+    quiz_en = (quiz_zh.replace("<summary>答案与解析</summary>", "<summary>Answer and explanation</summary>")
+               .replace("\n答案：", "\nAnswer: ").replace("\n解析：", "\nExplanation: "))
+    module = tmp_path / "modules" / "01-tier" / "01-demo"
+    module.mkdir(parents=True)
+    files = {"README.md": "# 演示\n\n[讲义](teaching.md)\n", "teaching.md": "# 讲义\n\n中文正文\n",
+             "teaching.en.md": "# Lesson\n\nEnglish text; see the [quiz](quiz.en.md).\n",
+             "quiz.md": quiz_zh, "quiz.en.md": quiz_en}
+    for name, text in files.items():
+        (module / name).write_text(text, encoding="utf-8")
+    docs = tmp_path / "docs"
+    build_docs.generate(docs, root=tmp_path)
+    site = docs / "modules" / "01-tier" / "01-demo"
+    assert sorted(p.name for p in site.glob("*.md")) == ["index.en.md", "index.md", "quiz.en.md", "quiz.md",
+                                                          "teaching.en.md", "teaching.md"]
+    teaching = (site / "teaching.en.md").read_text(encoding="utf-8")
+    assert "English text" in teaching and "English version not available" not in teaching
+    assert "[quiz](quiz.md)" in teaching          # 链到中文页的位置，i18n 插件在英文站换成英文版
+    assert "English version not available" in (site / "index.en.md").read_text(encoding="utf-8")  # 没译的页回退
+    quiz = (site / "quiz.en.md").read_text(encoding="utf-8")
+    assert quiz.count('class="quiz-question"') == len(build_docs.parse_quiz(module / "quiz.md"))
+    assert "<summary>Answer and explanation</summary>" in quiz and "**Explanation**: " in quiz and "答案与解析" not in quiz
+    assert "<summary>答案与解析</summary>" in (site / "quiz.md").read_text(encoding="utf-8")
+
+
 def test_strict_build_fails_on_a_link_to_a_missing_page(tmp_path, built_site):
     docs = tmp_path / "docs"
     docs.mkdir()

@@ -10,8 +10,9 @@
   生成可点击作答的页面（没有 JavaScript 时就是普通的 <details> 答案）。
 - 每个模块生成 results.md（实验参考结果）：experiments/results/reference/ 里 JSON 的结论与表格 + PNG 图。
 - 首页在"模块一览"下插入模块卡片，状态从仓库内容算出。
-- 英文：只有 README_en.md 有英文版；其余页面生成 X.en.md = 中文内容 + 一条"暂无英文版"的提示
-  （不进搜索索引，免得每个结果出现两遍）。
+- 英文：仓库里 X.md 旁边有 X.en.md（根目录是 README_en.md）时，英文站用它（自测题同样做成可作答页面，
+  界面文字是英文）；没有的页面生成 X.en.md = 中文内容 + 一条"暂无英文版"的提示（不进搜索索引，免得每个结果出现两遍）。
+  英文文件里指向 Y.en.md 的链接在站点上改指 Y.md，由 i18n 插件换成英文版。
 
 用法（通常由 website/hooks.py 在 mkdocs build 时调用）：
     python website/build_docs.py [--docs-dir build/site-docs]
@@ -24,7 +25,6 @@ import json
 import os
 import posixpath
 import re
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +57,7 @@ VENDORED = [
     ("mermaid/dist/mermaid.min.js", "assets/vendor/mermaid/mermaid.min.js"),
 ]
 KIND_LABELS = {"single": "单选", "multiple": "多选", "predict": "预测", "short": "简答"}
+KIND_LABELS_EN = {"single": "single choice", "multiple": "multiple choice", "predict": "predict", "short": "short answer"}
 EN_FALLBACK_NOTE = (
     '!!! info "English version not available"\n'
     "    This page has no English translation yet; the Chinese original is shown below. "
@@ -65,6 +66,9 @@ EN_FALLBACK_NOTE = (
 
 RESULTS_NOTE = ('!!! success "实验参考结果"\n'
                 '    各实验完整模式的结论（✓/✗）、数值表与图见 [实验参考结果](results.md)。\n')
+RESULTS_NOTE_EN = ('!!! success "Reference results"\n'
+                   "    Each experiment's full-mode conclusions (✓/✗), tables and plots are on the "
+                   "[reference results](results.md) page (printed in Chinese, as the scripts print them).\n")
 
 FENCE_RE = re.compile(r"^\s*(`{3,}|~{3,})")
 CODE_SPAN_RE = re.compile(r"(`+)(?!`).+?(?<!`)\1(?!`)")
@@ -85,12 +89,24 @@ def module_dirs(root: Path = REPO_ROOT) -> list[Path]:
 
 
 def source_pages(root: Path = REPO_ROOT) -> list[str]:
-    """进入站点的仓库 Markdown（相对仓库根目录的 posix 路径）。"""
+    """进入站点的仓库 Markdown（相对仓库根目录的 posix 路径）；X.en.md 是 X.md 的英文版，不单独成页。"""
     pages = [p for p in TOP_LEVEL_PAGES if (root / p).is_file()]
-    pages += sorted(p.relative_to(root).as_posix() for p in root.glob("docs/*.md"))
+    pages += sorted(p.relative_to(root).as_posix() for p in root.glob("docs/*.md") if not is_english(p.name))
     for module in module_dirs(root):
-        pages += sorted(p.relative_to(root).as_posix() for p in module.glob("*.md"))
+        pages += sorted(p.relative_to(root).as_posix() for p in module.glob("*.md") if not is_english(p.name))
     return pages
+
+
+def is_english(name: str) -> bool:
+    return name.endswith(".en.md")
+
+
+def english_source(repo_rel: str, root: Path = REPO_ROOT) -> str | None:
+    """中文页 X.md 的英文版 X.en.md（存在时）；根目录 README.md 的英文版是单独成页的 README_en.md，不算在这里。"""
+    if repo_rel in ("README.md", "README_en.md"):
+        return None
+    english = repo_rel[:-len(".md")] + ".en.md"
+    return english if (root / english).is_file() else None
 
 
 def site_path(repo_rel: str) -> str:
@@ -144,6 +160,8 @@ def rewrite_target(target: str, src_rel: str, ctx: LinkContext) -> str:
     if to_english or to_chinese:
         # 中文页 ↔ 英文首页：两种语言分别构建（/ 与 /en/），Markdown 链接跨不过去，改成站点 URL
         return posixpath.relpath("en" if to_english else ".", page_url_dir(src_rel)) + "/" + anchor
+    if is_english(resolved) and resolved[:-len(".en.md")] + ".md" in ctx.pages:
+        resolved = resolved[:-len(".en.md")] + ".md"     # 英文页互相链接：指向中文页的位置，i18n 插件换成英文版
     if resolved in ctx.pages:
         return relative(site_path(resolved))
     if full.is_dir() and f"{resolved}/README.md" in ctx.pages:
@@ -352,8 +370,12 @@ def results_page(status: ModuleStatus, root: Path = REPO_ROOT) -> str | None:
 # 交互式自测题
 # ---------------------------------------------------------------------------
 
-def quiz_page(quiz_path: Path, page_id: str) -> str:
-    """把 quiz.md 渲染成可作答的页面：题干与解析仍是 Markdown（md_in_html），结构由 quiz.js 接管。"""
+def quiz_page(quiz_path: Path, page_id: str, english: bool = False) -> str:
+    """把 quiz.md（或英文版 quiz.en.md）渲染成可作答的页面：题干与解析仍是 Markdown（md_in_html），
+    结构由 quiz.js 接管。两种语言共用 page_id：作答进度按模块存，切换语言不丢。"""
+    kinds = KIND_LABELS_EN if english else KIND_LABELS
+    summary, answer_label, explanation_label = (("Answer and explanation", "**Answer**: ", "**Explanation**: ")
+                                                if english else ("答案与解析", "**答案**：", "**解析**："))
     questions = parse_quiz(quiz_path)
     lines = quiz_path.read_text(encoding="utf-8").splitlines()
     intro = "\n".join(lines[:questions[0].line - 1]).rstrip()
@@ -364,7 +386,7 @@ def quiz_page(quiz_path: Path, page_id: str) -> str:
         answer = ",".join(q.answer_letters) if q.kind in CHOICE_TYPES else ""
         out += [f'<div class="quiz-question" id="q{q.number}" data-number="{q.number}" data-kind="{q.kind}" '
                 f'data-answer="{answer}" markdown>', "",
-                f"### Q{q.number} <span class=\"quiz-kind\">{KIND_LABELS[q.kind]}</span> {first}", "",
+                f"### Q{q.number} <span class=\"quiz-kind\">{kinds[q.kind]}</span> {first}", "",
                 rest.strip(), ""]
         if q.options:
             out.append('<ul class="quiz-options">')
@@ -372,10 +394,12 @@ def quiz_page(quiz_path: Path, page_id: str) -> str:
                 out.append(f'<li class="quiz-option" data-option="{letter}" markdown="span">'
                            f'<span class="quiz-letter">{letter}.</span> {text}</li>')
             out += ["</ul>", ""]
-        out += ['<details class="quiz-answer" markdown>', "<summary>答案与解析</summary>", "",
-                f"**答案**：{q.answer}", "", f"**解析**：{q.explanation}", "", "</details>", "", "</div>", ""]
-    out += ['<div class="quiz-score" aria-live="polite" markdown>',
-            f"共 {len(questions)} 题。打开每题的“答案与解析”对照自己的答案。", "</div>", "", "</div>", ""]
+        out += ['<details class="quiz-answer" markdown>', f"<summary>{summary}</summary>", "",
+                f"{answer_label}{q.answer}", "", f"{explanation_label}{q.explanation}", "", "</details>", "",
+                "</div>", ""]
+    score = (f"{len(questions)} questions. Open each question's “Answer and explanation” to check yourself."
+             if english else f"共 {len(questions)} 题。打开每题的“答案与解析”对照自己的答案。")
+    out += ['<div class="quiz-score" aria-live="polite" markdown>', score, "</div>", "", "</div>", ""]
     return "\n".join(out)
 
 
@@ -423,26 +447,37 @@ def generate(docs_dir: Path = DEFAULT_DOCS_DIR, *, source_url: str = DEFAULT_SOU
     module_readmes_with_results = {f"{s.rel}/README.md" for s in statuses if s.references}
     outputs: dict[str, bytes] = {}
 
-    def add_page(rel_in_site: str, text: str, english_fallback_needed: bool) -> None:
+    def add_page(rel_in_site: str, text: str, english_fallback_needed: bool, english: str | None = None) -> None:
+        """english：英文版的页面内容（已改写链接）；没有时按需生成"暂无英文版"的回退页。"""
         outputs[rel_in_site] = text.encode("utf-8")
-        if english_fallback_needed:
-            stem, _ = posixpath.splitext(rel_in_site)
+        stem, _ = posixpath.splitext(rel_in_site)
+        if english is not None:
+            outputs[stem + ".en.md"] = english.encode("utf-8")
+        elif english_fallback_needed:
             outputs[stem + ".en.md"] = english_fallback(text, rel_in_site).encode("utf-8")
 
-    for rel in pages:
+    module_paths = {root / s.rel for s in statuses}
+
+    def page_text(rel: str, english: bool) -> str:
         src = root / rel
-        if src.name == "quiz.md" and src.parent in {root / s.rel for s in statuses}:
-            text = quiz_page(src, posixpath.dirname(rel))
-        else:
-            text = src.read_text(encoding="utf-8")
-        text = rewrite_links(text, rel, ctx)
+        if src.name in ("quiz.md", "quiz.en.md") and src.parent in module_paths:
+            return quiz_page(src, posixpath.dirname(rel), english=english)
+        return src.read_text(encoding="utf-8")
+
+    for rel in pages:
+        text = rewrite_links(page_text(rel, english=False), rel, ctx)
+        english_rel = english_source(rel, root)
+        english = rewrite_links(page_text(english_rel, english=True), english_rel, ctx) if english_rel else None
+        if english is not None and rel in module_readmes_with_results:
+            english = english.rstrip("\n") + "\n\n" + RESULTS_NOTE_EN
         if rel == "README.md":
             text = insert_module_grid(text, r"^## 模块一览\s*$", module_grid(statuses, english=False))
         elif rel == "README_en.md":
             text = insert_module_grid(text, r"^## Module overview\s*$", module_grid(statuses, english=True))
         if rel in module_readmes_with_results:
             text = text.rstrip("\n") + "\n\n" + RESULTS_NOTE
-        add_page(site_path(rel), text, english_fallback_needed=rel not in ("README.md", "README_en.md"))
+        add_page(site_path(rel), text, english_fallback_needed=rel not in ("README.md", "README_en.md"),
+                 english=english)
 
     for s in statuses:
         page = results_page(s, root)

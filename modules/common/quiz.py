@@ -4,6 +4,7 @@
     python -m modules.common.quiz modules/01-foundation/01-normalization/quiz.md
     python -m modules.common.quiz PATH --check     # 只检查格式（测试用）
     python -m modules.common.quiz PATH --reveal    # 直接打印全部答案与解析
+    python -m modules.common.quiz PATH/quiz.en.md  # 英文版：界面也是英文
 
 quiz.md 的格式（每题一节；答案折叠在 <details> 里，GitHub 上点开才看得到）：
 
@@ -21,6 +22,9 @@ quiz.md 的格式（每题一节；答案折叠在 <details> 里，GitHub 上点
 
 题型：single（单选）、multiple（多选，答案写成 "A, C"）、predict（预测输出/形状/趋势）、short（简答）。
 predict 与 short 的答案是文字：作答后对照答案自评。
+
+英文版 quiz.en.md 用同一个格式，只把标记换成英文："Answer:"、"Explanation:"（summary 写 "Answer and explanation"）；
+题号、题型标签 [single] 等与选项字母不变。答题器按文件名（*.en.md）选界面语言。
 """
 import argparse
 import re
@@ -31,9 +35,24 @@ from typing import List
 
 QUESTION_RE = re.compile(r"^### Q(\d+) \[(single|multiple|predict|short)\] (.+)$")
 OPTION_RE = re.compile(r"^- ([A-Z])\. (.+)$")
-ANSWER_RE = re.compile(r"^答案：\s*(.+)$")
-EXPLANATION_RE = re.compile(r"^解析：\s*(.*)$")
+ANSWER_RE = re.compile(r"^(?:答案：|Answer:)\s*(.+)$")
+EXPLANATION_RE = re.compile(r"^(?:解析：|Explanation:)\s*(.*)$")
 CHOICE_TYPES = ("single", "multiple")
+# 答题器界面的文字（题目内容来自文件本身）
+UI = {
+    "zh": {"choose": "你的答案{hint}：", "multiple_hint": "（多选，如 AC）", "think": "想好后按回车看答案……",
+           "answer": "答案：", "self_check": "你答对了吗？[y/N] ", "correct": "✅ 正确", "wrong": "❌ 正确答案：",
+           "explanation": "解析：", "score": "得分：", "yes": ("y", "yes", "是")},
+    "en": {"choose": "Your answer{hint}: ", "multiple_hint": " (several letters, e.g. AC)",
+           "think": "Think it over, then press Enter to see the answer...", "answer": "Answer: ",
+           "self_check": "Did you get it right? [y/N] ", "correct": "✅ Correct", "wrong": "❌ Correct answer: ",
+           "explanation": "Explanation: ", "score": "Score: ", "yes": ("y", "yes")},
+}
+
+
+def quiz_language(path) -> str:
+    """quiz.en.md 是英文版，其余按中文。"""
+    return "en" if Path(path).name.endswith(".en.md") else "zh"
 
 
 class QuizFormatError(ValueError):
@@ -95,7 +114,8 @@ def _parse_question(path, lines, start, end) -> Question:
     answer_at = next((i for i, line in enumerate(hidden) if ANSWER_RE.match(line)), None)
     explain_at = next((i for i, line in enumerate(hidden) if EXPLANATION_RE.match(line)), None)
     if answer_at is None or explain_at is None or explain_at < answer_at:
-        raise QuizFormatError(f"{path}:{start + 1}: Q{number} 的 <details> 里需要先 '答案：…' 再 '解析：…'")
+        raise QuizFormatError(f"{path}:{start + 1}: Q{number} 的 <details> 里需要先 '答案：…' 再 '解析：…'"
+                              "（英文版为 'Answer: …' 与 'Explanation: …'）")
     answer_block = [ANSWER_RE.match(hidden[answer_at]).group(1), *hidden[answer_at + 1:explain_at]]
     q.answer = "\n".join(answer_block).strip()
     q.explanation = "\n".join([EXPLANATION_RE.match(hidden[explain_at]).group(1),
@@ -122,24 +142,25 @@ def _ask(prompt: str) -> str:
         return ""
 
 
-def run_quiz(questions: List[Question], out=sys.stdout) -> int:
-    """逐题作答，返回答对的题数。"""
+def run_quiz(questions: List[Question], out=sys.stdout, language: str = "zh") -> int:
+    """逐题作答，返回答对的题数；language 选界面文字（"zh" / "en"）。"""
+    ui = UI[language]
     correct = 0
     for q in questions:
         print(f"\nQ{q.number} [{q.kind}] {q.prompt}", file=out)
         for letter, text in q.options.items():
             print(f"  {letter}. {text}", file=out)
         if q.kind in CHOICE_TYPES:
-            hint = "（多选，如 AC）" if q.kind == "multiple" else ""
-            reply = _ask(f"你的答案{hint}：")
+            hint = ui["multiple_hint"] if q.kind == "multiple" else ""
+            reply = _ask(ui["choose"].format(hint=hint))
             ok = sorted(set(re.findall(r"[A-Z]", reply.upper()))) == q.answer_letters
         else:
-            _ask("想好后按回车看答案……")
-            print(f"答案：{q.answer}", file=out)
-            ok = _ask("你答对了吗？[y/N] ").strip().lower() in ("y", "yes", "是")
+            _ask(ui["think"])
+            print(f"{ui['answer']}{q.answer}", file=out)
+            ok = _ask(ui["self_check"]).strip().lower() in ui["yes"]
         correct += ok
-        print(("✅ 正确" if ok else f"❌ 正确答案：{q.answer}") + f"\n解析：{q.explanation}", file=out)
-    print(f"\n得分：{correct} / {len(questions)}", file=out)
+        print((ui["correct"] if ok else f"{ui['wrong']}{q.answer}") + f"\n{ui['explanation']}{q.explanation}", file=out)
+    print(f"\n{ui['score']}{correct} / {len(questions)}", file=out)
     return correct
 
 
@@ -159,11 +180,12 @@ def main(argv=None):
         kinds = {k: sum(q.kind == k for q in questions) for k in ("single", "multiple", "predict", "short")}
         print(f"{args.path}: {len(questions)} 题，" + "，".join(f"{k} {v}" for k, v in kinds.items()))
         return
+    ui = UI[quiz_language(args.path)]
     if args.reveal:
         for q in questions:
-            print(f"Q{q.number} [{q.kind}] {q.prompt}\n答案：{q.answer}\n解析：{q.explanation}\n")
+            print(f"Q{q.number} [{q.kind}] {q.prompt}\n{ui['answer']}{q.answer}\n{ui['explanation']}{q.explanation}\n")
         return
-    run_quiz(questions)
+    run_quiz(questions, language=quiz_language(args.path))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,19 @@
 // 页面底部计分，进度存在 localStorage（每个自测页一份）。没有 JavaScript 时页面就是普通的 <details> 答案。
 (function () {
   var STORAGE_PREFIX = "minimind-notes:quiz:";
+  // 界面文字跟随页面语言（英文站的 <html lang="en">）；题目内容来自页面本身
+  var TEXT = {
+    zh: { score: function (correct, total, done) {
+            return "得分：" + correct + " / " + total + "（已完成 " + done + " 题" + (done === total ? "，全部完成）" : "）");
+          },
+          submit: "提交答案", show: "先想好答案，再看解析", right: "我答对了", wrong: "我答错了", reset: "清空进度，重新作答" },
+    en: { score: function (correct, total, done) {
+            return "Score: " + correct + " / " + total + " (" + done + " answered" + (done === total ? ", all done)" : ")");
+          },
+          submit: "Submit answer", show: "Think first, then show the answer", right: "I got it right",
+          wrong: "I got it wrong", reset: "Clear progress and start again" }
+  };
+  var ui = TEXT[(document.documentElement.lang || "").slice(0, 2) === "en" ? "en" : "zh"];
 
   function loadState(key) {
     try { return JSON.parse(localStorage.getItem(key)) || {}; } catch (e) { return {}; }
@@ -33,8 +46,7 @@
         var r = state[q.dataset.number];
         if (r && r.done) { done += 1; if (r.correct) correct += 1; }
       });
-      var text = "得分：" + correct + " / " + questions.length + "（已完成 " + done + " 题";
-      text += done === questions.length ? "，全部完成）" : "）";
+      var text = ui.score(correct, questions.length, done);
       scoreBoxes.forEach(function (box) {
         box.querySelector(".quiz-score-text").textContent = text;
         box.dataset.correct = correct;
@@ -96,7 +108,7 @@
       });
 
       if (kind === "multiple") {
-        var submit = button("提交答案", "quiz-submit");
+        var submit = button(ui.submit, "quiz-submit");
         submit.addEventListener("click", function () {
           var r = record(n);
           if (r.done || r.picked.length === 0) return;
@@ -107,9 +119,9 @@
         });
         controls.append(submit);
       } else if (kind === "predict" || kind === "short") {
-        var show = button("先想好答案，再看解析", "quiz-show");
-        var yes = button("我答对了", "quiz-self-right");
-        var no = button("我答错了", "quiz-self-wrong");
+        var show = button(ui.show, "quiz-show");
+        var yes = button(ui.right, "quiz-self-right");
+        var no = button(ui.wrong, "quiz-self-wrong");
         show.addEventListener("click", function () { reveal(q); q.classList.add("quiz-revealed"); });
         [[yes, true], [no, false]].forEach(function (pair) {
           pair[0].addEventListener("click", function () {
@@ -127,7 +139,7 @@
       box.innerHTML = "";
       var text = document.createElement("p");
       text.className = "quiz-score-text";
-      var reset = button("清空进度，重新作答", "quiz-reset");
+      var reset = button(ui.reset, "quiz-reset");
       reset.addEventListener("click", function () {
         state = {};
         questions.forEach(function (q) {
