@@ -449,6 +449,31 @@ def test_results_page_shows_reference_plots_and_the_english_fallback_has_a_note(
     visit.check_clean()
 
 
+def test_english_quiz_page_is_english_and_scores_an_answer(visit):
+    """有 quiz.en.md 的模块：英文站的自测页是英文题目、英文界面，点对一题得 1 分。"""
+    from modules.common.quiz import parse_quiz
+
+    english = sorted(REPO_ROOT.glob("modules/*/*/quiz.en.md"))
+    assert english, "还没有任何 quiz.en.md（tests/test_translations.py 的 TRANSLATED 里至少有一份）"
+    quiz = english[0]
+    single = next(x for x in parse_quiz(quiz) if x.kind == "single")
+    page = visit.goto(f"/en/{quiz.parent.relative_to(REPO_ROOT).as_posix()}/quiz/")
+    page.evaluate("localStorage.clear()")
+    page.reload(wait_until="networkidle")
+    assert page.locator("html").get_attribute("lang") == "en"
+    assert page.locator(".admonition.info").count() == 0        # 不是"暂无英文版"的回退页
+    score = page.locator(".quiz-score .quiz-score-text").first
+    assert score.inner_text().startswith("Score: 0 / ")
+    q = page.locator(f"#q{single.number}")
+    opening = " ".join(word.strip("`") for word in single.prompt.split()[:3])
+    assert opening in q.locator("h3").inner_text() and "single choice" in q.locator("h3").inner_text()
+    q.locator(f'.quiz-option[data-option="{single.answer_letters[0]}"]').click()
+    assert score.inner_text().startswith("Score: 1 / ") and "1 answered" in score.inner_text()
+    assert q.locator("details.quiz-answer summary").inner_text() == "Answer and explanation"
+    visit.shot("english_quiz.png")
+    visit.check_clean()
+
+
 def test_quiz_without_javascript_is_plain_details(browser):
     from modules.common.quiz import parse_quiz
 
