@@ -59,6 +59,32 @@ def test_student_result_does_not_depend_on_what_was_trained_before():
     assert not torch.equal(weights[0], weights[1])
 
 
+def test_train_teacher_start_from_continues_a_copy():
+    """start_from：在已有老师的拷贝上继续训练（实验 2 的 confident 老师），原老师不变。"""
+    lab = load("distill_lab")
+    data = torch.randint(0, 20, (64, 16), generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+
+    def get_batch(split):
+        idx = torch.randint(0, len(data), (4,), generator=g)
+        return data[idx], data[idx]
+
+    first, _ = lab.train_teacher(lab.STUDENT_SIZE, 20, get_batch, 5, 0, "cpu")
+    before = [p.detach().clone() for p in first.parameters()]
+    longer, hist = lab.train_teacher(lab.STUDENT_SIZE, 20, get_batch, 5, 0, "cpu", start_from=first)
+    assert all(torch.equal(a, p) for a, p in zip(before, first.parameters()))
+    assert not any(torch.equal(a, p) for a, p in zip(before, longer.parameters()) if p.dim() > 1)
+    assert len(hist["train_loss"]) == 5 and not any(p.requires_grad for p in longer.parameters())
+
+
+def test_bad_extra_teacher_steps_gives_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, str(EXPERIMENTS / "exp2_temperature.py"), "--extra-teacher-steps", "0",
+                           "--output-dir", str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, encoding="utf-8", timeout=120)
+    assert proc.returncode != 0
+    assert "--extra-teacher-steps" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_evaluate_agreement_is_one_for_identical_models():
     lab = load("distill_lab")
     model = lab.new_model(lab.STUDENT_SIZE, 20, seed=0)
@@ -187,26 +213,43 @@ def test_exp2_t2_factor_and_temperature_sweep(tmp_path, experiment_env, char_uni
     assert 0.2 < with_t2[-1] < 5
     assert find_conclusion(record, "按约 1/T² 缩小")["holds"] is True
     assert find_conclusion(record, "乘上 T² 后")["holds"] is True
-    # 老师有多软：字符级老师在 T=1 时 top-1 之外已有三成以上的概率；T=4 时熵已接近均匀分布 ln V
+    # 两个老师：继续训练的 confident 老师验证 loss 更低、T=1 时更尖；两者在 T=1 时 top-1 之外都还有四成以上的概率
+    assert m["steps"] == 300 and m["extra_teacher_steps"] == 300
+    teacher = {name: d["mean"] for name, d in m["teacher_val_loss"].items()}
+    assert teacher["confident"] < teacher["soft"] - 0.05, teacher
     soft = m["teacher_softness"]["mean"]
     ln_v = m["teacher_softness"]["max_entropy_ln_V"]
-    entropies = [soft[T]["entropy"] for T in ("1.0", "2.0", "4.0", "8.0")]
-    assert all(a < b for a, b in zip(entropies, entropies[1:])) and entropies[-1] < ln_v
-    assert soft["1.0"]["mass_outside_top1"] > 0.3 and soft["4.0"]["entropy"] > 0.85 * ln_v, soft
-    # 温度扫描：两个转移集、四个温度的学生都训练了，都学到了上下文
-    s = {regime: {T: d["student_val_loss"]["mean"] for T, d in by_T.items()} for regime, by_T in m["summary"].items()}
-    assert set(s) == {"small", "large"} and all(set(v) == {"1.0", "2.0", "4.0", "8.0"} for v in s.values())
+    for name in ("soft", "confident"):
+        entropies = [soft[name][T]["entropy"] for T in ("1.0", "2.0", "4.0", "8.0")]
+        assert all(a < b for a, b in zip(entropies, entropies[1:])) and entropies[-1] < ln_v
+        assert soft[name]["1.0"]["mass_outside_top1"] > 0.4 and soft[name]["4.0"]["entropy"] > 0.85 * ln_v, soft
+    assert soft["confident"]["1.0"]["entropy"] < soft["soft"]["1.0"]["entropy"] - 0.05, soft
+    assert_batch_verdict(find_conclusion(record, "confident 老师在 T=1 时的熵低于"))
+    # 温度扫描：三组学生都训练了，都学到了上下文
+    s = {group: {T: d["student_val_loss"]["mean"] for T, d in by_T.items()} for group, by_T in m["summary"].items()}
+    assert set(s) == {"confident/small", "soft/small", "confident/large"}
+    assert set(s["confident/small"]) == {"1.0", "2.0", "4.0", "8.0"}
+    assert set(s["soft/small"]) == set(s["confident/large"]) == {"1.0", "4.0"}
     assert all(v < char_unigram_entropy - 0.3 for by_T in s.values() for v in by_T.values()), s
-    # 小转移集：升温（T=2、T=4）好于 T=1；大转移集：T=1 好于 T=4；升温的代价在小转移集上更小
-    small, large = s["small"], s["large"]
-    assert small["2.0"] < small["1.0"] and small["4.0"] < small["1.0"], small
-    assert large["1.0"] < large["4.0"] and m["best_T_by_val_loss"]["large"] == 1.0, large
-    assert small["4.0"] - small["1.0"] < large["4.0"] - large["1.0"]
-    for fragment in ("T=2 的学生验证 loss 低于 T=1", "T=4 的学生验证 loss 低于 T=1", "对照：大转移集",
-                     "升温到 T=4 的代价"):
+    # 主结论：小转移集、confident 老师，T=2、T=4 都好于 T=1（超出批次噪声）
+    conf_small, soft_small, conf_large = s["confident/small"], s["soft/small"], s["confident/large"]
+    assert conf_small["2.0"] < conf_small["1.0"] and conf_small["4.0"] < conf_small["1.0"], conf_small
+    # 升温的好处在 confident 老师下更大；大转移集上 T=1 好于 T=4，升温在小转移集上更划算
+    gain_conf, gain_soft = conf_small["1.0"] - conf_small["4.0"], soft_small["1.0"] - soft_small["4.0"]
+    assert gain_conf > gain_soft, (gain_conf, gain_soft)
+    assert conf_large["1.0"] < conf_large["4.0"], conf_large
+    assert conf_small["4.0"] - conf_small["1.0"] < conf_large["4.0"] - conf_large["1.0"]
+    for fragment in ("T=2 的学生验证 loss 低于 T=1", "confident 老师：T=4 的学生验证 loss 低于 T=1", "对照：大转移集",
+                     "好处（T=4 − T=1 的 val loss 之差更负）在 confident 老师下大于 soft 老师",
+                     "升温到 T=4 的 val loss 变化在小转移集上低于大转移集"):
         assert_batch_verdict(find_conclusion(record, fragment))
-    for regime, by_T in s.items():
-        assert m["best_T_by_val_loss"][regime] == float(min(by_T, key=by_T.get))
+    # 对照（旧版设置，soft 老师）的结论随种子翻转（2026-12-05 在当前代码上测）：quick 种子 42、1、7 上成立，
+    # 种子 5 上反向超出批次噪声；批次噪声量不到换种子的噪声，完整模式按种子配对的结果见 teaching.md
+    exempt_conclusions(record, {
+        "对照：小转移集、只训练": "quick 结果随种子翻转：种子 42、1、7 成立，种子 5 反向超出批次噪声",
+    })
+    for group, by_T in s.items():
+        assert m["best_T_by_val_loss"][group] == float(min(by_T, key=by_T.get))
 
 
 @pytest.mark.experiment

@@ -16,6 +16,7 @@
 
 损失只有一份：trainer/train_distillation.py::distillation_loss（α·T²·KL + (1-α)·CE），这里不复制。
 """
+import copy
 import sys
 from pathlib import Path
 
@@ -131,9 +132,16 @@ class PrecomputedTeacher(nn.Module):
         return CausalLMOutput(logits=self.logits[rows])  # (B, BLOCK, V)
 
 
-def train_teacher(size: dict, vocab_size: int, get_batch, steps: int, seed: int, device, desc: str = "teacher"):
-    """在真实标签上普通预训练一个老师；返回 (冻结的老师, 训练历史)。"""
-    teacher = new_model(size, vocab_size, seed)
+def train_teacher(size: dict, vocab_size: int, get_batch, steps: int, seed: int, device, desc: str = "teacher",
+                  start_from: MiniMindForCausalLM | None = None):
+    """在真实标签上普通预训练一个老师；返回 (冻结的老师, 训练历史)。
+
+    start_from 给出时不从随机初始化开始，而是在它的一份拷贝上继续训练 steps 步（新的优化器与学习率调度；
+    start_from 本身不变）：实验 2 用它从同一个老师得到一个"训练得更久、更自信"的版本。"""
+    if start_from is None:
+        teacher = new_model(size, vocab_size, seed)
+    else:
+        teacher = copy.deepcopy(start_from).train().requires_grad_(True)
     hist = train_model(teacher, get_batch, steps=steps, lr=LR, eval_every=steps, eval_batches=1, device=device,
                        desc=desc)
     if hist["diverged_at"] is not None:
@@ -161,7 +169,8 @@ def eval_batches(text: str, n: int, seed: int, device=None) -> list:
 def teacher_softness(teacher, batches, temperature: float) -> dict:
     """老师在验证批上、温度 T 下的分布有多"软"：每个位置的平均熵（nats）与 top-1 之外的概率质量。
 
-    熵接近 ln V（均匀分布）说明分布几乎摊平；top-1 之外的质量就是"暗知识"所在的那部分概率。"""
+    熵接近 ln V（均匀分布）说明分布几乎摊平；top-1 之外的质量就是"暗知识"所在的那部分概率。
+    entropy_batches 是逐批的熵：两个老师读同一组批时可以按批配对做噪声检验。"""
     entropies, off_top1 = [], []
     for input_ids, _ in batches:
         log_probs = (teacher(input_ids).logits[:, :-1] / temperature).log_softmax(-1)  # (B, T-1, V)
@@ -169,7 +178,7 @@ def teacher_softness(teacher, batches, temperature: float) -> dict:
         entropies.append(-(probs * log_probs).sum(-1).mean().item())
         off_top1.append(1.0 - probs.max(-1).values.mean().item())
     n = len(batches)
-    return {"entropy": sum(entropies) / n, "mass_outside_top1": sum(off_top1) / n}
+    return {"entropy": sum(entropies) / n, "mass_outside_top1": sum(off_top1) / n, "entropy_batches": entropies}
 
 
 @torch.no_grad()
