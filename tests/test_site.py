@@ -442,7 +442,7 @@ def test_results_page_shows_reference_plots_and_the_english_fallback_has_a_note(
     assert page.locator(".conclusion-holds, .conclusion-unsettled, .conclusion-fails").count() >= 1
     visit.shot("results.png")
 
-    page = visit.goto(f"/en/{rel}/teaching/")                  # 没有英文版的页面：中文内容 + 提示
+    page = visit.goto(f"/en/{rel}/results/")                   # 没有英文版的页面（参考结果页总是中文）：中文内容 + 提示
     assert page.locator("html").get_attribute("lang") == "en"
     assert page.locator(".admonition.info").first.inner_text().startswith("English version not available")
     visit.shot("english_fallback.png")

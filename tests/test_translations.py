@@ -41,19 +41,39 @@ def english_counterpart(chinese: str) -> str:
 
 
 # 已有英文版的文档：翻译一份就在这里加一行；其余的都算"还没翻译"，列表清空（全部加进来）之前 issue 26 没完成
-TRANSLATED = ["README.md",
+TRANSLATED = ["README.md", "ROADMAP.md", "modules/README.md", "trainer/README.md", "dataset/README.md",
+              "modules/01-foundation/01-normalization/README.md",
+              "modules/01-foundation/01-normalization/teaching.md",
+              "modules/01-foundation/01-normalization/code_guide.md",
+              "modules/01-foundation/01-normalization/quiz.md",
               "modules/01-foundation/02-position-encoding/README.md",
               "modules/01-foundation/02-position-encoding/teaching.md",
               "modules/01-foundation/02-position-encoding/code_guide.md",
               "modules/01-foundation/02-position-encoding/quiz.md",
+              "modules/01-foundation/03-attention/README.md",
+              "modules/01-foundation/03-attention/teaching.md",
+              "modules/01-foundation/03-attention/code_guide.md",
+              "modules/01-foundation/03-attention/quiz.md",
               "modules/02-architecture/01-residual-connection/README.md",
               "modules/02-architecture/01-residual-connection/teaching.md",
               "modules/02-architecture/01-residual-connection/code_guide.md",
               "modules/02-architecture/01-residual-connection/quiz.md",
+              "modules/02-architecture/02-transformer-block/README.md",
+              "modules/02-architecture/02-transformer-block/teaching.md",
+              "modules/02-architecture/02-transformer-block/code_guide.md",
+              "modules/02-architecture/02-transformer-block/quiz.md",
               "modules/03-training/01-tokenizer/README.md",
               "modules/03-training/01-tokenizer/teaching.md",
               "modules/03-training/01-tokenizer/code_guide.md",
-              "modules/03-training/01-tokenizer/quiz.md"]
+              "modules/03-training/01-tokenizer/quiz.md",
+              "modules/04-advanced/04-evaluation/README.md",
+              "modules/04-advanced/04-evaluation/teaching.md",
+              "modules/04-advanced/04-evaluation/code_guide.md",
+              "modules/04-advanced/04-evaluation/quiz.md",
+              "modules/04-advanced/05-training-systems/README.md",
+              "modules/04-advanced/05-training-systems/teaching.md",
+              "modules/04-advanced/05-training-systems/code_guide.md",
+              "modules/04-advanced/05-training-systems/quiz.md"]
 UNTRANSLATED = set(chinese_docs()) - set(TRANSLATED)
 
 
