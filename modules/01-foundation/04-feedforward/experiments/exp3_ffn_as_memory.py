@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
+from modules.common.facts import make_facts, recall_per_fact  # noqa: E402
 from modules.common.lab_model import LabConfig, LabModel  # noqa: E402
 from modules.common.noise import compare_runs  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
@@ -39,23 +40,6 @@ def add_args(parser):
     parser.add_argument("--steps", type=int, default=None, help="每个模型的训练步数（默认 400）")
 
 
-def make_facts(n_a: int, n_values: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """生成全部 A² 条事实。词表：a 取 0..A-1，b 取 A..2A-1，值取 2A..2A+M-1，最后一个是 "→"。
-
-    返回 input_ids (A², 4) = [a, b, →, 值]，labels (A², 4)（只有值计分，其余 -100），以及词表说明。
-    """
-    gen = torch.Generator().manual_seed(seed)
-    arrow = 2 * n_a + n_values
-    a = torch.arange(n_a).repeat_interleave(n_a)  # (A²,)
-    b = torch.arange(n_a).repeat(n_a) + n_a  # (A²,)
-    value = torch.randint(n_values, (n_a * n_a,), generator=gen) + 2 * n_a  # (A²,) 随机指定，无规律
-    input_ids = torch.stack([a, b, torch.full_like(a, arrow), value], dim=1)  # (A², 4)
-    labels = torch.full_like(input_ids, -100)
-    labels[:, 3] = value
-    vocab = {"vocab_size": arrow + 1, "value_ids": list(range(2 * n_a, 2 * n_a + n_values)), "arrow": arrow}
-    return input_ids, labels, vocab
-
-
 def token_name(i: int, n_a: int, n_values: int) -> str:
     if i < n_a:
         return f"a{i}"
@@ -64,15 +48,6 @@ def token_name(i: int, n_a: int, n_values: int) -> str:
     if i < 2 * n_a + n_values:
         return f"v{i - 2 * n_a}"
     return "->"
-
-
-@torch.no_grad()
-def recall_per_fact(model: LabModel, input_ids: torch.Tensor) -> list[float]:
-    """在"→"位置取 argmax（整个词表），逐条事实返回是否等于值（1.0 / 0.0）；均值就是回忆准确率。"""
-    model.eval()
-    pred = model(input_ids[:, :3]).logits[:, 2].argmax(-1)  # (N,)
-    model.train()
-    return (pred == input_ids[:, 3]).float().tolist()
 
 
 @torch.no_grad()

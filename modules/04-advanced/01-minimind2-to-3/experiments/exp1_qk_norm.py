@@ -5,6 +5,9 @@
 AdamW β2=0.95、5% 线性预热、余弦衰减、梯度裁剪 1.0）。每个训练步都用前向钩子记下所有层的注意力 logit
 q·k/√d（softmax 之前、因果 mask 内）的最大绝对值，以及每个头的平均注意力熵（Zhai et al. 2023 的熵坍缩），
 同时记录训练 loss 的尖峰、是否出现 NaN/inf、最终验证 loss 与论文定义的学习率敏感度。
+训练用 fp32；训练完再在几批验证数据上把每层的 QKᵀ 以 float16 算一遍（同未融合的 eager 注意力在 fp16 混合精度下存分数），
+数有多少注意力行出现 inf（softmax 后就是 NaN）——论文里的大模型用 bf16/fp16 训练，数值发散出现在这种精度下，
+而 fp32 的 softmax 先减去最大值，logit 上十万也不会溢出。另记整个模型放进 fp16 autocast 时输出为 NaN/inf 的 token 比例。
 预期（Dehghani et al. 2023；Wortsman et al. 2023；Zhai et al. 2023）：没有 QK-norm 时 logit 随训练增大、注意力熵坍缩，
 大学习率下最终 loss 明显变差；有 QK-norm 时 logit 被 RMSNorm 的 weight 管住，对学习率不敏感。
 """
@@ -23,7 +26,7 @@ import torch  # noqa: E402
 from model.model_minimind import apply_rotary_pos_emb, repeat_kv  # noqa: E402
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
-from modules.common.lab_model import LabConfig, LabModel  # noqa: E402
+from modules.common.lab_model import LabConfig, LabModel, record_attention  # noqa: E402
 from modules.common.noise import compare_runs  # noqa: E402
 from modules.common.text_data import char_lm_batches  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
@@ -32,6 +35,12 @@ from modules.common.visualization import set_style  # noqa: E402
 VARIANTS = {"no qk_norm (minimind2)": False, "qk_norm (minimind3)": True}
 EVAL_BATCHES = 4  # 最后一次验证用几个 batch（train_model 的默认值）
 WARMUP_FRACTION = 0.05  # Wortsman et al. 2023：1e5 步里预热 5e3 步
+FP16_MAX = torch.finfo(torch.float16).max  # 65504：fp16 能表示的最大有限值
+# 后段回升：去掉前 20% 的训练步（预热末的早期尖峰两种模型都有，见结论里的"对照"），训练 loss 做 10 步滑动平均
+# （单步 loss 的批次噪声约 0.1 nats，平均 10 步降到约 1/3）后，量比此前最低点高出的最大值。
+# 两个常数是看过种子 42–44 的结果后、用种子 1–3 检验之前定好的，之后没有再调。
+LATE_START_FRACTION = 0.2
+SMOOTH_WINDOW = 10
 
 
 def add_args(parser):
@@ -40,6 +49,19 @@ def add_args(parser):
     parser.add_argument("--steps", type=int, default=None, help="每个配置的训练步数（默认 quick 120 / full 250）")
     parser.add_argument("--spike-threshold", type=float, default=0.3,
                         help="训练 loss 比此前最低值高出多少 nats 记为一次尖峰（默认 0.3）")
+
+
+def attention_qk(attn, x, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
+    """借注意力层自己的 q_proj / k_proj / q_norm / k_norm 与 RoPE 重算 q、k（与 LabAttention.forward 同一套步骤）。
+    x: (B, T, H)，cos/sin: (T, hd)；返回 q, k: (B, nh, T, hd)（K 已按 GQA 复制到 nh 个头）。"""
+    B, T, _ = x.shape
+    q = attn.q_proj(x).view(B, T, attn.n_heads, attn.head_dim)  # (B, T, nh, hd)
+    k = attn.k_proj(x).view(B, T, attn.n_kv_heads, attn.head_dim)  # (B, T, nkv, hd)
+    if attn.qk_norm:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    k = repeat_kv(k, attn.n_rep)  # (B, T, nh, hd)
+    return q.transpose(1, 2), k.transpose(1, 2)
 
 
 @contextmanager
@@ -58,14 +80,9 @@ def track_attention_logits(model: LabModel):
             return
         x, (cos, sin) = args[0], args[1]  # x: (B, T, H)，cos/sin: (T, hd)
         with torch.no_grad():
-            B, T, _ = x.shape
-            q = attn.q_proj(x).view(B, T, attn.n_heads, attn.head_dim)  # (B, T, nh, hd)
-            k = attn.k_proj(x).view(B, T, attn.n_kv_heads, attn.head_dim)  # (B, T, nkv, hd)
-            if attn.qk_norm:
-                q, k = attn.q_norm(q), attn.k_norm(k)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            k = repeat_kv(k, attn.n_rep)  # (B, T, nh, hd)
-            scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * attn.scale  # (B, nh, T, T)
+            T = x.shape[1]
+            q, k = attention_qk(attn, x, cos, sin)  # (B, nh, T, hd)
+            scores = (q @ k.transpose(-2, -1)) * attn.scale  # (B, nh, T, T)
             causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             step_max[id(attn)] = scores.abs().masked_fill(~causal, 0).max().item()
             probs = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)  # (B, nh, T, T)
@@ -95,6 +112,61 @@ def count_spikes(losses: list[float], threshold: float, skip: int) -> tuple[int,
             spikes += rise > threshold
         best = min(best, loss)
     return spikes, worst
+
+
+def late_rise(losses: list[float], start_fraction: float = LATE_START_FRACTION, window: int = SMOOTH_WINDOW) -> float:
+    """训练后段的最大回升：丢掉前 start_fraction 的步，对剩下的 loss 取 window 步的滑动平均（只用满窗），
+    返回平滑曲线比此前最低点高出的最大值（单调下降时为 0）。"""
+    late = losses[int(start_fraction * len(losses)):]
+    smooth = [sum(late[i - window + 1:i + 1]) / window for i in range(window - 1, len(late))]
+    worst, best = 0.0, float("inf")
+    for value in smooth:
+        worst = max(worst, value - best)
+        best = min(best, value)
+    return worst
+
+
+@torch.no_grad()
+def fp16_overflow(model: LabModel, get_batch, n_batches: int, device) -> dict:
+    """训练好的 fp32 模型在 n_batches 个验证 batch 上的两种 fp16 测量，每个 batch 一个数：
+
+    attn_rows：模型照常以 fp32 前向，前向预钩子把每层的 QKᵀ 用 float16 再算一遍——与 LabAttention 显式路径的顺序相同，
+      先乘 q·k、再乘 scale，所以 |q·k| 超过 65504 就存成 inf，这一行的 softmax 里 inf − inf 得到 NaN。
+      记因果 mask 内出现 inf 的注意力行（每层、每个头、每个 query 位置一行）所占比例。只有注意力分数是 fp16，
+      量的就是 QK-norm 管的那一处。
+    model_tokens：整个模型放进 torch.autocast(float16)（record_attention 让注意力走显式路径），输出 logits 含 NaN/inf 的
+      token 比例。这里所有 matmul 都是 fp16，MLP 等别处的溢出也算在内。
+    """
+    device = torch.device(device)
+    attn_rows, model_tokens = [], []
+    overflowed = []  # 本次前向里每层一项：(出现 inf 的行数, 总行数)
+
+    def hook(attn, args):
+        x, (cos, sin) = args[0], args[1]
+        T = x.shape[1]
+        q, k = attention_qk(attn, x, cos, sin)  # (B, nh, T, hd)，fp32
+        scores = (q.half() @ k.half().transpose(-2, -1)) * attn.scale  # (B, nh, T, T)，fp16：超过 65504 成 inf
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        bad_rows = (~torch.isfinite(scores) & causal).any(dim=-1)  # (B, nh, T)
+        overflowed.append((bad_rows.sum().item(), bad_rows.numel()))
+
+    model.eval()
+    handles = [layer.self_attn.register_forward_pre_hook(hook) for layer in model.model.layers]
+    try:
+        for _ in range(n_batches):
+            input_ids, labels = get_batch("val")
+            input_ids, labels = input_ids.to(device), labels.to(device)
+            overflowed.clear()
+            model(input_ids)
+            attn_rows.append(sum(bad for bad, _ in overflowed) / sum(total for _, total in overflowed))
+            with record_attention(model), torch.autocast(device.type, dtype=torch.float16):
+                out = model(input_ids, labels=labels)
+            model_tokens.append((~torch.isfinite(out.logits).all(dim=-1)).float().mean().item())  # logits: (B, T, V)
+    finally:
+        for h in handles:
+            h.remove()
+    model.train()
+    return {"attn_rows": attn_rows, "model_tokens": model_tokens}
 
 
 def lr_sensitivity(losses_by_lr: list[float], init_loss: float) -> float:
@@ -131,6 +203,7 @@ def main():
                                        eval_every=steps, eval_batches=EVAL_BATCHES, device=exp.device, desc=f"{variant} lr={lr:g} seed={seed}")
                 spikes, worst = count_spikes(hist["train_loss"], exp.args.spike_threshold, skip=warmup)
                 diverged = hist["diverged_at"] is not None
+                fp16 = fp16_overflow(model, get_batch, EVAL_BATCHES, exp.device)
                 n_done = len(hist["train_loss"])
                 logits, entropies = trace["max_logit"][:n_done], trace["min_entropy"][:n_done]
                 runs.setdefault((variant, lr), []).append({
@@ -143,7 +216,12 @@ def main():
                     "val_loss": hist["val_loss"][-1] if (hist["val_loss"] and not diverged) else float("nan"),
                     # 最后一次验证的逐 batch loss：同一种子下各配置读的是同一批验证数据，quick 模式按 batch 配对
                     "val_batches": hist["final_val_batches"] if not diverged else [float("nan")] * EVAL_BATCHES,
-                    "spikes": spikes, "max_rise": worst, "diverged_at": hist["diverged_at"]})
+                    "spikes": spikes, "max_rise": worst, "late_rise": late_rise(hist["train_loss"]),
+                    "diverged_at": hist["diverged_at"],
+                    # fp16 测量的逐 batch 值（同一种子下各配置读同一批验证数据，quick 模式按 batch 配对）
+                    "fp16_attn_batches": fp16["attn_rows"],
+                    "fp16_attn_overflow": sum(fp16["attn_rows"]) / EVAL_BATCHES,
+                    "fp16_model_nonfinite": sum(fp16["model_tokens"]) / EVAL_BATCHES})
 
     def agg(variant, lr, key):
         return [r[key] for r in runs[(variant, lr)]]
@@ -156,9 +234,12 @@ def main():
                          format_mean_std(agg(variant, lr, "final_max_logit"), 3),
                          format_mean_std(agg(variant, lr, "final_min_entropy"), 3),
                          format_mean_std(agg(variant, lr, "spikes"), 2), format_mean_std(agg(variant, lr, "max_rise"), 2),
-                         f"{diverged}/{len(exp.seeds)}", format_mean_std(agg(variant, lr, "val_loss"), 4)])
+                         format_mean_std(agg(variant, lr, "late_rise"), 3), f"{diverged}/{len(exp.seeds)}",
+                         format_mean_std(agg(variant, lr, "fp16_attn_overflow"), 3),
+                         format_mean_std(agg(variant, lr, "fp16_model_nonfinite"), 3), format_mean_std(agg(variant, lr, "val_loss"), 4)])
     exp.print_table(["lr", "variant", "peak max logit", "final max logit", "min attn entropy", "spike steps", "max loss rise",
-                     "diverged", "val loss"], rows, title=f"QK-norm vs none, {steps} steps per run")
+                     "late rise", "diverged", "fp16 attn inf rows", "fp16 model NaN tokens", "val loss"], rows,
+                    title=f"QK-norm vs none, {steps} steps per run")
 
     # ---- 图：最大 logit（左）、最小注意力熵（中）、训练 loss（右）随训练步，每个学习率一行 ----
     colors = {"no qk_norm (minimind2)": "tab:red", "qk_norm (minimind3)": "tab:blue"}
@@ -199,12 +280,14 @@ def main():
     sensitivity = {v: [lr_sensitivity([runs[(v, lr)][i]["val_loss"] for lr in lrs], init_loss)
                        for i in range(len(exp.seeds))] for v in VARIANTS}
     exp.save_metrics({"lrs": lrs, "steps": steps, "warmup_steps": warmup, "grad_clip": 1.0, "init_loss": init_loss,
-                      "spike_threshold": exp.args.spike_threshold, "lr_sensitivity": sensitivity,
+                      "spike_threshold": exp.args.spike_threshold, "late_start_fraction": LATE_START_FRACTION,
+                      "smooth_window": SMOOTH_WINDOW, "fp16_max": FP16_MAX, "lr_sensitivity": sensitivity,
                       "model": size, "runs": {f"{variant} @ {lr:g}": runs[(variant, lr)]
                                               for lr in lrs for variant in VARIANTS},
                       "summary": {f"{variant} @ {lr:g}": {key: mean_std(agg(variant, lr, key))[0] for key in
                                                           ("peak_max_logit", "final_max_logit", "final_min_entropy",
-                                                           "spikes", "max_rise", "val_loss")}
+                                                           "spikes", "max_rise", "late_rise", "fp16_attn_overflow",
+                                                           "fp16_model_nonfinite", "val_loss")}
                                   for lr in lrs for variant in VARIANTS}})
 
     # ---- 结论（全部由上面的测量算出；比较都过噪声检验 modules/common/noise.py）----
@@ -240,16 +323,37 @@ def main():
                          f"训练末 10 步的最小平均熵：无 {m(off, hi, 'final_min_entropy'):.3f} vs 有 "
                          f"{m(on, hi, 'final_min_entropy'):.3f} nats（lr={lo:g} 时：无 {m(off, lo, 'final_min_entropy'):.3f}，"
                          f"有 {m(on, lo, 'final_min_entropy'):.3f}）")
-    # 数值发散：论文里的大模型（bf16）会出现；这里 fp32 + 梯度裁剪，照实记录有没有出现 NaN/inf
+    # 数值发散。fp32 训练里 softmax 先减去每行最大值，logit 上十万也不溢出：这一条是对照，照实记录有没有 NaN/inf
     n_div = {v: sum(r["diverged_at"] is not None for r in runs[(v, hi)]) for v in VARIANTS}
-    exp.conclude(f"最大学习率 {hi:g} 下，无 QK-norm 出现了发散（loss 变成 NaN/inf）",
+    exp.conclude(f"对照：fp32 训练（softmax 先减最大值）下，最大学习率 {hi:g} 无 QK-norm 出现了发散（loss 变成 NaN/inf）",
                  n_div[off] > 0, f"发散的种子数：无 {n_div[off]}/{len(exp.seeds)}，有 {n_div[on]}/{len(exp.seeds)}"
-                 f"（Wortsman et al. 2023 所说的小模型不稳定是最终 loss 远高于最优学习率的 loss，见学习率敏感度那条）")
+                 f"（fp32 的最大有限值约 3.4e38，末段最大 logit {m(off, hi, 'final_max_logit'):.0f} 远在其下；"
+                 f"Wortsman et al. 2023 所说的小模型不稳定是最终 loss 远高于最优学习率的 loss，见学习率敏感度那条）")
+    # 论文的大模型用 bf16/fp16 训练：同样的权重，注意力分数以 fp16 存下时，|q·k| 超过 65504 就成了 inf → 这一行 softmax 为 NaN。
+    # 检验每个种子（quick：每个验证 batch）出现 inf 的注意力行比例：比例是连续量，可以用 compare 按种子配对；
+    # "发散了没有"的二值结果只有 3 个种子，fewer_failures 至少要 5 个结果不同的种子，3 个种子永远判不成立。
+    # 某个种子没有溢出时，它那一对的差值为 0，"每个种子同号"不满足，结论就不会判成立。
+    fp16_batches = {v: runs[(v, hi)][0]["fp16_attn_batches"] for v in VARIANTS}
+    exp.conclude_verdict(f"注意力分数以 fp16 存储时（eager 注意力的混合精度），最大学习率 {hi:g} 训练出的无 QK-norm 模型"
+                         f"出现 inf（softmax 后为 NaN）的注意力行比例高于有 QK-norm",
+                         compare_runs(agg(off, hi, "fp16_attn_overflow"), agg(on, hi, "fp16_attn_overflow"), "greater",
+                                      fp16_batches[off], fp16_batches[on]),
+                         f"inf 注意力行比例：无 {format_mean_std(agg(off, hi, 'fp16_attn_overflow'), 3)} vs "
+                         f"有 {format_mean_std(agg(on, hi, 'fp16_attn_overflow'), 3)}（fp16 最大有限值 {FP16_MAX:.0f}；"
+                         f"lr={lo:g} 时无 QK-norm 为 {m(off, lo, 'fp16_attn_overflow'):.3f}；整个模型放进 fp16 autocast 时"
+                         f"输出为 NaN/inf 的 token 比例：无 {m(off, hi, 'fp16_model_nonfinite'):.3f}，"
+                         f"有 {m(on, hi, 'fp16_model_nonfinite'):.3f}——MLP 等别处也会溢出，QK-norm 只管注意力）")
+    # 尖峰。预热结束、学习率到顶的前几步两种模型都有一次大尖峰（与注意力 logit 无关）：逐步 loss 的最大回升把它算进来，是对照。
     # 最大回升是整条训练曲线上的一个数，没有批次噪声可用：单种子时只能判"未确立"
-    exp.conclude_verdict(f"最大学习率 {hi:g} 下，无 QK-norm 的 loss 尖峰（回升）比有 QK-norm 更大",
+    exp.conclude_verdict(f"对照：含预热末的早期尖峰时，最大学习率 {hi:g} 下无 QK-norm 的逐步 loss 最大回升比有 QK-norm 更大",
                          compare_runs(agg(off, hi, "max_rise"), agg(on, hi, "max_rise"), "greater"),
-                         f"最大回升 {m(off, hi, 'max_rise'):.2f} vs {m(on, hi, 'max_rise'):.2f} nats；尖峰步数 "
-                         f"{m(off, hi, 'spikes'):.1f} vs {m(on, hi, 'spikes'):.1f}")
+                         f"预热后逐步 loss 的最大回升 {m(off, hi, 'max_rise'):.2f} vs {m(on, hi, 'max_rise'):.2f} nats；"
+                         f"尖峰步数 {m(off, hi, 'spikes'):.1f} vs {m(on, hi, 'spikes'):.1f}")
+    exp.conclude_verdict(f"最大学习率 {hi:g} 下，训练后段（前 {LATE_START_FRACTION:.0%} 步之后、{SMOOTH_WINDOW} 步平滑）"
+                         f"无 QK-norm 的 loss 回升比有 QK-norm 更大",
+                         compare_runs(agg(off, hi, "late_rise"), agg(on, hi, "late_rise"), "greater"),
+                         f"后段平滑 loss 的最大回升 {format_mean_std(agg(off, hi, 'late_rise'), 3)} vs "
+                         f"{format_mean_std(agg(on, hi, 'late_rise'), 3)} nats")
     first = {key: runs[key][0]["val_batches"] for key in runs}  # 第一个种子的逐 batch 验证 loss
     exp.conclude_verdict(f"最大学习率 {hi:g} 下，有 QK-norm 的验证 loss 更低",
                          compare_runs(agg(on, hi, "val_loss"), agg(off, hi, "val_loss"), "less",

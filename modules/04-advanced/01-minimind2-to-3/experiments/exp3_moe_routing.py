@@ -1,17 +1,22 @@
 """实验 3：MoE 路由——相同激活参数下 MoE 什么时候比稠密好？共享专家与负载均衡损失各起什么作用？
 
-直接用 model/ 的 MiniMindForCausalLM（use_moe=True），小尺寸（hidden 32、2 层）、字符级 TinyShakespeare。所有变体每个 token
-激活的 FFN 参数相同（中间层合计 I）：
+直接用 model/ 的 MiniMindForCausalLM（use_moe=True）。学习曲线与路由部分用小尺寸（hidden 32、2 层）、字符级 TinyShakespeare，
+所有变体每个 token 激活的 FFN 参数相同（中间层合计 I）：
   dense                    稠密 SwiGLU，中间层 I
   moe3 top1 +aux           minimind-3 的配方：4 个路由专家（各 I）、无共享、top-1、批级 aux loss（系数 5e-4）
   moe3 top1 no-aux         同上但 aux 系数 0：top-1 归一化后路由权重恒为 1，路由器拿不到任何梯度
   moe3 shared+top1 +aux    1 个共享专家（I/2）+ 4 个路由专家（各 I/2）、top-1
   moe2-gate top1 no-aux    MiniMind2 的门（top-1 时不归一化，权重 = softmax 概率，路由器从 LM loss 学习），无 aux
   moe2-gate top1 +aux      同上 + MiniMind2 的序列级 aux loss（α = 0.1）
-两部分：
+三部分：
+  容量      MoE 多出来的是总参数（容量），每个 token 的计算不变。在"容量受限"的任务上测它：背 576 条随机事实
+            （modules/common/facts.py：键 (a, b) → 随机的值，没有规律，只能背）。模型很小（hidden 8、1 层），稠密 FFN
+            中间层 8，MoE 是 4 个各 8 宽的专家、top-1（minimind-3 配方）——每 token 激活相同，总 FFN 宽度 4 倍。
+            两者每步都读全部事实、训练同样的步数，比较答对的事实比例（回忆准确率）。
   学习曲线  dense vs moe3 top1 +aux 训练较长（完整模式 1500 步），每 1/10 记一次验证 loss：MoE 的总参数多 4 倍，
             但每个专家只看到约 1/4 的 token（Switch Transformer、DeepSeekMoE：MoE 的收益随训练 token 增多才显出来），
             看差距（MoE − 稠密）怎样随训练步变化、最后谁更低。
+            这一部分是"数据受限"的对照：字符级语言模型的 loss 受数据和训练 token 限制，多出来的参数不一定用得上。
   路由      五个 MoE 变体各训练较短（完整模式 200 步）：验证集上每层每个专家分到的 token 比例、"死"专家
             （比例 < 公平份额的 1/4）、训练中负载最重的专家份额、验证 loss。
 另用 meta 设备算出真实尺寸的总参数 / 每 token 激活参数。
@@ -31,6 +36,7 @@ import torch  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM, MOEFeedForward  # noqa: E402
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
+from modules.common.facts import make_facts, recall_per_fact  # noqa: E402
 from modules.common.noise import compare_runs  # noqa: E402
 from modules.common.text_data import char_lm_batches  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
@@ -49,6 +55,12 @@ VARIANTS = {
     "moe2-gate top1 +aux": ("minimind2", True, 0, 0.1, 1.0),
 }
 CURVE_VARIANTS = ("dense", "moe3 top1 +aux")
+MEMORY_VARIANTS = ("dense", "moe3 top1 +aux")
+# 容量部分：事实 (a, b) → 值，A = 24（576 条事实），M = 32 种值（随机猜 1/32）；模型 hidden 8、1 层，每 token 激活的 FFN 宽 8。
+# 学习率与上面相同（LR），不加 weight decay（任务就是背诵）
+MEMORY_SIZE = dict(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
+MEMORY_N_A, MEMORY_N_VALUES, MEMORY_FFN = 24, 32, 8
+MEMORY_FULL_RECALL = 0.9  # 在看结果之前定下："背不完" = 回忆准确率低于 0.9
 ROUTING_VARIANTS = tuple(v for v in VARIANTS if VARIANTS[v][1])
 SHARED_MARGIN = 0.05  # 非劣界（nats），在看结果之前定下："共享专家版的验证 loss 至多比宽专家版高 0.05"
 # 真实尺寸（只算参数量，在 meta 设备上构建，不分配内存）
@@ -67,12 +79,14 @@ def add_args(parser):
     parser.add_argument("--routing-steps", type=int, default=None,
                         help="路由部分（五个 MoE 变体）的训练步数（默认 quick 100 / full 200）")
     parser.add_argument("--ffn-size", type=int, default=64, help="每个 token 激活的 FFN 中间层合计 I（默认 64）")
+    parser.add_argument("--memory-steps", type=int, default=None,
+                        help="容量部分（背随机事实，dense vs moe3 top1 +aux）的训练步数（默认 quick 1000 / full 2000）")
 
 
-def build_config(variant: str, vocab_size: int, ffn_size: int) -> MiniMindConfig:
+def build_config(variant: str, vocab_size: int, ffn_size: int, size: dict = SIZE, seq_len: int = SEQ_LEN) -> MiniMindConfig:
     family, use_moe, n_shared, aux, ratio = VARIANTS[variant]
     expert_size = int(ffn_size * ratio)
-    return MiniMindConfig(family=family, **SIZE, vocab_size=vocab_size, max_position_embeddings=SEQ_LEN,
+    return MiniMindConfig(family=family, **size, vocab_size=vocab_size, max_position_embeddings=seq_len,
                           intermediate_size=ffn_size - expert_size if n_shared else ffn_size,  # 共享专家用它
                           use_moe=use_moe, num_experts=N_EXPERTS, num_experts_per_tok=1,
                           moe_intermediate_size=expert_size, n_shared_experts=n_shared,
@@ -148,16 +162,37 @@ def train_variant(variant: str, text: str, seed: int, steps: int, ffn_size: int,
     return run, count_params(model)
 
 
+def train_memory(variant: str, seed: int, steps: int, device) -> tuple[dict, dict]:
+    """容量部分：背 A² 条随机事实。训练与验证都是全部事实（任务本身就是背诵）。
+    同一种子下各变体背同一组事实，所以可以逐条事实配对。返回 (这次运行的记录, 参数量)。"""
+    input_ids, labels, vocab = make_facts(MEMORY_N_A, MEMORY_N_VALUES, seed)
+    input_ids, labels = input_ids.to(device), labels.to(device)  # (N, 4)
+
+    def get_batch(split):
+        return input_ids, labels
+
+    Experiment.seed_everything(seed)
+    model = MiniMindForCausalLM(build_config(variant, vocab["vocab_size"], MEMORY_FFN, MEMORY_SIZE,
+                                             input_ids.shape[1])).to(device)
+    hist = train_model(model, get_batch, steps=steps, lr=LR, weight_decay=0.0, eval_every=max(1, steps // 10),
+                       eval_batches=1, device=device, desc=f"memory {variant} {steps} steps seed={seed}")
+    correct = recall_per_fact(model, input_ids)  # 逐条事实：1.0 = 答对
+    return {"recall": sum(correct) / len(correct), "correct": correct, "val_loss": hist["val_loss"][-1],
+            "val_steps": [s + 1 for s in hist["val_steps"]], "val_curve": hist["val_loss"]}, count_params(model)
+
+
 def main():
     exp = Experiment(__file__, extra_args=add_args, description=(
-        "minimind2→3 实验 3：相同激活参数下的稠密 vs MoE（学习曲线），有无共享专家、有无负载均衡 aux loss、两代的门；\n"
+        "minimind2→3 实验 3：相同激活参数下的稠密 vs MoE——容量受限的随机事实记忆、数据受限的语言模型学习曲线；\n"
+        "有无共享专家、有无负载均衡 aux loss、两代的门；\n"
         "比较验证 loss 随训练步的差距、专家负载分布与死专家，并给出真实尺寸的总参数 / 激活参数。"))
     steps = exp.args.steps if exp.args.steps is not None else (200 if exp.quick else 1500)
     routing_steps = exp.args.routing_steps if exp.args.routing_steps is not None else (100 if exp.quick else 200)
+    memory_steps = exp.args.memory_steps if exp.args.memory_steps is not None else (1000 if exp.quick else 2000)
     ffn_size = exp.args.ffn_size
-    if steps < 20 or routing_steps < 1 or ffn_size < 2 or ffn_size % 2:
-        raise SystemExit(f"--steps 至少为 20（学习曲线要 10 个验证点），--routing-steps 至少为 1，--ffn-size 必须是 >= 2 的偶数"
-                         f"（收到 {steps}、{routing_steps}、{ffn_size}）")
+    if steps < 20 or routing_steps < 1 or memory_steps < 1 or ffn_size < 2 or ffn_size % 2:
+        raise SystemExit(f"--steps 至少为 20（学习曲线要 10 个验证点），--routing-steps 和 --memory-steps 至少为 1，"
+                         f"--ffn-size 必须是 >= 2 的偶数（收到 {steps}、{routing_steps}、{memory_steps}、{ffn_size}）")
     text = get_experiment_data("shakespeare")
     set_style()
 
@@ -170,7 +205,23 @@ def main():
                     [[n, f"{c['total'] / 1e6:.2f}", f"{c['active'] / 1e6:.2f}"] for n, c in real.items()],
                     title="Real model sizes (computed on the meta device)")
 
-    # ---- 第一部分：学习曲线，dense vs minimind-3 配方的 MoE ----
+    # ---- 第一部分：容量受限的任务——背随机事实，dense vs minimind-3 配方的 MoE（同激活参数）----
+    memory = {v: [] for v in MEMORY_VARIANTS}
+    memory_params = {}
+    for variant in MEMORY_VARIANTS:
+        for seed in exp.seeds:
+            run, memory_params[variant] = train_memory(variant, seed, memory_steps, exp.device)
+            memory[variant].append(run)
+    n_facts = MEMORY_N_A ** 2
+    exp.print_table(["variant", "total params", "active params", "recall accuracy", "val loss"],
+                    [[v, memory_params[v]["total"], memory_params[v]["active"],
+                      format_mean_std([r["recall"] for r in memory[v]], 3),
+                      format_mean_std([r["val_loss"] for r in memory[v]], 3)] for v in MEMORY_VARIANTS],
+                    title=f"Recall of {n_facts} random facts (a, b) -> value, hidden {MEMORY_SIZE['hidden_size']}, "
+                          f"{MEMORY_SIZE['num_hidden_layers']} layer, active FFN {MEMORY_FFN}, {memory_steps} steps; "
+                          f"chance = {1 / MEMORY_N_VALUES:.3f}")
+
+    # ---- 第二部分：学习曲线（数据受限的对照），dense vs minimind-3 配方的 MoE ----
     params = {}
     curve = {v: [] for v in CURVE_VARIANTS}
     for variant in CURVE_VARIANTS:
@@ -189,7 +240,7 @@ def main():
     exp.print_table(["step", f"val loss {dense}", f"val loss {moe}", "gap (moe − dense)"], rows,
                     title=f"Learning curve at equal active FFN size I={ffn_size}, {steps} steps")
 
-    # ---- 第二部分：五个 MoE 变体的路由 ----
+    # ---- 第三部分：五个 MoE 变体的路由 ----
     results = {v: [] for v in ROUTING_VARIANTS}
     for variant in ROUTING_VARIANTS:
         for seed in exp.seeds:
@@ -225,7 +276,7 @@ def main():
     fig.suptitle(f"Expert load on validation tokens after {routing_steps} steps (seed {exp.seeds[0]}; dashed = uniform)")
     exp.save_figure(fig, "exp3_expert_load.png")
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4))
     for v in ROUTING_VARIANTS:
         share_curve = np.mean(np.array([r["train_max_share"] for r in results[v]]), axis=0)
         window = min(10, len(share_curve))
@@ -251,10 +302,23 @@ def main():
     axes[2].set_ylabel("val loss gap (moe − dense)")
     axes[2].set_title("Below 0 = MoE ahead")
     axes[2].legend(fontsize=8)
+    for v, color in zip(MEMORY_VARIANTS, ("tab:gray", "tab:orange")):
+        means = np.mean([r["val_curve"] for r in memory[v]], axis=0)
+        recall = np.mean([r["recall"] for r in memory[v]])
+        axes[3].plot(memory[v][0]["val_steps"], means, marker="o", color=color,
+                     label=f"{v} ({memory_params[v]['total'] / 1e3:.1f}k params, recall {recall:.2f})")
+    axes[3].set_xlabel("step")
+    axes[3].set_ylabel("loss on all facts")
+    axes[3].set_title(f"Memorizing {n_facts} random facts (capacity-bound)")
+    axes[3].legend(fontsize=8)
     exp.save_figure(fig, "exp3_moe_loss_and_balance.png")
 
     summary = {v: {k: m(v, k) for k in ("val_loss", "max_share", "norm_entropy", "dead")} for v in ROUTING_VARIANTS}
-    exp.save_metrics({"steps": steps, "routing_steps": routing_steps, "ffn_size": ffn_size, "n_experts": N_EXPERTS,
+    exp.save_metrics({"memory": {"steps": memory_steps, "n_a": MEMORY_N_A, "n_values": MEMORY_N_VALUES, "n_facts": n_facts,
+                                 "chance": 1 / MEMORY_N_VALUES, "ffn_size": MEMORY_FFN,
+                                 "lr": LR, "full_recall": MEMORY_FULL_RECALL, "model": MEMORY_SIZE,
+                                 "params": memory_params, "runs": memory},
+                      "steps": steps, "routing_steps": routing_steps, "ffn_size": ffn_size, "n_experts": N_EXPERTS,
                       "dead_threshold": 1 / (4 * N_EXPERTS), "shared_margin": SHARED_MARGIN,
                       "model": {**SIZE, "seq_len": SEQ_LEN, "batch_size": BATCH_SIZE, "lr": LR},
                       "variants": {v: {"family": f, "use_moe": u, "n_shared_experts": s, "aux_coef": a,
@@ -269,7 +333,19 @@ def main():
     def batches(v, j):
         return curve[v][0]["val_curve_batches"][j]
 
-    exp.conclude_verdict(f"训练 {steps} 步后，相同激活参数下，minimind-3 配方的 MoE（top-1 +aux）验证 loss 低于稠密",
+    # 容量：单种子时按事实配对（同一种子下 dense 与 MoE 背同一组事实）
+    dense_recall, moe_recall = ([r["recall"] for r in memory[v]] for v in MEMORY_VARIANTS)
+    exp.conclude(f"容量受限：相同激活参数的稠密背不完 {n_facts} 条事实（每个种子的回忆准确率都低于 {MEMORY_FULL_RECALL:g}）",
+                 all(x < MEMORY_FULL_RECALL for x in dense_recall),
+                 f"稠密回忆准确率 {format_mean_std(dense_recall, 3)}（{memory_steps} 步）")
+    exp.conclude_verdict(f"容量受限的任务上，相同激活参数下，minimind-3 配方的 MoE（top-1 +aux）背对的事实多于稠密",
+                         compare_runs(moe_recall, dense_recall, "greater",
+                                      memory[MEMORY_VARIANTS[1]][0]["correct"], memory[MEMORY_VARIANTS[0]][0]["correct"]),
+                         f"回忆准确率 {format_mean_std(moe_recall, 3)} vs {format_mean_std(dense_recall, 3)}；"
+                         f"总参数 {memory_params[MEMORY_VARIANTS[1]]['total']} vs {memory_params[MEMORY_VARIANTS[0]]['total']}，"
+                         f"激活参数 {memory_params[MEMORY_VARIANTS[1]]['active']} vs {memory_params[MEMORY_VARIANTS[0]]['active']}")
+    exp.conclude_verdict(f"对照：数据受限的 TinyShakespeare 上训练 {steps} 步后，相同激活参数下，"
+                         f"minimind-3 配方的 MoE（top-1 +aux）验证 loss 低于稠密",
                          compare_runs([r["val_loss"] for r in curve[moe]], [r["val_loss"] for r in curve[dense]], "less",
                                       batches(moe, -1), batches(dense, -1)),
                          f"{format_mean_std([r['val_loss'] for r in curve[moe]], 4)} vs "
