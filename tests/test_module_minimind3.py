@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, exempt_conclusions, find_conclusion, load_experiment_module, run_quick_experiment
+from conftest import REPO_ROOT, find_conclusion, load_experiment_module, run_quick_experiment
 
 EXPERIMENTS = REPO_ROOT / "modules" / "04-advanced" / "01-minimind2-to-3" / "experiments"
 

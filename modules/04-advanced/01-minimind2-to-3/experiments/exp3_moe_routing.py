@@ -338,7 +338,7 @@ def main():
     exp.conclude(f"容量受限：相同激活参数的稠密背不完 {n_facts} 条事实（每个种子的回忆准确率都低于 {MEMORY_FULL_RECALL:g}）",
                  all(x < MEMORY_FULL_RECALL for x in dense_recall),
                  f"稠密回忆准确率 {format_mean_std(dense_recall, 3)}（{memory_steps} 步）")
-    exp.conclude_verdict(f"容量受限的任务上，相同激活参数下，minimind-3 配方的 MoE（top-1 +aux）背对的事实多于稠密",
+    exp.conclude_verdict("容量受限的任务上，相同激活参数下，minimind-3 配方的 MoE（top-1 +aux）背对的事实多于稠密",
                          compare_runs(moe_recall, dense_recall, "greater",
                                       memory[MEMORY_VARIANTS[1]][0]["correct"], memory[MEMORY_VARIANTS[0]][0]["correct"]),
                          f"回忆准确率 {format_mean_std(moe_recall, 3)} vs {format_mean_std(dense_recall, 3)}；"
