@@ -82,6 +82,21 @@ def test_every_module_has_its_pages_in_both_languages(built_site):
                 assert html.is_file(), f"{rel} 缺少页面 {prefix}{page or 'README'}"
 
 
+def test_translated_pages_are_english_on_the_english_site(built_site):
+    """有 X.en.md 的模块页面，英文站上是英文版，不是"暂无英文版"的回退页。"""
+    checked = 0
+    for module in MODULES:
+        rel = module.relative_to(REPO_ROOT).as_posix()
+        for name in ("README", "teaching", "code_guide", "quiz"):
+            if not (module / f"{name}.en.md").is_file():
+                continue
+            page = "" if name == "README" else name
+            html = (built_site / "en" / rel / page / "index.html").read_text(encoding="utf-8")
+            assert "English version not available" not in html, f"{rel}/{name}.en.md 存在，英文站却显示回退页"
+            checked += 1
+    assert checked, "没有任何模块有英文版"
+
+
 def test_quiz_pages_match_quiz_files_and_the_parser(built_site):
     from modules.common.quiz import parse_quiz
 
