@@ -56,8 +56,10 @@ def test_formulas_match_hand_computation(exp4):
 
 def test_weakest_prefers_worse_status_then_the_interval_closest_to_the_margin(exp4):
     from modules.common.noise import Verdict
-    tight, wide = Verdict("holds", "seeds", 3, 0.0, 0.001), Verdict("holds", "seeds", 3, 0.02, 0.01)
-    unclear = Verdict("not_established", "seeds", 3, 0.05, 0.02)
+    # 等价判定（带界 ±0.1）：exp4 用的是 modules/common/noise.py 的 weakest
+    tight = Verdict("holds", "seeds", 3, 0.0, 0.001, margin=0.1)
+    wide = Verdict("holds", "seeds", 3, 0.02, 0.01, margin=0.1)
+    unclear = Verdict("not_established", "seeds", 3, 0.05, 0.02, margin=0.1)
     assert exp4.weakest([tight, wide]) is wide and exp4.weakest([tight, unclear, wide]) is unclear
 
 
