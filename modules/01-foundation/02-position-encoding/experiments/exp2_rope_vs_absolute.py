@@ -5,6 +5,8 @@ ALiBi、不要位置编码（NoPE），都在字符级 TinyShakespeare 上以长
 然后在验证集的同一批 4L 长的窗口上，分别取前 L、2L、4L 个 token 评估（长度之外的一切都相同）：
   - 可学习绝对位置的表只有 L 行，超出长度根本无法前向（报告 n/a）；
   - 每个位置各算一次 loss，画出"位置 → loss"曲线，看超出训练长度后谁变差、谁不变。
+比较结论经 modules/common/noise.py 的噪声检验：完整模式按种子配对；quick 模式只有一个种子，
+按验证窗口配对（同一批窗口，每个窗口一个平均 loss），只量到"换一批评估数据"的噪声。
 """
 import sys
 from pathlib import Path
@@ -20,12 +22,14 @@ import torch.nn.functional as F  # noqa: E402
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.lab_model import LabConfig, LabModel  # noqa: E402
+from modules.common.noise import compare_runs, noninferior_runs  # noqa: E402
 from modules.common.text_data import BatchSampler, CharTokenizer, char_lm_batches, train_val_split  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 
 ENCODINGS = ("rope", "learned", "sinusoidal", "alibi", "none")
 MULTIPLIERS = (1, 2, 4)
+NONINFERIOR_MARGIN = 0.02  # "RoPE 不比可学习绝对位置差"允许的最大差距（nats），写代码时定好，不随结果调整
 
 
 def add_args(parser):
@@ -43,21 +47,20 @@ def val_windows(text: str, length: int, n_windows: int, seed: int) -> torch.Tens
 
 @torch.no_grad()
 def loss_by_position(model, windows: torch.Tensor, batch_size: int = 16) -> torch.Tensor | None:
-    """每个位置的平均交叉熵：返回 (T-1,)，第 t 项是"看到位置 0..t、预测位置 t+1"的 loss。
+    """每个窗口、每个位置的交叉熵：返回 (n_windows, T-1)，第 t 列是"看到位置 0..t、预测位置 t+1"的 loss。
 
     模型放不下这个长度（可学习位置表不够长）时返回 None。
     """
     model.eval()
-    total = torch.zeros(windows.shape[1] - 1)
+    rows = []
     for chunk in windows.split(batch_size):
         try:
             logits = model(chunk).logits  # (B, T, V)
         except ValueError:  # 序列长度超过 max_seq_len：可学习的位置表里没有这些位置
             return None
-        loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), chunk[:, 1:], reduction="none")  # (B, T-1)
-        total += loss.sum(0)
+        rows.append(F.cross_entropy(logits[:, :-1].transpose(1, 2), chunk[:, 1:], reduction="none"))  # (B, T-1)
     model.train()
-    return total / len(windows)
+    return torch.cat(rows)
 
 
 def main():
@@ -77,7 +80,9 @@ def main():
     set_style()
 
     # losses[enc][length] = 每个种子的平均 loss（None = 无法前向）；curves[enc] = 各种子在最长长度上的逐位置 loss
+    # per_window[enc][length] = 第一个种子上每个验证窗口的平均 loss（quick 模式的配对噪声）
     losses = {enc: {length: [] for length in lengths} for enc in ENCODINGS}
+    per_window = {enc: {} for enc in ENCODINGS}
     tails = {enc: [] for enc in ENCODINGS}  # 最长长度里、超出训练长度那一段（位置 >= L）的平均 loss
     curves = {enc: [] for enc in ENCODINGS}
     histories = {}
@@ -95,11 +100,15 @@ def main():
             histories[f"{enc}, seed={seed}"] = {"train_loss": hist["train_loss"], "val_loss": hist["val_loss"]}
             model.cpu()
             for length in lengths:
-                curve = loss_by_position(model, windows[:, :length])
-                losses[enc][length].append(None if curve is None else curve.mean().item())
-                if length == lengths[-1] and curve is not None:
-                    curves[enc].append(curve)
-                    tails[enc].append(curve[train_len - 1:].mean().item())  # 预测位置 >= L 的 token
+                window_losses = loss_by_position(model, windows[:, :length])  # (n_windows, length-1) 或 None
+                losses[enc][length].append(None if window_losses is None else window_losses.mean().item())
+                if window_losses is None:
+                    continue
+                if seed == exp.seeds[0]:
+                    per_window[enc][length] = window_losses.mean(1).tolist()
+                if length == lengths[-1]:
+                    curves[enc].append(window_losses.mean(0))
+                    tails[enc].append(window_losses[:, train_len - 1:].mean().item())  # 预测位置 >= L 的 token
 
     def cell(values):
         return "n/a" if None in values else format_mean_std(values)
@@ -134,6 +143,7 @@ def main():
                       "model": {"hidden_size": 64, "num_layers": 2, "n_heads": 4, "batch_size": 16, "lr": 3e-3},
                       "val_loss": summary,
                       "loss_by_position": {enc: torch.stack(c).mean(0).tolist() for enc, c in curves.items() if c},
+                      "per_window_first_seed": {enc: {str(length): v for length, v in w.items()} for enc, w in per_window.items()},
                       "histories": histories})
 
     # ---- 结论（全部由上面的测量算出）----
@@ -146,18 +156,38 @@ def main():
     exp.conclude(f"可学习绝对位置编码只能读训练长度以内的序列：{lengths[1]}、{lengths[-1]} 长的输入无法前向（n/a）",
                  learned_na and summary["learned"][short] is not None,
                  f"learned @ {short} = {mean_at('learned', short):.3f}；更长的长度报 n/a")
+    single = len(exp.seeds) == 1
+
+    def runs(enc, length):
+        return losses[enc][length]
+
+    def windows_of(enc, length):
+        return per_window[enc][length] if single else None
+
+    def degrade(enc):
+        """1× → 4× 的 loss 增幅：每个种子一个值，以及第一个种子上每个窗口一个值。"""
+        seeds = [at_long - at_short for at_long, at_short in zip(runs(enc, lengths[-1]), runs(enc, lengths[0]))]
+        items = ([at_long - at_short for at_long, at_short in zip(per_window[enc][lengths[-1]], per_window[enc][lengths[0]])]
+                 if single else None)
+        return seeds, items
+
     rope_short, rope_long, rope_tail = mean_at("rope", short), mean_at("rope", longest), mean_at("rope", "tail")
-    exp.conclude(f"普通 RoPE 超出训练长度会变差：{MULTIPLIERS[-1]}× 长度上的 val loss 高于 1×",
-                 rope_long > rope_short,
-                 f"rope：@{short} {rope_short:.3f} → @{longest} {rope_long:.3f}（超出部分 {rope_tail:.3f}）")
-    degrade = {enc: mean_at(enc, longest) - mean_at(enc, short) for enc in ENCODINGS if enc != "learned"}
-    best = min(degrade, key=degrade.get)
-    exp.conclude("ALiBi 的长度外推比 RoPE 好：从 1× 到 4× 的 loss 增幅更小",
-                 degrade["alibi"] < degrade["rope"],
-                 "1×→4× 的增幅：" + "，".join(f"{e} {d:+.3f}" for e, d in degrade.items()) + f"（最小：{best}）")
-    exp.conclude("在训练长度以内，RoPE 不比可学习绝对位置差（1× 的 val loss 更低或相差 < 0.02）",
-                 rope_short < mean_at("learned", short) + 0.02,
-                 f"rope {rope_short:.3f} vs learned {mean_at('learned', short):.3f}")
+    exp.conclude_verdict(f"普通 RoPE 超出训练长度会变差：{MULTIPLIERS[-1]}× 长度上的 val loss 高于 1×",
+                         compare_runs(runs("rope", lengths[-1]), runs("rope", lengths[0]), "greater",
+                                      windows_of("rope", lengths[-1]), windows_of("rope", lengths[0])),
+                         evidence=f"rope：@{short} {rope_short:.3f} → @{longest} {rope_long:.3f}（超出部分 {rope_tail:.3f}）")
+    degrades = {enc: degrade(enc) for enc in ENCODINGS if enc != "learned"}
+    exp.conclude_verdict("ALiBi 的长度外推比 RoPE 好：从 1× 到 4× 的 loss 增幅更小",
+                         compare_runs(degrades["alibi"][0], degrades["rope"][0], "less",
+                                      degrades["alibi"][1], degrades["rope"][1]),
+                         evidence="1×→4× 的增幅：" + "，".join(
+                             f"{enc} {format_mean_std(d[0], 3)}" for enc, d in degrades.items()))
+    exp.conclude_verdict(
+        f"在训练长度以内，RoPE 不比可学习绝对位置差（1× 的 val loss 至多高 {NONINFERIOR_MARGIN}）",
+        noninferior_runs(runs("rope", lengths[0]), runs("learned", lengths[0]), NONINFERIOR_MARGIN, "less",
+                         windows_of("rope", lengths[0]), windows_of("learned", lengths[0])),
+        evidence=f"rope {format_mean_std(runs('rope', lengths[0]), 3)} vs learned "
+                 f"{format_mean_std(runs('learned', lengths[0]), 3)}")
     exp.finish()
 
 

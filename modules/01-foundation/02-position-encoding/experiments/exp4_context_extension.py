@@ -7,6 +7,8 @@
   ntk    NTK-aware：base → base·4^(d/(d-2))，高频几乎不动、低频被压缩；
   yarn   MiniMind 的 inference_rope_scaling：低频按 1/4 插值，高频只轻微缩放。
 每种方式再在 4L 长的序列上短暂微调几十步，看"缩放 + 少量微调"能恢复多少。
+比较结论经 modules/common/noise.py 的噪声检验：完整模式按种子配对；quick 模式只有一个种子，
+按验证窗口配对（同一批窗口，每个窗口一个平均 loss），只量到"换一批评估数据"的噪声。
 """
 import copy
 import sys
@@ -24,6 +26,7 @@ import torch.nn.functional as F  # noqa: E402
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.lab_model import LabConfig, LabModel, set_rope_scaling  # noqa: E402
+from modules.common.noise import compare_runs, weakest  # noqa: E402
 from modules.common.text_data import BatchSampler, CharTokenizer, char_lm_batches, train_val_split  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
@@ -43,15 +46,16 @@ def add_args(parser):
 
 
 @torch.no_grad()
-def mean_loss(model, windows: torch.Tensor, batch_size: int = 16) -> float:
-    """windows: (N, T) 的验证窗口上的平均下一个 token 交叉熵。"""
+def window_losses(model, windows: torch.Tensor, batch_size: int = 16) -> list[float]:
+    """windows: (N, T) 的验证窗口；返回每个窗口的平均下一个 token 交叉熵（N 个数）。"""
     model.eval()
-    total = 0.0
+    rows = []
     for chunk in windows.split(batch_size):
         logits = model(chunk).logits  # (B, T, V)
-        total += F.cross_entropy(logits[:, :-1].transpose(1, 2), chunk[:, 1:], reduction="sum").item()
+        loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), chunk[:, 1:], reduction="none")  # (B, T-1)
+        rows.append(loss.mean(1))
     model.train()
-    return total / (len(windows) * (windows.shape[1] - 1))
+    return torch.cat(rows).tolist()
 
 
 def main():
@@ -75,6 +79,14 @@ def main():
     base_loss = []  # 每个种子：1×（前 L 个 token、普通 RoPE）的 loss，作为"训练长度内"的参照
     no_ft = {name_of(m): [] for m in METHODS}
     with_ft = {name_of(m): [] for m in METHODS}
+    per_window = {}  # 第一个种子上每个窗口的 loss（quick 模式的配对噪声）："base"、"no_ft/<方式>"、"ft/<方式>"
+
+    def record(values: list, key: str, losses: list[float], first_seed: bool):
+        """把一个种子的窗口平均 loss 记进 values；第一个种子还留下每个窗口的值。"""
+        values.append(sum(losses) / len(losses))
+        if first_seed:
+            per_window[key] = losses
+
     ft_curves = {name_of(m): [] for m in METHODS}
     for seed in exp.seeds:
         Experiment.seed_everything(seed)
@@ -85,18 +97,19 @@ def main():
         train_model(model, get_short, steps=steps, lr=3e-3, eval_every=steps, device=exp.device,
                     desc=f"pretrain L={train_len} seed={seed}")
         model.cpu()
-        base_loss.append(mean_loss(model, windows[:, :train_len]))
+        first_seed = seed == exp.seeds[0]
+        record(base_loss, "base", window_losses(model, windows[:, :train_len]), first_seed)
 
         for method in METHODS:
             extended = set_rope_scaling(copy.deepcopy(model), long_len, method, factor=FACTOR if method else 1.0)
-            no_ft[name_of(method)].append(mean_loss(extended, windows))
+            record(no_ft[name_of(method)], f"no_ft/{name_of(method)}", window_losses(extended, windows), first_seed)
             # 同样的微调数据与步数：4L 长的序列，batch 4（每步的 token 数与预训练相同）
             Experiment.seed_everything(seed)
             _, get_long = char_lm_batches(text, long_len, batch_size=4, seed=seed + 100, device=exp.device)
             hist = train_model(extended, get_long, steps=ft_steps, lr=1e-3, warmup_steps=2, eval_every=ft_steps,
                                device=exp.device, desc=f"finetune {name_of(method)} seed={seed}")
             extended.cpu()
-            with_ft[name_of(method)].append(mean_loss(extended, windows))
+            record(with_ft[name_of(method)], f"ft/{name_of(method)}", window_losses(extended, windows), first_seed)
             ft_curves[name_of(method)].append(hist["train_loss"])
 
     names = [name_of(m) for m in METHODS]
@@ -131,29 +144,32 @@ def main():
                       "reference_loss_at_train_len": stats(base_loss),
                       "no_finetune": {n: stats(v) for n, v in no_ft.items()},
                       "finetuned": {n: stats(v) for n, v in with_ft.items()},
-                      "finetune_train_loss": ft_curves})
+                      "finetune_train_loss": ft_curves, "per_window_first_seed": per_window})
 
     # ---- 结论（全部由上面的测量算出）----
-    mean = {key: {n: mean_std(v)[0] for n, v in d.items()} for key, d in (("no_ft", no_ft), ("ft", with_ft))}
-    ref = mean_std(base_loss)[0]
-    scaled = [n for n in names if n != "plain"]
-    best = min(scaled, key=lambda n: mean["no_ft"][n])
-    exp.conclude(f"直接外推会变差：普通 RoPE 读 {long_len} 个 token 的 loss 高于训练长度 {train_len} 内",
-                 mean["no_ft"]["plain"] > ref, f"{mean['no_ft']['plain']:.3f} vs {ref:.3f}")
-    exp.conclude(f"不微调时，至少一种缩放（PI/NTK/YaRN）在 {FACTOR}× 长度上胜过直接外推",
-                 mean["no_ft"][best] < mean["no_ft"]["plain"],
-                 "不微调：" + "，".join(f"{n} {mean['no_ft'][n]:.3f}" for n in names) + f"（最好的缩放：{best}）")
-    exp.conclude(f"不微调时 NTK-aware 胜过位置插值 PI（PI 把高频也压缩了 {FACTOR} 倍，局部分辨率受损）",
-                 mean["no_ft"]["ntk"] < mean["no_ft"]["pi"],
-                 f"ntk {mean['no_ft']['ntk']:.3f} vs pi {mean['no_ft']['pi']:.3f}")
-    improved = [n for n in names if mean["ft"][n] < mean["no_ft"][n]]
-    exp.conclude(f"在 {long_len} 上微调 {ft_steps} 步，每种方式的 loss 都下降",
-                 len(improved) == len(names), f"下降的：{improved}；" + "，".join(
-                     f"{n} {mean['no_ft'][n]:.3f}→{mean['ft'][n]:.3f}" for n in names))
-    best_ft = min(scaled, key=lambda n: mean["ft"][n])
-    exp.conclude("微调之后，最好的缩放方式仍不差于直接外推再微调",
-                 mean["ft"][best_ft] <= mean["ft"]["plain"],
-                 f"{best_ft} {mean['ft'][best_ft]:.3f} vs plain {mean['ft']['plain']:.3f}")
+    single = len(exp.seeds) == 1
+    values = {"base": base_loss, **{f"no_ft/{n}": v for n, v in no_ft.items()}, **{f"ft/{n}": v for n, v in with_ft.items()}}
+
+    def verdict(a: str, b: str, direction: str = "less"):
+        """a 比 b 的 loss 更低（"less"）/更高（"greater"）：完整模式按种子配对，quick 按验证窗口配对。"""
+        return compare_runs(values[a], values[b], direction,
+                            per_window[a] if single else None, per_window[b] if single else None)
+
+    def shown(key: str) -> str:
+        return format_mean_std(values[key], 3)
+
+    exp.conclude_verdict(f"直接外推会变差：普通 RoPE 读 {long_len} 个 token 的 loss 高于训练长度 {train_len} 内",
+                         verdict("no_ft/plain", "base", "greater"), evidence=f"{shown('no_ft/plain')} vs {shown('base')}")
+    exp.conclude_verdict(f"不微调时，MiniMind 用的 YaRN 在 {FACTOR}× 长度上胜过直接外推",
+                         verdict("no_ft/yarn", "no_ft/plain"),
+                         evidence="不微调：" + "，".join(f"{n} {shown('no_ft/' + n)}" for n in names))
+    exp.conclude_verdict(f"不微调时 NTK-aware 胜过位置插值 PI（PI 把高频也压缩了 {FACTOR} 倍，局部分辨率受损）",
+                         verdict("no_ft/ntk", "no_ft/pi"), evidence=f"ntk {shown('no_ft/ntk')} vs pi {shown('no_ft/pi')}")
+    exp.conclude_verdict(f"在 {long_len} 上微调 {ft_steps} 步，每种方式的 loss 都下降",
+                         weakest([verdict(f"ft/{n}", f"no_ft/{n}") for n in names]),
+                         evidence="，".join(f"{n} {shown('no_ft/' + n)}→{shown('ft/' + n)}" for n in names))
+    exp.conclude_verdict("微调之后，YaRN 仍好于直接外推再微调（缩放省下的不只是微调步数）",
+                         verdict("ft/yarn", "ft/plain"), evidence=f"yarn {shown('ft/yarn')} vs plain {shown('ft/plain')}")
     exp.finish()
 
 
