@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, exempt_conclusions, find_conclusion, run_quick_experiment
+from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
+from modules.common.timing import compare_speed
 
 MODULE = REPO_ROOT / "modules" / "02-architecture" / "02-transformer-block"
 EXPERIMENTS = MODULE / "experiments"
@@ -44,25 +45,31 @@ def test_exp1_post_norm_suffers_at_high_lr(tmp_path, experiment_env, char_unigra
     assert all(high[v] is not None and high[v] < char_unigram_entropy - 0.1 for v in ("pre", "sandwich", "parallel")), \
         (high, char_unigram_entropy)
     assert high["post"] is not None and high["post"] < math.log(65), high
-    # 关键效应（种子 42 的 quick 运行）：偏高学习率下 Post-Norm 明显比 Pre-Norm 差（开发时测得差约 0.3）
-    assert high["post"] > high["pre"] + 0.15, high
     # sandwich 多出每层 2 个 norm 的 γ
     cfg = m["config"]
     assert m["params"]["sandwich"] - m["params"]["pre"] == 2 * cfg["layers"] * cfg["hidden"]
-    # 结论的 holds 与记录的数字一致
-    assert find_conclusion(record, "下 Post-Norm 的最终验证损失高于 Pre-Norm")["holds"] is True
-    rise = {v: r["max_rise"][0] for v, r in m["results"]["high"].items()}
-    assert find_conclusion(record, "loss spike")["holds"] == (rise["post"] > rise["pre"])
-    assert find_conclusion(record, "每步比 Pre-Norm 慢")["holds"] == (m["ms_per_step"]["sandwich"] > m["ms_per_step"]["pre"])
+    assert find_conclusion(record, "多出的参数正好是每层 2 个 norm")["holds"] is True
+    # 关键效应：偏高学习率下 Post-Norm 比 Pre-Norm 差，超出 8 个验证 batch 配对的噪声
+    c = find_conclusion(record, "下 Post-Norm 的最终验证损失高于 Pre-Norm")
+    assert c["status"] == "holds" and high["post"] > high["pre"], (c, high)
+    # 并行块"不比 Pre-Norm 差（界 0.05）"：两个学习率下都成立，且测得的差确实在界以内
+    normal = {v: r["mean"] for v, r in m["results"]["normal"].items()}
+    for lr_value, losses in (("0.003", normal), ("0.03", high)):
+        c = find_conclusion(record, f"学习率 {lr_value} 下并行块不比串行 Pre-Norm 差")
+        assert c["status"] == "holds" and losses["parallel"] < losses["pre"] + 0.05, (c, losses)
     n_nan = sum(d is not None for by_variant in m["results"].values() for r in by_variant.values()
                 for d in r["diverged_at"])
-    assert find_conclusion(record, "没有出现 NaN")["holds"] == (n_nan == 0)
-    assert "单种子，无法估计噪声" in stdout  # quick 只有一个种子：如实说明无法判断噪声
-    assert find_conclusion(record, "多出的参数正好是每层 2 个 norm")["holds"] is True
-    exempt_conclusions(record, {
-        "Post-Norm 损失变差的幅度大于 Pre-Norm": "两个差值的直接比较，还没经过噪声检验；quick 里 Post-Norm 两个学习率都停在一元熵（issue 19）",
-        "学习率 0.003 下并行块不比串行 Pre-Norm 差": "\"不差于\"用种子 std 作界，quick 单种子时无从估计（issue 19：改用 equivalent()）",
-        "学习率 0.03 下并行块不比串行 Pre-Norm 差": "同上"})
+    assert find_conclusion(record, "没有出现 NaN")["holds"] is True and n_nan == 0
+    # 计时：不断言谁快（测试里不断言墙钟时间，计时随机器负载变）：从 JSON 里的逐窗口时间重算噪声检验，
+    # 核对打印的判定与记录的测量一致（README 里 quick 4 个种子、完整两组种子都测得 Sandwich 慢 7～9%）
+    c = find_conclusion(record, "每步比 Pre-Norm 慢")
+    timings = m["step_timings_s"]
+    assert len(timings["pre"]) == m["config"]["timing_windows"]
+    assert c["status"] == compare_speed(timings["pre"], timings["sandwich"]).status, c
+    # 只在完整模式下结论的两条：quick 里不出现，并且说明了原因
+    claims = " ".join(c["claim"] for c in record["conclusions"])
+    assert "变差的幅度" not in claims and "最大回升" not in claims
+    assert "quick 模式不判定" in stdout
 
 
 @pytest.mark.experiment
