@@ -2,10 +2,11 @@
 import math
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 
-from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
+from conftest import REPO_ROOT, find_conclusion, require_shared, run_quick_experiment
 
 EXPERIMENTS = REPO_ROOT / "modules" / "03-training" / "02-pretraining" / "experiments"
 
@@ -49,7 +50,9 @@ def test_exp2_lr_sweep_schedules_and_warmup(tmp_path, experiment_env):
     record, _ = run_quick("exp2_lr_schedule.py", tmp_path, experiment_env)
     m = record["metrics"]
     sweep = sorted(m["sweep"].values(), key=lambda v: v["lr"])
-    assert len(sweep) == 7
+    # quick 只扫完整网格（1e-4 … 6.3 的 7 个对数等距点）里的 5 个：两端都在，省掉 6.3e-4 与 1.0
+    grid = [10 ** (-4 + 0.8 * i) for i in range(7)]
+    assert [v["lr"] for v in sweep] == pytest.approx([grid[i] for i in (0, 2, 3, 4, 6)])
     finite = {v["lr"]: v["final_val_loss"] for v in sweep if v["final_val_loss"] is not None}
     best_lr = min(finite, key=finite.get)
     best = finite[best_lr]
@@ -160,13 +163,37 @@ def test_exp4_loss_falls_with_compute_and_fit_spans_two_decades(tmp_path, experi
     points = m["points"]
     budgets = m["budgets_steps"]
     batches = m["final_val_batches"]
+    # 平台期的门槛：训练部分文本的 unigram 熵 H1 与 bigram 条件熵 H2 的中点，在这里从原始文本独立重算
+    text = require_shared("data", "tinyshakespeare", "input.txt").read_text(encoding="utf-8")
+    train = text[: int(len(text) * 0.9)]
+    h1 = -sum(c / len(train) * math.log(c / len(train)) for c in Counter(train).values())
+    prev = Counter(train[:-1])
+    h2 = -sum(c / (len(train) - 1) * math.log(c / prev[a]) for (a, _), c in Counter(zip(train, train[1:])).items())
+    assert (m["unigram_entropy"], m["bigram_entropy"]) == (pytest.approx(h1), pytest.approx(h2))
+    exit_loss = (h1 + h2) / 2
+    by_key = {(p["hidden"], p["steps"]): p for p in points}
+    from modules.common.noise import compare, weakest
+    plateau_pairs = []
     for h in m["hidden_sizes"]:
-        losses = [p["loss"] for p in sorted((p for p in points if p["hidden"] == h), key=lambda p: p["steps"])]
-        assert all(b < a for a, b in zip(losses, losses[1:])), (h, losses)  # 每多一档预算 loss 都更低
-        for small, big in zip(budgets, budgets[1:]):  # 同一组验证批上逐批配对也是如此
+        # 平台期终点 = 第一个每个种子的 loss 都低于门槛的预算；最短的预算一定还在平台上（这个对照才有内容）
+        end = next((s for s in budgets if max(by_key[(h, s)]["losses"]) < exit_loss), None)
+        assert m["transient_end_steps"][str(h)] == end
+        assert max(by_key[(h, budgets[0])]["losses"]) > exit_loss
+        kept = [s for s in budgets if end is not None and s >= end]
+        assert len(kept) >= 2, (h, end)  # quick 种子 42、1、7、5 上每个尺寸都至少有 2 档离开了平台
+        losses = [by_key[(h, s)]["loss"] for s in kept]
+        assert all(b < a for a, b in zip(losses, losses[1:])), (h, losses)  # 离开平台后每多一档预算 loss 都更低
+        for small, big in zip(kept, kept[1:]):  # 同一组验证批上逐批配对也是如此
             assert _batch_mean(batches[f"h{h}_s{small}"], batches[f"h{h}_s{big}"]) > 0
-        c = find_conclusion(record, f"hidden {h}：token 预算每增加一档")
+        c = find_conclusion(record, f"hidden {h}：离开平台期之后")
         assert c["status"] == "holds" and c["noise"]["unit"] == "batches", c
+        assert f"（{' → '.join(map(str, kept))} 步）" in c["claim"]
+        plateau_pairs += [compare(batches[f"h{h}_s{big}"], batches[f"h{h}_s{small}"], "less", unit="batches")
+                          for small, big in zip(budgets, budgets[1:]) if small < (end or math.inf)]
+    # 对照：平台期内的各对（单种子时只含评估噪声）。状态由逐批配对独立重算；跨种子的散布只有完整模式看得到
+    c = find_conclusion(record, "对照：平台期内")
+    assert c["status"] == weakest(plateau_pairs).status
+    assert c["noise"]["mean_delta"] == pytest.approx(weakest(plateau_pairs).mean_delta)
     # C = 6 N D，N 与 D 都独立算：N = 按记录的形状重建模型、数非嵌入参数（named_parameters 对共享的 lm_head 去重），
     # D = 步数 × batch × 序列长度
     from model.model_minimind import MiniMindConfig, MiniMindForCausalLM

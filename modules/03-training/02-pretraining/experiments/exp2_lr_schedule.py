@@ -1,7 +1,7 @@
 """实验 2：学习率与调度——预训练最敏感的超参数。
 
 真实的 MiniMindForCausalLM（小尺寸）在字符级 TinyShakespeare 上，相同初始化、相同数据顺序：
-  A. 学习率扫描：7 个对数等距的峰值 LR（都用 warmup+cosine，训练 steps 步），画"最终 loss vs LR"，
+  A. 学习率扫描：7 个对数等距的峰值 LR（quick 取其中 5 个；都用 warmup+cosine，训练 steps 步），画"最终 loss vs LR"，
      看太小（学得慢）/ 合适 / 太大（loss 爆炸后停在接近 unigram 熵的位置，或直接 NaN）三个区间。
   B. 调度对比，训练足够长（默认 full 1600 步），峰值取 A 里"仍在好区间"的最大 LR（最终 loss 比最好的高不到 0.2；
      实践中峰值尽量取大，衰减的好处也正是在峰值接近稳定上限时最明显）：
@@ -36,6 +36,9 @@ HIDDEN, LAYERS, HEADS, KV_HEADS, BLOCK, BATCH = 32, 2, 4, 2, 64, 8
 EVAL_BATCHES = 16
 HIGH_FACTOR = 10  # 预热对照里的"高峰值"= 调度对比的峰值 × 10
 SWEEP_LRS = [float(v) for v in np.logspace(-4, 0.8, 7)]  # 1e-4 … 6.3，相邻差 10^0.8 ≈ 6.3 倍
+# quick 省掉 6.3e-4 与 1.0 这两个"肩膀"（扫描占 quick 一半以上的时间）：两端和最好的 LR 附近都还在，
+# 它们只让 U 形画得更密——参考运行与 quick 种子 5 里它们都比最好的 LR 高 0.4 以上，当不了最好的 LR 或峰值
+QUICK_SWEEP_LRS = [SWEEP_LRS[i] for i in (0, 2, 3, 4, 6)]
 BLOWUP_MARGIN = 1.0  # 训练 loss 的最大值比 ln(V)（均匀乱猜）还高 1 nat 以上（或出现 NaN）就算"爆炸"
 FAR_MARGIN = 0.2  # "太小 / 太大"：最终 loss 比最好的 LR 高出这么多以上
 COOLDOWN_FRACTION = 0.2  # WSD 在最后 20% 步退火（Hägele et al. 2024 的常用设置）
@@ -90,13 +93,14 @@ def blew_up(r: dict, ln_v: float) -> bool:
 
 def main():
     exp = Experiment(__file__, extra_args=add_args, description=(
-        "预训练实验 2：7 个峰值 LR 的扫描（太小 / 合适 / 爆炸三个区间）；在好区间里最大的 LR 上比较\n"
+        "预训练实验 2：7 个（quick 5 个）峰值 LR 的扫描（太小 / 合适 / 爆炸三个区间）；在好区间里最大的 LR 上比较\n"
         "warmup+constant / warmup+cosine / WSD（长训练），再用短训练对照和 10 倍峰值看退火与预热各管什么。"))
     steps = exp.args.steps or (600 if exp.quick else 1600)
     short_steps = steps // SHORT_DIVISOR
     if short_steps < 10:
         raise SystemExit(f"--steps 至少为 {10 * SHORT_DIVISOR}（收到 {steps}）：短训练对照用 1/{SHORT_DIVISOR} 的步数，"
                          "其中 warmup 占 10%，至少要有 1 步")
+    sweep_lrs = QUICK_SWEEP_LRS if exp.quick else SWEEP_LRS
     if exp.device.type == "cpu":
         torch.set_num_threads(1)  # 这么小的模型，2 个线程在 2 核机器上几乎不更快，机器一忙反而慢很多
     text = get_experiment_data("shakespeare")
@@ -107,7 +111,7 @@ def main():
 
     # ---- A. LR 扫描（warmup+cosine）----
     sweep_runs = {lr: [run(seed, text, steps, exp.device, f"lr={lr:.2g} seed={seed}",
-                           **schedule_kwargs(steps, lr)["warmup+cosine"]) for seed in exp.seeds] for lr in SWEEP_LRS}
+                           **schedule_kwargs(steps, lr)["warmup+cosine"]) for seed in exp.seeds] for lr in sweep_lrs}
 
     def finals(runs):
         return [r["final_val_loss"] for r in runs]
@@ -120,7 +124,7 @@ def main():
     if not finite:
         raise SystemExit("扫描里每个 LR 都发散了：请检查数据或减小 LR 范围")
     best_lr = min(finite, key=finite.get)
-    low_lr, high_lr = SWEEP_LRS[0], SWEEP_LRS[-1]
+    low_lr, high_lr = sweep_lrs[0], sweep_lrs[-1]
     # 调度对比的峰值：最终 loss 比最好的高不到 FAR_MARGIN 的最大 LR（规则事先定好，不看 B、C 的结果）
     peak_lr = max(lr for lr, v in finite.items() if v < finite[best_lr] + FAR_MARGIN)
 
@@ -211,8 +215,8 @@ def main():
     axes[2].set_ylabel("train loss (first seed)")
     axes[2].set_title(f"{HIGH_FACTOR}x peak ({spike_steps} steps): warmup vs spike")
     axes[2].legend(fontsize=8)
-    ok = [lr for lr in SWEEP_LRS if not any(blew_up(r, ln_v) for r in sweep_runs[lr])]
-    bad = [lr for lr in SWEEP_LRS if lr not in ok]
+    ok = [lr for lr in sweep_lrs if not any(blew_up(r, ln_v) for r in sweep_runs[lr])]
+    bad = [lr for lr in sweep_lrs if lr not in ok]
     axes[3].errorbar(ok, [sweep_mean[lr] for lr in ok], yerr=[mean_std(finals(sweep_runs[lr]))[1] for lr in ok],
                      fmt="o-", capsize=3, label="trained normally")
     if bad:
@@ -241,7 +245,7 @@ def main():
     exp.conclude_verdict("LR 扫描呈 U 形：两端的最终 loss 都比中间最好的 LR 高 "
                          f"{FAR_MARGIN:g} 以上",
                          weakest([low_verdict, high_verdict]),
-                         "最终 loss：" + "，".join(f"{lr:.2g}: {sweep_mean[lr]:.3f}" for lr in SWEEP_LRS)
+                         "最终 loss：" + "，".join(f"{lr:.2g}: {sweep_mean[lr]:.3f}" for lr in sweep_lrs)
                          + f"；最好 {best_lr:.2g}；下面是两端里较弱的一端")
     exp.conclude_verdict(f"LR 太小（{low_lr:.2g}）：同样的步数学得慢，最终 loss 比最好的高 {FAR_MARGIN:g} 以上",
                          low_verdict, f"{format_mean_std(finals(sweep_runs[low_lr]))} vs 最好 {format_mean_std(finals(best))}")

@@ -6,10 +6,16 @@
   - 尺寸（hidden 8 … 96，N 跨约 58 倍）× 预算（每档翻倍，跨 32 倍）让算力跨过 2 个数量级以上；
   - 在"算力前沿"（同等或更少算力里 loss 最低的点）上用 numpy 拟合 L = a·C^(−α)，
     再拟合带不可约项的 L = E + a·C^(−α)；α 对每个种子（quick：每个验证批）各拟合一次，报告它的散布；
-  - "更多数据 / 更大模型 loss 更低"都经共享的噪声检验（modules/common/noise.py）。
+  - "更多数据 / 更大模型 loss 更低"都经共享的噪声检验（modules/common/noise.py）；
+  - 平台期：loss 先降到 unigram 熵 H1（只学到字符频率）附近，学会看上一个字符之后才继续往 bigram 条件熵 H2 走。
+    离开平台的步数因种子而异，极短的预算里"多一档预算 loss 更低"被这种种子噪声淹没。所以每个尺寸的平台期终点
+    = 第一个"每个种子的最终 loss 都低于 (H1 + H2) / 2"的预算（门槛没有可调参数；"每个种子都"是看过种子 42–44
+    之后定的，再在种子 1–3 上检验）；"每增加一档都更低"只对它之后的预算下结论
+    （Kaplan 2020、Hoffmann 2022 也是在初始瞬态之后读幂律），平台期内作为对照单独报告。
 """
 import math
 import sys
+from collections import Counter
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
@@ -24,7 +30,7 @@ from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E4
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.noise import compare_runs, exceeds, weakest  # noqa: E402
-from modules.common.text_data import char_lm_batches  # noqa: E402
+from modules.common.text_data import char_lm_batches, unigram_entropy  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 
@@ -49,6 +55,14 @@ def build_model(hidden: int, vocab_size: int) -> MiniMindForCausalLM:
 def non_embedding_params(model: MiniMindForCausalLM) -> int:
     """总参数减去词嵌入（与 lm_head 共享，只算一次）：Kaplan 2020 发现用它拟合得更干净。"""
     return sum(p.numel() for p in model.parameters()) - model.model.embed_tokens.weight.numel()
+
+
+def bigram_conditional_entropy(text: str) -> float:
+    """已知上一个字符、按字符对的频率猜下一个字符时最好的交叉熵 H(X_t | X_{t-1})（nats）。"""
+    pair_counts = Counter(zip(text, text[1:]))
+    prev_counts = Counter(text[:-1])
+    total = len(text) - 1
+    return -sum(c / total * math.log(c / prev_counts[a]) for (a, _), c in pair_counts.items())
 
 
 def compute_frontier(points: list[dict]) -> list[dict]:
@@ -100,6 +114,9 @@ def main():
     text = get_experiment_data("shakespeare")
     tokens_per_step = BATCH * BLOCK
     train_chars = int(len(text) * 0.9)
+    h_unigram = unigram_entropy(text[:train_chars])
+    h_bigram = bigram_conditional_entropy(text[:train_chars])
+    plateau_exit = (h_unigram + h_bigram) / 2  # 走过 H1 → H2 的一半，才算离开了 unigram 平台
 
     # runs[(hidden, steps)] = 每个种子一项 {"loss": 最终验证 loss, "batches": 16 个验证批各自的 loss}
     # 同一种子下所有配置看到的验证批相同（只在最后评估一次），所以 quick 模式可以按批配对
@@ -124,6 +141,12 @@ def main():
     def batch_losses(h, s):  # 第一个种子的逐批 loss：quick 模式（一个种子）时噪声检验用它配对
         return runs[(h, s)][0]["batches"]
 
+    # 平台期终点：第一个每个种子都已离开平台的预算（quick 只有一个种子）；一个都没有时为 None
+    transient_end = {h: next((s for s in budgets if max(seed_losses(h, s)) < plateau_exit), None) for h in hiddens}
+
+    def past_plateau(h):
+        return [s for s in budgets if transient_end[h] is not None and s >= transient_end[h]]
+
     points = [{"hidden": h, "steps": s, "params": n_params[h], "tokens": s * tokens_per_step,
                "compute": 6.0 * n_params[h] * s * tokens_per_step, "loss": mean_std(seed_losses(h, s))[0],
                "loss_std": mean_std(seed_losses(h, s))[1], "losses": seed_losses(h, s)}
@@ -135,6 +158,14 @@ def main():
     fit = fit_power_law(c, loss)
     fit_floor = fit_power_law_with_floor(c, loss)
     decades = math.log10(c.max() / c.min())  # 拟合用到的点跨了几个数量级的算力
+    # 拟合用整条前沿（含平台期的点）；作为对比，再只用离开平台期的点重算前沿和拟合（只打印，不下结论）
+    settled_frontier = compute_frontier([p for p in points if p["steps"] in past_plateau(p["hidden"])])
+    settled = None
+    if len(settled_frontier) >= 2:
+        settled_c = np.array([p["compute"] for p in settled_frontier])
+        settled = {**fit_power_law(settled_c, np.array([p["loss"] for p in settled_frontier])),
+                   "n_points": len(settled_frontier), "compute_decades": math.log10(settled_c.max() / settled_c.min()),
+                   "frontier": [{"hidden": p["hidden"], "steps": p["steps"]} for p in settled_frontier]}
     # α 的散布：完整模式每个种子各拟合一次；quick 模式（一个种子）每个验证批各拟合一次（只含评估抽样的噪声）
     if len(exp.seeds) >= 2:
         alpha_unit = "seeds"
@@ -145,18 +176,27 @@ def main():
         alpha_samples = [fit_power_law(c, np.array([batch_losses(p["hidden"], p["steps"])[b] for p in fit_points]))
                          ["alpha"] for b in range(EVAL_BATCHES)]
 
-    exp.print_table(["hidden", "non-emb params N", "steps", "tokens D", "C = 6ND (FLOPs)", "val loss", "on frontier"],
+    exp.print_table(["hidden", "non-emb params N", "steps", "tokens D", "C = 6ND (FLOPs)", "val loss", "max over seeds",
+                     "past plateau", "on frontier"],
                     [[p["hidden"], p["params"], p["steps"], p["tokens"], f"{p['compute']:.3g}",
-                      format_mean_std(p["losses"]), "yes" if p in frontier else ""] for p in points],
+                      format_mean_std(p["losses"]), f"{max(p['losses']):.3f}",
+                      "yes" if p["steps"] in past_plateau(p["hidden"]) else "", "yes" if p in frontier else ""]
+                     for p in points],
                     title=f"Final val loss for {len(hiddens)} sizes x {len(budgets)} budgets, {len(exp.seeds)} seed(s)")
     exp.print_table(["fit", "a", "alpha", "E (floor)", "quality"],
                     [["L = a*C^-alpha", f"{fit['a']:.4g}", f"{fit['alpha']:.4f}", "-", f"R2(log) = {fit['r2']:.3f}"],
                      [f"  same, one fit per {'seed' if alpha_unit == 'seeds' else 'val batch'}", "-", format_mean_std(alpha_samples), "-",
                       f"n = {len(alpha_samples)}"],
                      ["L = E + a*C^-alpha", f"{fit_floor['a']:.4g}", f"{fit_floor['alpha']:.4f}",
-                      f"{fit_floor['E']:.3f}", f"SSE = {fit_floor['sse']:.2e}"]],
+                      f"{fit_floor['E']:.3f}", f"SSE = {fit_floor['sse']:.2e}"],
+                     ["L = a*C^-alpha, past-plateau frontier only",
+                      f"{settled['a']:.4g}" if settled else "-", f"{settled['alpha']:.4f}" if settled else "-", "-",
+                      f"{settled['n_points']} points, {settled['compute_decades']:.2f} decades" if settled else "< 2 points"]],
                     title=f"Power-law fits on {len(fit_points)} {'frontier' if fit_points is frontier else 'all'} "
                           f"points spanning {decades:.2f} decades of compute")
+    print(f"平台期：unigram 熵 H1 = {h_unigram:.3f}，bigram 条件熵 H2 = {h_bigram:.3f}，每个种子的最终 loss 都低于 "
+          f"(H1 + H2) / 2 = {plateau_exit:.3f} 才算离开平台；平台期终点（步）："
+          + "，".join(f"hidden {h}: {transient_end[h] if transient_end[h] is not None else '未离开'}" for h in hiddens))
     print(f"训练 token 最多 {max(budgets) * tokens_per_step}，训练集 {train_chars} 个字符："
           f"最多 {max(budgets) * tokens_per_step / train_chars:.2f} 个 epoch（随机窗口采样）")
 
@@ -165,6 +205,8 @@ def main():
                   "batch_size": BATCH, "lr": LR},
         "hidden_sizes": hiddens, "budgets_steps": budgets, "tokens_per_step": tokens_per_step,
         "non_embedding_params": {str(h): n for h, n in n_params.items()},
+        "unigram_entropy": h_unigram, "bigram_entropy": h_bigram, "plateau_exit_loss": plateau_exit,
+        "transient_end_steps": {str(h): transient_end[h] for h in hiddens},
         "points": points, "frontier": [{"hidden": p["hidden"], "steps": p["steps"]} for p in frontier],
         "final_val_batches": {f"h{h}_s{s}": batch_losses(h, s) for h in hiddens for s in budgets},
         "fit_on": "frontier" if fit_points is frontier else "all points",
@@ -172,6 +214,7 @@ def main():
         "alpha_samples": {"unit": alpha_unit, "values": alpha_samples,
                           "mean": mean_std(alpha_samples)[0], "std": mean_std(alpha_samples)[1]},
         "max_epochs": max(budgets) * tokens_per_step / train_chars,
+        "fit_past_plateau": settled,
     })
 
     # ---- 图：左 L vs C（按尺寸着色，前沿与拟合线）；右 L vs N（每个预算一条线）----
@@ -185,6 +228,7 @@ def main():
     axes[0].plot(grid, fit["a"] * grid ** (-fit["alpha"]), "k--", label=f"fit a*C^-{fit['alpha']:.3f}")
     axes[0].plot(grid, fit_floor["E"] + fit_floor["a"] * grid ** (-fit_floor["alpha"]), "k:",
                  label=f"fit {fit_floor['E']:.2f} + a*C^-{fit_floor['alpha']:.3f}")
+    axes[0].axhline(plateau_exit, color="gray", ls=":", lw=1, label=f"plateau exit (H1+H2)/2 = {plateau_exit:.2f}")
     axes[0].scatter([p["compute"] for p in frontier], [p["loss"] for p in frontier], s=140, facecolors="none",
                     edgecolors="k", label="compute frontier")
     axes[0].set_xscale("log")
@@ -205,15 +249,39 @@ def main():
     exp.save_figure(fig, "exp4_scaling_small.png")
 
     # ---- 结论（全部由上面的测量算出；比较经噪声检验）----
+    def doubling(h, small, big):  # 声明"预算 big 的最终 loss 低于 small"
+        return compare_runs(seed_losses(h, big), seed_losses(h, small), "less",
+                            batch_losses(h, big), batch_losses(h, small))
+
     for h in hiddens:
-        doublings = [compare_runs(seed_losses(h, big), seed_losses(h, small), "less",
-                                  batch_losses(h, big), batch_losses(h, small))
-                     for small, big in zip(budgets, budgets[1:])]
-        exp.conclude_verdict(f"hidden {h}：token 预算每增加一档（{' → '.join(map(str, budgets))} 步），最终 loss 都更低",
+        kept = past_plateau(h)
+        if len(kept) < 2:
+            exp.conclude(f"hidden {h}：至少 2 档预算离开了平台期，才能检验\"每增加一档 loss 都更低\"", False,
+                         f"平台期终点 {transient_end[h]}；每档里最高的种子 loss："
+                         + "，".join(f"{s}: {max(seed_losses(h, s)):.3f}" for s in budgets)
+                         + f"（离开平台的门槛 {plateau_exit:.3f}）")
+            continue
+        doublings = [doubling(h, small, big) for small, big in zip(kept, kept[1:])]
+        exp.conclude_verdict(f"hidden {h}：离开平台期之后，token 预算每增加一档（{' → '.join(map(str, kept))} 步），"
+                             "最终 loss 都更低",
                              weakest(doublings),
-                             "均值 " + " → ".join(f"{mean_std(seed_losses(h, s))[0]:.3f}" for s in budgets)
+                             "均值 " + " → ".join(f"{mean_std(seed_losses(h, s))[0]:.3f}" for s in kept)
                              + "；逐档下降 " + "，".join(f"{v.mean_delta:+.3f}" for v in doublings)
                              + "；下面是最弱的一档")
+    # 对照：平台期内（小的那档还没离开平台）的每一对，所有尺寸合起来取最弱的一对
+    plateau_pairs = {(h, small, big): doubling(h, small, big) for h in hiddens
+                     for small, big in zip(budgets, budgets[1:])
+                     if transient_end[h] is None or small < transient_end[h]}
+    if plateau_pairs:
+        verdict = weakest(plateau_pairs)
+        h, small, big = next(key for key, v in plateau_pairs.items() if v is verdict)
+        exp.conclude_verdict(f"对照：平台期内（某个种子的 loss 还高于 (H1 + H2) / 2 = {plateau_exit:.2f} 的预算），"
+                             "每增加一档预算 loss 也都更低",
+                             verdict,
+                             "平台期终点（步）：" + "，".join(f"hidden {k}: {transient_end[k]}" for k in hiddens)
+                             + f"；最弱的一对是 hidden {h} 的 {small} → {big} 步，逐种子 loss "
+                             + "，".join(f"{a:.3f} → {b:.3f}" for a, b in zip(seed_losses(h, small), seed_losses(h, big)))
+                             + "：离开平台的步数因种子而异")
     big, small = hiddens[-1], hiddens[0]
     exp.conclude_verdict(f"数据最多（{budgets[-1]} 步）时，最大的模型（hidden {big}）loss 低于最小的（hidden {small}）",
                          compare_runs(seed_losses(big, budgets[-1]), seed_losses(small, budgets[-1]), "less",
@@ -228,7 +296,7 @@ def main():
                          f"（Kaplan 2020 报告的 α_C ≈ 0.050，量级与本实验不可比，见 teaching.md）")
     exp.conclude(f"拟合达到最低的可信门槛：前沿点 ≥ {MIN_FRONTIER_POINTS} 个，且算力跨度 ≥ {MIN_DECADES:g} 个数量级",
                  len(frontier) >= MIN_FRONTIER_POINTS and decades >= MIN_DECADES,
-                 f"前沿 {len(frontier)} 个点、拟合的点跨 {decades:.2f} 个数量级的算力、最多 "
+                 f"前沿 {len(frontier)} 个点（含平台期的点：拟合描述整条前沿）、拟合的点跨 {decades:.2f} 个数量级的算力、最多 "
                  f"{max(budgets) * tokens_per_step / train_chars:.2f} 个 epoch；不满足时指数只是粗略估计")
     exp.finish()
 
