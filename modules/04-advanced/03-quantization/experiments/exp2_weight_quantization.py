@@ -13,13 +13,23 @@
 lm_head 与词嵌入共享权重（LabModel 默认 tie_embeddings=True），按 quantize_model 的默认 skip=("lm_head",) 保持浮点。
 每个方案的"每权重比特数"用 model/quantization.py::weight_bytes 量出来（含 fp32 的 scale），并与公式对照。
 
-"哪一类层最怕量化"：每次只把一类线性层（q/k/v/o、gate/up/down）量化到 int4 per-tensor，其余保持 fp32，看 loss 涨多少。
+两个模型（同一个函数）：
+    自然模型        训练出来的原样。它的激活几乎没有离群通道（q/k/v、gate/up 的输入最大通道只是中位数的约 2 倍），
+                    而 AWQ 要保护的正是激活离群的通道——所以自然模型上的 AWQ 结论只作"对照"。
+    离群通道模型    add_outlier_channels 构造：挑 6 个隐藏维，RMSNorm 权重 ×20、读它的线性层权重列 ÷20，函数不变
+                    （log 概率最大差 < FUNCTION_TOLERANCE，作为结论检查）。6 和 20 取自 LLM.int8()（Dettmers et al. 2022）：
+                    6.7B 模型的离群特征"集中在 6 个隐藏维"，幅度"比其余维大到 20 倍"，在看任何结果之前定好。
+                    这是构造出来的情形（小模型训练不出来），模拟的是 ≳6.7B 的 LLM 里出现的结构：激活大的维度对应的权重小，
+                    per-channel RTN 把这些小权重舍成 0，而它们乘的是最大的激活。
+
+"哪一类层最怕量化"（自然模型）：每次只把一类线性层（q/k/v/o、gate/up/down）量化到 int4 per-tensor，其余保持 fp32，看 loss 涨多少。
 
 噪声：完整模式 3 个种子（各自训练一个模型）按种子配对；quick 模式只有一个种子，按验证批次配对（同一批数据上两个方案的差）。
 结论在看多种子结果之前定好（开发只用种子 42）：
   - int4 下 per-channel 好于 per-tensor；group 32 好于 per-channel；
   - int8 per-channel 与 fp32 的 loss 相差不超过 0.01 nats（EQUIVALENCE_MARGIN，事先定好）；
-  - AWQ 式缩放（α=0.5，以及 α 搜索）好于同样 int4 per-channel 的普通 RTN；
+  - AWQ 式缩放（α=0.5，以及 α 搜索）好于同样 int4 per-channel 的普通 RTN（自然模型上它四个种子里时好时坏，
+    于是按 Lin et al. 2023 描述的情形加了离群通道模型；自然模型上的 AWQ 结论改为"对照"）；
   - 单独量化时，down_proj（输入是 SwiGLU 的乘积，离群值最多）造成的损伤大于其余每一类层。
 "好于"最初只用验证 loss 判断。第一次完整运行里这些 loss 比较全部在种子间噪声以内（效应只有千分之几 nats，
 而且有一个种子方向相反），于是每个比较另加一个度量：与 fp32 模型的 KL（见 evaluate）。这是事后加的度量，
@@ -45,7 +55,7 @@ from model.quantization import QuantizedLinear, dequantize_weight, quantize_mode
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.lab_model import LabConfig, LabModel  # noqa: E402
-from modules.common.noise import FAILS, HOLDS, compare_runs, equivalent_runs  # noqa: E402
+from modules.common.noise import compare_runs, equivalent_runs, weakest  # noqa: E402
 from modules.common.text_data import BatchSampler, CharTokenizer, train_val_split  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import plt, set_style  # noqa: E402
@@ -63,6 +73,13 @@ RTN_SCHEMES = {"int8 per-tensor": (8, 0), "int8 per-channel": (8, None), "int4 p
                "int4 per-channel": (4, None), "int4 group 32": (4, 32)}
 AWQ_SCHEMES = {"int4 per-channel AWQ a=0.5": 0.5, "int4 per-channel AWQ a-search": None}
 SCHEMES = ("fp32",) + tuple(RTN_SCHEMES) + tuple(AWQ_SCHEMES)
+# 构造的离群通道（见 add_outlier_channels），数值取自 LLM.int8()（Dettmers et al. 2022），在看任何结果之前定好：
+# 6.7B 模型里离群特征"集中在 6 个隐藏维"，幅度"比其余维大到 20 倍"
+OUTLIER_CHANNELS, OUTLIER_FACTOR = 6, 20.0
+FUNCTION_TOLERANCE = 1e-4  # 构造前后 log 概率的最大差必须小于它（只差 fp32 舍入，实测 1e-5 量级）
+REGIMES = ("natural", "outlier")  # 自然训练的模型 / 加了离群通道的同一个模型
+REGIME_TITLES = {"natural": "自然训练的模型", "outlier": f"离群通道模型（{OUTLIER_CHANNELS} 维 ×{OUTLIER_FACTOR:g}）"}
+CLAIM_PREFIX = {"natural": "自然模型：", "outlier": f"离群通道模型（{OUTLIER_CHANNELS} 维 ×{OUTLIER_FACTOR:g}）："}
 
 
 def add_args(parser):
@@ -180,8 +197,64 @@ def evaluate(model: nn.Module, batches, reference=None) -> tuple[list[float], li
     return losses, kls, logprobs
 
 
+@torch.no_grad()
+def add_outlier_channels(model: nn.Module, channels: torch.Tensor, factor: float) -> nn.Module:
+    """返回 model 的深拷贝：函数不变，但 q/k/v 与 gate/up 的输入在 channels 这几维上放大 factor 倍。
+
+    做法：每个 RMSNorm 的权重第 j 维 ×factor，读它输出的线性层（input_layernorm → q/k/v，
+    post_attention_layernorm → gate/up）权重第 j 列 ÷factor。x_j·w_j 的乘积不变，fp32 下输出只差浮点舍入。
+    得到的正是 LLM 里离群通道的结构：激活很大的那几维，对应的权重列很小——per-channel RTN 会把这些小权重舍成 0。"""
+    model = copy.deepcopy(model)
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        for norm, readers in ((layer.input_layernorm, (attn.q_proj, attn.k_proj, attn.v_proj)),
+                              (layer.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj))):
+            norm.weight[channels] *= factor
+            for linear in readers:
+                linear.weight[:, channels] /= factor  # (out, in) 的这几列
+    return model
+
+
+def quantize_schemes(model: nn.Module, names, calib: dict, eval_batches, reference) -> dict:
+    """把 model 的深拷贝按 SCHEMES 里的每个方案量化，在 eval_batches 上评估（KL 对 reference 算）。
+    返回 {"losses"/"kl"/"bits"/"expected_bits"/"out_err": {方案: …}, "chosen_alpha": {层名: α}}。"""
+    shapes = [tuple(model.get_submodule(n).weight.shape) for n in names]
+    n_weights = sum(o * i for o, i in shapes)
+    fp32_losses, _, _ = evaluate(model, eval_batches)
+    result = {"losses": {"fp32": fp32_losses}, "kl": {"fp32": [0.0] * EVAL_BATCHES},
+              "bits": {"fp32": bits_per_weight(model, names, n_weights)}, "expected_bits": {"fp32": 32.0},
+              "out_err": {"fp32": 0.0}}
+
+    def mean_out_err(bits, group_size, alphas):  # 各层校准输出相对误差的平均（不经过整个模型，没有评估噪声）
+        return sum(awq_output_error(model.get_submodule(n).weight.detach().float(), c["x"],
+                                    awq_scales(c["mean_abs"], alphas[n]), bits, group_size)
+                   for n, c in calib.items()) / len(calib)
+
+    for scheme, (bits, group_size) in RTN_SCHEMES.items():
+        q = quantize_model(copy.deepcopy(model), bits=bits, group_size=group_size)  # skip 默认 ("lm_head",)
+        result["losses"][scheme], result["kl"][scheme], _ = evaluate(q, eval_batches, reference)
+        result["bits"][scheme] = bits_per_weight(q, names, n_weights)
+        result["expected_bits"][scheme] = expected_bits(shapes, bits, group_size)
+        result["out_err"][scheme] = mean_out_err(bits, group_size, {n: 0.0 for n in names})  # α=0：s 全为 1
+    for scheme, alpha in AWQ_SCHEMES.items():
+        q, chosen = awq_quantize(copy.deepcopy(model), calib, alpha)
+        result["losses"][scheme], result["kl"][scheme], _ = evaluate(q, eval_batches, reference)
+        result["bits"][scheme] = bits_per_weight(q, names, n_weights)
+        result["expected_bits"][scheme] = expected_bits(shapes, 4, None, awq=True)
+        result["out_err"][scheme] = mean_out_err(4, None, chosen)
+        if alpha is None:
+            result["chosen_alpha"] = chosen
+    return result
+
+
+def outlier_ratio(calib: dict) -> dict:
+    """每类层输入激活的"离群程度"：max_j mean|x_j| / median_j mean|x_j|（各层取平均）。"""
+    return {t: sum((c["mean_abs"].max() / c["mean_abs"].median()).item() for n, c in calib.items() if n.endswith(t))
+            / LAYERS for t in LAYER_TYPES}
+
+
 def run_seed(seed: int, text: str, steps: int, device) -> dict:
-    """一个种子：训练 → 校准 → 每个方案与每类层的逐批次验证 loss。"""
+    """一个种子：训练 → 自然模型与离群通道模型各自校准、按每个方案量化评估 → 逐类层的敏感度（自然模型）。"""
     Experiment.seed_everything(seed)
     tokenizer = CharTokenizer(text)
     train_ids, val_ids = train_val_split(torch.tensor(tokenizer.encode(text)))
@@ -200,58 +273,34 @@ def run_seed(seed: int, text: str, steps: int, device) -> dict:
     history = train_model(model, get_batch, steps=steps, lr=LR, eval_every=steps, eval_batches=2, device=device,
                           desc=f"train seed={seed}")
     names = linear_names(model)
-    shapes = [tuple(model.get_submodule(n).weight.shape) for n in names]
-    n_weights = sum(o * i for o, i in shapes)
-    calib = calibrate(model, calib_batches, names)
-    fp32_losses, _, reference = evaluate(model, eval_batches)
+    _, _, reference = evaluate(model, eval_batches)
+    # 每个种子随机挑 OUTLIER_CHANNELS 个隐藏维，所有层用同一组（LLM.int8() 的离群特征在各层集中在同样几维）
+    channels = torch.randperm(HIDDEN, generator=torch.Generator().manual_seed(seed))[:OUTLIER_CHANNELS]
+    outlier_model = add_outlier_channels(model, channels.to(device), OUTLIER_FACTOR)
+    _, _, outlier_logprobs = evaluate(outlier_model, eval_batches)
     row = {"train_loss": sum(history["train_loss"][-20:]) / len(history["train_loss"][-20:]),
-           "losses": {"fp32": fp32_losses}, "kl": {"fp32": [0.0] * EVAL_BATCHES},
-           "bits": {"fp32": bits_per_weight(model, names, n_weights)},
-           "expected_bits": {"fp32": 32.0}, "out_err": {"fp32": 0.0}, "layers": {}, "layers_kl": {}}
-
-    def mean_out_err(bits, group_size, alphas):  # 各层校准输出相对误差的平均（不经过整个模型，没有评估噪声）
-        return sum(awq_output_error(model.get_submodule(n).weight.detach().float(), c["x"],
-                                    awq_scales(c["mean_abs"], alphas[n]), bits, group_size)
-                   for n, c in calib.items()) / len(calib)
-
-    for scheme, (bits, group_size) in RTN_SCHEMES.items():
-        q = quantize_model(copy.deepcopy(model), bits=bits, group_size=group_size)  # skip 默认 ("lm_head",)
-        row["losses"][scheme], row["kl"][scheme], _ = evaluate(q, eval_batches, reference)
-        row["bits"][scheme] = bits_per_weight(q, names, n_weights)
-        row["expected_bits"][scheme] = expected_bits(shapes, bits, group_size)
-        row["out_err"][scheme] = mean_out_err(bits, group_size, {n: 0.0 for n in names})  # α=0：s 全为 1
-    for scheme, alpha in AWQ_SCHEMES.items():
-        q, chosen = awq_quantize(copy.deepcopy(model), calib, alpha)
-        row["losses"][scheme], row["kl"][scheme], _ = evaluate(q, eval_batches, reference)
-        row["bits"][scheme] = bits_per_weight(q, names, n_weights)
-        row["expected_bits"][scheme] = expected_bits(shapes, 4, None, awq=True)
-        row["out_err"][scheme] = mean_out_err(4, None, chosen)
-        if alpha is None:
-            row["chosen_alpha"] = chosen
+           "outlier_channels": channels.tolist(),
+           "outlier_max_logprob_diff": max((a - b).abs().max().item() for a, b in zip(reference, outlier_logprobs)),
+           "layers": {}, "layers_kl": {}}
+    for regime, m in zip(REGIMES, (model, outlier_model)):  # KL 都对自然 fp32 模型算（两个模型是同一个函数）
+        calib = calibrate(m, calib_batches, names)
+        row[regime] = quantize_schemes(m, names, calib, eval_batches, reference)
+        row[regime]["act_outlier_ratio"] = outlier_ratio(calib)
     for layer_type in LAYER_TYPES:  # 只量化这一类层（int4 per-tensor），其余保持 fp32
         others = tuple(t for t in LAYER_TYPES if t != layer_type)
         q = quantize_model(copy.deepcopy(model), bits=4, group_size=0, skip=("lm_head",) + others)
         row["layers"][layer_type], row["layers_kl"][layer_type], _ = evaluate(q, eval_batches, reference)
-    # 每类层输入激活的"离群程度"：max_j mean|x_j| / median_j mean|x_j|（各层取平均），帮助解释哪类层更敏感
-    row["act_outlier_ratio"] = {t: sum((c["mean_abs"].max() / c["mean_abs"].median()).item()
-                                       for n, c in calib.items() if n.endswith(t)) / LAYERS for t in LAYER_TYPES}
-    mean = {k: sum(v) / len(v) for k, v in row["losses"].items()}
-    print(f"  [seed {seed}] train {row['train_loss']:.3f}；val fp32 {mean['fp32']:.4f}，int4 per-tensor "
-          f"{mean['int4 per-tensor']:.4f}，int4 per-channel {mean['int4 per-channel']:.4f}，int4 g32 {mean['int4 group 32']:.4f}",
-          flush=True)
+    for regime in REGIMES:
+        mean = {k: sum(v) / len(v) for k, v in row[regime]["losses"].items()}
+        print(f"  [seed {seed} {regime}] train {row['train_loss']:.3f}；val fp32 {mean['fp32']:.4f}，int4 per-channel "
+              f"{mean['int4 per-channel']:.4f}，int4 g32 {mean['int4 group 32']:.4f}，AWQ a=0.5 "
+              f"{mean['int4 per-channel AWQ a=0.5']:.4f}", flush=True)
     return row
 
 
-def weakest(verdicts: dict):
-    """"比其余每一个都大"由几次两两比较组成：全部成立才成立，任一次反向超出噪声就不成立，其余未确立。"""
-    rank = {FAILS: 0, HOLDS: 2}
-    worst = min(verdicts.values(), key=lambda v: (rank.get(v.status, 1), v.mean_delta))
-    return worst, "；".join(f"vs {name}：Δ={v.mean_delta:+.4f}（{v.status}）" for name, v in verdicts.items())
-
-
 def main():
-    exp = Experiment(__file__, description="只量化权重：int8/int4 × per-tensor/per-channel/group 32，AWQ 式缩放，逐类层的敏感度",
-                     extra_args=add_args)
+    exp = Experiment(__file__, description="只量化权重：int8/int4 × per-tensor/per-channel/group 32，AWQ 式缩放"
+                                           "（自然模型与构造的离群通道模型），逐类层的敏感度", extra_args=add_args)
     steps = exp.args.steps if exp.args.steps is not None else (200 if exp.quick else 600)
     if steps < 20:
         raise SystemExit(f"--steps 必须 >= 20（收到 {steps}）")
@@ -260,87 +309,121 @@ def main():
     text = get_experiment_data("shakespeare")
     rows = [run_seed(seed, text, steps, exp.device) for seed in exp.seeds]
 
-    def loss(scheme):  # 每个种子的平均验证 loss
-        return [sum(r["losses"][scheme]) / EVAL_BATCHES for r in rows]
+    def loss(regime, scheme):  # 每个种子的平均验证 loss
+        return [sum(r[regime]["losses"][scheme]) / EVAL_BATCHES for r in rows]
+
+    def kl(regime, scheme):  # 每个种子的平均 KL(p_fp32 ‖ p_量化)
+        return [sum(r[regime]["kl"][scheme]) / EVAL_BATCHES for r in rows]
 
     def layer_increase(t):
-        return [sum(r["layers"][t]) / EVAL_BATCHES - fp for r, fp in zip(rows, loss("fp32"))]
+        return [sum(r["layers"][t]) / EVAL_BATCHES - fp for r, fp in zip(rows, loss("natural", "fp32"))]
 
-    def batches(scheme):  # 第一个种子的逐批次值（quick 模式单种子时的噪声）
-        return rows[0]["losses"][scheme]
+    def layer_kl(t):
+        return [sum(r["layers_kl"][t]) / EVAL_BATCHES for r in rows]
 
-    def kl(scheme, key="kl"):  # 每个种子的平均 KL(p_fp32 ‖ p_量化)
-        return [sum(r[key][scheme]) / EVAL_BATCHES for r in rows]
+    bits = rows[0]["natural"]["bits"]
+    for regime in REGIMES:
+        exp.print_table(["scheme", "bits/weight (measured)", "bits/weight (formula)", "layer out rel err", "val loss",
+                         "ppl", "Δloss vs fp32", "KL to fp32 (nats/token)"],
+                        [[s, f"{bits[s]:.3f}", f"{rows[0]['natural']['expected_bits'][s]:.3f}",
+                          format_mean_std([r[regime]["out_err"][s] for r in rows], 3), format_mean_std(loss(regime, s)),
+                          format_mean_std([math.exp(v) for v in loss(regime, s)]),
+                          format_mean_std([a - b for a, b in zip(loss(regime, s), loss(regime, "fp32"))], 3),
+                          format_mean_std(kl(regime, s), 3)] for s in SCHEMES],
+                        title=f"{REGIME_TITLES[regime]}：验证集 {EVAL_BATCHES}×{EVAL_BATCH_SIZE}×{BLOCK_SIZE} 个字符"
+                              f"（{len(exp.seeds)} 个种子，训练 {steps} 步）")
+    exp.print_table(["layer type", "input act max/median (natural)", "input act max/median (outlier)",
+                     "int4 per-tensor alone: Δloss vs fp32", "KL to fp32"],
+                    [[t, format_mean_std([r["natural"]["act_outlier_ratio"][t] for r in rows], 3),
+                      format_mean_std([r["outlier"]["act_outlier_ratio"][t] for r in rows], 3),
+                      format_mean_std(layer_increase(t), 3), format_mean_std(layer_kl(t), 3)] for t in LAYER_TYPES],
+                    title="逐类层：输入激活的离群程度；只把这一类层量化到 int4 per-tensor 的损伤（自然模型）")
 
-    exp.print_table(["scheme", "bits/weight (measured)", "bits/weight (formula)", "layer out rel err", "val loss", "ppl",
-                     "Δloss vs fp32", "KL to fp32 (nats/token)"],
-                    [[s, f"{rows[0]['bits'][s]:.3f}", f"{rows[0]['expected_bits'][s]:.3f}",
-                      format_mean_std([r["out_err"][s] for r in rows], 3), format_mean_std(loss(s)),
-                      format_mean_std([math.exp(v) for v in loss(s)]),
-                      format_mean_std([a - b for a, b in zip(loss(s), loss("fp32"))], 3), format_mean_std(kl(s), 3)]
-                     for s in SCHEMES],
-                    title=f"验证集 {EVAL_BATCHES}×{EVAL_BATCH_SIZE}×{BLOCK_SIZE} 个字符（{len(exp.seeds)} 个种子，训练 {steps} 步）")
-    exp.print_table(["layer type (int4 per-tensor, alone)", "Δloss vs fp32", "KL to fp32", "input act max/median"],
-                    [[t, format_mean_std(layer_increase(t), 3), format_mean_std(kl(t, "layers_kl"), 3),
-                      format_mean_std([r["act_outlier_ratio"][t] for r in rows], 3)] for t in LAYER_TYPES],
-                    title="逐类层的敏感度：只把这一类层量化到 int4 per-tensor")
+    def per_regime(key):
+        return {regime: {s: [r[regime][key][s] for r in rows] for s in SCHEMES} for regime in REGIMES}
+
     exp.save_metrics({"config": {"steps": steps, "hidden": HIDDEN, "layers": LAYERS, "block_size": BLOCK_SIZE,
                                  "batch_size": BATCH_SIZE, "lr": LR, "eval_batches": EVAL_BATCHES,
                                  "calib_batches": CALIB_BATCHES, "alphas": list(ALPHAS),
-                                 "equivalence_margin": EQUIVALENCE_MARGIN},
-                      "val_loss": {s: loss(s) for s in SCHEMES}, "val_batches_seed0": {s: batches(s) for s in SCHEMES},
-                      "bits_per_weight": rows[0]["bits"], "expected_bits_per_weight": rows[0]["expected_bits"],
-                      "layer_out_rel_err": {s: [r["out_err"][s] for r in rows] for s in SCHEMES},
-                      "kl_to_fp32": {s: kl(s) for s in SCHEMES}, "kl_batches_seed0": {s: rows[0]["kl"][s] for s in SCHEMES},
+                                 "equivalence_margin": EQUIVALENCE_MARGIN, "outlier_channels": OUTLIER_CHANNELS,
+                                 "outlier_factor": OUTLIER_FACTOR, "function_tolerance": FUNCTION_TOLERANCE},
+                      "bits_per_weight": bits, "expected_bits_per_weight": rows[0]["natural"]["expected_bits"],
+                      "val_loss": {regime: {s: loss(regime, s) for s in SCHEMES} for regime in REGIMES},
+                      "kl_to_fp32": {regime: {s: kl(regime, s) for s in SCHEMES} for regime in REGIMES},
+                      "val_batches_seed0": {regime: rows[0][regime]["losses"] for regime in REGIMES},
+                      "kl_batches_seed0": {regime: rows[0][regime]["kl"] for regime in REGIMES},
+                      "layer_out_rel_err": per_regime("out_err"),
+                      "act_outlier_ratio": {regime: {t: [r[regime]["act_outlier_ratio"][t] for r in rows]
+                                                     for t in LAYER_TYPES} for regime in REGIMES},
+                      "chosen_alpha": {regime: [r[regime]["chosen_alpha"] for r in rows] for regime in REGIMES},
+                      "outlier_channels": [r["outlier_channels"] for r in rows],
+                      "outlier_max_logprob_diff": [r["outlier_max_logprob_diff"] for r in rows],
                       "layer_increase": {t: layer_increase(t) for t in LAYER_TYPES},
-                      "layer_kl": {t: kl(t, "layers_kl") for t in LAYER_TYPES},
-                      "layer_kl_batches_seed0": {t: rows[0]["layers_kl"][t] for t in LAYER_TYPES},
-                      "layer_batches_seed0": {t: rows[0]["layers"][t] for t in LAYER_TYPES},
-                      "act_outlier_ratio": {t: [r["act_outlier_ratio"][t] for r in rows] for t in LAYER_TYPES},
-                      "chosen_alpha": [r["chosen_alpha"] for r in rows], "train_loss": [r["train_loss"] for r in rows]})
+                      "layer_kl": {t: layer_kl(t) for t in LAYER_TYPES},
+                      "layer_batches_seed0": rows[0]["layers"], "layer_kl_batches_seed0": rows[0]["layers_kl"],
+                      "train_loss": [r["train_loss"] for r in rows]})
 
     # ---- 结论 ----
-    mismatch = {s: (rows[0]["bits"][s], rows[0]["expected_bits"][s]) for s in SCHEMES
-                if abs(rows[0]["bits"][s] - rows[0]["expected_bits"][s]) > 1e-9}
+    mismatch = {s: (bits[s], rows[0]["natural"]["expected_bits"][s]) for s in SCHEMES
+                if abs(bits[s] - rows[0]["natural"]["expected_bits"][s]) > 1e-9}
     exp.conclude("weight_bytes 量出的每权重比特数与公式一致（bits + fp32 scale 摊到每组；AWQ 另加每个输入通道的 1/s）",
-                 holds=not mismatch, evidence="；".join(f"{s} {rows[0]['bits'][s]:.3f}" for s in SCHEMES)
+                 holds=not mismatch, evidence="；".join(f"{s} {bits[s]:.3f}" for s in SCHEMES)
                  + (f"；不一致：{mismatch}" if mismatch else ""))
+    worst_diff = max(r["outlier_max_logprob_diff"] for r in rows)
+    exp.conclude(f"构造离群通道不改变 fp32 模型的函数：验证批次上 log 概率的最大差 < {FUNCTION_TOLERANCE}",
+                 holds=worst_diff < FUNCTION_TOLERANCE,
+                 evidence=f"最大差 {worst_diff:.2e}；q_proj 输入的 max/median 从 "
+                          f"{format_mean_std([r['natural']['act_outlier_ratio']['q_proj'] for r in rows], 3)} 变成 "
+                          f"{format_mean_std([r['outlier']['act_outlier_ratio']['q_proj'] for r in rows], 3)}")
 
-    def versus(claim, better, worse):
-        """同一个比较做两遍：验证 loss（最终关心的量）与 KL 到 fp32（直接的损伤度量）。"""
-        exp.conclude_verdict(f"{claim}：验证 loss 更低", compare_runs(loss(better), loss(worse), "less", batches(better),
-                                                                    batches(worse)),
-                             evidence=f"{better} {format_mean_std(loss(better))} vs {worse} {format_mean_std(loss(worse))}")
-        exp.conclude_verdict(f"{claim}：与 fp32 的 KL 更小", compare_runs(kl(better), kl(worse), "less",
-                                                                     rows[0]["kl"][better], rows[0]["kl"][worse]),
-                             evidence=f"{better} {format_mean_std(kl(better), 3)} vs {worse} {format_mean_std(kl(worse), 3)}")
+    def versus(regime, claim, better, worse, contrast=False):
+        """同一个比较做两遍：验证 loss（最终关心的量）与 KL 到 fp32（直接的损伤度量）。
+        contrast=True：这条在自然模型上是对照（效应应当不出现的情形），与离群通道模型上的同一条配对。"""
+        prefix = "对照：自然模型（激活没有离群通道）：" if contrast else CLAIM_PREFIX[regime]
+        for metric, values, per_batch in (("验证 loss 更低", loss, "losses"), ("与 fp32 的 KL 更小", kl, "kl")):
+            exp.conclude_verdict(f"{prefix}{claim}：{metric}",
+                                 compare_runs(values(regime, better), values(regime, worse), "less",
+                                              rows[0][regime][per_batch][better], rows[0][regime][per_batch][worse]),
+                                 evidence=f"{better} {format_mean_std(values(regime, better), 3)} vs "
+                                          f"{worse} {format_mean_std(values(regime, worse), 3)}")
 
-    versus("int4：per-channel（每个输出通道一个 scale）好于 per-tensor", "int4 per-channel", "int4 per-tensor")
-    versus("int4：group 32 好于 per-channel", "int4 group 32", "int4 per-channel")
-    exp.conclude_verdict(f"int8 per-channel 与 fp32 的验证 loss 相差不超过 {EQUIVALENCE_MARGIN} nats（界在看结果之前定好）",
-                         equivalent_runs(loss("int8 per-channel"), loss("fp32"), EQUIVALENCE_MARGIN,
-                                         batches("int8 per-channel"), batches("fp32")),
-                         evidence=f"int8 per-channel {format_mean_std(loss('int8 per-channel'))} vs "
-                                  f"fp32 {format_mean_std(loss('fp32'))}")
-    versus("AWQ 式缩放（α=0.5）好于同为 int4 per-channel 的普通 RTN", "int4 per-channel AWQ a=0.5", "int4 per-channel")
-    versus("AWQ 式缩放（每层搜索 α）好于同为 int4 per-channel 的普通 RTN", "int4 per-channel AWQ a-search", "int4 per-channel")
+    for regime in REGIMES:
+        versus(regime, "int4 per-channel（每个输出通道一个 scale）好于 per-tensor", "int4 per-channel", "int4 per-tensor")
+        versus(regime, "int4 group 32 好于 per-channel", "int4 group 32", "int4 per-channel")
+        exp.conclude_verdict(f"{CLAIM_PREFIX[regime]}int8 per-channel 与 fp32 的验证 loss 相差不超过 "
+                             f"{EQUIVALENCE_MARGIN} nats（界在看结果之前定好）",
+                             equivalent_runs(loss(regime, "int8 per-channel"), loss(regime, "fp32"), EQUIVALENCE_MARGIN,
+                                             rows[0][regime]["losses"]["int8 per-channel"],
+                                             rows[0][regime]["losses"]["fp32"]),
+                             evidence=f"int8 per-channel {format_mean_std(loss(regime, 'int8 per-channel'))} vs "
+                                      f"fp32 {format_mean_std(loss(regime, 'fp32'))}")
+        contrast = regime == "natural"  # AWQ 要保护的是激活离群的通道：自然模型没有，只作对照
+        versus(regime, "AWQ 式缩放（α=0.5）好于同为 int4 per-channel 的普通 RTN", "int4 per-channel AWQ a=0.5",
+               "int4 per-channel", contrast)
+        versus(regime, "AWQ 式缩放（每层搜索 α）好于同为 int4 per-channel 的普通 RTN", "int4 per-channel AWQ a-search",
+               "int4 per-channel", contrast)
     for metric, values, per_batch, unit in (("loss 增量", layer_increase, "layers", "nats"),
-                                           ("KL 到 fp32", lambda t: kl(t, "layers_kl"), "layers_kl", "nats/token")):
+                                           ("KL 到 fp32", layer_kl, "layers_kl", "nats/token")):
         verdicts = {t: compare_runs(values("down_proj"), values(t), "greater",
                                     rows[0][per_batch]["down_proj"], rows[0][per_batch][t])
                     for t in LAYER_TYPES if t != "down_proj"}
-        worst, lines = weakest(verdicts)
-        exp.conclude_verdict(f"单独量化到 int4 per-tensor 时，down_proj 造成的{metric}大于其余每一类层（事先的假设）", worst,
-                             evidence=f"down_proj {format_mean_std(values('down_proj'), 3)} {unit}；{lines}")
+        exp.conclude_verdict(f"自然模型：单独量化到 int4 per-tensor 时，down_proj 造成的{metric}大于其余每一类层（事先的假设）",
+                             weakest(verdicts),
+                             evidence=f"down_proj {format_mean_std(values('down_proj'), 3)} {unit}；" + "；".join(
+                                 f"vs {t}：Δ={v.mean_delta:+.4f}（{v.status}）" for t, v in verdicts.items()))
 
     set_style()
     fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
-    for i, s in enumerate(SCHEMES):  # 两张图里同一个方案同一种颜色
-        m, sd = mean_std([math.exp(v) for v in loss(s)])
-        axes[0].errorbar(rows[0]["bits"][s], m, yerr=sd, fmt="o", capsize=3, color=f"C{i}", label=s)
+    for i, s in enumerate(SCHEMES):  # 同一个方案同一种颜色；实心 = 自然模型，空心 = 离群通道模型
+        m, sd = mean_std([math.exp(v) for v in loss("natural", s)])
+        axes[0].errorbar(bits[s], m, yerr=sd, fmt="o", capsize=3, color=f"C{i}", label=s)
+        m, sd = mean_std([math.exp(v) for v in loss("outlier", s)])
+        axes[0].errorbar(bits[s], m, yerr=sd, fmt="o", mfc="none", capsize=3, color=f"C{i}")
         if s != "fp32":
-            m, sd = mean_std(kl(s))
-            axes[1].errorbar(rows[0]["bits"][s], m, yerr=sd, fmt="o", capsize=3, color=f"C{i}", label=s)
+            for regime, mfc in (("natural", None), ("outlier", "none")):
+                m, sd = mean_std(kl(regime, s))
+                axes[1].errorbar(bits[s], m, yerr=sd, fmt="o", mfc=mfc, capsize=3, color=f"C{i}",
+                                 label=f"{s} ({regime})")
     axes[0].set_ylabel("validation perplexity (error bar: std over seeds)")
     axes[0].set_title("perplexity vs bits per weight")
     axes[1].set_yscale("log")
@@ -349,16 +432,16 @@ def main():
     for ax in axes[:2]:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("bits per weight (incl. fp32 scales)")
-        ax.legend(fontsize=7)
+    axes[0].legend(fontsize=7, title="filled: natural / hollow: outlier", title_fontsize=7)
+    axes[1].legend(fontsize=6, ncol=2)
     x = range(len(LAYER_TYPES))
-    for offset, (values, label) in zip((-0.2, 0.2), ((layer_increase, "val loss increase"),
-                                                     (lambda t: kl(t, "layers_kl"), "KL to fp32"))):
+    for offset, (values, label) in zip((-0.2, 0.2), ((layer_increase, "val loss increase"), (layer_kl, "KL to fp32"))):
         means = [mean_std(values(t)) for t in LAYER_TYPES]
         axes[2].bar([i + offset for i in x], [m for m, _ in means], width=0.4, yerr=[sd for _, sd in means], capsize=3,
                     label=label)
     axes[2].set_xticks(list(x), LAYER_TYPES, rotation=30)
     axes[2].set_ylabel("nats")
-    axes[2].set_title("int4 per-tensor, one layer type at a time")
+    axes[2].set_title("natural model: int4 per-tensor, one type alone")
     axes[2].legend(fontsize=8)
     exp.save_figure(fig, "exp2_weight_quantization.png")
     exp.finish()
