@@ -1,6 +1,7 @@
 """04-advanced/02-inference 实验 1（KV cache 字节、MHA/GQA/MQA/MLA 的质量、MHA → GQA uptraining）：
-转换函数与字节公式对照手算（毫秒级），再在子进程里跑一次缩短的 --quick（从别的工作目录），
-检查 JSON 里量出的字节与独立算的公式一致、打印的每条三态判定能从 JSON 里的逐批次 loss 重新算出来。
+转换函数与字节公式对照手算（毫秒级），再在子进程里跑一次默认的 --quick（从别的工作目录），
+检查 JSON 里量出的字节与独立算的公式一致、打印的每条三态判定能从 JSON 里的逐批次 loss 重新算出来并且成立
+（quick 的每条结论在种子 42、1、7、5 上都成立；只在完整模式里下的结论断言它们没有出现在 quick 里）。
 MLA 本身（吸收形式 = 显式形式、缓存形状、与窗口/记录路径的配合）的测试在 tests/test_lab_model.py 的末尾。
 """
 import pytest
@@ -84,12 +85,13 @@ def test_cache_bytes_and_param_matching_by_hand(exp1):
     assert LabModel(mqa).num_params() == n and n - LabModel(gqa).num_params() == 4 * (4096 - 21 * 3 * 64)
 
 
-def test_quick_run_measures_bytes_and_verdicts_match_the_numbers(tmp_path, experiment_env, exp1):
-    # 缩短的 quick（每种注意力 40 步、uptraining 10 步）：只检查记录与判定一致，不要求比较结论成立
-    record, stdout = run_quick_experiment(EXPERIMENTS / "exp1_kv_cache.py", tmp_path, experiment_env,
-                                          ("--steps", "40", "--uptrain-fraction", "0.25"))
+@pytest.mark.experiment
+def test_quick_run_measures_bytes_and_the_quality_effects(tmp_path, experiment_env, exp1):
+    # 默认的 quick（150 步、uptraining 38 步）：字节与公式、每条三态判定都从 JSON 里的逐批次 loss 重算；
+    # 在种子 42、1、7、5 上都成立的结论断言成立，并断言不等式本身
+    record, stdout = run_quick_experiment(EXPERIMENTS / "exp1_kv_cache.py", tmp_path, experiment_env)
     m = record["metrics"]
-    assert m["config"]["uptrain_steps"] == 10
+    assert m["config"]["steps"] == 150 and m["config"]["uptrain_steps"] == 38
     sizes = {"float32": 4, "bfloat16": 2}
     shapes = {"MiniMind2-26M": (8, 64, 8), "char LM (trained)": (4, 16, 4)}  # (L, hd, n_heads)
     assert len(m["cache_bytes"]) == 12
@@ -104,8 +106,8 @@ def test_quick_run_measures_bytes_and_verdicts_match_the_numbers(tmp_path, exper
         assert row["measured"] == row["formula"] == expected
     assert find_conclusion(record, "真实缓存张量的字节 = 公式")["holds"]
     params = {k: v[0] for k, v in m["params"].items()}
-    assert find_conclusion(record, "总参数量与 MHA 相差")["holds"] == all(
-        abs(params[n] / params["MHA"] - 1) < 0.005 for n in ("GQA", "MQA", "MLA"))
+    assert find_conclusion(record, "总参数量与 MHA 相差")["holds"]
+    assert all(abs(params[n] / params["MHA"] - 1) < 0.005 for n in ("GQA", "MQA", "MLA"))
 
     batches = m["val_batches_seed0"]
     assert all(len(v) == 16 for v in batches.values())
@@ -113,24 +115,31 @@ def test_quick_run_measures_bytes_and_verdicts_match_the_numbers(tmp_path, exper
         assert m["val_loss"][name][0] == pytest.approx(sum(v) / 16)
     margin = m["config"]["equivalence_margin"]
 
-    def check(fragment, verdict):
-        assert find_conclusion(record, fragment)["status"] == verdict.status, fragment
+    def mean(name):
+        return m["val_loss"][name][0]
 
-    def loss(name):
-        return m["val_loss"][name], batches[name]
+    def check(fragment, verdict):  # 判定与 JSON 里的数字重算的一致，并且成立
+        c = find_conclusion(record, fragment)
+        assert c["status"] == verdict.status == "holds", (fragment, verdict)
 
     def cmp(a, b, direction):
-        return compare_runs(loss(a)[0], loss(b)[0], direction, loss(a)[1], loss(b)[1])
+        return compare_runs([mean(a)], [mean(b)], direction, batches[a], batches[b])
 
     def eq(a, b):
-        return equivalent_runs(loss(a)[0], loss(b)[0], margin, loss(a)[1], loss(b)[1])
+        return equivalent_runs([mean(a)], [mean(b)], margin, batches[a], batches[b])
 
-    check("GQA(n_kv=2，cache 为 MHA 的 1/2) 与 MHA", eq("GQA", "MHA"))
-    check("MQA(n_kv=1，cache 为 MHA 的 1/4) 的验证 loss 高于 MHA", cmp("MQA", "MHA", "greater"))
-    check("MLA（cache 为 MHA 的 31%）", eq("MLA", "MHA"))
-    check("刚用 mean-pool 转成 GQA", cmp("mean-pool converted", "MHA", "greater"))
-    check("只留每组第一个头（转换后立刻）", cmp("mean-pool converted", "first-head converted", "less"))
-    check("只留每组第一个头（uptraining 之后）", cmp("mean-pool uptrained", "first-head uptrained", "less"))
-    check("好于同结构从头训练 10 步", cmp("mean-pool uptrained", "scratch uptrained", "less"))
-    check("与原 MHA 相差不超过", eq("mean-pool uptrained", "MHA"))
+    # quick 的 150 步里各模型离开平台期有早有晚：MQA 反而更好（对照）；同参数量的三条质量结论只在完整模式里下
+    check("对照：quick（150 步", cmp("MQA", "MHA", "less"))
+    assert mean("MQA") < mean("MHA")
+    for fragment in ("与 MHA 的验证 loss 相差不超过", "的验证 loss 高于 MHA（Shazeer", "MLA（cache 为 MHA 的"):
+        assert not [c for c in record["conclusions"] if fragment in c["claim"]], fragment
+    check("刚用 mean-pool 转成 GQA", cmp("GQA mean-pool converted", "MHA", "greater"))
+    assert mean("GQA mean-pool converted") > mean("MHA") + 0.1
+    # 刚转成 MQA 时谁好：quick 里随种子变，只在完整模式里下结论（对照）
+    assert not [c for c in record["conclusions"] if "还没 uptraining" in c["claim"]]
+    check("mean-pool 好于只留第一个头（Ainslie 2023 图 5）", cmp("MQA mean-pool uptrained", "MQA first-head uptrained", "less"))
+    assert mean("MQA mean-pool uptrained") < mean("MQA first-head uptrained")
+    check("好于同结构从头训练 38 步", cmp("GQA mean-pool uptrained", "GQA scratch uptrained", "less"))
+    assert mean("GQA mean-pool uptrained") < mean("GQA scratch uptrained")
+    check("的 GQA 与原 MHA 相差不超过", eq("GQA mean-pool uptrained", "MHA"))
     assert "KV cache：真实缓存张量的字节 vs 公式" in stdout

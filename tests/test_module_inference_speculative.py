@@ -158,17 +158,18 @@ def test_exp4_speculative_decoding(tmp_path, experiment_env, exp4):
         assert summary["per_drafted"] <= summary["per_attempt"]  # 拒绝之后的草稿也算进分母，只会更小
     for mode, label in (("sample", "T=1 采样：每个 γ >= 2"), ("greedy", "贪心：每个 γ >= 2")):
         c = find_conclusion(record, label)
-        assert c["status"] == recomputed_formula_status(runs, mode, config["formula_margin"]), c
+        # 8 个 prompt × 64 个 token：种子 42、1、7、5 上都成立
+        assert c["status"] == recomputed_formula_status(runs, mode, config["formula_margin"]) == "holds", c
 
     pooled = exp4.alpha_over_gammas(runs[0]["gamma_runs"])
     c = find_conclusion(record, "被检验位置上的平均 Σ min(p, q)")
     v = equivalent_runs([pooled["pooled"][0]], [pooled["pooled"][1]], config["alpha_margin"],
                         [a for a, _ in pooled["per_prompt"]], [b for _, b in pooled["per_prompt"]])
     assert c["status"] == v.status
-    c = find_conclusion(record, "验证集真实文本上的 Σ min(p, q)")
-    v = equivalent_runs([pooled["pooled"][0]], [sum(runs[0]["heldout_overlap"]) / len(runs[0]["heldout_overlap"])],
-                        config["alpha_margin"], [a for a, _ in pooled["per_prompt"]], runs[0]["heldout_overlap"])
-    assert c["status"] == v.status
+    assert c["status"] == "holds" and abs(pooled["pooled"][0] - pooled["pooled"][1]) < config["alpha_margin"]
+    # 验证集真实文本上的 Σ min(p, q)：quick 只打印、不下结论（完整模式的对照）；每个 batch 是不同的文本片段
+    assert not [c for c in record["conclusions"] if "验证集真实文本" in c["claim"]]
+    assert len(set(runs[0]["heldout_overlap"])) == len(runs[0]["heldout_overlap"]) == config["prompts"]
     assert find_conclusion(record, "贪心投机解码的输出与目标模型自己的贪心解码逐 token 相同")["status"] == "holds"
 
     times = m["timing"]["decode_seconds"]

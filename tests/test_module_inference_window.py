@@ -8,7 +8,7 @@ import torch
 
 from conftest import REPO_ROOT, find_conclusion, load_experiment_module, run_quick_experiment
 from modules.common.lab_model import LabConfig, LabModel, record_attention, sliding_window_mask
-from modules.common.noise import compare_runs, equivalent_runs
+from modules.common.noise import compare_runs, noninferior_runs
 
 EXPERIMENTS = REPO_ROOT / "modules" / "04-advanced" / "02-inference" / "experiments"
 
@@ -54,6 +54,30 @@ def test_windowed_copy_and_position_losses():
     assert masses[(6, 12)][1][0] == pytest.approx(exp3.first_token_mass(attn["layers.1"], 6, 12))
     assert masses[(2, 4)][0][0] == pytest.approx(exp3.first_token_mass(attn["layers.0"], 2, 4))
     assert 0.0 < masses[(6, 12)][0][0] < 1.0
+
+
+def test_recompute_and_head_masses_match_direct_forward():
+    exp3 = load_exp3()
+    torch.manual_seed(0)
+    bos = 10
+    model = LabModel(LabConfig(vocab_size=11, hidden_size=32, num_layers=2, n_heads=2, max_seq_len=12)).eval()
+    x = torch.cat([torch.full((2, 1), bos), torch.randint(0, 10, (2, 11))], dim=1)  # (2, 12)，第 0 位是 <s>
+    batches = [(x, x.clone())]
+    full = exp3.position_losses(model, batches)[0]  # (11,)
+    redo = exp3.recompute_losses(model, batches, 3, bos)[0]
+    assert torch.allclose(redo[:3], full[:3])  # 位置 < W：与全注意力相同
+    for i in (3, 7, 10):  # 位置 i：只用 <s> + 第 i-2..i 位重新前向，预测第 i+1 位
+        inputs = torch.cat([torch.full((2, 1), bos), x[:, i - 2:i + 1]], dim=1)
+        by_hand = torch.nn.functional.cross_entropy(model(inputs).logits[:, -1], x[:, i + 1], reduction="none").mean()
+        assert redo[i].item() == pytest.approx(by_hand.item(), abs=1e-5)
+    assert not torch.allclose(redo[3:], full[3:], atol=1e-4)
+    masses = exp3.head_first_masses(model, batches)  # (1, 层, 头)
+    with record_attention(model) as attn:
+        model(x)
+    assert masses.shape == (1, 2, 2)
+    assert masses[0, 1, 0].item() == pytest.approx(attn["layers.1"][:, 0, 1:, 0].mean().item())
+    fake = torch.tensor([[[0.1, 0.5]], [[0.2, 0.3]]])  # (批 2, 层 1, 头 2)：平均最大的是头 1
+    assert exp3.strongest_head(fake) == pytest.approx([0.5, 0.3])
 
 
 def test_snapshot_batches_store_weights_at_the_requested_steps():
@@ -103,46 +127,59 @@ def test_exp3_sliding_window(tmp_path, experiment_env):
             plain_l, plain_b = span_loss(f"W{w} S0", span)
             one_l, one_b = span_loss(f"W{w} S1", span)
             four_l, four_b = span_loss(f"W{w} S4", span)
-            c = find_conclusion(record, f"W={w}，第 0 位{where}（位置 {'W..2W-1' if where == '刚被挤出' else '>= 2W'}）："
-                                        "纯滑窗的 loss 高于全注意力")
+            redo_l, redo_b = span_loss(f"W{w} recompute", span)
+            prefix = f"W={w}，第 0 位{where}（位置 {'W..2W-1' if where == '刚被挤出' else '>= 2W'}）："
+            # 这里跑的是种子 42，W=8、16 的这些结论在它上面都成立，直接断言不等式。随种子变的（quick 种子 42、1、7、5 测过）：
+            # W=32 的效应只有 0.001-0.02 nats，刚挤出时"纯滑窗更高"在种子 1、5 上未确立，所以 W=32 只核对判定与重算一致；
+            # 种子 7 上 W=8 刚挤出的"纯滑窗更高"与 W=8、16 的"4 个 sink 收回一半"未确立
+            robust = w < 32
+            c = find_conclusion(record, prefix + "纯滑窗的 loss 高于全注意力")
             assert c["status"] == compare_runs(plain_l, full_l, "greater", plain_b, full_b).status
             assert consistent(c["status"], plain_l[0] - full_l[0])
-            c = find_conclusion(record, f"W={w}，第 0 位{where}（位置 {'W..2W-1' if where == '刚被挤出' else '>= 2W'}）："
-                                        "滑窗 + 1 个 sink 的 loss 低于纯滑窗")
+            if robust:
+                assert c["status"] == "holds" and plain_l[0] > full_l[0]
+            c = find_conclusion(record, prefix + "滑窗 + 1 个 sink 的 loss 低于纯滑窗")
             assert c["status"] == compare_runs(one_l, plain_l, "less", one_b, plain_b).status
             assert consistent(c["status"], plain_l[0] - one_l[0])
-            c = find_conclusion(record, f"W={w}，第 0 位{where}（位置 {'W..2W-1' if where == '刚被挤出' else '>= 2W'}）："
-                                        "滑窗 + 4 个 sink 收回了")
-            v = compare_runs([four_l[0] - full_l[0]], [r * (plain_l[0] - full_l[0])], "less",
-                             [a - b for a, b in zip(four_b, full_b)], [r * (a - b) for a, b in zip(plain_b, full_b)])
+            if robust:
+                assert c["status"] == "holds" and one_l[0] < plain_l[0]
+            c = find_conclusion(record, prefix + "滑窗 + 4 个 sink 收回了纯滑窗比滑窗重算多出来的")
+            v = compare_runs([four_l[0] - redo_l[0]], [r * (plain_l[0] - redo_l[0])], "less",
+                             [a - b for a, b in zip(four_b, redo_b)], [r * (a - b) for a, b in zip(plain_b, redo_b)])
             assert c["status"] == v.status
-            assert consistent(c["status"], r * (plain_l[0] - full_l[0]) - (four_l[0] - full_l[0]))
-    # 注意力质量：从 JSON 的逐层逐批次值重算（各层平均）；均匀分配的基线对照公式
-    def layer_avg(per_layer):
-        return [sum(v) / len(v) for v in zip(*per_layer)]
-
-    for label, where in (("8-15", "刚过窗口 8 的 query"), (f"64-{T - 2}", "最远一段的 query")):
-        a, b = (int(x) for x in label.split("-"))
-        uniform = m["uniform_first_mass"][label]
-        assert uniform == pytest.approx(exp3.uniform_first_mass(a, b + 1))
-        per_batch = layer_avg(m["first_token_mass"][0][label])
-        assert all(0.0 < v < 1.0 for v in per_batch)
-        c = find_conclusion(record, f"{where}（位置 {label}）：各层平均落在第 0 位上的注意力高于均匀分配")
-        assert c["status"] == compare_runs([sum(per_batch) / len(per_batch)], [uniform], "greater", per_batch,
-                                           [uniform] * len(per_batch)).status
-    by_step = m["first_token_mass_by_step"][0]
-    first_step = min(by_step, key=int)
-    end, early = layer_avg(by_step[str(cfg["steps"])]), layer_avg(by_step[first_step])
-    c = find_conclusion(record, f"落在第 0 位上的注意力：训练结束时高于训练第 {first_step} 步时")
+            assert consistent(c["status"], r * (plain_l[0] - redo_l[0]) - (four_l[0] - redo_l[0]))
+            if where == "刚被挤出" and robust:  # 窗口 8、16：sink 收回了刚挤出时多出的大半（种子 42、1、5 成立，7 未确立）
+                assert c["status"] == "holds" and four_l[0] - redo_l[0] < r * (plain_l[0] - redo_l[0])
+        full_l, full_b = span_loss("full", (2 * w, T - 1))
+        redo_l, redo_b = span_loss(f"W{w} recompute", (2 * w, T - 1))
+        c = find_conclusion(record, f"W={w}，远处（位置 >= 2W）：滑窗重算的 loss 也高于全注意力")
+        assert c["status"] == compare_runs(redo_l, full_l, "greater", redo_b, full_b).status
+        assert consistent(c["status"], redo_l[0] - full_l[0])
+        if w < 32:  # W=32 时重算只比全注意力高约 0.008，quick 的种子 1、5 上未确立
+            assert c["status"] == "holds" and redo_l[0] > full_l[0]
+    # 注意力：从 JSON 的逐批次、逐层逐头的值重算"最强的头"
+    by_step = {int(k): torch.tensor(v) for k, v in m["head_first_mass_by_step"][0].items()}  # {步: (批, 层, 头)}
+    assert sorted(by_step) == [round(f * cfg["steps"]) for f in exp3.SNAPSHOT_FRACTIONS] + [cfg["steps"]]
+    end = exp3.strongest_head(by_step[cfg["steps"]])
+    assert all(0.0 < v < 1.0 for v in end)
+    eps = cfg["sink_epsilon"]
+    c = find_conclusion(record, f"最强的头落在第 0 位上的平均注意力（query 位置 1-{T - 1}）超过 ε = {eps}")
+    assert c["status"] == compare_runs([sum(end) / len(end)], [eps], "greater", end, [eps] * len(end)).status
+    assert consistent(c["status"], sum(end) / len(end) - eps)
+    first_step = min(by_step)
+    early = exp3.strongest_head(by_step[first_step])
+    c = find_conclusion(record, f"最强的头落在第 0 位上的注意力：训练结束时高于训练第 {first_step} 步时")
     assert c["status"] == compare_runs([sum(end) / len(end)], [sum(early) / len(early)], "greater", end, early).status
     assert consistent(c["status"], sum(end) - sum(early))
     w = cfg["train_window"]
     trained_l, trained_b = span_loss("window-trained", (w, 2 * w))
     for s in cfg["sinks"]:
         s_l, s_b = span_loss(f"window-trained S{s}", (w, 2 * w))
-        c = find_conclusion(record, f"窗口训练（W={w}）的模型，位置 W..2W-1：加 {s} 个 sink 与不加的 loss 相差不超过")
-        assert c["status"] == equivalent_runs(s_l, trained_l, cfg["window_trained_margin"], s_b, trained_b).status
+        c = find_conclusion(record, f"窗口训练（W={w}）的模型不需要 sink：位置 W..2W-1 上不加 sink 的 loss 最多比加 {s} 个 sink")
+        margin = cfg["window_trained_margin"]
+        assert c["status"] == noninferior_runs(trained_l, s_l, margin, "less", trained_b, s_b).status == "holds"
+        assert trained_l[0] < s_l[0] + margin
     plain_l, plain_b = span_loss(f"W{w} S0", (w, 2 * w))
     c = find_conclusion(record, "窗口训练的模型的 loss 低于全注意力训练")
-    assert c["status"] == compare_runs(trained_l, plain_l, "less", trained_b, plain_b).status
-    assert consistent(c["status"], plain_l[0] - trained_l[0])
+    assert c["status"] == compare_runs(trained_l, plain_l, "less", trained_b, plain_b).status == "holds"
+    assert trained_l[0] < plain_l[0]
