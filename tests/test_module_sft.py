@@ -78,8 +78,8 @@ def test_exp2_all_token_training_models_the_questions(tmp_path, experiment_env):
     record, stdout = run_quick("exp2_loss_masking.py", tmp_path, experiment_env)
     m = record["metrics"]
     per = m["per_prompt"]
-    assert m["n_heldout"] == 48 and m["n_train_conversations"] == 230
-    assert m["checkpoints"] == [5, 10, 20, 40, 80] and m["early_step"] == 10
+    assert m["n_heldout"] == m["n_prompts"] == 48 and m["n_train_conversations"] == 230
+    assert m["checkpoints"] == [5, 10, 15, 20, 25, 30, 35, 40, 80] and m["during_steps"] == [5, 10, 15, 20, 25, 30, 35, 40]
     for model in ("pretrained", "masked", "all-token"):
         for key in ("user_loss", "assistant_loss", "f1", "on_template", "continues_user"):
             value = mean(record, model, key)
@@ -106,19 +106,19 @@ def test_exp2_all_token_training_models_the_questions(tmp_path, experiment_env):
     assert c["status"] == "holds" and avg("masked", "f1") > avg("all-token", "f1"), c
     for model in ("masked", "all-token"):  # 两种 SFT 都让助手回答的 loss 低于预训练模型
         assert mean(record, model, "assistant_loss") < mean(record, "pretrained", "assistant_loss")
-    # 学习曲线：SFT 途中（最后一步之前的检查点平均）masked 守模板更好
+    # 学习曲线：SFT 途中（前 40 步 8 个检查点的平均）masked 守模板更好；逐问题值是 8 个检查点里守模板的比例
     c, _ = check("SFT 途中", "masked", "all-token", "on_template_during", "greater")
     assert c["status"] == "holds" and avg("masked", "on_template_during") > avg("all-token", "on_template_during"), c
+    for model in ("masked", "all-token"):
+        curve = m["curves"][model][0]
+        assert abs(avg(model, "on_template_during") - sum(curve["on_template"][:8]) / 8) < 1e-9
     # 推理不在 <|im_end|> 停：all-token 接着替用户写下一轮，masked 从没学过 <|im_end|> 之后写什么
     c, _ = check("接着写 <|im_start|>user", "all-token", "masked", "continues_user", "greater")
     assert c["status"] == "holds" and avg("all-token", "continues_user") > avg("masked", "continues_user"), c
-    # 训练结束时两者守模板不再有"masked 更好"的差距（Shi et al. 2024 那一侧的对照；种子 42 上 all-token 反而更高）
-    c, _ = check("SFT 结束时", "masked", "all-token", "on_template", "greater")
-    assert c["status"] != "holds" and avg("all-token", "on_template") >= avg("masked", "on_template"), c
-    # 单看第 10 步：依赖种子（quick 42 成立、1 不成立、7 未确立，见 README 的逐种子表）；只核对它由数据重算得到
-    check("第 10 步", "masked", "all-token", "on_template_early", "greater")
-    exempt_conclusions(record, {"第 10 步": "学习曲线在第 10–20 步剧烈摆动，单个检查点的方向随种子变（quick 42 ✅、1 ❌、7 ❔）；"
-                                            "上面已核对它的判定由逐问题数据重算一致"})
+    # 对照：训练结束时两者都接近天花板，"masked 更守模板"不成立（Shi et al. 2024 那一侧；种子 42 上 all-token 反而更高）
+    c, _ = check("对照：SFT 结束时", "masked", "all-token", "on_template", "greater")
+    assert c["claim"].startswith("对照：") and c["status"] != "holds", c
+    assert min(avg("masked", "on_template"), avg("all-token", "on_template")) >= 0.85, c
     curve = m["curves"]["all-token"][0]
     assert curve["steps"] == m["checkpoints"] and len(curve["on_template"]) == len(curve["steps"])
     assert "writes user turn" in stdout and "Learning curve" in stdout
@@ -156,12 +156,14 @@ def test_exp3_sft_answers_follow_the_template(tmp_path, experiment_env):
     for fragment, kind, n in (("事实题完全答对", "fact", 22), ("算术题完全答对", "arithmetic", 21)):
         c = check(fragment, exceeds(per["sft"][f"exact_{kind}"], 0.5, "less", unit="batches"))
         assert c["status"] == "holds" and len(per["sft"][f"exact_{kind}"]) == n and avg(per["sft"][f"exact_{kind}"]) < 0.5, c
-    # 会停、长度更接近参考：quick 下依赖种子——只核对判定由逐问题数据重算一致，再登记豁免
-    check("以 <|im_end|> 结束的回答比例", compare(per["sft"]["ended"], per["pretrained"]["ended"], "greater", unit="batches"))
+    # 会停（对照）、长度更接近参考：quick 下依赖种子——只核对判定由逐问题数据重算一致，再登记豁免
+    c = check("以 <|im_end|> 结束的回答比例", compare(per["sft"]["ended"], per["pretrained"]["ended"], "greater", unit="batches"))
+    assert c["claim"].startswith("对照："), c
     check("长度更接近", compare(per["sft"]["length_error"], per["pretrained"]["length_error"], "less", unit="batches"))
     exempt_conclusions(record, {
-        "以 <|im_end|> 结束的回答比例": "预训练语料每条都以 <|im_end|> 结尾，quick 种子 42 的预训练模型已有 85% 的回答会停，"
-                                   "SFT 后 90%：差距在逐问题噪声以内（quick 1、7 成立，见 README 的逐种子表）",
+        "以 <|im_end|> 结束的回答比例": "对照（完整模式的预训练模型已在天花板）；quick 只预训练 120 步，预训练模型会停的比例"
+                                   "随种子变（42/1/7：85%/60%/15%），SFT 后的提高在 42 上在噪声以内、在 1、7 上成立"
+                                   "（见 README 的逐种子表）",
         "长度更接近": "quick 种子 42 的 SFT 模型（80 步）有几条回答停不下来、重复到 48 个 token，长度误差 9.1 → 6.4 "
                   "只在噪声以内（quick 1、7 与完整模式成立，见 README 的逐种子表）"})
     assert "Same prompts" in stdout

@@ -2,9 +2,12 @@
 
 在 dataset/samples/pretrain.jsonl 上预训练一个小 MiniMind（hidden 128、2 层），再按 trainer/train_full_sft.py 的
 做法（SFTDataset，只对助手回答算 loss）在 sft.jsonl 的训练部分上微调。两个模型用同一个对话模板
-（"<|im_start|>user\\n问题<|im_end|>\\n<|im_start|>assistant\\n"）回答 48 段留出对话里的问题，贪心解码，测：
+（"<|im_start|>user\\n问题<|im_end|>\\n<|im_start|>assistant\\n"）回答同样的问题，贪心解码，测：
   - 以 <|im_end|> 结束的比例、守模板（结束且不含模板标记）的比例、平均回答长度（与参考答案长度对照）；
   - 与参考答案的 token F1，以及按题型（事实 / 算术 / 问候）的完全匹配率——答案来自 dataset/make_samples.py 的表。
+"以 <|im_end|> 结束的比例"是对照：预训练语料每条都以 <|im_end|> 结尾，预训练模型本来就几乎总会停（多半停得太早）；
+SFT 改变的是停在哪里——用逐问题的长度误差量。
+评估问题：quick 模式是 48 段留出对话的第一个问题；完整模式再加 96 个新抽的问题（共 144 个，见 sft_lab.fresh_prompts）。
 比较都经过 modules/common/noise.py 的噪声检验：完整模式按种子配对；quick 模式只有一个种子，
 按 48 个留出问题配对（只量到"换一批评估问题"的噪声）。
 """
@@ -22,7 +25,7 @@ from modules.common.experiment_base import Experiment, format_mean_std, mean_std
 from modules.common.noise import compare_runs, exceeds  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 from sft_lab import (  # noqa: E402
-    MODEL_SIZE, add_step_args, answer_metrics, answer_prompts, finetune, load_sft_data, pretrain,
+    MODEL_SIZE, N_FRESH_PROMPTS, add_step_args, answer_metrics, answer_prompts, finetune, load_sft_data, pretrain,
     step_counts,
 )
 
@@ -44,7 +47,7 @@ def main():
         "SFT 实验 3：同样的留出问题，预训练模型 vs SFT 模型的回答：\n"
         "以 <|im_end|> 结束的比例、守模板比例、回答长度、与参考答案的 token F1 和完全匹配率。"))
     pretrain_steps, sft_steps = step_counts(exp)
-    tokenizer, data, train_idx, heldout_idx, prompts = load_sft_data()
+    tokenizer, data, train_idx, heldout_idx, prompts = load_sft_data(0 if exp.quick else N_FRESH_PROMPTS)
 
     runs = {name: {k: [] for k in METRICS} for name in ("pretrained", "sft")}
     samples, per_prompt, ref_tokens = {}, {}, None  # per_prompt：第一个种子的逐问题数值（quick 模式的配对单位）
@@ -66,7 +69,7 @@ def main():
     counts = {kind: sum(p["kind"] == kind for p in prompts) for kind in ("fact", "arithmetic", "greeting")}
     exp.print_table(["metric", "pretrained", "SFT"],
                     [[k, format_mean_std(runs["pretrained"][k], 3), format_mean_std(runs["sft"][k], 3)] for k in METRICS],
-                    title=f"{len(prompts)} held-out prompts ({counts['fact']} fact, {counts['arithmetic']} arithmetic, "
+                    title=f"{len(prompts)} prompts ({counts['fact']} fact, {counts['arithmetic']} arithmetic, "
                           f"{counts['greeting']} greeting; reference answers average {ref_tokens:.1f} tokens), "
                           f"{len(exp.seeds)} seed(s)")
     exp.print_table(["prompt", "reference", "pretrained", "SFT"],
@@ -78,7 +81,7 @@ def main():
     exp.save_metrics({
         "pretrain_steps": pretrain_steps, "sft_steps": sft_steps,
         "model": {**MODEL_SIZE, "vocab_size": tokenizer.vocab_size},
-        "n_heldout": len(prompts), "prompt_kinds": counts, "mean_reference_tokens": ref_tokens,
+        "n_prompts": len(prompts), "prompt_kinds": counts, "mean_reference_tokens": ref_tokens,
         "results": {name: {k: {"mean": mean_std(v)[0], "std": mean_std(v)[1], "runs": v} for k, v in r.items()}
                     for name, r in runs.items()},
         "per_prompt": per_prompt, "samples": samples,
@@ -111,10 +114,12 @@ def main():
     # ---- 结论（全部由上面的测量算出；完整模式按种子配对，quick 模式按 48 个留出问题配对）----
     p, s = runs["pretrained"], runs["sft"]
     pp, ps = per_prompt["pretrained"], per_prompt["sft"]
-    exp.conclude_verdict("SFT 后以 <|im_end|> 结束的回答比例高于预训练模型",
+    exp.conclude_verdict("对照：SFT 后以 <|im_end|> 结束的回答比例高于预训练模型（预训练语料每条都以 <|im_end|> 结尾，"
+                         "预训练模型本来就几乎总会停、多半停得太早：天花板；SFT 改变的是停在哪里，见下面长度误差那条）",
                          compare_runs(s["ended"], p["ended"], "greater", ps["ended"], pp["ended"]),
-                         f"预训练 {format_mean_std(p['ended'], 3)} → SFT {format_mean_std(s['ended'], 3)}"
-                         "（预训练语料每条都以 <|im_end|> 结尾，所以预训练模型也可能已经会停）")
+                         f"预训练 {format_mean_std(p['ended'], 3)} → SFT {format_mean_std(s['ended'], 3)}；平均回答长度 "
+                         f"{mean['pretrained']['mean_tokens']:.1f} → {mean['sft']['mean_tokens']:.1f} 个 token"
+                         f"（参考答案 {ref_tokens:.1f}）")
     exp.conclude_verdict("SFT 后回答更像参考答案（token F1 更高）",
                          compare_runs(s["f1"], p["f1"], "greater", ps["f1"], pp["f1"]),
                          f"token F1：预训练 {format_mean_std(p['f1'], 3)} → SFT {format_mean_std(s['f1'], 3)}")

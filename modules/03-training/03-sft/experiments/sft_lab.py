@@ -5,7 +5,7 @@
     train_idx, heldout_idx = split_heldout(len(sft_data))
     base = pretrain(tokenizer, seed, steps, device)                 # 在 pretrain.jsonl 上预训练的小 MiniMind
     model, hist = finetune(base, sft_data, train_idx, heldout_idx, seed, steps, device, all_tokens=False)
-    answers = answer_prompts(model, tokenizer, heldout_prompts(sft_data, heldout_idx))
+    answers = answer_prompts(model, tokenizer, prompts)  # prompts 来自 load_sft_data()
 
 没有自己的 loss、自己的 mask：标签一律来自 SFTDataset（只对助手回答算 loss），
 "所有 token 都算 loss" 的对照组只是把同一批 input_ids 里非 padding 的位置全部放进 labels。
@@ -25,7 +25,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from dataset.lm_dataset import IGNORE_INDEX, PretrainDataset, SFTDataset  # noqa: E402,F401
-from dataset.make_samples import FACTS, GREETINGS  # noqa: E402
+from dataset.make_samples import FACTS, GREETINGS, sft_conversations  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from model.tokenization import load_tokenizer  # noqa: E402,F401
 from modules.common.training import train_model  # noqa: E402
@@ -38,6 +38,9 @@ MODEL_SIZE = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, n
 PRETRAIN_LR, PRETRAIN_BATCH = 3e-3, 16
 SFT_LR, SFT_BATCH = 3e-3, 16  # 同 trainer/ 的 --quick：小模型用 3e-3
 N_HELDOUT = 48  # 留出的对话：不参与 SFT，只用来提问和算 loss
+# 完整模式另外多问的问题：用 dataset/make_samples.py 的同一个生成器、另一个随机种子新抽对话，取问题原文不在
+# 训练集里的前 96 段的第一个问题（见 fresh_prompts）。评估问题从 48 个变成 144 个，每个种子上的评估噪声约降到 1/√3
+N_FRESH_PROMPTS, FRESH_DRAW_SEED = 96, 100
 MAX_NEW_TOKENS = 48  # 最长的参考回答约 30 个 token
 
 ARITHMETIC = re.compile(r"^\d+ (加|减|plus|minus) \d+")
@@ -60,12 +63,18 @@ def step_counts(exp) -> tuple:
     return pretrain_steps, sft_steps
 
 
-def load_sft_data():
-    """分词器、SFT 样本、训练/留出下标、留出问题的 prompt（实验 2、3 用同一份切分）。"""
+def load_sft_data(n_fresh: int = 0):
+    """分词器、SFT 样本、训练/留出下标、评估问题的 prompt（实验 2、3 用同一份切分）。
+
+    评估问题 = 48 段留出对话的第一个问题，n_fresh > 0 时再加 n_fresh 个新抽的问题（见 fresh_prompts）。"""
     tokenizer = load_tokenizer()
     data = SFTDataset(SFT_PATH, tokenizer, SFT_SEQ_LEN)
     train_idx, heldout_idx = split_heldout(len(data))
-    return tokenizer, data, train_idx, heldout_idx, heldout_prompts(data, heldout_idx)
+    prompts = heldout_prompts([data.rows[i] for i in heldout_idx])
+    if n_fresh > 0:
+        prompts += fresh_prompts(n_fresh, {p["messages"][-1]["content"] for p in heldout_prompts(
+            [data.rows[i] for i in train_idx])})
+    return tokenizer, data, train_idx, heldout_idx, prompts
 
 
 def new_model(tokenizer, seed: int) -> MiniMindForCausalLM:
@@ -236,15 +245,26 @@ def kind_of(answer: str) -> str:
     return "greeting" if answer in GREETING_ANSWERS else "other"
 
 
-def heldout_prompts(dataset, indices) -> list:
-    """每段留出的对话取到第一个助手回答为止：提示 = 之前的消息（可能有 system），参考答案 = 那个回答。"""
+def heldout_prompts(rows) -> list:
+    """每段对话取到第一个助手回答为止：提示 = 之前的消息（可能有 system），参考答案 = 那个回答。"""
     prompts = []
-    for i in indices:
-        messages = dataset.rows[i]["conversations"]
+    for row in rows:
+        messages = row["conversations"]
         k = next(j for j, m in enumerate(messages) if m["role"] == "assistant")
         reference = messages[k]["content"]
         prompts.append({"messages": messages[:k], "reference": reference, "kind": kind_of(reference)})
     return prompts
+
+
+def fresh_prompts(n: int, seen_questions: set) -> list:
+    """用生成 sft.jsonl 的同一个函数（dataset/make_samples.py 的 sft_conversations）换一个随机种子新抽对话，
+    跳过第一个问题原文在 seen_questions（训练集的第一个问题）里的，取前 n 段的第一个问题。
+    算术题的数字是新抽的；事实与问候来自同一张题表，只是问法（前缀、语言）在训练集里没原样出现过。"""
+    prompts = [p for p in heldout_prompts(sft_conversations(random.Random(FRESH_DRAW_SEED)))
+               if p["messages"][-1]["content"] not in seen_questions]
+    if n > len(prompts):
+        raise ValueError(f"新抽的对话里只有 {len(prompts)} 个训练集没见过的问题，要了 {n}")
+    return prompts[:n]
 
 
 @torch.no_grad()
@@ -254,7 +274,8 @@ def answer_prompts(model, tokenizer, prompts, device, max_new_tokens: int = MAX_
     同样长度的提示一起成批生成（不需要 padding，结果与逐条生成相同）。
     每条返回：answer（解码文本）、n_tokens（不含 <|im_end|>）、ended（在 max_new_tokens 内生成了 <|im_end|>）、
     clean（回答里没有 <|im_start|>/<|endoftext|>、也没有 user/assistant/system 角色头）、
-    on_template（ended 且 clean）、exact（与参考答案完全相同）、f1（与参考答案的 token 重合度，见 token_f1）。
+    on_template（ended 且 clean）、exact（与参考答案完全相同）、f1（与参考答案的 token 重合度，见 token_f1）、
+    question（回答以问号结尾而参考答案不是：模型在助手的位置上写出了一个用户式的问题）。
     overrun > 0 时生成不在 <|im_end|> 处停，多生成 overrun 个 token（贪心解码：<|im_end|> 之前的部分与停下时相同），
     并多返回 after_end（<|im_end|> 之后生成的文本）与 continues_user（它接着写出了 "<|im_start|>user"，
     即模型替用户写下一轮——推理时不在 <|im_end|> 停就会出现的失败）。
@@ -281,6 +302,8 @@ def answer_prompts(model, tokenizer, prompts, device, max_new_tokens: int = MAX_
                           "kind": prompts[i]["kind"], "answer": text, "n_tokens": len(new), "ended": ended,
                           "clean": clean, "on_template": ended and clean,
                           "exact": text.strip() == prompts[i]["reference"].strip(),
+                          "question": text.strip().endswith(("?", "？"))
+                          and not prompts[i]["reference"].strip().endswith(("?", "？")),
                           "n_reference_tokens": len(tokenizer.encode(prompts[i]["reference"])),
                           "f1": token_f1(new, tokenizer.encode(prompts[i]["reference"]))}
             if overrun > 0:
@@ -301,13 +324,14 @@ def token_f1(answer_ids, reference_ids) -> float:
 
 
 def answer_metrics(answers) -> dict:
-    """一组回答的汇总：以 <|im_end|> 结束的比例、守模板的比例、平均长度、平均 F1、按题型的完全匹配率。"""
+    """一组回答的汇总：以 <|im_end|> 结束的比例、守模板的比例、平均长度、平均 F1、以问题作答的比例、按题型的完全匹配率。"""
     n = len(answers)
     metrics = {"ended": sum(a["ended"] for a in answers) / n,
                "on_template": sum(a["on_template"] for a in answers) / n,
                "mean_tokens": sum(a["n_tokens"] for a in answers) / n,
                "mean_reference_tokens": sum(a["n_reference_tokens"] for a in answers) / n,
                "exact": sum(a["exact"] for a in answers) / n,
+               "question": sum(a["question"] for a in answers) / n,
                "f1": sum(a["f1"] for a in answers) / n}
     if "continues_user" in answers[0]:
         metrics["continues_user"] = sum(a["continues_user"] for a in answers) / n
