@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, exempt_conclusions, find_conclusion, run_quick_experiment
+from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
 
 EXPERIMENTS = REPO_ROOT / "modules" / "03-training" / "05-dpo" / "experiments"
 
@@ -99,8 +99,11 @@ def test_exp1_margin_rises_and_generalises(tmp_path):
     assert v.holds and np.mean(margins("train", late)) > np.mean(margins("train", early))
     v = checked("留出对上的奖励差也上升", compare(margins("heldout", late), margins("heldout", early), "greater", "batches"))
     assert v.holds and np.mean(margins("heldout", late)) > np.mean(margins("heldout", early))
-    v = checked("KL 随训练增大", compare(values("heldout", late, "kl"), values("heldout", early, "kl"), "greater", "batches"))
-    assert v.holds and np.mean(values("heldout", late, "kl")) > np.mean(values("heldout", early, "kl"))
+    # KL 在对数尺度上比较（逐对的 log KL）：种子 42、1、7、5 上都成立
+    log_kl = {step: np.log(values("heldout", step, "kl")) for step in (early, late)}
+    v = checked("KL 随训练增大", compare(log_kl[late], log_kl[early], "greater", "batches"))
+    assert v.holds and np.mean(log_kl[late]) > np.mean(log_kl[early])
+    assert np.mean(values("heldout", late, "kl")) > np.mean(values("heldout", early, "kl"))
     shift = {key: np.subtract(values("heldout", late, key), values("heldout", "0", key)) for key in ("chosen_logp", "rejected_logp")}
     v = checked("奖励差主要来自压低 rejected", compare(shift["rejected_logp"], shift["chosen_logp"], "less", "batches"))
     assert v.holds and shift["rejected_logp"].mean() < shift["chosen_logp"].mean() < 0  # chosen 自己也下降
@@ -113,17 +116,38 @@ def test_exp1_margin_rises_and_generalises(tmp_path):
 
     v = checked("refusal 的留出准确率高于 wrong_fact", compare(folds("refusal"), folds("wrong_fact"), "greater", "batches"))
     assert v.holds and np.mean(correct("heldout", late, "refusal")) > 0.8  # "敷衍回答"这种表面特征推广得很好
-    # 下面两条在 60 个留出对的噪声边缘：quick 种子 42、1、7 上判定不一（README 的逐种子表），
+    # 下面两条在 60 个留出对的噪声边缘：quick 种子之间判定不一（refusal > arithmetic：种子 1 未确立；
+    # 准确率 > 0.5：种子 42、1 未确立，Δ ≈ +0.10–0.12 而 2·SE ≈ 0.13；种子 7、5 成立）。
     # 这里断言判定与重算一致、方向不反、效应本身的方向与参考运行相同
     v = checked("refusal 的留出准确率高于 arithmetic", compare(folds("refusal"), folds("arithmetic"), "greater", "batches"))
     assert v.status != "fails" and v.mean_delta > 0
     v = checked("偏好准确率高于 0.5（随机猜）", exceeds(correct("heldout", late), 0.5, unit="batches"))
     assert v.status != "fails" and v.mean_delta > 0
-    # issue 的核心结论：参考模型不会加法时，DPO 的算术偏好推广不到留出的题——测得的是"未确立"（种子 42、1、7 都是），
-    # 断言判定与重算一致且不是"成立"；参考模型自己的偏好（log π_ref 比较）也在 0.5 附近，两者都记进 JSON
-    v = checked("模型学会了'算对'", exceeds(correct("heldout", late, "arithmetic"), 0.5, unit="batches"))
-    assert v.status != "holds", v
     assert len(m["reference_prefers_chosen_by_kind"]["arithmetic"]) == 1
+
+    # 算术：160 道两种参考模型和 DPO 都没见过的加法题，逐题 0/1（第一个种子），判定按题配对重算
+    add = {regime: {key: m["addition"][regime][key][0] for key in ("ref_correct", "dpo_correct", "policy_correct")}
+           for regime in ("can_add", "cannot_add")}
+    n_add = m["config"]["n_addition_heldout"]
+    assert all(len(v) == n_add for r in add.values() for v in r.values())
+    can, cannot = add["can_add"], add["cannot_add"]
+    # 会加法的参考模型在没见过的题上本来就多半答对（种子 42、1、7、5 上 0.80–0.86），不会加法的在 0.5 附近
+    v = checked("会加法的参考模型（", exceeds(can["ref_correct"], 0.5, unit="batches"))
+    assert v.holds and np.mean(can["ref_correct"]) > 0.7
+    v = checked("会加法的参考模型比只在 sft.jsonl", compare(can["ref_correct"], cannot["ref_correct"], "greater", "batches"))
+    assert v.holds and np.mean(can["ref_correct"]) > np.mean(cannot["ref_correct"])
+    # 课程原来的结论"DPO 学会了'算对'"：即使参考模型会加法，DPO 在没见过的题上的偏好准确率也在 0.5 附近——
+    # 测得的是"未确立"（quick 种子 42、1、7、5），断言判定与重算一致且不是"成立"
+    v = checked("DPO 学会了'算对'", exceeds(can["dpo_correct"], 0.5, unit="batches"))
+    assert v.status != "holds", v
+    # DPO（lr 3e-4、50 步）压低了参考模型已有的正确率（Pal et al. 2024 的失效模式）
+    v = checked("DPO 反而压低了它已有的能力", compare(can["policy_correct"], can["ref_correct"], "less", "batches"))
+    assert v.holds and np.mean(can["policy_correct"]) < np.mean(can["ref_correct"])
+    # 对照：不会加法的参考模型自己是瞎猜，DPO 之后也是
+    v = checked("对照：参考模型不会加法时（只在 sft.jsonl 上 SFT）", exceeds(cannot["ref_correct"], 0.5, unit="batches"))
+    assert v.status != "holds" and abs(np.mean(cannot["ref_correct"]) - 0.5) < 0.1, v
+    v = checked("对照：参考模型不会加法时，没见过的", exceeds(cannot["dpo_correct"], 0.5, unit="batches"))
+    assert v.status != "holds", v
 
 
 @pytest.mark.experiment
@@ -142,20 +166,28 @@ def test_exp2_larger_beta_stays_closer_to_reference(tmp_path):
         assert c["noise"]["unit"] == "batches" and c["status"] == verdict.status, (c, verdict)
         return verdict
 
+    log_kl = {b: np.log(pairs[b]["kl"]) for b in betas}  # KL 在对数尺度上比较（逐对的 log KL）
     small, large = betas[0], betas[-1]
-    v = checked("β 越大，策略离参考模型越近", compare(pairs[large]["kl"], pairs[small]["kl"], "less", "batches"))
+    v = checked("β 越大，策略离参考模型越近", compare(log_kl[large], log_kl[small], "less", "batches"))
     assert v.holds and kl[large] < 0.75 * kl[small], kl  # 参考运行里小一半以上
-    for lower, higher in zip(betas[1:], betas[2:]):  # 0.1 → 0.5 → 2：quick 种子 42、1、7 上都成立
-        v = checked(f"β={higher} 的 KL 小于 β={lower}", compare(pairs[higher]["kl"], pairs[lower]["kl"], "less", "batches"))
+    for lower, higher in zip(betas[1:], betas[2:]):  # 0.1 → 0.5 → 2：β 改变梯度权重的几档
+        v = checked(f"KL 随 β 逐档下降（β 改变梯度权重 σ(−β·Δ) 的区间）：β={higher} 的 KL 小于 β={lower}",
+                    compare(log_kl[higher], log_kl[lower], "less", "batches"))
         assert v.holds and kl[higher] < kl[lower], kl
-    # 下面两条在 quick 种子之间判定不一（README 的逐种子表）：0.01 与 0.1 两档的 KL 只差约 0.01–0.05 nat/token
-    # （种子 42 成立，1、7 未确立）；β=0.01 与 β=2 的 Δ 之差在种子 1 上（+1.35）小于 2·SE（2.46）。
-    # 断言判定与重算一致、方向不反、效应方向与参考运行相同
-    v = checked(f"β={betas[1]} 的 KL 小于 β={small}", compare(pairs[betas[1]]["kl"], pairs[small]["kl"], "less", "batches"))
+    # 梯度权重 σ(−β·Δ)（训练对上）随 β 变小：这是逐档下降的机制
+    weight = m["mean_gradient_weight"]
+    assert all(0 < weight[str(b)] <= 0.5 + 1e-6 for b in betas), weight
+    assert weight[str(large)] < weight[str(small)], weight
+    # 对照：0.01 与 0.1 两档都 ≤ 0.1，σ(−β·Δ) 离 0.5 不远、更新相近——完整模式两组种子都未确立；
+    # quick 的逐对检验量不到种子噪声，判定因种子而异（种子 42、7、5 成立，1 未确立）：断言判定与重算一致、方向不反
+    v = checked("对照：β 都 ≤ 0.1 时", compare(log_kl[betas[1]], log_kl[small], "less", "batches"))
     assert v.status != "fails" and kl[betas[1]] < kl[small], kl
+    # β=0.01 与 β=2 的 Δ 之差在 quick 种子 1 上（+1.35）小于 2·SE（2.46），种子 42、7、5 成立：
+    # 断言判定与重算一致、方向不反、方向与参考运行相同
     v = checked("推得越开", compare(pairs[small]["log_ratio"], pairs[large]["log_ratio"], "greater", "batches"))
     assert v.status != "fails" and np.mean(pairs[small]["log_ratio"]) > np.mean(pairs[large]["log_ratio"])
-    # 偏好准确率约 0.6：60 个留出对的噪声（2·SE ≈ 0.13）刚好盖住它，quick 种子之间判定不一；
+    # 偏好准确率约 0.6：60 个留出对的噪声（2·SE ≈ 0.13）刚好盖住它，quick 种子之间判定不一
+    # （种子 42 四个 β 都未确立，种子 1 只有 β=0.01 未确立，种子 7、5 都成立）；
     # 断言判定与重算一致、方向不反
     for b in betas:
         correct = [float(d > 0) for d in pairs[b]["log_ratio"]]

@@ -9,6 +9,7 @@
     stats = pair_stats(policy, ref, dpo_data, heldout_idx, beta, device)  # 奖励差、偏好准确率、到参考模型的 KL
 """
 import copy
+import json
 import random
 import re
 import sys
@@ -39,6 +40,28 @@ N_HELDOUT = 60  # 留出的偏好对：只用来评估
 DEFAULT_BETA = 0.1  # 同 trainer/train_dpo.py 的默认 --beta
 
 
+ADD_RANGE = 21  # 加法题的两个加数都取 0–20（同 dataset/make_samples.py::arithmetic）
+N_ADDITION_HELDOUT = 160  # 没见过的加法题（留出）：每题一个偏好对，准确率的评估噪声 SE ≈ 0.04（22 对时约 0.1）
+ADDITION_OFFSETS = (-2, -1, 1, 2)  # rejected = 正确结果 ± 1–2（同 dpo.jsonl 的算术对）
+
+
+class Encoded:
+    """数据集一次编码好的全部样本：构造时对每一条调用 dataset[i]（套对话模板 + 分词）并读出原始行，
+    之后取第 i 条直接返回同一组张量（训练时不再每一步重新分词；数据文件读完即可删除）。
+    rows / tokenizer 照旧可用，所以 pair_kind、pair_batch、make_lm_get_batch 不用区分两者。"""
+
+    def __init__(self, dataset):
+        self.rows = [dataset.rows[i] for i in range(len(dataset))]
+        self.items = [dataset[i] for i in range(len(dataset))]
+        self.tokenizer = dataset.tokenizer
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
 def new_model(tokenizer, seed: int) -> MiniMindForCausalLM:
     torch.manual_seed(seed)
     config = MiniMindConfig(**MODEL_SIZE, vocab_size=tokenizer.vocab_size, max_position_embeddings=128)
@@ -53,6 +76,7 @@ def split_pairs(n: int, n_heldout: int = N_HELDOUT, seed: int = 0):
 
 
 ARITHMETIC = re.compile(r"^\d+ (加|plus) \d+")
+ADDITION_QUESTION = re.compile(r"^(?:What is )?(\d+) (加|plus) (\d+)")  # 问题或回答开头的 "a 加 b" / "What is a plus b"
 PAIR_KINDS = ("refusal", "wrong_fact", "arithmetic")
 
 
@@ -64,6 +88,64 @@ def pair_kind(row: dict) -> str:
     if ARITHMETIC.match(chosen):
         return "arithmetic"
     return "refusal" if rejected in BAD_ANSWERS_ZH + BAD_ANSWERS_EN else "wrong_fact"
+
+
+def addition_text(a: int, op: str, b: int, result: int):
+    """一道加法题的 (问题, 回答)，格式同 dataset/make_samples.py；op 是 "加"（中文）或 "plus"（英文）。"""
+    if op == "加":
+        return f"{a} 加 {b} 等于多少？", f"{a} 加 {b} 等于 {result}。"
+    return f"What is {a} plus {b}?", f"{a} plus {b} is {result}."
+
+
+def addition_split(sft_rows, dpo_rows, n_heldout: int = N_ADDITION_HELDOUT, seed: int = 0):
+    """0–20 的全部加法题 (a, op, b)（21·21·2 = 882 道）分成两份（固定划分，与实验种子无关）：
+    heldout = 从 sft.jsonl 与 dpo.jsonl 里都没出现过的题中随机取 n_heldout 道——两种参考模型和 DPO 都没见过；
+    sft = 其余所有题（含 DPO 训练对里的题），给"会加法"的参考模型做 SFT。"""
+    seen = set()
+    for row in sft_rows:
+        for message in row["conversations"]:
+            match = ADDITION_QUESTION.match(message["content"])
+            if message["role"] == "user" and match:
+                seen.add((int(match[1]), match[2], int(match[3])))
+    for row in dpo_rows:
+        match = ADDITION_QUESTION.match(row["chosen"][-1]["content"])
+        if match:
+            seen.add((int(match[1]), match[2], int(match[3])))
+    questions = [(a, op, b) for a in range(ADD_RANGE) for b in range(ADD_RANGE) for op in ("加", "plus")]
+    unseen = [q for q in questions if q not in seen]
+    random.Random(seed).shuffle(unseen)
+    heldout = sorted(unseen[:n_heldout])
+    return [q for q in questions if q not in set(heldout)], heldout
+
+
+def addition_sft_rows(questions):
+    """每道题一条单轮对话，回答是正确结果。"""
+    rows = []
+    for a, op, b in questions:
+        question, answer = addition_text(a, op, b, a + b)
+        rows.append({"conversations": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
+    return rows
+
+
+def addition_pair_rows(questions, seed: int = 0):
+    """每道题一个偏好对：chosen = 正确结果，rejected = 正确结果 + 固定随机的 ±1 或 ±2（与实验种子无关）。"""
+    rng = random.Random(seed)
+    rows = []
+    for a, op, b in questions:
+        question, good = addition_text(a, op, b, a + b)
+        bad = addition_text(a, op, b, a + b + rng.choice(ADDITION_OFFSETS))[1]
+        prompt = [{"role": "user", "content": question}]
+        rows.append({"chosen": prompt + [{"role": "assistant", "content": good}],
+                     "rejected": prompt + [{"role": "assistant", "content": bad}]})
+    return rows
+
+
+def write_rows(path: Path, rows) -> Path:
+    """把生成的对话 / 偏好对写成 jsonl（同 dataset/samples/ 的格式），好交给 SFTDataset / DPODataset 读。"""
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
 
 
 def trim(batch: dict, pad_id: int) -> dict:
@@ -203,6 +285,20 @@ def answer_kl_per_pair(policy, ref, dpo_data, indices, device, chunk: int = 32):
         kl_sums.append(kl_sum)
         counts.append(count)
     return torch.cat(kl_sums), torch.cat(counts)
+
+
+@torch.no_grad()
+def gradient_weight(policy, ref_logps: dict, dpo_data, indices, beta: float, device) -> float:
+    """DPO 梯度里每一对的权重 σ(−β·Δ) 在这些偏好对上的平均（Rafailov et al. 2023 式 7：
+    ∇L = −β·E[σ(−β·Δ)·(∇log π(y_c) − ∇log π(y_r))]）。≈ 0.5：损失还没饱和；→ 0：这一对不再推动参数。"""
+    logps = pair_logprobs(policy, dpo_data, indices, device)
+    delta = (logps["chosen"] - ref_logps["chosen"]) - (logps["rejected"] - ref_logps["rejected"])  # (N,)
+    return torch.sigmoid(-beta * delta).mean().item()
+
+
+def own_preference(logps: dict) -> list:
+    """模型自己偏好哪个回答（与参考模型无关）：逐对 1.0 = log π(y_c) > log π(y_r)，否则 0.0。"""
+    return (logps["chosen"] > logps["rejected"]).float().tolist()
 
 
 def pair_stats(policy, ref, dpo_data, indices, beta: float, device, ref_logps: dict = None) -> dict:

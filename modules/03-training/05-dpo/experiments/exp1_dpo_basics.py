@@ -8,17 +8,24 @@
   以及 chosen / rejected 回答的平均序列对数概率。
 每条比较结论都过噪声检验（modules/common/noise.py）：完整模式按种子配对；quick 模式只有一个种子，
 按同一组偏好对逐对配对（KL 用每一对的位置平均 KL），分类型的比较按 N_FOLDS 个固定的留出子集配对。
-算术对另报参考模型自己是否已偏好正确结果（log π_ref(y_c) > log π_ref(y_r)）：DPO 只能放大参考模型已有的区分。
+算术部分（DPO 能不能学会"算对"）：两种参考模型，各自只在 dpo.jsonl 的训练算术对上做同样的 DPO，
+在 160 道两种参考模型和 DPO 都没见过的加法题（每题一对：正确结果 vs 差 1–2）上测：
+  会加法的参考模型 = 在其余 0–20 加法题上 SFT 过（--add-ref-steps 步）；
+  对照：不会加法的参考模型 = 上面只在 sft.jsonl 上 SFT 的那个。
+每种都报参考模型自己偏好正确结果的比例（log π_ref(y_c) > log π_ref(y_r)）、DPO 的偏好准确率（margin > 0）、
+DPO 后策略自己偏好正确结果的比例。
 
     python exp1_dpo_basics.py --quick
 """
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 import dpo_lab as lab  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std  # noqa: E402
@@ -33,6 +40,8 @@ def add_args(parser):
     parser.add_argument("--ref-steps", type=int, default=100, help="参考模型 SFT 步数（默认 100）")
     parser.add_argument("--dpo-steps", type=int, default=50, help="DPO 步数（默认 50）")
     parser.add_argument("--beta", type=float, default=lab.DEFAULT_BETA, help="DPO 的 β（默认 0.1，同 trainer/train_dpo.py）")
+    parser.add_argument("--add-ref-steps", type=int, default=400,
+                        help="'会加法'的参考模型在加法题上 SFT 的步数（默认 400）")
 
 
 def main():
@@ -40,18 +49,33 @@ def main():
     ref_steps = exp.args.ref_steps
     dpo_steps = exp.args.dpo_steps
     beta = exp.args.beta
-    if ref_steps < 1 or dpo_steps < 10:
-        raise SystemExit(f"--ref-steps 必须 >= 1、--dpo-steps 必须 >= 10（收到 {ref_steps}、{dpo_steps}）")
+    add_ref_steps = exp.args.add_ref_steps
+    if ref_steps < 1 or dpo_steps < 10 or add_ref_steps < 1:
+        raise SystemExit(f"--ref-steps、--add-ref-steps 必须 >= 1，--dpo-steps 必须 >= 10"
+                         f"（收到 {ref_steps}、{add_ref_steps}、{dpo_steps}）")
     if beta <= 0:
         raise SystemExit(f"--beta 必须为正（收到 {beta}）；β 是 KL 约束的强度")
     eval_every = max(1, dpo_steps // 5)
 
     tokenizer = lab.load_tokenizer()
-    sft_data = lab.SFTDataset(lab.SFT_PATH, tokenizer, lab.SEQ_LEN)
-    dpo_data = lab.DPODataset(lab.DPO_PATH, tokenizer, lab.SEQ_LEN)
+    sft_data = lab.Encoded(lab.SFTDataset(lab.SFT_PATH, tokenizer, lab.SEQ_LEN))
+    dpo_data = lab.Encoded(lab.DPODataset(lab.DPO_PATH, tokenizer, lab.SEQ_LEN))
     train_idx, heldout_idx = lab.split_pairs(len(dpo_data))
     monitor_idx = train_idx[:N_TRAIN_EVAL]
+    arith_train_idx = [i for i in train_idx if lab.pair_kind(dpo_data.rows[i]) == "arithmetic"]
+    add_sft_questions, add_heldout_questions = lab.addition_split(
+        sft_data.rows, dpo_data.rows)
+    with tempfile.TemporaryDirectory() as folder:  # 生成的加法数据写成 jsonl，交给同样的数据类
+        add_sft_data = lab.Encoded(lab.SFTDataset(
+            lab.write_rows(Path(folder) / "addition_sft.jsonl", lab.addition_sft_rows(add_sft_questions)),
+            tokenizer, lab.SEQ_LEN))
+        add_pairs = lab.Encoded(lab.DPODataset(
+            lab.write_rows(Path(folder) / "addition_heldout.jsonl", lab.addition_pair_rows(add_heldout_questions)),
+            tokenizer, lab.SEQ_LEN))
+    add_idx = list(range(len(add_pairs)))
     print(f"偏好对：训练 {len(train_idx)}，留出 {len(heldout_idx)}；参考模型 SFT {ref_steps} 步，DPO {dpo_steps} 步，β={beta}")
+    print(f"算术：'会加法'的参考模型在 {len(add_sft_questions)} 道加法题上 SFT {add_ref_steps} 步；"
+          f"两种参考模型各在 {len(arith_train_idx)} 个训练算术对上 DPO；评估 {len(add_idx)} 道没见过的加法题")
 
     runs = []
     for seed in exp.seeds:
@@ -66,7 +90,18 @@ def main():
 
         _, hist = lab.train_dpo(ref, dpo_data, train_idx, seed, dpo_steps, beta, exp.device,
                                 evaluate=evaluate, eval_every=eval_every)
-        hist["ref_prefers_chosen"] = (ref_heldout["chosen"] > ref_heldout["rejected"]).float().tolist()  # (N_heldout,)
+        hist["ref_prefers_chosen"] = lab.own_preference(ref_heldout)  # (N_heldout,)
+        add_ref, _ = lab.train_reference(tokenizer, add_sft_data, seed, add_ref_steps, exp.device)
+        hist["addition"] = {}
+        for regime, reference in (("can_add", add_ref), ("cannot_add", ref)):
+            ref_logps = lab.pair_logprobs(reference, add_pairs, add_idx, exp.device)
+            policy, _ = lab.train_dpo(reference, dpo_data, arith_train_idx, seed, dpo_steps, beta, exp.device)
+            stats = lab.pair_stats(policy, reference, add_pairs, add_idx, beta, exp.device, ref_logps)
+            hist["addition"][regime] = {  # 逐题（160 道没见过的加法题）
+                "ref_correct": lab.own_preference(ref_logps),
+                "policy_correct": lab.own_preference({k: torch.tensor(stats["per_pair"][f"{k}_logp"])
+                                                      for k in ("chosen", "rejected")}),
+                "dpo_correct": [float(d > 0) for d in stats["per_pair"]["log_ratio"]]}
         runs.append(hist)
 
     eval_steps = [e["step"] for e in runs[0]["evals"]]
@@ -119,11 +154,20 @@ def main():
                                       pair_correct("heldout", late), [0.5] * len(heldout_idx)),
                          f"heldout accuracy @ step {step_l} = {format_mean_std(heldout_acc[:, late], 3)}")
     heldout_kl = curve("heldout", "kl")
-    exp.conclude_verdict(f"策略离参考模型越来越远：KL 随训练增大（第 {step_l} 步 > 第 {step_e} 步；DPO 的奖励是用偏离参考模型换来的）",
-                         compare_runs(heldout_kl[:, late], heldout_kl[:, early], "greater",
-                                      pair_values("heldout", "kl", late), pair_values("heldout", "kl", early)),
+    # KL 在对数尺度上比较：各种子离参考模型的快慢差的是倍数（同一步的 KL 在种子间差几倍），
+    # "KL 增大"就是 log KL 增大；KL ≥ 0，下限 1e-12 只防 log(0)
+    def log_kl(values):
+        return np.log(np.maximum(values, 1e-12))
+
+    kl_growth = log_kl(heldout_kl[:, late]) - log_kl(heldout_kl[:, early])  # (n_seeds,)
+    exp.conclude_verdict(f"策略离参考模型越来越远：KL 随训练增大（第 {step_l} 步 > 第 {step_e} 步，对数尺度上比较；"
+                         f"DPO 的奖励是用偏离参考模型换来的）",
+                         compare_runs(log_kl(heldout_kl[:, late]), log_kl(heldout_kl[:, early]), "greater",
+                                      log_kl(pair_values("heldout", "kl", late)),
+                                      log_kl(pair_values("heldout", "kl", early))),
                          f"heldout KL (nat/token): step {step_e} = {format_mean_std(heldout_kl[:, early], 4)}, "
-                         f"step {step_l} = {format_mean_std(heldout_kl[:, late], 4)}")
+                         f"step {step_l} = {format_mean_std(heldout_kl[:, late], 4)}；"
+                         f"KL 的倍数 = {format_mean_std(np.exp(kl_growth), 2)}")
 
     kinds = {split: [lab.pair_kind(dpo_data.rows[i]) for i in idx]
              for split, idx in (("train", monitor_idx), ("heldout", heldout_idx))}
@@ -156,12 +200,52 @@ def main():
                                       [0.5] * len(positions["train"]["arithmetic"])),
                          f"train arithmetic accuracy @ step {step_l} = {format_mean_std(train_arith, 3)}"
                          f"（{len(positions['train']['arithmetic'])} 对）")
-    exp.conclude_verdict("算术对（正确结果 vs 差 1–2）的留出准确率高于 0.5：模型学会了'算对'",
-                         compare_runs(kind_acc["arithmetic"], [0.5] * n_seeds, "greater",
-                                      pair_correct("heldout", late, positions["heldout"]["arithmetic"]),
-                                      [0.5] * len(positions["heldout"]["arithmetic"])),
-                         f"arithmetic held-out accuracy = {format_mean_std(kind_acc['arithmetic'], 3)}；"
-                         f"参考模型自己偏好正确结果的比例 = {format_mean_std(ref_prefers['arithmetic'], 3)}")
+
+    # 算术：两种参考模型在 160 道没见过的加法题上。逐种子的比例 (n_seeds,)；quick 模式按题配对（第一个种子）
+    def addition(regime, key):
+        return np.array([np.mean(run["addition"][regime][key]) for run in runs])
+
+    def addition_pairs(regime, key):
+        return runs[0]["addition"][regime][key]
+
+    n_add = len(add_idx)
+    exp.print_table(["reference model", "reference prefers correct", "DPO accuracy (margin > 0)",
+                     "policy prefers correct"],
+                    [[regime, *(format_mean_std(addition(regime, key), 3)
+                                for key in ("ref_correct", "dpo_correct", "policy_correct"))]
+                     for regime in ("can_add", "cannot_add")],
+                    title=f"{n_add} 道没见过的加法题：参考模型自己、DPO 的隐式奖励、DPO 后的策略各自偏好正确结果的比例")
+    exp.conclude_verdict(f"会加法的参考模型（在其余 {len(add_sft_questions)} 道加法题上 SFT {add_ref_steps} 步）"
+                         f"在没见过的加法题上自己偏好正确结果：比例高于 0.5",
+                         compare_runs(addition("can_add", "ref_correct"), [0.5] * n_seeds, "greater",
+                                      addition_pairs("can_add", "ref_correct"), [0.5] * n_add),
+                         f"can_add reference = {format_mean_std(addition('can_add', 'ref_correct'), 3)}（{n_add} 题）")
+    exp.conclude_verdict("会加法的参考模型比只在 sft.jsonl 上 SFT 的参考模型更常偏好正确结果",
+                         compare_runs(addition("can_add", "ref_correct"), addition("cannot_add", "ref_correct"),
+                                      "greater", addition_pairs("can_add", "ref_correct"),
+                                      addition_pairs("cannot_add", "ref_correct")),
+                         f"reference prefers correct: can_add {format_mean_std(addition('can_add', 'ref_correct'), 3)}, "
+                         f"cannot_add {format_mean_std(addition('cannot_add', 'ref_correct'), 3)}")
+    exp.conclude_verdict("参考模型会加法时，DPO 学会了'算对'：没见过的加法题上 DPO 的偏好准确率（margin > 0）高于 0.5",
+                         compare_runs(addition("can_add", "dpo_correct"), [0.5] * n_seeds, "greater",
+                                      addition_pairs("can_add", "dpo_correct"), [0.5] * n_add),
+                         f"DPO accuracy = {format_mean_std(addition('can_add', 'dpo_correct'), 3)}；"
+                         f"参考模型自己 = {format_mean_std(addition('can_add', 'ref_correct'), 3)}")
+    exp.conclude_verdict("参考模型会加法时，DPO 反而压低了它已有的能力：DPO 后策略自己偏好正确结果的比例低于参考模型"
+                         "（Pal et al. 2024：只差一两个 token 的偏好对上，DPO 连 chosen 的似然一起压低）",
+                         compare_runs(addition("can_add", "policy_correct"), addition("can_add", "ref_correct"), "less",
+                                      addition_pairs("can_add", "policy_correct"),
+                                      addition_pairs("can_add", "ref_correct")),
+                         f"prefers correct: reference {format_mean_std(addition('can_add', 'ref_correct'), 3)} → "
+                         f"after DPO {format_mean_std(addition('can_add', 'policy_correct'), 3)}")
+    exp.conclude_verdict("对照：参考模型不会加法时（只在 sft.jsonl 上 SFT），它在没见过的加法题上自己偏好正确结果的比例高于 0.5",
+                         compare_runs(addition("cannot_add", "ref_correct"), [0.5] * n_seeds, "greater",
+                                      addition_pairs("cannot_add", "ref_correct"), [0.5] * n_add),
+                         f"cannot_add reference = {format_mean_std(addition('cannot_add', 'ref_correct'), 3)}")
+    exp.conclude_verdict("对照：参考模型不会加法时，没见过的加法题上 DPO 的偏好准确率（margin > 0）高于 0.5",
+                         compare_runs(addition("cannot_add", "dpo_correct"), [0.5] * n_seeds, "greater",
+                                      addition_pairs("cannot_add", "dpo_correct"), [0.5] * n_add),
+                         f"DPO accuracy = {format_mean_std(addition('cannot_add', 'dpo_correct'), 3)}")
     chosen, rejected = curve("heldout", "chosen_logp"), curve("heldout", "rejected_logp")
     d_chosen, d_rejected = chosen[:, late] - chosen[:, 0], rejected[:, late] - rejected[:, 0]  # (n_seeds,)
 
@@ -197,7 +281,10 @@ def main():
     fig.tight_layout()
     exp.save_figure(fig, "exp1_dpo_basics.png")
 
-    exp.save_metrics({"config": {"ref_steps": ref_steps, "dpo_steps": dpo_steps, "beta": beta, "lr": lab.DPO_LR,
+    exp.save_metrics({"config": {"ref_steps": ref_steps, "add_ref_steps": add_ref_steps,
+                                 "n_addition_sft_questions": len(add_sft_questions),
+                                 "n_addition_heldout": n_add, "n_arithmetic_train_pairs": len(arith_train_idx),
+                                 "dpo_steps": dpo_steps, "beta": beta, "lr": lab.DPO_LR,
                                  "batch_pairs": lab.DPO_BATCH, "n_train_pairs": len(train_idx),
                                  "n_heldout_pairs": len(heldout_idx), "n_folds": N_FOLDS, "model": lab.MODEL_SIZE},
                       "eval_steps": eval_steps,
@@ -212,6 +299,10 @@ def main():
                       # 第一个种子逐对的值（第 0 步、第一次评估、最后一步），quick 模式的噪声检验就用它们
                       "per_pair_first_seed": {split: {str(eval_steps[pos]): runs[0]["evals"][pos][split]["per_pair"]
                                                       for pos in (0, early, late)} for split in ("train", "heldout")},
+                      # 没见过的加法题：regime → 逐种子逐题的 0/1（ref_correct、dpo_correct、policy_correct）
+                      "addition": {regime: {key: [run["addition"][regime][key] for run in runs]
+                                            for key in ("ref_correct", "dpo_correct", "policy_correct")}
+                                   for regime in ("can_add", "cannot_add")},
                       "batch_reward_margin": [run["reward_margin"] for run in runs],
                       "batch_loss": [run["loss"] for run in runs]})
     exp.finish()

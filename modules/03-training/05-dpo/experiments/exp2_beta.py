@@ -4,8 +4,11 @@ DPO 的损失 −log σ(β·Δ)，Δ = (log π(y_c) − log π_ref(y_c)) − (lo
 β 小：σ 一直停在 0.5 附近、损失不饱和，策略会把 Δ 推得很大，离参考模型也越远；
 β 大：β·Δ 很快变大、σ(−β·Δ) → 0，梯度自己消失，策略停在参考模型附近。
 本实验对每个 β 从同一个参考模型出发做同样步数的 DPO，在留出的偏好对上测 Δ（与 β 无关的对数概率差变化）、
-奖励差 β·Δ、偏好准确率和 KL(π ‖ π_ref)。比较结论都过噪声检验（modules/common/noise.py）：完整模式按种子配对，
-quick 模式各 β 在同一组留出对上逐对配对。
+奖励差 β·Δ、偏好准确率和 KL(π ‖ π_ref)，并在训练对上测训练结束时的梯度权重 σ(−β·Δ)。
+用 AdamW 时，梯度里的常数因子 β 被 Adam 的归一化抵消，β 只通过 σ(−β·Δ) 起作用：β·Δ 还小时（β ≤ 0.1、40 步）
+σ 离 0.5 不远，两个 β 的更新相近——这一档作为"对照："单列，逐档下降的结论看 β 真正改变梯度权重的几档。
+比较结论都过噪声检验（modules/common/noise.py）：完整模式按种子配对，quick 模式各 β 在同一组留出对上逐对配对；
+KL 在对数尺度上比较（各种子的 KL 差的是倍数）。
 
     python exp2_beta.py --quick
 """
@@ -23,12 +26,15 @@ from modules.common.noise import compare_runs  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 
 BETAS = [0.01, 0.1, 0.5, 2.0]
+SMALL_BETA = 0.1  # β ≤ 它时 40 步内 β·Δ 还小、σ(−β·Δ) 离 0.5 不远：两档之间的 KL 比较是对照
+N_TRAIN_EVAL = 60  # 测梯度权重用的训练对（固定的前 60 对，同实验 1 的监控对）
 
 
 def add_args(parser):
     parser.add_argument("--ref-steps", type=int, default=100, help="参考模型 SFT 步数（默认 100）")
     parser.add_argument("--dpo-steps", type=int, default=40, help="每个 β 的 DPO 步数（默认 40）")
-    parser.add_argument("--betas", type=float, nargs="+", default=BETAS, help="要比较的 β（默认 0.01 0.1 0.5 2）")
+    parser.add_argument("--betas", type=float, nargs="+", default=BETAS,
+                        help=f"要比较的 β（默认 0.01 0.1 0.5 2；都 ≤ {SMALL_BETA} 的相邻两档记为对照）")
 
 
 def main():
@@ -42,49 +48,63 @@ def main():
         raise SystemExit(f"--betas 至少给两个正数（收到 {betas}）")
 
     tokenizer = lab.load_tokenizer()
-    sft_data = lab.SFTDataset(lab.SFT_PATH, tokenizer, lab.SEQ_LEN)
-    dpo_data = lab.DPODataset(lab.DPO_PATH, tokenizer, lab.SEQ_LEN)
+    sft_data = lab.Encoded(lab.SFTDataset(lab.SFT_PATH, tokenizer, lab.SEQ_LEN))
+    dpo_data = lab.Encoded(lab.DPODataset(lab.DPO_PATH, tokenizer, lab.SEQ_LEN))
     train_idx, heldout_idx = lab.split_pairs(len(dpo_data))
+    monitor_idx = train_idx[:N_TRAIN_EVAL]
     print(f"偏好对：训练 {len(train_idx)}，留出 {len(heldout_idx)}；β = {betas}；每个 β DPO {dpo_steps} 步")
 
-    stats = {beta: [] for beta in betas}  # β → 每个种子在留出对上的 pair_stats
+    stats = {beta: [] for beta in betas}  # β → 每个种子在留出对上的 pair_stats（另加训练对上的 gradient_weight）
     for seed in exp.seeds:
         Experiment.seed_everything(seed)
         ref, _ = lab.train_reference(tokenizer, sft_data, seed, ref_steps, exp.device)
         ref_heldout = lab.pair_logprobs(ref, dpo_data, heldout_idx, exp.device)
+        ref_monitor = lab.pair_logprobs(ref, dpo_data, monitor_idx, exp.device)
         for beta in betas:
             policy, _ = lab.train_dpo(ref, dpo_data, train_idx, seed, dpo_steps, beta, exp.device)
             stats[beta].append(lab.pair_stats(policy, ref, dpo_data, heldout_idx, beta, exp.device, ref_heldout))
+            stats[beta][-1]["gradient_weight"] = lab.gradient_weight(policy, ref_monitor, dpo_data, monitor_idx, beta,
+                                                                     exp.device)
 
     def values(beta, key):
         return [s[key] for s in stats[beta]]
 
-    keys = ("log_ratio_margin", "margin", "accuracy", "kl")
-    exp.print_table(["beta", "Δ log-ratio", "margin β·Δ", "accuracy", "KL nat/token"],
+    keys = ("log_ratio_margin", "margin", "accuracy", "kl", "gradient_weight")
+    exp.print_table(["beta", "Δ log-ratio", "margin β·Δ", "accuracy", "KL nat/token", "σ(−β·Δ) train"],
                     [[beta] + [format_mean_std(values(beta, k), 3) for k in keys] for beta in betas],
                     title=f"留出对上的指标（DPO {dpo_steps} 步后，mean ± std over seeds）")
 
     kl = {beta: mean_std(values(beta, "kl"))[0] for beta in betas}
     delta = {beta: mean_std(values(beta, "log_ratio_margin"))[0] for beta in betas}
     acc = {beta: mean_std(values(beta, "accuracy"))[0] for beta in betas}
+    weight = {beta: mean_std(values(beta, "gradient_weight"))[0] for beta in betas}
 
     # 噪声检验（modules/common/noise.py）：完整模式按种子配对；quick 模式只有一个种子，
     # 各 β 的策略在同一组留出对上逐对配对（KL 用每一对的位置平均 KL，准确率用每一对的 margin > 0）
     def pair_values(beta, key):
         return stats[beta][0]["per_pair"][key]
 
-    def verdict(beta_a: float, beta_b: float, key: str, direction: str):  # "β=beta_a 的 key 比 β=beta_b 更 direction"
-        return compare_runs(values(beta_a, key), values(beta_b, key), direction,
-                            pair_values(beta_a, key), pair_values(beta_b, key))
+    def log_kl(kls):  # KL 在对数尺度上比较：各种子离参考模型的远近差的是倍数；KL ≥ 0，下限 1e-12 只防 log(0)
+        return np.log(np.maximum(kls, 1e-12))
+
+    def kl_verdict(beta_a: float, beta_b: float):  # "β=beta_a 的 KL 比 β=beta_b 小"
+        return compare_runs(log_kl(values(beta_a, "kl")), log_kl(values(beta_b, "kl")), "less",
+                            log_kl(pair_values(beta_a, "kl")), log_kl(pair_values(beta_b, "kl")))
+
+    def kl_evidence(beta_a: float, beta_b: float):
+        return (f"KL: β={beta_a} → {kl[beta_a]:.4f}, β={beta_b} → {kl[beta_b]:.4f} nat/token；"
+                f"训练对上的梯度权重 σ(−β·Δ): β={beta_a} → {weight[beta_a]:.3f}, β={beta_b} → {weight[beta_b]:.3f}")
 
     small, large = betas[0], betas[-1]
-    exp.conclude_verdict(f"β 越大，策略离参考模型越近：β={large} 的 KL 小于 β={small}",
-                         verdict(large, small, "kl", "less"),
-                         f"KL: β={small} → {kl[small]:.4f}, β={large} → {kl[large]:.4f} nat/token")
+    exp.conclude_verdict(f"β 越大，策略离参考模型越近：β={large} 的 KL 小于 β={small}（对数尺度上比较）",
+                         kl_verdict(large, small), kl_evidence(small, large))
     for lower, higher in zip(betas, betas[1:]):
-        exp.conclude_verdict(f"KL 随 β 单调下降：β={higher} 的 KL 小于 β={lower}",
-                             verdict(higher, lower, "kl", "less"),
-                             f"KL: β={lower} → {kl[lower]:.4f}, β={higher} → {kl[higher]:.4f} nat/token")
+        if higher <= SMALL_BETA:
+            claim = (f"对照：β 都 ≤ {SMALL_BETA} 时 β·Δ 在这几十步里还小、σ(−β·Δ) 离 0.5 不远，Adam 又抵消了梯度的常数因子 β，"
+                     f"两档的更新相近：β={higher} 的 KL 小于 β={lower}")
+        else:
+            claim = f"KL 随 β 逐档下降（β 改变梯度权重 σ(−β·Δ) 的区间）：β={higher} 的 KL 小于 β={lower}"
+        exp.conclude_verdict(claim, kl_verdict(higher, lower), kl_evidence(lower, higher))
     exp.conclude_verdict(f"β 越小，chosen 与 rejected 的对数概率差被推得越开：β={small} 的 Δ 大于 β={large}",
                          compare_runs(values(small, "log_ratio_margin"), values(large, "log_ratio_margin"), "greater",
                                       pair_values(small, "log_ratio"), pair_values(large, "log_ratio")),
@@ -131,6 +151,7 @@ def main():
                       "mean_kl": {str(b): kl[b] for b in betas},
                       "mean_log_ratio_margin": {str(b): delta[b] for b in betas},
                       "mean_accuracy": {str(b): acc[b] for b in betas},
+                      "mean_gradient_weight": {str(b): weight[b] for b in betas},
                       # 第一个种子逐对的值，quick 模式的噪声检验就用它们
                       "per_pair_first_seed": {str(beta): stats[beta][0]["per_pair"] for beta in betas}})
     exp.finish()
