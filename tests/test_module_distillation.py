@@ -103,6 +103,20 @@ def test_t2_factor_keeps_gradient_scale_on_random_logits():
         assert math.isclose(b, T ** 2 * a, rel_tol=1e-4)
 
 
+def test_average_replicates_averages_students_and_batches():
+    """实验 2：一个种子的值是 R 个小转移集上学生的平均；逐批的值逐批平均（quick 模式仍能按批配对）。"""
+    exp2 = load("exp2_temperature")
+    scores = [{"sample_seed": 42, "student_val_loss": 3.0, "agreement": 0.4, "teacher_val_loss": 1.8,
+               "student_val_batches": [2.0, 4.0], "agreement_batches": [0.3, 0.5], "teacher_val_batches": [1.8, 1.8]},
+              {"sample_seed": 1042, "student_val_loss": 2.0, "agreement": 0.6, "teacher_val_loss": 1.8,
+               "student_val_batches": [1.0, 3.0], "agreement_batches": [0.5, 0.7], "teacher_val_batches": [1.8, 1.8]}]
+    averaged = exp2.average_replicates(scores)
+    assert averaged["student_val_loss"] == 2.5 and math.isclose(averaged["agreement"], 0.5)
+    assert averaged["student_val_batches"] == [1.5, 3.5] and averaged["teacher_val_loss"] == 1.8
+    assert [r["sample_seed"] for r in averaged["replicates"]] == [42, 1042]
+    assert exp2.average_replicates(scores[:1])["student_val_batches"] == [2.0, 4.0]
+
+
 def test_transfer_set_and_precomputed_teacher():
     """转移集是训练切分里固定的 K 条序列；训练批只从这 K 条里抽；预存的老师 logits 与真实老师逐位相同。"""
     lab = load("distill_lab")
@@ -139,7 +153,7 @@ def test_teacher_softness_grows_with_temperature():
 @pytest.mark.parametrize("script, flag, value", [
     ("exp1_soft_vs_hard.py", "--steps", "3"), ("exp2_temperature.py", "--steps", "3"),
     ("exp3_teacher_size.py", "--steps", "3"), ("exp1_soft_vs_hard.py", "--small-transfer", "0"),
-    ("exp2_temperature.py", "--extra-teacher-steps", "0")])
+    ("exp2_temperature.py", "--extra-teacher-steps", "0"), ("exp2_temperature.py", "--replicates", "0")])
 def test_bad_arguments_give_one_clear_line(tmp_path, script, flag, value):
     proc = subprocess.run([sys.executable, str(EXPERIMENTS / script), flag, value, "--output-dir", str(tmp_path)],
                           cwd=tmp_path, capture_output=True, text=True, encoding="utf-8", timeout=120)
@@ -202,6 +216,10 @@ def test_exp2_t2_factor_and_temperature_sweep(tmp_path, experiment_env, char_uni
     assert find_conclusion(record, "乘上 T² 后")["holds"] is True
     # 两个老师：继续训练的 confident 老师验证 loss 更低、T=1 时更尖；两者在 T=1 时 top-1 之外都还有四成以上的概率
     assert m["steps"] == 300 and m["extra_teacher_steps"] == 300
+    # quick 模式每个种子只训练 1 个小转移集上的学生（完整模式平均 4 个，见 teaching.md）
+    assert m["replicates"] == 1
+    assert all(len(r["replicates"]) == 1 and r["replicates"][0]["sample_seed"] == r["seed"]
+               for by_T in m["runs"].values() for rs in by_T.values() for r in rs)
     teacher = {name: d["mean"] for name, d in m["teacher_val_loss"].items()}
     assert teacher["confident"] < teacher["soft"] - 0.05, teacher
     soft = m["teacher_softness"]["mean"]

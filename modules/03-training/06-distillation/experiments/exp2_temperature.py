@@ -11,6 +11,10 @@ A. 温度扫描。Hinton et al. 2015 的情形是一个很自信的老师（MNIS
    - 小转移集（16 条长 64 的序列，反复学几百遍）上，跟 confident 老师学，T ∈ {1, 2, 4, 8}：主结论；
    - 同一小转移集，跟 soft 老师学，T ∈ {1, 4}：对照（旧版设置），看升温的好处是否随老师变自信而变大；
    - 大转移集（4,096 条）上，跟 confident 老师学，T ∈ {1, 4}：对照（数据充足时升温不该有好处）。
+   小转移集上单个学生怎样背下那 16 条序列很随机（T=1 的学生 val loss 在种子间差 0.5 nats，T≥4 的只差几个 0.01），
+   这份训练噪声会盖住升温的效应。所以完整模式里每个种子在 --replicates 个（默认 4 个）不同的小转移集上各训练一组学生
+   （转移集、学生初始化、批次顺序都由"种子 + 1000·r"决定，r = 0 就是种子本身），取平均作为这个种子的值；
+   噪声检验仍按种子配对（3 个种子）。quick 模式默认 1 个（时间预算）。大转移集上学生间的差别小，只训练 1 个。
    比较学生的真实标签验证 loss 与一致率；另外量两个老师的分布在各个 T 下有多"软"（平均熵、top-1 之外的概率质量）。
 B. T² 因子：固定一个验证批、固定 confident 老师与（大转移集上 T=1 训练出的）学生的 logits，用 autograd 求
    ∂KL_T/∂z_s 与 ∂(T²·KL_T)/∂z_s 的范数，T 从 1 到 16。
@@ -43,6 +47,7 @@ SWEEP_T = [1.0, 2.0, 4.0, 8.0]
 CONTRAST_T = [1.0, 4.0]  # 两个对照组只比 T=1 与 T=4
 GRAD_T = [1.0, 2.0, 4.0, 8.0, 16.0]
 TRANSFER = {"small": 16, "large": 4096}  # 转移集的序列条数（每条长 BLOCK），与实验 1 相同
+REPLICATE_SEED_STRIDE = 1000  # 第 r 个小转移集复制用种子 seed + 1000·r：与任何主种子都不重合
 # 每组学生：(老师, 转移集, 温度)；"confident/small" 是主结论，另外两组是对照
 GROUPS = {"confident/small": ("confident", "small", SWEEP_T), "soft/small": ("soft", "small", CONTRAST_T),
           "confident/large": ("confident", "large", CONTRAST_T)}
@@ -53,6 +58,23 @@ def add_args(parser):
     parser.add_argument("--steps", type=int, default=None, help="soft 老师与每个学生的训练步数（默认 300）")
     parser.add_argument("--extra-teacher-steps", type=int, default=None,
                         help="confident 老师在 soft 老师之上继续训练的步数（默认：完整模式 900，quick 300）")
+    parser.add_argument("--replicates", type=int, default=None,
+                        help="小转移集上每个种子平均几个学生（各用不同的转移集与初始化；默认：完整模式 4，quick 1）")
+
+
+def average_replicates(scores: list[dict]) -> dict:
+    """同一个种子、同一组、同一个 T 的 R 个学生（R 个不同的小转移集）的 evaluate 结果取平均，作为这个种子的值。
+
+    逐批的值（*_batches）也逐批平均：各学生读的是同一组验证批，quick 模式仍可按批配对。"""
+    def mean(values):
+        return sum(values) / len(values)
+
+    averaged = {key: mean([s[key] for s in scores]) for key in ("student_val_loss", "agreement")}
+    for key in ("student_val_batches", "agreement_batches"):
+        averaged[key] = [mean(per_batch) for per_batch in zip(*(s[key] for s in scores))]
+    averaged["teacher_val_loss"] = scores[0]["teacher_val_loss"]  # 老师相同
+    averaged["replicates"] = [{k: s[k] for k in ("sample_seed", "student_val_loss", "agreement")} for s in scores]
+    return averaged
 
 
 def kl_grad_norms(student_logits, teacher_logits, labels, temperatures) -> dict:
@@ -79,6 +101,11 @@ def main():
         extra_steps = 300 if exp.quick else 900
     if extra_steps < 1:
         raise SystemExit(f"--extra-teacher-steps 至少 1（收到 {extra_steps}）")
+    replicates = exp.args.replicates
+    if replicates is None:
+        replicates = 1 if exp.quick else 4
+    if replicates < 1:
+        raise SystemExit(f"--replicates 至少 1（收到 {replicates}）")
     text = get_experiment_data("shakespeare")
 
     runs = {group: {str(T): [] for T in temps} for group, (_, _, temps) in GROUPS.items()}
@@ -100,22 +127,29 @@ def main():
                 softness[name][str(T)].append(teacher_softness(teacher, batches, T))
             teacher_losses[name].append(evaluate(teacher, teacher, batches)["student_val_loss"])
         for regime, n_sequences in TRANSFER.items():
-            sequences = transfer_set(text, n_sequences, seed).to(exp.device)  # (K, BLOCK)
-            for group, (name, group_regime, temps) in GROUPS.items():
-                if group_regime != regime:
-                    continue
-                teacher = teachers[name]
-                cached_teacher = PrecomputedTeacher(teacher, sequences)
-                for T in temps:
-                    student = new_model(STUDENT_SIZE, tokenizer.vocab_size, seed)
-                    train_student(student, cached_teacher, transfer_batches(sequences, text, seed, exp.device), steps,
-                                  temperature=T, alpha=1.0, device=exp.device, desc=f"{group}/T={T:g} seed={seed}")
-                    runs[group][str(T)].append({"seed": seed, **evaluate(student, teacher, batches)})
-                    if group == "confident/large" and T == 1.0:  # B 部分用这个学生：一个"学过、但还没学像"的真实学生
-                        input_ids, labels = batches[0]
-                        with torch.no_grad():
-                            s_logits, t_logits = student(input_ids).logits, teacher(input_ids).logits  # (B, L, V)
-                        grads.append(kl_grad_norms(s_logits, t_logits, labels, GRAD_T))
+            regime_groups = {group: spec for group, spec in GROUPS.items() if spec[1] == regime}
+            scores = {group: {str(T): [] for T in temps} for group, (_, _, temps) in regime_groups.items()}
+            for r in range(replicates if regime == "small" else 1):
+                sample_seed = seed + REPLICATE_SEED_STRIDE * r  # r = 0：种子本身
+                sequences = transfer_set(text, n_sequences, sample_seed).to(exp.device)  # (K, BLOCK)
+                for group, (name, _, temps) in regime_groups.items():
+                    teacher = teachers[name]
+                    cached_teacher = PrecomputedTeacher(teacher, sequences)
+                    for T in temps:
+                        student = new_model(STUDENT_SIZE, tokenizer.vocab_size, sample_seed)
+                        train_student(student, cached_teacher, transfer_batches(sequences, text, sample_seed, exp.device),
+                                      steps, temperature=T, alpha=1.0, device=exp.device,
+                                      desc=f"{group}/T={T:g} seed={seed} sample={sample_seed}")
+                        scores[group][str(T)].append({"sample_seed": sample_seed,
+                                                      **evaluate(student, teacher, batches)})
+                        if group == "confident/large" and T == 1.0:  # B 部分用这个学生：一个"学过、但还没学像"的真实学生
+                            input_ids, labels = batches[0]
+                            with torch.no_grad():
+                                s_logits, t_logits = student(input_ids).logits, teacher(input_ids).logits  # (B, L, V)
+                            grads.append(kl_grad_norms(s_logits, t_logits, labels, GRAD_T))
+            for group, by_T in scores.items():
+                for T, group_scores in by_T.items():
+                    runs[group][T].append({"seed": seed, **average_replicates(group_scores)})
 
     # 每个种子的梯度范数除以它自己 T=1 的值，再在种子间平均：只看随 T 的变化
     rel = {k: [[g[k][i] / g[k][0] for g in grads] for i in range(len(GRAD_T))] for k in ("without_T2", "with_T2")}
@@ -133,8 +167,13 @@ def main():
     softness_mean = {name: {T: {k: mean_std([d[k] for d in ds])[0] for k in ("entropy", "mass_outside_top1")}
                             for T, ds in by_T.items()} for name, by_T in softness.items()}
     teacher_mean = {name: format_mean_std(v) for name, v in teacher_losses.items()}
+    # 同一个种子内 R 个学生之间的 val loss 标准差（再在种子间平均）：单个学生的训练噪声有多大
+    replicate_std = {group: {T: mean_std([mean_std([x["student_val_loss"] for x in r["replicates"]])[1] for r in rs])[0]
+                             for T, rs in by_T.items()}
+                     for group, by_T in runs.items() if GROUPS[group][1] == "small"}
     exp.save_metrics({
-        "steps": steps, "extra_teacher_steps": extra_steps, "sweep_T": SWEEP_T, "contrast_T": CONTRAST_T,
+        "steps": steps, "extra_teacher_steps": extra_steps, "replicates": replicates,
+        "replicate_seed_stride": REPLICATE_SEED_STRIDE, "sweep_T": SWEEP_T, "contrast_T": CONTRAST_T,
         "grad_T": GRAD_T, "transfer_sequences": TRANSFER,
         "groups": {group: {"teacher": name, "transfer": regime, "T": temps}
                    for group, (name, regime, temps) in GROUPS.items()},
@@ -144,7 +183,7 @@ def main():
         "teacher_val_loss": {name: {"mean": mean_std(v)[0], "values": v} for name, v in teacher_losses.items()},
         "teacher_softness": {"per_seed": softness, "mean": softness_mean,
                              "max_entropy_ln_V": math.log(tokenizer.vocab_size)},
-        "best_T_by_val_loss": best_T,
+        "best_T_by_val_loss": best_T, "replicate_std": replicate_std,
         "grad_norms": {"per_seed": grads, "relative_mean": rel_mean, "ratio_per_doubling": step_ratio,
                        "loglog_slope_T2_to_T16": slope},
     })
@@ -163,7 +202,11 @@ def main():
     exp.print_table(["T"] + [f"{group}: {col}" for group in GROUPS for col in ("val loss", "agreement")],
                     [[T] + [cell(group, T, key) for group in GROUPS for key in keys] for T in SWEEP_T],
                     title=f"A. 温度扫描（α=1，每个学生 {steps} 步；small = {TRANSFER['small']} 条序列，"
-                          f"large = {TRANSFER['large']} 条）")
+                          f"每个种子平均 {replicates} 个转移集上的学生；large = {TRANSFER['large']} 条）")
+    if replicates > 1:
+        exp.print_table(["T"] + list(replicate_std), [[T] + [replicate_std[g].get(str(T), "—") for g in replicate_std]
+                                                      for T in SWEEP_T],
+                        title=f"小转移集：同一个种子内 {replicates} 个学生之间 val loss 的标准差（种子间平均）")
     exp.print_table(["T", "|dKL/dz| rel. to T=1", "|d(T^2 KL)/dz| rel. to T=1"],
                     [[T, rel_mean["without_T2"][i], rel_mean["with_T2"][i]] for i, T in enumerate(GRAD_T)],
                     title="B. KL 项对学生 logits 的梯度范数（相对 T=1）")
@@ -228,14 +271,15 @@ def main():
         return summary[group][str(T)]["student_val_loss"][0]
 
     small, large = TRANSFER["small"], TRANSFER["large"]
+    averaging_note = f"小转移集每个种子平均 {replicates} 个学生"
     for T in (2.0, 4.0):
         exp.conclude_verdict(f"小转移集（{small} 条序列）、confident 老师：T={T:g} 的学生验证 loss 低于 T=1 的学生",
                              verdict("confident/small", T, 1.0),
                              f"val loss T={T:g} {val('confident/small', T):.4f} vs T=1 {val('confident/small', 1.0):.4f}"
-                             f"（这一组均值最低的 T={best_T['confident/small']:g}）")
+                             f"（这一组均值最低的 T={best_T['confident/small']:g}；{averaging_note}）")
     exp.conclude_verdict(f"对照：小转移集、只训练 {steps} 步的 soft 老师（旧版设置）：T=4 的学生验证 loss 低于 T=1 的学生",
                          verdict("soft/small", 4.0, 1.0),
-                         f"val loss T=4 {val('soft/small', 4.0):.4f} vs T=1 {val('soft/small', 1.0):.4f}")
+                         f"val loss T=4 {val('soft/small', 4.0):.4f} vs T=1 {val('soft/small', 1.0):.4f}（{averaging_note}）")
     exp.conclude_verdict(f"对照：大转移集（{large} 条序列）、confident 老师：T=1 的学生验证 loss 低于 T=4 的学生",
                          verdict("confident/large", 1.0, 4.0),
                          f"val loss T=1 {val('confident/large', 1.0):.4f} vs T=4 {val('confident/large', 4.0):.4f}")
@@ -249,10 +293,12 @@ def main():
                                                                        "confident/large"))
     exp.conclude_verdict("小转移集上，升温到 T=4 的好处（T=4 − T=1 的 val loss 之差更负）在 confident 老师下大于 soft 老师",
                          compare_runs(conf_small[0], soft_small[0], "less", conf_small[1], soft_small[1]),
-                         f"T=4 − T=1：confident {mean_std(conf_small[0])[0]:+.4f}，soft {mean_std(soft_small[0])[0]:+.4f}")
+                         f"T=4 − T=1：confident {mean_std(conf_small[0])[0]:+.4f}，soft {mean_std(soft_small[0])[0]:+.4f}"
+                         f"（{averaging_note}）")
     exp.conclude_verdict("confident 老师：升温到 T=4 的 val loss 变化在小转移集上低于大转移集",
                          compare_runs(conf_small[0], conf_large[0], "less", conf_small[1], conf_large[1]),
-                         f"T=4 − T=1：小转移集 {mean_std(conf_small[0])[0]:+.4f}，大转移集 {mean_std(conf_large[0])[0]:+.4f}")
+                         f"T=4 − T=1：小转移集 {mean_std(conf_small[0])[0]:+.4f}，大转移集 {mean_std(conf_large[0])[0]:+.4f}"
+                         f"（{averaging_note}）")
     exp.finish()
 
 
