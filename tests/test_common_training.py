@@ -161,3 +161,27 @@ def test_lr_at_wsd_holds_then_decays_linearly():
     assert lr_at(100, cooldown_steps=20, **kw) == 0.1
     cosine = [lr_at(s, **kw) for s in range(100)]
     assert cosine[50] < 1.0 and cosine[:10] == wsd[:10]  # 默认余弦，预热两者相同
+
+
+def test_after_step_sees_every_update_without_changing_the_run():
+    """after_step 在每次更新之后调用（已完成的更新数从 1 起）；在回调里存副本不改变训练本身——
+    同一个种子、带回调与不带回调训练出的参数完全相同（不像分段调用 train_model 那样每段新建优化器）。"""
+    def run(after_step=None):
+        torch.manual_seed(0)
+        model = TinyLM()
+        train_model(model, counting_batches(), steps=30, lr=1e-2, warmup_steps=5, min_lr_ratio=1.0,
+                    eval_every=31, progress=False, after_step=after_step)
+        return model
+
+    calls, copies = [], {}
+
+    def snapshot(n_done, model):
+        calls.append(n_done)
+        if n_done in (10, 30):
+            copies[n_done] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    with_callback, plain = run(snapshot), run()
+    assert calls == list(range(1, 31))
+    assert all(torch.equal(copies[30][k], v) for k, v in plain.state_dict().items())
+    assert all(torch.equal(a, b) for a, b in zip(with_callback.parameters(), plain.parameters()))
+    assert not all(torch.equal(copies[10][k], v) for k, v in plain.state_dict().items())  # 第 10 步的副本是训练中途

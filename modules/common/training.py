@@ -104,12 +104,15 @@ def train_model(
     device: torch.device | str | None = None,
     progress: bool = True,
     desc: str = "train",
+    after_step=None,
 ) -> dict:
     """训练 steps 步，返回历史记录（普通 dict，可直接 save_metrics）。
 
     get_batch(split) -> (input_ids, labels)，split ∈ {"train", "val"}。
     warmup_steps 默认 steps 的 10%；cooldown_steps 给定时用 WSD 调度（见 lr_at），默认余弦；
     eval_every 默认 steps 的 1/10；最后一步之后总会再验证一次。
+    after_step(n_done, model)：每次参数更新之后调用（n_done = 已完成的更新数，从 1 起），例如在某几步存模型副本；
+    同一次训练、同一个优化器，不打断调度。
     loss 出现 NaN/inf 时停止训练，diverged_at 记下那一步（从 0 起），不抛异常。
     返回：steps / train_loss / lr（每步一项，step 从 0 起）、aux_loss（模型有 aux_loss 时每步一项）、
     val_steps / val_loss（在第 val_steps[i] 步更新之后评估）、val_batches（每次验证的逐 batch loss，与 val_steps 一一对应）、
@@ -168,6 +171,8 @@ def train_model(
         history["lr"].append(step_lr)
         if has_aux:
             history["aux_loss"].append(aux.item())
+        if after_step is not None:
+            after_step(step + 1, model)
 
         if (step + 1) % eval_every == 0 or step == steps - 1:
             batch_losses = evaluate_batches(model, get_batch, eval_batches, device)

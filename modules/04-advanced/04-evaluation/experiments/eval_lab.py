@@ -106,8 +106,8 @@ def train_lm(tokenizer, stream: torch.Tensor, steps: int, seed: int, hidden: int
     """在 token 流上训练一个 LabModel（默认开关 = MiniMind 结构），返回 (最终模型, {步数: 模型副本})。
 
     没有 checkpoints：modules/common/training.py::train_model 的默认调度（预热 + 余弦衰减）。
-    有 checkpoints：分段调用 train_model，第一段预热 20 步、之后学习率恒定，每段结束存一份副本——
-    这些副本就是"同一次训练的早期"（每段会新建 AdamW，动量从零开始；对"训练多久"的对比无关紧要）。"""
+    有 checkpoints：同一次训练（同一个 AdamW）预热 20 步、之后学习率恒定，在这些步数各存一份副本——
+    这些副本就是"同一次训练的早期"；学习率不衰减，早期副本不会因为调度提前降温而显得更好。"""
     torch.manual_seed(seed)
     model = LabModel(LabConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_layers=layers,
                                n_heads=4, max_seq_len=max_seq_len))  # 训练窗口 block，评测时可以更长
@@ -117,11 +117,12 @@ def train_lm(tokenizer, stream: torch.Tensor, steps: int, seed: int, hidden: int
         train_model(model, lambda split: sampler.sample(), steps=steps, lr=lr, eval_every=steps + 1,
                     eval_batches=1, progress=False, desc=desc)
         return model.eval(), snapshots
-    done = 0
-    for target in sorted(set(checkpoints) | {steps}):
-        train_model(model, lambda split: sampler.sample(), steps=target - done, lr=lr,
-                    warmup_steps=20 if done == 0 else 0, min_lr_ratio=1.0, eval_every=steps + 1, eval_batches=1,
-                    progress=False, desc=desc)
-        done = target
-        snapshots[target] = copy.deepcopy(model).eval()
+    wanted = set(checkpoints) | {steps}
+
+    def snapshot(n_done, trained):
+        if n_done in wanted:
+            snapshots[n_done] = copy.deepcopy(trained).eval()
+
+    train_model(model, lambda split: sampler.sample(), steps=steps, lr=lr, warmup_steps=20, min_lr_ratio=1.0,
+                eval_every=steps + 1, eval_batches=1, progress=False, desc=desc, after_step=snapshot)
     return model.eval(), snapshots

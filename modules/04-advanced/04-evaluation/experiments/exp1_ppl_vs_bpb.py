@@ -8,7 +8,6 @@
   bpb            = NLL / (ln 2 × 字节数)          分母是文字本身，可以跨分词器比较
 留出文本切成 --docs 段，每段单独评测：quick 模式（1 个种子）用逐段配对作噪声（unit="batches"），完整模式 3 个种子。
 """
-import math
 import sys
 from pathlib import Path
 
