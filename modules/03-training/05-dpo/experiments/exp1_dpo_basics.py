@@ -208,6 +208,10 @@ def main():
     def addition_pairs(regime, key):
         return runs[0]["addition"][regime][key]
 
+    def above_half(regime, key):  # 这个比例高于 0.5（瞎猜）：完整模式按种子，quick 按题配对
+        return compare_runs(addition(regime, key), [0.5] * n_seeds, "greater",
+                            addition_pairs(regime, key), [0.5] * n_add)
+
     n_add = len(add_idx)
     exp.print_table(["reference model", "reference prefers correct", "DPO accuracy (margin > 0)",
                      "policy prefers correct"],
@@ -217,8 +221,7 @@ def main():
                     title=f"{n_add} 道没见过的加法题：参考模型自己、DPO 的隐式奖励、DPO 后的策略各自偏好正确结果的比例")
     exp.conclude_verdict(f"会加法的参考模型（在其余 {len(add_sft_questions)} 道加法题上 SFT {add_ref_steps} 步）"
                          f"在没见过的加法题上自己偏好正确结果：比例高于 0.5",
-                         compare_runs(addition("can_add", "ref_correct"), [0.5] * n_seeds, "greater",
-                                      addition_pairs("can_add", "ref_correct"), [0.5] * n_add),
+                         above_half("can_add", "ref_correct"),
                          f"can_add reference = {format_mean_std(addition('can_add', 'ref_correct'), 3)}（{n_add} 题）")
     exp.conclude_verdict("会加法的参考模型比只在 sft.jsonl 上 SFT 的参考模型更常偏好正确结果",
                          compare_runs(addition("can_add", "ref_correct"), addition("cannot_add", "ref_correct"),
@@ -227,8 +230,7 @@ def main():
                          f"reference prefers correct: can_add {format_mean_std(addition('can_add', 'ref_correct'), 3)}, "
                          f"cannot_add {format_mean_std(addition('cannot_add', 'ref_correct'), 3)}")
     exp.conclude_verdict("参考模型会加法时，DPO 学会了'算对'：没见过的加法题上 DPO 的偏好准确率（margin > 0）高于 0.5",
-                         compare_runs(addition("can_add", "dpo_correct"), [0.5] * n_seeds, "greater",
-                                      addition_pairs("can_add", "dpo_correct"), [0.5] * n_add),
+                         above_half("can_add", "dpo_correct"),
                          f"DPO accuracy = {format_mean_std(addition('can_add', 'dpo_correct'), 3)}；"
                          f"参考模型自己 = {format_mean_std(addition('can_add', 'ref_correct'), 3)}")
     exp.conclude_verdict("参考模型会加法时，DPO 反而压低了它已有的能力：DPO 后策略自己偏好正确结果的比例低于参考模型"
@@ -239,12 +241,10 @@ def main():
                          f"prefers correct: reference {format_mean_std(addition('can_add', 'ref_correct'), 3)} → "
                          f"after DPO {format_mean_std(addition('can_add', 'policy_correct'), 3)}")
     exp.conclude_verdict("对照：参考模型不会加法时（只在 sft.jsonl 上 SFT），它在没见过的加法题上自己偏好正确结果的比例高于 0.5",
-                         compare_runs(addition("cannot_add", "ref_correct"), [0.5] * n_seeds, "greater",
-                                      addition_pairs("cannot_add", "ref_correct"), [0.5] * n_add),
+                         above_half("cannot_add", "ref_correct"),
                          f"cannot_add reference = {format_mean_std(addition('cannot_add', 'ref_correct'), 3)}")
     exp.conclude_verdict("对照：参考模型不会加法时，没见过的加法题上 DPO 的偏好准确率（margin > 0）高于 0.5",
-                         compare_runs(addition("cannot_add", "dpo_correct"), [0.5] * n_seeds, "greater",
-                                      addition_pairs("cannot_add", "dpo_correct"), [0.5] * n_add),
+                         above_half("cannot_add", "dpo_correct"),
                          f"DPO accuracy = {format_mean_std(addition('cannot_add', 'dpo_correct'), 3)}")
     chosen, rejected = curve("heldout", "chosen_logp"), curve("heldout", "rejected_logp")
     d_chosen, d_rejected = chosen[:, late] - chosen[:, 0], rejected[:, late] - rejected[:, 0]  # (n_seeds,)
