@@ -26,7 +26,8 @@ def lora_unit(model: dict, targets) -> int:
 
 @pytest.mark.parametrize("script, bad", [("exp1_lora_rank.py", ["--ranks", "0", "4"]),
                                          ("exp2_where_to_adapt.py", ["--finetune-steps", "0"]),
-                                         ("exp3_merge_and_forget.py", ["--pretrain-steps", "-1"])])
+                                         ("exp3_merge_and_forget.py", ["--pretrain-steps", "-1"]),
+                                         ("exp3_merge_and_forget.py", ["--replicates", "0"])])
 def test_bad_arguments_give_clear_message(tmp_path, script, bad):
     proc = subprocess.run([sys.executable, str(EXPERIMENTS / script), "--quick", "--output-dir", str(tmp_path), *bad],
                           cwd=tmp_path, capture_output=True, text=True, encoding="utf-8", timeout=120)
@@ -129,7 +130,8 @@ def test_exp3_merge_is_exact_and_forgetting_is_noise_tested(tmp_path, experiment
     for name, merge in m["merge"].items():
         w = merge["worst"]
         assert w["adapter_vs_base"] > 0.1, name  # 适配器确实改变了输出，下面的"相等"才有意义
-        assert w["merged_vs_adapter"] < 1e-5 and w["unmerged_vs_adapter"] < 1e-5, name
+        # fp32 舍入按 logits 的量级算相对差（绝对差在 quick 种子 5 上已到 1.2e-5：多次微调里取最坏的一次）
+        assert max(w["merged_vs_adapter"], w["unmerged_vs_adapter"]) < 1e-5 * w["logit_scale"], name
         assert w["unmerged_weight_vs_base"] < 1e-6, name
         assert all(s["all_merged"] for s in merge["per_seed"])
     v = m["variants"]
@@ -137,13 +139,24 @@ def test_exp3_merge_is_exact_and_forgetting_is_noise_tested(tmp_path, experiment
     assert all(item["new_drop"]["mean"] > 0.2 for item in v.values())  # 都学到了新任务
     assert find_conclusion(record, "只差 fp32 舍入")["holds"] is True
     assert all(r < 1e-5 for r in m["merge_relative_diff"].values())
-    # 遗忘：quick 单种子按 56 段留出预训练文本逐段配对，段与段的 loss 差异大（SE ≈ 0.08），种子 42、1、7 的 quick
-    # 都判未确立；只要求不反向。全参数的旧任务上升比 LoRA r=8 多 0.05 以上在三个种子上都成立（0.17、0.17、0.14）
+    # 每个种子、每种微调做 R 次（quick 2 次）取平均：逐段的旧任务 loss 也是 R 次的平均
+    assert m["config"]["replicates"] == 2
+    assert all(len(item["replicates"][0]) == 2 for item in v.values())
+    assert all(item["old_rise"]["values"][0] == pytest.approx(sum(r["old_rise"] for r in item["replicates"][0]) / 2)
+               for item in v.values())
+    # 遗忘：quick 单种子按 56 段留出预训练文本逐段配对。全参数微调把各段的 loss 往不同方向推，逐段差值的 SE ≈ 0.07，
+    # 与 30 步时全参数比 r=64 多出的遗忘（Δ=0.07–0.20）同一量级：种子 7、5 成立，42、1 未确立（42：Δ=0.071 <
+    # 2·SE=0.148；1：Δ=0.12 < 0.154）。quick 只要求不反向；完整模式按种子配对（4 次平均）在两组种子上都成立。
+    # 全参数的旧任务上升比 LoRA r=8 多 0.05 以上在 quick 种子 42、1、7、5 上都成立（0.127、0.167、0.199、0.171）
     assert len(v["full FT"]["old_batches_first_seed"]) == 56
     assert rise["full FT"] > rise["LoRA r=8"] + 0.05
     assert find_conclusion(record, "全参数微调对旧任务的遗忘大于 LoRA")["status"] != "fails"
     # 折算代价是两份数据上的比值，没有逐段配对的单位：quick 只有 1 个种子，必须判未确立（n=1），不能说成立
     cost = find_conclusion(record, "代价也高于")
     assert cost["status"] == "not_established" and cost["noise"]["n"] == 1
-    # rank 64 比 rank 8 忘得多：quick 种子 42、1 成立，7 未确立（Δ=0.013 < 2·SE=0.032）：只要求不反向
-    assert find_conclusion(record, "rank 越大")["status"] != "fails"
+    # rank 64 比 rank 8 忘得多：quick 种子 42、1、7、5 都成立（Δ=0.039、0.091、0.047、0.067，2·SE=0.028–0.068）；
+    # 在测试里按 56 段逐段配对独立重算
+    rank = find_conclusion(record, "rank 越大")
+    assert rank["status"] == "holds" and rank["noise"]["unit"] == "batches"
+    delta, margin = paired_margin(v["LoRA r=8"]["old_batches_first_seed"], v["LoRA r=64"]["old_batches_first_seed"])
+    assert delta > margin and rise["LoRA r=64"] > rise["LoRA r=8"]

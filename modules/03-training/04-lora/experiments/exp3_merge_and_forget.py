@@ -1,7 +1,7 @@
 """LoRA 实验 3：合并后的权重与"基座 + 适配器"前向完全等价；微调后旧任务忘了多少：全参数 vs LoRA。
 
-    python exp3_merge_and_forget.py --quick      # 2 核 CPU 约半分钟，1 个种子
-    python exp3_merge_and_forget.py              # 完整：3 个种子
+    python exp3_merge_and_forget.py --quick      # 2 核 CPU 约 25 秒，1 个种子
+    python exp3_merge_and_forget.py              # 完整：3 个种子，约 3.6 分钟
 
 设计：
 1. 合并：LoRA 模型在留出对话上的 logits（适配器旁路），merge_lora 之后再算一次，unmerge_lora 之后再算一次，
@@ -9,6 +9,10 @@
 2. 遗忘：全参数微调与 LoRA（rank 8 与 64，MiniMind 默认位置 q_proj/o_proj）都在新任务上微调同样的步数
    （匹配步数，不是匹配新任务 loss），比较旧任务（留出的预训练文本）loss 相对基座上升了多少；
    另报告 "每降低 1 单位新任务 loss 付出的旧任务 loss 上升"，作为匹配效果的粗略对照。
+3. 复制（--replicates，完整模式默认 4，quick 默认 2，按 CPU 预算定下、在看任何判定之前）：单次微调的训练噪声
+   （批次顺序、适配器初始化）和效应一样大，所以每个种子在同一个基座上把每种微调各做 R 次（第 r 次用种子
+   seed + 1000·r 决定批次顺序与 LoRA 初始化，r = 0 就是种子本身），取平均作为这个种子的值；逐段的旧任务 loss
+   也逐段平均。表里另列同一种子内 R 次之间的标准差，与种子间的标准差对照，看噪声从哪来。
 遗忘的比较都经共享噪声检验（modules/common/noise.py）：完整模式按种子配对；quick 只有一个种子时，
 按 56 段留出预训练文本逐段配对（同一段文本上各方案的旧任务 loss），只量到评估数据的噪声。
 """
@@ -32,6 +36,15 @@ from modules.common.visualization import plt, set_style  # noqa: E402
 def add_args(parser):
     parser.add_argument("--pretrain-steps", type=int, default=None, help="基座预训练步数（默认 quick 80 / 完整 200）")
     parser.add_argument("--finetune-steps", type=int, default=None, help="每种微调的步数（默认 quick 30 / 完整 60）")
+    parser.add_argument("--replicates", type=int, default=None,
+                        help="每个种子、每种微调重复几次取平均（各用不同的批次顺序与适配器初始化；默认 quick 2 / 完整 4）")
+
+
+REPLICATE_SEED_STRIDE = 1000  # 第 r 次复制用种子 seed + 1000·r：与任何主种子都不重合
+
+
+def mean(values):
+    return sum(values) / len(values)
 
 
 @torch.no_grad()
@@ -66,11 +79,15 @@ def main():
     finetune_steps = (30 if exp.quick else 60) if exp.args.finetune_steps is None else exp.args.finetune_steps
     if pretrain_steps < 1 or finetune_steps < 1:
         raise SystemExit(f"--pretrain-steps 与 --finetune-steps 必须 >= 1（收到 {pretrain_steps}、{finetune_steps}）")
+    replicates = (2 if exp.quick else 4) if exp.args.replicates is None else exp.args.replicates
+    if replicates < 1:
+        raise SystemExit(f"--replicates 必须 >= 1（收到 {replicates}）")
 
     tokenizer = load_tokenizer()
     tasks = load_tasks(tokenizer)
     variants = {"full FT": None, "LoRA r=8": 8, "LoRA r=64": 64}
-    runs = {v: {"new_loss": [], "old_loss": [], "old_rise": [], "new_drop": [], "old_batches": None} for v in variants}
+    runs = {v: {"new_loss": [], "old_loss": [], "old_rise": [], "new_drop": [], "cost": [], "replicate_std": [],
+                "replicates": [], "old_batches": None} for v in variants}
     merges = {v: [] for v in variants if variants[v] is not None}
     base_new, base_old = [], []
     for seed in exp.seeds:
@@ -80,27 +97,37 @@ def main():
         base_new.append(b_new)
         base_old.append(b_old)
         for v, rank in variants.items():
-            model, _, _ = finetune(base, tasks, seed, finetune_steps, exp.device, rank=rank)
-            new, old = task_loss(model, tasks["new"], exp.device), task_loss(model, tasks["old"], exp.device)
-            runs[v]["new_loss"].append(new)
-            runs[v]["old_loss"].append(old)
-            runs[v]["old_rise"].append(old - b_old)
-            runs[v]["new_drop"].append(b_new - new)
-            if seed == exp.seeds[0]:  # quick 单种子时的配对单元：一段留出预训练文本
-                runs[v]["old_batches"] = batch_losses(model, tasks["old"], exp.device, batch_size=1)[0]
-            if rank is not None:
-                merges[v].append(merge_check(model, base, tasks, exp.device))
+            reps = []  # 同一个基座上的 R 次微调
+            for r in range(replicates):
+                run_seed = seed + REPLICATE_SEED_STRIDE * r
+                model, _, _ = finetune(base, tasks, run_seed, finetune_steps, exp.device, rank=rank)
+                new, old = task_loss(model, tasks["new"], exp.device), task_loss(model, tasks["old"], exp.device)
+                rep = {"run_seed": run_seed, "new_loss": new, "old_loss": old, "old_rise": old - b_old,
+                       "new_drop": b_new - new}
+                if seed == exp.seeds[0]:  # quick 单种子时的配对单元：一段留出预训练文本
+                    rep["old_batches"] = batch_losses(model, tasks["old"], exp.device, batch_size=1)[0]
+                reps.append(rep)
+                if rank is not None:
+                    merges[v].append(merge_check(model, base, tasks, exp.device))
+            for k in ("new_loss", "old_loss", "old_rise", "new_drop"):
+                runs[v][k].append(mean([rep[k] for rep in reps]))
+            # 折算代价 = 平均上升 / 平均下降（先平均再相除，比逐次相除再平均稳）
+            runs[v]["cost"].append(runs[v]["old_rise"][-1] / runs[v]["new_drop"][-1])
+            runs[v]["replicate_std"].append(mean_std([rep["old_rise"] for rep in reps])[1])
+            runs[v]["replicates"].append([{k: rep[k] for k in ("run_seed", "old_rise", "new_drop")} for rep in reps])
+            if seed == exp.seeds[0]:  # 逐段平均 R 次：各次读的是同样的 56 段文本
+                runs[v]["old_batches"] = [mean(per_text) for per_text in zip(*(rep["old_batches"] for rep in reps))]
 
     rows = []
     for v in variants:
-        cost = [r / d for r, d in zip(runs[v]["old_rise"], runs[v]["new_drop"])]
-        runs[v]["cost"] = cost
         rows.append([v, format_mean_std(runs[v]["new_loss"]), format_mean_std(runs[v]["new_drop"], 3),
                      format_mean_std(runs[v]["old_loss"]), format_mean_std(runs[v]["old_rise"], 3),
-                     format_mean_std(cost, 3)])
-    exp.print_table(["variant", "new-task loss", "new drop", "old-task loss", "old rise (forgetting)", "rise / drop"],
-                    rows, title=f"forgetting after {finetune_steps} fine-tuning steps (matched steps; base: new "
-                                f"{format_mean_std(base_new)}, old {format_mean_std(base_old)})")
+                     f"{mean(runs[v]['replicate_std']):.3g}", format_mean_std(runs[v]["cost"], 3)])
+    exp.print_table(["variant", "new-task loss", "new drop", "old-task loss", "old rise (forgetting)",
+                     "old rise: std within seed", "rise / drop"],
+                    rows, title=f"forgetting after {finetune_steps} fine-tuning steps, mean of {replicates} runs per "
+                                f"seed (matched steps; base: new {format_mean_std(base_new)}, old "
+                                f"{format_mean_std(base_old)})")
     worst = {v: {k: max(m[k] for m in merges[v]) for k in ("merged_vs_adapter", "unmerged_vs_adapter",
                                                             "adapter_vs_base", "unmerged_weight_vs_base", "logit_scale")}
              for v in merges}
@@ -115,10 +142,14 @@ def main():
     exp.save_metrics({
         "config": {"model": MODEL_SIZE, "pretrain_steps": pretrain_steps, "finetune_steps": finetune_steps,
                    "batch_size": BATCH, "full_lr": FULL_LR, "lora_lr": LORA_LR, "comparison": "matched steps",
+                   "replicates": replicates, "replicate_seed_stride": REPLICATE_SEED_STRIDE,
                    "lora_targets": "MiniMind default: square Linear layers (q_proj, o_proj)"},
         "base": {"new_loss": {"mean": mean_std(base_new)[0], "values": base_new},
                  "old_loss": {"mean": mean_std(base_old)[0], "values": base_old}},
         "variants": {v: {**{k: {"mean": stat[v][k][0], "std": stat[v][k][1], "values": runs[v][k]} for k in stat[v]},
+                         "old_rise_std_within_seed": {"mean": mean(runs[v]["replicate_std"]),
+                                                      "values": runs[v]["replicate_std"]},
+                         "replicates": runs[v]["replicates"],
                          "old_batches_first_seed": runs[v]["old_batches"]} for v in variants},
         "merge": {v: {"worst": worst[v], "per_seed": merges[v]} for v in merges},
     })
@@ -162,7 +193,8 @@ def main():
 
     lora = list(merges)
     pairwise = {v: forgets_more("full FT", v) for v in lora}
-    exp.conclude_verdict(f"同样 {finetune_steps} 步，全参数微调对旧任务的遗忘大于 LoRA（与两个 rank 逐一比较，都超出噪声）",
+    exp.conclude_verdict(f"同样 {finetune_steps} 步（每个种子 {replicates} 次微调取平均），全参数微调对旧任务的遗忘大于 LoRA"
+                         "（与两个 rank 逐一比较，都超出噪声）",
                          weakest(pairwise),
                          "旧任务 loss 上升：" + ", ".join(f"{v} {rise[v]:+.3f}" for v in variants)
                          + "；" + "，".join(f"vs {v} {pairwise[v].status}" for v in lora) + "；下面是较弱的那一次比较")
