@@ -6,6 +6,10 @@
   - 键是两个 token 的组合：单个 token 的嵌入背不下来（它对应 A 条不同的事实），
     注意力只能把 a、b 的向量加权混合，也表达不了"随机的组合 → 值"这种查表；需要 FFN 的非线性。
   - 1 层、hidden 很小的 LabModel，只扫 FFN 宽度（intermediate_size）：回忆准确率随宽度上升 = 容量。
+  - 比的是容量（训练到头能背下多少），不是背得多快。1024 条事实对宽度 16 也不算多：训练够久（约 2400 步）它也能背全，
+    所以完整模式用 48² = 2304 条事实、训练 1200 步。每隔 steps/12 步记一次回忆准确率，曲线写进 JSON 和图，
+    用来区分"还在爬坡（步数不够）"和"停在半路（优化停滞）"。quick 模式为了 1 分钟内跑完，用 32² = 1024 条事实、800 步
+    （宽度 16 这时还没背完，quick 里的"越宽背得越多"主要量的是背得多快）。
 然后取一个训练好的模型，做 Geva 式的解读：对每条事实，找出在"→"位置上激活最强的 FFN 神经元，
 把它的输出向量（down_proj 的第 i 列，乘以激活的符号）经过最终 RMSNorm 的增益和解嵌入（lm_head）投到词表上，
 看它最推高哪个 token——是不是这条事实的值？与随机神经元的命中率对比。
@@ -35,9 +39,10 @@ TOP_K = 5  # 解读与"只保留最强的几个神经元"时看几个神经元
 
 
 def add_args(parser):
-    parser.add_argument("--n-a", type=int, default=32, help="键的每个 token 有几种取值 A（事实条数 = A²，默认 32）")
+    parser.add_argument("--n-a", type=int, default=None,
+                        help="键的每个 token 有几种取值 A（事实条数 = A²；默认完整模式 48，quick 32）")
     parser.add_argument("--n-values", type=int, default=32, help="值 token 的种类 M（随机猜的准确率 = 1/M，默认 32）")
-    parser.add_argument("--steps", type=int, default=None, help="每个模型的训练步数（默认 400）")
+    parser.add_argument("--steps", type=int, default=None, help="每个模型的训练步数（默认完整模式 1200，quick 800）")
 
 
 def token_name(i: int, n_a: int, n_values: int) -> str:
@@ -106,16 +111,19 @@ def main():
     exp = Experiment(__file__, extra_args=add_args, description=(
         "FFN 实验 3：FFN 是键值记忆。随机事实 (a, b) → 值 的回忆准确率随 FFN 宽度上升；\n"
         "并找出为某条事实激活最强的神经元，看它的输出向量推高的是不是这条事实的值（Geva et al. 2021）。"))
-    n_a, n_values = exp.args.n_a, exp.args.n_values
+    n_a = exp.args.n_a if exp.args.n_a is not None else (32 if exp.quick else 48)
+    n_values = exp.args.n_values
     if n_a < 2 or n_values < 2:
         raise SystemExit(f"--n-a 和 --n-values 都至少为 2（收到 {n_a}, {n_values}）")
-    steps = exp.args.steps or 400
-    if steps < 1:
-        raise SystemExit(f"--steps 必须 >= 1（收到 {steps}）")
+    steps = exp.args.steps if exp.args.steps is not None else (800 if exp.quick else 1200)
+    if steps < 12:
+        raise SystemExit(f"--steps 必须 >= 12（收到 {steps}）")
+    curve_every = steps // 12  # 每隔这么多步记一次回忆准确率（判断曲线是否走平）
     widths = (0, 16, 256) if exp.quick else (0, 16, 64, 256)  # 0 = 没有 FFN（attention-only）
     n_facts = n_a * n_a
 
     acc = {w: [] for w in widths}
+    curves = {w: [] for w in widths}  # 宽度 → 每个种子一条回忆准确率曲线（第 curve_every, 2·curve_every, ... 步）
     per_fact = {}  # 第一个种子：宽度 → 逐条事实是否答对（quick 模式按事实配对的噪声）
     probe = {"top1_hit_rate": [], "random_hit_rate": [], f"top{TOP_K}_only_accuracy": []}  # 最宽模型，每个种子一个值
     params = {}
@@ -134,12 +142,21 @@ def main():
                                ffn_ratio=None if w == 0 else w / HIDDEN)
             model = LabModel(config).to(exp.device)
             params[w] = model.num_params()
+            curve = []
+
+            def record_recall(n_done, trained):
+                if n_done % curve_every == 0:
+                    hits = recall_per_fact(trained, input_ids)
+                    curve.append(sum(hits) / len(hits))
+
             hist = train_model(model, get_batch, steps=steps, lr=LR, weight_decay=0.0, eval_every=steps,
-                               eval_batches=1, device=exp.device, desc=f"width={w} seed={seed}")
+                               eval_batches=1, device=exp.device, desc=f"width={w} seed={seed}",
+                               after_step=record_recall)
             if hist["diverged_at"] is not None:
                 raise SystemExit(f"width={w}（seed={seed}）在第 {hist['diverged_at']} 步发散；请减小学习率后重试")
             correct = recall_per_fact(model, input_ids)
             acc[w].append(sum(correct) / len(correct))
+            curves[w].append(curve)
             if seed == exp.seeds[0]:
                 per_fact[w] = correct
             if w == widths[-1]:  # 最宽的模型：神经元解读，以及只保留最强 TOP_K 个神经元时的回忆
@@ -185,11 +202,13 @@ def main():
         "accuracy": {str(w): {"mean": mean_std(acc[w])[0], "std": mean_std(acc[w])[1], "runs": acc[w]} for w in widths},
         "readout": {k: readout[k] for k in ("top1_hit_rate", "topk_any_hit_rate", "random_neuron_hit_rate")},
         "widest_per_seed": probe,
+        "recall_curve": {"steps": [curve_every * (i + 1) for i in range(steps // curve_every)],
+                         "runs": {str(w): curves[w] for w in widths}},
     })
 
     # ---- 图：左 准确率 vs 宽度；右 一条事实的 top 神经元各自推高的值 token 的 logit ----
     set_style()
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(19, 4.5))
     ffn_widths = [w for w in widths if w > 0]
     axes[0].errorbar(ffn_widths, [mean_std(acc[w])[0] for w in ffn_widths],
                      yerr=[mean_std(acc[w])[1] for w in ffn_widths], marker="o", capsize=3, label="SwiGLU FFN")
@@ -223,6 +242,17 @@ def main():
     axes[1].set_title(f"Fact ({token_name(fact[0], n_a, n_values)}, {token_name(fact[1], n_a, n_values)}): "
                       "a_i * v_i projected to values (row-centered, normalized)", fontsize=10)
     axes[1].grid(False)
+
+    curve_steps = [curve_every * (i + 1) for i in range(steps // curve_every)]
+    for w in widths:  # 各种子的曲线取均值：走平了才说明比的是容量，而不是背得多快
+        mean_curve = torch.tensor(curves[w]).mean(0).tolist()
+        axes[2].plot(curve_steps, mean_curve, marker=".", label="attention-only" if w == 0 else f"width {w}")
+    axes[2].axhline(chance, color="black", ls=":", label=f"chance 1/{n_values}")
+    axes[2].set_xlabel("training step")
+    axes[2].set_ylabel(f"recall accuracy (mean of {len(exp.seeds)} seed(s))")
+    axes[2].set_ylim(0, 1.05)
+    axes[2].set_title("Recall during training (cosine LR schedule)")
+    axes[2].legend(fontsize=8)
     exp.save_figure(fig, "exp3_ffn_as_memory.png")
 
     # ---- 结论（全部由测量算出；比较过噪声检验：多种子按种子配对，单种子按事实配对）----
