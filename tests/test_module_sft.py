@@ -80,6 +80,11 @@ def test_exp2_all_token_training_models_the_questions(tmp_path, experiment_env):
     per = m["per_prompt"]
     assert m["n_heldout"] == m["n_prompts"] == 48 and m["n_train_conversations"] == 230
     assert m["checkpoints"] == [5, 10, 15, 20, 25, 30, 35, 40, 80] and m["during_steps"] == [5, 10, 15, 20, 25, 30, 35, 40]
+    # quick 默认每个种子只做 1 次 SFT（r = 0 用种子本身）：这个种子的值就是那一次的值
+    assert m["replicates"] == 1
+    for model in ("masked", "all-token"):
+        (run,) = m["replicate_runs"][model][0]
+        assert run["run_seed"] == record["metadata"]["seed"] and run["f1"] == mean(record, model, "f1")
     for model in ("pretrained", "masked", "all-token"):
         for key in ("user_loss", "assistant_loss", "f1", "on_template", "continues_user"):
             value = mean(record, model, key)
@@ -122,6 +127,14 @@ def test_exp2_all_token_training_models_the_questions(tmp_path, experiment_env):
     curve = m["curves"]["all-token"][0]
     assert curve["steps"] == m["checkpoints"] and len(curve["on_template"]) == len(curve["steps"])
     assert "writes user turn" in stdout and "Learning curve" in stdout
+
+
+def test_exp2_rejects_bad_replicates(tmp_path):
+    proc = subprocess.run([sys.executable, str(EXPERIMENTS / "exp2_loss_masking.py"), "--quick", "--replicates", "0",
+                           "--output-dir", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,
+                          encoding="utf-8", timeout=120)
+    assert proc.returncode != 0
+    assert "--replicates" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.experiment

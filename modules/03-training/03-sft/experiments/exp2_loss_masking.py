@@ -10,7 +10,12 @@
   3. 生成不在 <|im_end|> 停时，模型会不会接着写 "<|im_start|>user"，替用户编下一轮；
   4. 最后一步的回答与参考答案的 token F1、完全答对的比例。
 评估问题：quick 模式是 48 段留出对话的第一个问题；完整模式再加 96 个新抽的问题（共 144 个，见 sft_lab.fresh_prompts）。
-比较都经过 modules/common/noise.py 的噪声检验：完整模式按种子配对；quick 模式只有一个种子，
+复制（--replicates，完整模式默认 2，quick 默认 1，按 CPU 预算定下、在看判定之前）：同一个种子的预训练模型上，
+两种 SFT 各用 R 个不同的 SFT 种子（seed + 1000·r，r = 0 就是种子本身；只换批次顺序，基座不变）训练 R 次，
+这个种子的值取 R 次的平均。为什么要复制：在种子 43 的同一个基座上换 3 个 SFT 种子，F1 的差值是 +0.31 / +0.07 / +0.18
+（标准差 0.12，与种子 42–44 之间的 0.16 差不多），"途中守模板"的差值是 +0.23 / +0.39 / +0.20（标准差 0.10，种子之间约 0.22）：
+单次 SFT 的训练噪声占了种子间波动的一大块，每个种子平均几次 SFT 才量的是这个基座上的效应。
+比较都经过 modules/common/noise.py 的噪声检验：完整模式按种子配对（每个种子一个 R 次平均的值）；quick 模式只有一个种子，
 按留出的对话 / 问题配对（48 对，只量到"换一批评估数据"的噪声）。
 """
 import sys
@@ -39,6 +44,17 @@ CHECKPOINTS = (5, 10, 15, 20, 25, 30, 35, 40)
 OVERRUN = 4  # 在 <|im_end|> 之后多生成的 token 数：够写出 "\n<|im_start|>user"
 CEILING = 0.95  # 守模板比例 ≥ 它就算碰到天花板
 PER_PROMPT = ("on_template", "continues_user", "f1")  # 逐问题保存、quick 模式拿来配对的指标
+REPLICATE_SEED_STRIDE = 1000  # 第 r 次 SFT 用种子 seed + 1000·r：与任何主种子都不重合
+
+
+def add_args(parser):
+    add_step_args(parser)
+    parser.add_argument("--replicates", type=int, default=None,
+                        help="每个种子上两种 SFT 各重复几次取平均（各用不同的 SFT 批次顺序，基座相同；默认 quick 1 / 完整 2）")
+
+
+def mean(values):
+    return sum(values) / len(values)
 
 
 def checkpoint_steps(sft_steps: int) -> list:
@@ -53,11 +69,31 @@ def first_at_ceiling(steps, rates):
     return None
 
 
+def record_final(run: dict, losses: dict, summary: dict, keys) -> None:
+    """把一个种子（R 次平均后）的最终 loss 与回答指标追加进 run。"""
+    run["user_loss"].append(losses["user"])
+    run["assistant_loss"].append(losses["assistant"])
+    for k in keys[2:]:
+        run[k].append(summary[k])
+
+
+def per_prompt_values(answer_sets: list, loss_sets: list) -> dict:
+    """R 次运行的逐问题指标与逐对话 loss，逐项平均（R = 1 时就是那一次的值）。"""
+    values = {k: [mean([float(answers[i][k]) for answers in answer_sets]) for i in range(len(answer_sets[0]))]
+              for k in PER_PROMPT}
+    for part in ("user", "assistant"):
+        values[f"{part}_loss"] = [mean(v) for v in zip(*(losses["per_conversation"][part] for losses in loss_sets))]
+    return values
+
+
 def main():
-    exp = Experiment(__file__, extra_args=add_step_args, description=(
+    exp = Experiment(__file__, extra_args=add_args, description=(
         "SFT 实验 2：只对助手回答算 loss（masked）vs 整段对话都算 loss（all-token）。\n"
         "比较留出对话上用户文本与助手回答的 loss、守模板比例的学习曲线、不停在 <|im_end|> 时会不会替用户写下一轮。"))
     pretrain_steps, sft_steps = step_counts(exp)
+    replicates = (1 if exp.quick else 2) if exp.args.replicates is None else exp.args.replicates
+    if replicates < 1:
+        raise SystemExit(f"--replicates 必须 >= 1（收到 {replicates}）")
     if sft_steps < CHECKPOINTS[-1]:
         raise SystemExit(f"--sft-steps 必须 >= {CHECKPOINTS[-1]}（学习曲线的结论看前 {CHECKPOINTS[-1]} 步），收到 {sft_steps}")
     tokenizer, data, train_idx, heldout_idx, prompts = load_sft_data(0 if exp.quick else N_FRESH_PROMPTS)
@@ -69,58 +105,69 @@ def main():
     runs = {name: {k: [] for k in keys} for name in names}
     runs.update({name: {**runs[name], "on_template_during": []} for name in VARIANTS})
     during = list(CHECKPOINTS)
-    # curves[name][i] = 第 i 个种子在各检查点的 {"steps", "on_template", "ended", "continues_user"}
+    # curves[name][i] = 第 i 个种子在各检查点的 {"steps", "on_template", "ended", "continues_user"}（R 次平均）
     curves = {name: [] for name in VARIANTS}
-    val_curves = {name: [] for name in VARIANTS}
+    val_curves = {name: [] for name in VARIANTS}  # 每个种子 R 条（每次 SFT 一条）
+    replicate_runs = {name: [] for name in VARIANTS}  # [种子][r] = 那次 SFT 的 {run_seed, f1, on_template_during}
     per_prompt, samples = {}, {}  # 第一个种子的逐问题 / 逐对话数值（quick 模式的配对单位）与样例
     for seed in exp.seeds:
         Experiment.seed_everything(seed)
         base, _ = pretrain(tokenizer, seed, pretrain_steps, exp.device)
-        finals = {"pretrained": (base, answer_prompts(base, tokenizer, prompts, exp.device, overrun=OVERRUN))}
+        pretrained_answers = answer_prompts(base, tokenizer, prompts, exp.device, overrun=OVERRUN)
+        losses = role_losses(base, data, heldout_idx, exp.device)
+        record_final(runs["pretrained"], losses, answer_metrics(pretrained_answers), keys)
+        if seed == exp.seeds[0]:
+            per_prompt["pretrained"] = per_prompt_values([pretrained_answers], [losses])
+            samples["pretrained"] = pretrained_answers[:6]
         for name, all_tokens in VARIANTS.items():
-            curve = {"steps": [], "on_template": [], "ended": [], "continues_user": []}
-            at_step = {}  # 检查点 → 那时的逐问题回答
+            reps = []  # 同一个基座上的 R 次 SFT
+            for r in range(replicates):
+                run_seed = seed + REPLICATE_SEED_STRIDE * r
+                curve = {"steps": [], "on_template": [], "ended": [], "continues_user": []}
+                at_step = {}  # 检查点 → 那时的逐问题回答
 
-            def on_eval(n_updates, model, curve=curve, at_step=at_step):
-                if n_updates not in steps:
-                    return
-                answers = answer_prompts(model, tokenizer, prompts, exp.device, overrun=OVERRUN)
-                summary = answer_metrics(answers)
-                curve["steps"].append(n_updates)
-                curve["on_template"].append(summary["on_template"])
-                curve["ended"].append(summary["ended"])
-                curve["continues_user"].append(summary["continues_user"])
-                at_step[n_updates] = answers
+                def on_eval(n_updates, model, curve=curve, at_step=at_step):
+                    if n_updates not in steps:
+                        return
+                    answers = answer_prompts(model, tokenizer, prompts, exp.device, overrun=OVERRUN)
+                    summary = answer_metrics(answers)
+                    curve["steps"].append(n_updates)
+                    curve["on_template"].append(summary["on_template"])
+                    curve["ended"].append(summary["ended"])
+                    curve["continues_user"].append(summary["continues_user"])
+                    at_step[n_updates] = answers
 
-            model, hist = finetune(base, data, train_idx, heldout_idx, seed, sft_steps, exp.device, all_tokens,
-                                   eval_every=5, on_eval=on_eval)
-            curves[name].append(curve)
-            val_curves[name].append({"val_steps": hist["val_steps"], "val_loss": hist["val_loss"]})
-            # 每个问题在前 40 步 8 个检查点里守模板的比例（0、1/8、…、1）
-            during_by_prompt = [sum(at_step[s][i]["on_template"] for s in during) / len(during)
-                                for i in range(len(prompts))]
-            runs[name]["on_template_during"].append(sum(during_by_prompt) / len(prompts))
-            finals[name] = (model, at_step[sft_steps])
-            if seed == exp.seeds[0]:
-                per_prompt[name] = {"on_template_during": during_by_prompt}
-        for name, (model, answers) in finals.items():
-            losses = role_losses(model, data, heldout_idx, exp.device)
-            summary = answer_metrics(answers)
-            runs[name]["user_loss"].append(losses["user"])
-            runs[name]["assistant_loss"].append(losses["assistant"])
-            for k in keys[2:]:
-                runs[name][k].append(summary[k])
-            if seed == exp.seeds[0]:
-                per_prompt.setdefault(name, {}).update({k: [float(a[k]) for a in answers] for k in PER_PROMPT})
-                per_prompt[name].update({f"{part}_loss": losses["per_conversation"][part] for part in ("user", "assistant")})
-                samples[name] = answers[:6]
+                model, hist = finetune(base, data, train_idx, heldout_idx, run_seed, sft_steps, exp.device, all_tokens,
+                                       eval_every=5, on_eval=on_eval)
+                val_curves[name].append({"seed": seed, "run_seed": run_seed, "val_steps": hist["val_steps"],
+                                         "val_loss": hist["val_loss"]})
+                # 每个问题在前 40 步 8 个检查点里守模板的比例（0、1/8、…、1）
+                during_by_prompt = [sum(at_step[s][i]["on_template"] for s in during) / len(during)
+                                    for i in range(len(prompts))]
+                reps.append({"run_seed": run_seed, "curve": curve, "answers": at_step[sft_steps],
+                             "losses": role_losses(model, data, heldout_idx, exp.device),
+                             "during_by_prompt": during_by_prompt})
+            finals = [answer_metrics(rep["answers"]) for rep in reps]
+            record_final(runs[name], {part: mean([rep["losses"][part] for rep in reps]) for part in ("user", "assistant")},
+                         {k: mean([f[k] for f in finals]) for k in keys[2:]}, keys)
+            during_runs = [mean(rep["during_by_prompt"]) for rep in reps]
+            runs[name]["on_template_during"].append(mean(during_runs))
+            curves[name].append({"steps": reps[0]["curve"]["steps"],
+                                 **{k: [mean(v) for v in zip(*(rep["curve"][k] for rep in reps))]
+                                    for k in ("on_template", "ended", "continues_user")}})
+            replicate_runs[name].append([{"run_seed": rep["run_seed"], "f1": f["f1"], "on_template_during": d}
+                                         for rep, f, d in zip(reps, finals, during_runs)])
+            if seed == exp.seeds[0]:  # 逐问题 / 逐对话平均 R 次：各次答的是同样的问题、算的是同样的留出对话
+                per_prompt[name] = per_prompt_values([rep["answers"] for rep in reps], [rep["losses"] for rep in reps])
+                per_prompt[name]["on_template_during"] = [mean(v) for v in zip(*(rep["during_by_prompt"] for rep in reps))]
+                samples[name] = reps[0]["answers"][:6]
 
     exp.print_table(
         ["model", "user-text loss", "assistant loss", "on template", "ends <|im_end|>", "writes user turn",
          "token F1", "exact", "answers a question", "answer tokens"],
         [[name] + [format_mean_std(runs[name][k], 3) for k in keys] for name in names],
         title=f"{len(heldout_idx)} held-out conversations (losses), {len(prompts)} prompts (answers), pretrain {pretrain_steps} + SFT {sft_steps} steps, "
-              f"{len(exp.seeds)} seed(s)")
+              f"{len(exp.seeds)} seed(s) x {replicates} SFT run(s)")
     pretrained_rate = runs["pretrained"]["on_template"]
     curve_rows, ceiling = [], {}
     for name in VARIANTS:
@@ -138,7 +185,23 @@ def main():
                     title="Learning curve on the held-out prompts (greedy; step 0 = pretrained model)")
     print(f"\n守模板比例从哪一步起一直 ≥ {CEILING:.0%}（每个种子；None = 到最后也没有）："
           + "；".join(f"{name} {ceiling[name]}" for name in VARIANTS))
-    print("\n同样的留出问题（第一个种子；after <|im_end|> = 不停下时接着生成的内容）：")
+    # 同一个基座上 R 次 SFT 之间的波动：差值（masked − all-token）在种子内的标准差 vs 种子间（R 次平均后）的标准差
+    spread = {}
+    for key in ("f1", "on_template_during"):
+        deltas = [[rm[key] - ra[key] for rm, ra in zip(reps_m, reps_a)]
+                  for reps_m, reps_a in zip(replicate_runs["masked"], replicate_runs["all-token"])]  # [种子][r]
+        spread[key] = {"per_run_delta": deltas,
+                       "within_seed_std": mean([mean_std(d)[1] for d in deltas]) if replicates > 1 else None,
+                       "between_seed_std": mean_std([mean(d) for d in deltas])[1]}
+    if replicates > 1:
+        exp.print_table(["Δ (masked − all-token)", "per seed: each SFT run", "std within seed (mean)",
+                         "std between seeds (of the means)"],
+                        [[key, " | ".join(" ".join(f"{x:+.3f}" for x in d) for d in spread[key]["per_run_delta"]),
+                          f"{spread[key]['within_seed_std']:.3f}", f"{spread[key]['between_seed_std']:.3f}"]
+                         for key in spread],
+                        title=f"Training noise: {replicates} SFT runs per seed (same pretrained base, SFT seed + "
+                              f"{REPLICATE_SEED_STRIDE}·r)")
+    print("\n同样的留出问题（第一个种子第一次 SFT；after <|im_end|> = 不停下时接着生成的内容）：")
     for i, a in enumerate(samples["masked"]):
         b = samples["all-token"][i]
         print(f"  问：{a['prompt']}\n    参考：{a['reference']}\n    masked：{a['answer']!r}  after <|im_end|>：{a['after_end']!r}\n"
@@ -146,6 +209,8 @@ def main():
 
     exp.save_metrics({
         "pretrain_steps": pretrain_steps, "sft_steps": sft_steps, "checkpoints": steps, "during_steps": during,
+        "replicates": replicates, "replicate_seed_stride": REPLICATE_SEED_STRIDE, "replicate_runs": replicate_runs,
+        "replicate_spread": spread,
         "ceiling": CEILING, "first_step_at_ceiling": ceiling,
         "model": {**MODEL_SIZE, "vocab_size": tokenizer.vocab_size},
         "n_train_conversations": len(train_idx), "n_heldout": len(heldout_idx), "n_prompts": len(prompts),
@@ -188,7 +253,7 @@ def main():
     axes[2].legend()
     exp.save_figure(fig, "exp2_loss_masking.png")
 
-    # ---- 结论（全部由上面的测量算出；完整模式按种子配对，quick 模式按 48 个留出对话 / 问题配对）----
+    # ---- 结论（全部由上面的测量算出；完整模式按种子配对（每个种子 R 次平均），quick 模式按 48 个留出对话 / 问题配对）----
     m, a = runs["masked"], runs["all-token"]
     pm, pa = per_prompt["masked"], per_prompt["all-token"]
     shift = 0.5  # "远低于"的量：运行前定好的 0.5 nats
@@ -204,13 +269,13 @@ def main():
                          f"all-token {format_mean_std(a['assistant_loss'], 3)}")
     verdict = compare_runs(m["f1"], a["f1"], "greater", pm["f1"], pa["f1"])
     exp.conclude_verdict("masked 的回答与参考答案更像（token F1 更高）", verdict,
-                         f"{len(prompts)} 个问题的平均 token F1：masked {format_mean_std(m['f1'], 3)} vs "
+                         f"{len(prompts)} 个问题的平均 token F1（每个种子 {replicates} 次 SFT 的平均）：masked {format_mean_std(m['f1'], 3)} vs "
                          f"all-token {format_mean_std(a['f1'], 3)}")
     verdict = compare_runs(m["on_template_during"], a["on_template_during"], "greater",
                            pm["on_template_during"], pa["on_template_during"])
     exp.conclude_verdict(f"SFT 途中（前 {during[-1]} 步每 {during[0]} 步一个检查点、共 {len(during)} 个的平均）masked 守模板"
                          "（以 <|im_end|> 结束、无模板标记）的比例高于 all-token", verdict,
-                         f"学习曲线上的平均守模板比例：masked {format_mean_std(m['on_template_during'], 3)} vs "
+                         f"学习曲线上的平均守模板比例（每个种子 {replicates} 次 SFT 的平均）：masked {format_mean_std(m['on_template_during'], 3)} vs "
                          f"all-token {format_mean_std(a['on_template_during'], 3)}（预训练模型 "
                          f"{format_mean_std(pretrained_rate, 3)}）")
     verdict = compare_runs(m["on_template"], a["on_template"], "greater", pm["on_template"], pa["on_template"])
