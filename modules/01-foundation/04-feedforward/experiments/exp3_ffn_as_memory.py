@@ -208,7 +208,7 @@ def main():
 
     # ---- 图：左 准确率 vs 宽度；右 一条事实的 top 神经元各自推高的值 token 的 logit ----
     set_style()
-    fig, axes = plt.subplots(1, 3, figsize=(19, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(19, 4.5), layout="constrained")
     ffn_widths = [w for w in widths if w > 0]
     axes[0].errorbar(ffn_widths, [mean_std(acc[w])[0] for w in ffn_widths],
                      yerr=[mean_std(acc[w])[1] for w in ffn_widths], marker="o", capsize=3, label="SwiGLU FFN")
