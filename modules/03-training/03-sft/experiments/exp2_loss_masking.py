@@ -20,6 +20,7 @@
 """
 import sys
 from pathlib import Path
+from statistics import mean
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
 if str(REPO_ROOT) not in sys.path:
@@ -30,6 +31,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.noise import compare_runs  # noqa: E402
+from modules.common.replicates import (  # noqa: E402
+    REPLICATE_SEED_STRIDE, add_replicates_argument, replicate_seed, resolve_replicates,
+)
 from modules.common.visualization import set_style  # noqa: E402
 from sft_lab import (  # noqa: E402
     MODEL_SIZE, N_FRESH_PROMPTS, add_step_args, answer_metrics, answer_prompts, finetune, load_sft_data, pretrain,
@@ -44,17 +48,12 @@ CHECKPOINTS = (5, 10, 15, 20, 25, 30, 35, 40)
 OVERRUN = 4  # 在 <|im_end|> 之后多生成的 token 数：够写出 "\n<|im_start|>user"
 CEILING = 0.95  # 守模板比例 ≥ 它就算碰到天花板
 PER_PROMPT = ("on_template", "continues_user", "f1")  # 逐问题保存、quick 模式拿来配对的指标
-REPLICATE_SEED_STRIDE = 1000  # 第 r 次 SFT 用种子 seed + 1000·r：与任何主种子都不重合
 
 
 def add_args(parser):
     add_step_args(parser)
-    parser.add_argument("--replicates", type=int, default=None,
-                        help="每个种子上两种 SFT 各重复几次取平均（各用不同的 SFT 批次顺序，基座相同；默认 quick 1 / 完整 2）")
-
-
-def mean(values):
-    return sum(values) / len(values)
+    add_replicates_argument(parser, quick_default=1, full_default=2,
+                            what="两种 SFT 各重复一次，换 SFT 批次顺序，基座相同")
 
 
 def checkpoint_steps(sft_steps: int) -> list:
@@ -91,9 +90,7 @@ def main():
         "SFT 实验 2：只对助手回答算 loss（masked）vs 整段对话都算 loss（all-token）。\n"
         "比较留出对话上用户文本与助手回答的 loss、守模板比例的学习曲线、不停在 <|im_end|> 时会不会替用户写下一轮。"))
     pretrain_steps, sft_steps = step_counts(exp)
-    replicates = (1 if exp.quick else 2) if exp.args.replicates is None else exp.args.replicates
-    if replicates < 1:
-        raise SystemExit(f"--replicates 必须 >= 1（收到 {replicates}）")
+    replicates = resolve_replicates(exp.args.replicates, exp.quick, quick_default=1, full_default=2)
     if sft_steps < CHECKPOINTS[-1]:
         raise SystemExit(f"--sft-steps 必须 >= {CHECKPOINTS[-1]}（学习曲线的结论看前 {CHECKPOINTS[-1]} 步），收到 {sft_steps}")
     tokenizer, data, train_idx, heldout_idx, prompts = load_sft_data(0 if exp.quick else N_FRESH_PROMPTS)
@@ -122,7 +119,7 @@ def main():
         for name, all_tokens in VARIANTS.items():
             reps = []  # 同一个基座上的 R 次 SFT
             for r in range(replicates):
-                run_seed = seed + REPLICATE_SEED_STRIDE * r
+                run_seed = replicate_seed(seed, r)
                 curve = {"steps": [], "on_template": [], "ended": [], "continues_user": []}
                 at_step = {}  # 检查点 → 那时的逐问题回答
 

@@ -18,6 +18,7 @@
 """
 import sys
 from pathlib import Path
+from statistics import mean
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lora_lab import (  # noqa: E402  (lora_lab 会把仓库根目录放进 sys.path)
@@ -30,21 +31,17 @@ import torch  # noqa: E402
 from model.model_lora import lora_modules, merge_lora, unmerge_lora  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.noise import compare_runs, weakest  # noqa: E402
+from modules.common.replicates import (  # noqa: E402
+    REPLICATE_SEED_STRIDE, add_replicates_argument, replicate_seed, resolve_replicates,
+)
 from modules.common.visualization import plt, set_style  # noqa: E402
 
 
 def add_args(parser):
     parser.add_argument("--pretrain-steps", type=int, default=None, help="基座预训练步数（默认 quick 80 / 完整 200）")
     parser.add_argument("--finetune-steps", type=int, default=None, help="每种微调的步数（默认 quick 30 / 完整 60）")
-    parser.add_argument("--replicates", type=int, default=None,
-                        help="每个种子、每种微调重复几次取平均（各用不同的批次顺序与适配器初始化；默认 quick 2 / 完整 4）")
-
-
-REPLICATE_SEED_STRIDE = 1000  # 第 r 次复制用种子 seed + 1000·r：与任何主种子都不重合
-
-
-def mean(values):
-    return sum(values) / len(values)
+    add_replicates_argument(parser, quick_default=2, full_default=4,
+                            what="每种微调各重复一次，换批次顺序与适配器初始化")
 
 
 @torch.no_grad()
@@ -79,9 +76,7 @@ def main():
     finetune_steps = (30 if exp.quick else 60) if exp.args.finetune_steps is None else exp.args.finetune_steps
     if pretrain_steps < 1 or finetune_steps < 1:
         raise SystemExit(f"--pretrain-steps 与 --finetune-steps 必须 >= 1（收到 {pretrain_steps}、{finetune_steps}）")
-    replicates = (2 if exp.quick else 4) if exp.args.replicates is None else exp.args.replicates
-    if replicates < 1:
-        raise SystemExit(f"--replicates 必须 >= 1（收到 {replicates}）")
+    replicates = resolve_replicates(exp.args.replicates, exp.quick, quick_default=2, full_default=4)
 
     tokenizer = load_tokenizer()
     tasks = load_tasks(tokenizer)
@@ -99,7 +94,7 @@ def main():
         for v, rank in variants.items():
             reps = []  # 同一个基座上的 R 次微调
             for r in range(replicates):
-                run_seed = seed + REPLICATE_SEED_STRIDE * r
+                run_seed = replicate_seed(seed, r)
                 model, _, _ = finetune(base, tasks, run_seed, finetune_steps, exp.device, rank=rank)
                 new, old = task_loss(model, tasks["new"], exp.device), task_loss(model, tasks["old"], exp.device)
                 rep = {"run_seed": run_seed, "new_loss": new, "old_loss": old, "old_rise": old - b_old,

@@ -24,6 +24,7 @@ B. T² 因子：固定一个验证批、固定 confident 老师与（大转移�
 """
 import math
 import sys
+from statistics import mean
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # 同目录的 distill_lab（它再把仓库根目录放进 sys.path）
@@ -39,6 +40,9 @@ from distill_lab import (  # noqa: E402
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.noise import compare_runs  # noqa: E402
+from modules.common.replicates import (  # noqa: E402
+    REPLICATE_SEED_STRIDE, add_replicates_argument, replicate_seed, resolve_replicates,
+)
 from modules.common.text_data import char_lm_batches  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 from trainer.train_distillation import distillation_loss  # noqa: E402
@@ -47,7 +51,6 @@ SWEEP_T = [1.0, 2.0, 4.0, 8.0]
 CONTRAST_T = [1.0, 4.0]  # 两个对照组只比 T=1 与 T=4
 GRAD_T = [1.0, 2.0, 4.0, 8.0, 16.0]
 TRANSFER = {"small": 16, "large": 4096}  # 转移集的序列条数（每条长 BLOCK），与实验 1 相同
-REPLICATE_SEED_STRIDE = 1000  # 第 r 个小转移集复制用种子 seed + 1000·r：与任何主种子都不重合
 # 每组学生：(老师, 转移集, 温度)；"confident/small" 是主结论，另外两组是对照
 GROUPS = {"confident/small": ("confident", "small", SWEEP_T), "soft/small": ("soft", "small", CONTRAST_T),
           "confident/large": ("confident", "large", CONTRAST_T)}
@@ -58,17 +61,14 @@ def add_args(parser):
     parser.add_argument("--steps", type=int, default=None, help="soft 老师与每个学生的训练步数（默认 300）")
     parser.add_argument("--extra-teacher-steps", type=int, default=None,
                         help="confident 老师在 soft 老师之上继续训练的步数（默认：完整模式 900，quick 300）")
-    parser.add_argument("--replicates", type=int, default=None,
-                        help="小转移集上每个种子平均几个学生（各用不同的转移集与初始化；默认：完整模式 4，quick 1）")
+    add_replicates_argument(parser, quick_default=1, full_default=4,
+                            what="小转移集上的学生，各用不同的转移集与初始化")
 
 
 def average_replicates(scores: list[dict]) -> dict:
     """同一个种子、同一组、同一个 T 的 R 个学生（R 个不同的小转移集）的 evaluate 结果取平均，作为这个种子的值。
 
     逐批的值（*_batches）也逐批平均：各学生读的是同一组验证批，quick 模式仍可按批配对。"""
-    def mean(values):
-        return sum(values) / len(values)
-
     averaged = {key: mean([s[key] for s in scores]) for key in ("student_val_loss", "agreement")}
     for key in ("student_val_batches", "agreement_batches"):
         averaged[key] = [mean(per_batch) for per_batch in zip(*(s[key] for s in scores))]
@@ -101,11 +101,7 @@ def main():
         extra_steps = 300 if exp.quick else 900
     if extra_steps < 1:
         raise SystemExit(f"--extra-teacher-steps 至少 1（收到 {extra_steps}）")
-    replicates = exp.args.replicates
-    if replicates is None:
-        replicates = 1 if exp.quick else 4
-    if replicates < 1:
-        raise SystemExit(f"--replicates 至少 1（收到 {replicates}）")
+    replicates = resolve_replicates(exp.args.replicates, exp.quick, quick_default=1, full_default=4)
     text = get_experiment_data("shakespeare")
 
     runs = {group: {str(T): [] for T in temps} for group, (_, _, temps) in GROUPS.items()}
@@ -130,7 +126,7 @@ def main():
             regime_groups = {group: spec for group, spec in GROUPS.items() if spec[1] == regime}
             scores = {group: {str(T): [] for T in temps} for group, (_, _, temps) in regime_groups.items()}
             for r in range(replicates if regime == "small" else 1):
-                sample_seed = seed + REPLICATE_SEED_STRIDE * r  # r = 0：种子本身
+                sample_seed = replicate_seed(seed, r)  # r = 0：种子本身
                 sequences = transfer_set(text, n_sequences, sample_seed).to(exp.device)  # (K, BLOCK)
                 for group, (name, _, temps) in regime_groups.items():
                     teacher = teachers[name]
