@@ -57,20 +57,19 @@ def test_formats_verifier_and_pass_at_k_estimators():
 
 
 def test_exp1_addition_formats(tmp_path):
-    """默认 3 位加法（进位链长到一次前向算不完的区间）：quick 500 步时草稿写法已经起飞，plain 与 reverse 还几乎为 0
-    （开发用的种子 42 之外，种子 1、7 上两条"scratchpad 高于…"都 ✅）。"""
+    """默认 3 位加法（进位链长到一次前向算不完的区间），quick 每步 512 个 token、1000 步：草稿写法在预算内起飞，
+    plain 与 reverse 还接近 0（开发用的种子 42 之外，种子 1、7、5 上两条"scratchpad 高于…"都 ✅）。"""
     record, _ = run_quick("exp1_addition_formats.py", tmp_path)
     m = record["metrics"]
-    assert m["digits"] == 3 and len(m["curves"]["plain"]["steps"]) == 3
+    assert m["digits"] == 3 and m["steps"] == 1000 and m["token_budget"] == 512
+    assert len(m["curves"]["plain"]["steps"]) == 3
     curve = {fmt: m["curve_mean"][fmt][0] for fmt in ("plain", "reverse", "scratchpad")}
-    # 起飞的时刻对浮点细节很敏感：session 12 的开发机（另一种 CPU）上单线程 quick 运行里草稿写法到 500 步还没起飞
-    # （学习曲线 0.037 vs plain 0.017，未确立），上一台机器上种子 42/1/7 都成立。所以 quick 只要求"不反向"；
-    # 成立与否以完整模式（3 个种子，results/reference/）为准——这是 issue 19 里一条还没解决的 quick 脆弱性
     for worse in ("plain", "reverse"):
         c = find_conclusion(record, f"scratchpad 的学习曲线（各检查点平均准确率）高于 {worse}")
-        assert c["status"] != "fails" and curve["scratchpad"] >= curve[worse], c
-    # reverse 在 quick 的 500 步里还没起飞（种子 42、1、7 上都与 plain 一样接近 0，在噪声以内）：
-    # 只要求判定与测得的方向自洽；完整模式 1200 步的结果见 results/reference/
+        assert c["status"] == "holds" and curve["scratchpad"] > curve[worse], c
+    # reverse 在 quick 的预算里还没起飞（种子 42、1、7 上终点 0.015、0.005、0.01，与 plain 一样在地板上）：两者的差是地板上
+    # 一两道题的差别，按评估批次的噪声检验会判 ❔ 或 ❌（种子 1），随种子变化。只要求判定与测得的方向自洽；
+    # reverse 高于 plain 要到完整模式 1200 步 × 1024 token 才看得到（results/reference/）
     c = find_conclusion(record, "reverse 的学习曲线（各检查点平均准确率）高于 plain")
     assert (c["status"] == "holds") <= (curve["reverse"] > curve["plain"]), c
     assert (c["status"] == "fails") <= (curve["reverse"] < curve["plain"]), c
@@ -80,14 +79,17 @@ def test_exp1_addition_formats(tmp_path):
     for fmt in ("plain", "reverse", "scratchpad"):
         c = find_conclusion(record, f"长度外推差：{fmt}")
         assert c["status"] == "holds" and m["final_longer"][fmt][0] < 0.1
-    # 同分布上确实学到了东西：4 位题全错不是因为什么都没学会（上一台开发机上 quick 末尾 > 0.3；session 12 的机器上
-    # 草稿写法 500 步还没起飞，只有 0.1——仍高于它在 4 位题上的准确率）
-    assert m["final_in_dist"]["scratchpad"][0] > m["final_longer"]["scratchpad"][0]
+    # 同分布上确实学到了东西：4 位题全错不是因为什么都没学会（草稿写法终点：种子 42、1、7 上 0.59、0.74、0.85）
+    assert m["final_in_dist"]["scratchpad"][0] > 0.3 > m["final_longer"]["scratchpad"][0]
 
 
 def test_exp2_test_time_compute(tmp_path):
+    """在第 300 步的检查点（能力边缘）上评估：投票高于单条采样、验证器高于投票、通过即停更省 token
+    （quick：开发用的种子 42 之外，种子 1、7、5 上这三条都 ✅）。"""
     record, _ = run_quick("exp2_test_time_compute.py", tmp_path)
+    assert record["metrics"]["eval_step"] == 300 and record["metrics"]["steps"] == 400
     seeds = record["metrics"]["per_seed"]
+    assert seeds["greedy"][0] < 0.95  # 检查点还没练满：有题可补
     c = find_conclusion(record, "多数投票 majority@16 的准确率高于单条采样")
     assert c["status"] == "holds" and seeds["majority@16"][0] > seeds["sample1"][0]
     c = find_conclusion(record, "验证器挑选 verifier@16 的准确率高于多数投票 majority@16")
@@ -101,8 +103,11 @@ def test_exp2_test_time_compute(tmp_path):
     # 经验值与无偏估计估的是同一个量：不能显著地差出容差之外
     c = find_conclusion(record, "经验 pass@4（不相交分组直接数）与无偏估计相差不超过")
     assert c["status"] != "fails" and abs(seeds["pass_k_empirical"][0] - seeds["pass_k_unbiased"][0]) < 0.05
+    # 投票与贪心打平（种子 42、1、7、5 上都 ❔）：这个模型的答案众数就是贪心答案，Wang et al. 2022 的收益
+    # 要靠多种解法、各错各的推理路径（见讲义）。只要求判定与测得的方向自洽
     c = find_conclusion(record, "多数投票 majority@16 的准确率高于贪心")
-    assert c["status"] != "fails"  # 投票追上贪心（不显著地比它差）；是否超过贪心在 quick 的噪声以内
+    delta = seeds["majority@16"][0] - seeds["greedy"][0]
+    assert (c["status"] == "holds") <= (delta > 0) and (c["status"] == "fails") <= (delta < 0), c
 
 
 def test_exp3_rl_verifiable_rewards(tmp_path):

@@ -196,7 +196,6 @@ def generate(model, prompts: list, max_new_tokens: int, temperature: float = 0.0
     device = next(model.parameters()).device
     encoded = [TOKENIZER.encode(p) for p in prompts]
     outputs = [[] for _ in prompts]
-    done = [False] * len(prompts)
     # 题目长度不一：按长度分组，同组一起解码（同组内没有 padding，位置编码与训练时一致）
     groups = {}
     for i, ids in enumerate(encoded):

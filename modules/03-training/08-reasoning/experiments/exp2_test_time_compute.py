@@ -1,6 +1,8 @@
 """实验 2：推理时多花算力——贪心、多数投票、验证器挑选，准确率随采样数 N 和生成 token 数怎么变。
 
-起点：实验 1 的 scratchpad 写法，在 1–2 位加法上训练 400 步（还没学满：贪心准确率随种子在 0.7–0.95 之间）。同一个模型，对每道留出题：
+起点：实验 1 的 scratchpad 写法，在 1–2 位加法上训练 400 步（实验 3 的起点就是这次训练的终点），
+评估用的是它第 300 步的检查点（--eval-step）：这时模型正处在能力边缘（开发种子 42–44 上贪心准确率 0.475–0.87），
+推理时多花的算力才有东西可补（到第 400 步有的种子贪心已到 0.965，多采样几乎无可补）。同一个检查点，对每道留出题：
   greedy       贪心解码一次
   majority@N   温度 0.7（--temperature）采样 N 条，取出现最多的答案（self-consistency, Wang et al. 2022）
   verifier@N   依次采样，验证器（addition_lab.check_scratchpad：逐步检查竖式、不用标准答案）通过就停；
@@ -33,10 +35,15 @@ TEMPERATURE = 0.7
 PASS_K = 4  # 经验 pass@k 与无偏估计对照用的 k
 PASS_MARGIN = 0.03  # 事先定好的等价容差
 EVAL_BATCHES = 10
+# 评估第 300 步的检查点（看判定之前按种子 42–44 上的贪心准确率定下）：Wang et al. 2022、Snell et al. 2024 的收益
+# 出现在模型常答错、但采样里还有对的答案的题上；练满的模型（贪心接近 1）没有东西可补
+EVAL_STEP = 300
 
 
 def add_args(parser):
-    parser.add_argument("--steps", type=int, default=400, help="scratchpad 模型的训练步数（默认 400）")
+    parser.add_argument("--steps", type=int, default=400, help="scratchpad 模型的训练步数（默认 400，同实验 3 的起点）")
+    parser.add_argument("--eval-step", type=int, default=EVAL_STEP,
+                        help=f"在第几步的检查点上评估（默认 {EVAL_STEP}：贪心准确率还明显低于 1 的能力边缘）")
     parser.add_argument("--temperature", type=float, default=TEMPERATURE, help="采样温度（默认 0.7）")
 
 
@@ -77,12 +84,24 @@ def evaluate_problem(problem, greedy_reply, greedy_tokens, replies, n_tokens) ->
     return row
 
 
-def run_seed(seed: int, steps: int, problems: list, temperature: float) -> list[dict]:
+def run_seed(seed: int, steps: int, eval_step: int, problems: list, temperature: float) -> list[dict]:
+    """训练 steps 步；在第 eval_step 步的检查点上对每道题贪心一次、按温度采样 N_MAX 条，返回逐题结果。"""
     model = lab.new_model(seed, hidden_size=64, num_layers=2)
-    exclude = frozenset(problems)
-    lab.train_format(model, "scratchpad", steps, 1024, seed, 2, exclude, {"held_out": problems[:100]}, steps,
-                     progress=lambda fmt, s, accs, loss: print(f"  [seed {seed}] 训练 {s} 步：loss {loss:.3f}，"
-                                                                f"贪心准确率 {accs['held_out']:.2f}", flush=True))
+    rows = []
+
+    def at_checkpoint(fmt, step, accs, loss):
+        print(f"  [seed {seed}] 训练 {step} 步：loss {loss:.3f}，贪心准确率（前 100 题）{accs['held_out']:.2f}", flush=True)
+        if step == eval_step:
+            rows.extend(evaluate_checkpoint(model, problems, temperature, seed))
+
+    # 每 eval_step 步（和终点）测一次贪心准确率；第 eval_step 步的检查点上做完整评估，训练随后照常继续
+    lab.train_format(model, "scratchpad", steps, 1024, seed, 2, frozenset(problems), {"held_out": problems[:100]},
+                     eval_step, progress=at_checkpoint)
+    return rows
+
+
+def evaluate_checkpoint(model, problems: list, temperature: float, seed: int) -> list[dict]:
+    """当前模型：每题贪心一次、按温度采样 N_MAX 条（generator 用 seed 固定），逐题交给 evaluate_problem。"""
     max_new = len(lab.answer_text(problems[0], "scratchpad")) + 4
     prompts = [lab.prompt_text(p) for p in problems]
     greedy, greedy_tokens = lab.generate(model, prompts, max_new)
@@ -101,16 +120,17 @@ def mean_of(rows, key):
 def main():
     exp = Experiment(__file__, description="推理时扩展：贪心 / 多数投票 / 验证器 best-of-N 随 N 的准确率与 token 花费；pass@k 估计",
                      extra_args=add_args)
-    steps, temperature = exp.args.steps, exp.args.temperature
-    if steps < 20 or not temperature > 0:
-        raise SystemExit(f"需要 --steps >= 20、--temperature > 0（收到 {steps}、{temperature}）")
+    steps, eval_step, temperature = exp.args.steps, exp.args.eval_step, exp.args.temperature
+    if steps < 20 or not 1 <= eval_step <= steps or not temperature > 0:
+        raise SystemExit(f"需要 --steps >= 20、1 <= --eval-step <= --steps、--temperature > 0"
+                         f"（收到 {steps}、{eval_step}、{temperature}）")
     n_problems = 100 if exp.quick else 200
     problems = lab.sample_problems(random.Random(4321), 2, n_problems)
 
     per_seed = []
     for seed in exp.seeds:
         exp.seed_everything(seed)
-        per_seed.append(run_seed(seed, steps, problems, temperature))
+        per_seed.append(run_seed(seed, steps, eval_step, problems, temperature))
 
     def seeds_of(key):
         return [mean_of(rows, key) for rows in per_seed]
@@ -125,7 +145,7 @@ def main():
                           format_mean_std(seeds_of(f"{method}@{n}_tokens"), 3)])
         table.append([f"pass@{n} (oracle)", n, format_mean_std(seeds_of(f"pass@{n}"), 3), "-"])
     exp.print_table(["method", "N", "accuracy", "tokens/problem"], table,
-                    title=f"{n_problems} 道留出的 2 位加法，温度 {temperature}（{len(exp.seeds)} 个种子）")
+                    title=f"{n_problems} 道留出的 2 位加法，第 {eval_step} 步的检查点，温度 {temperature}（{len(exp.seeds)} 个种子）")
     exp.print_table(["estimator", f"pass@{PASS_K}"],
                     [["empirical (disjoint groups)", format_mean_std(seeds_of("pass_k_empirical"), 3)],
                      ["unbiased (Chen 2021)", format_mean_std(seeds_of("pass_k_unbiased"), 3)],
@@ -134,7 +154,8 @@ def main():
     keys = ["greedy", "greedy_tokens", "sample1", "pass_k_empirical", "pass_k_unbiased", "pass_k_naive"]
     keys += [f"{m}@{n}{suffix}" for n in NS for m in ("majority", "verifier") for suffix in ("", "_tokens")]
     keys += [f"pass@{n}" for n in NS]
-    exp.save_metrics({"steps": steps, "n_problems": n_problems, "n_samples": N_MAX, "temperature": temperature,
+    exp.save_metrics({"steps": steps, "eval_step": eval_step, "n_problems": n_problems, "n_samples": N_MAX,
+                      "temperature": temperature,
                       "per_seed": {k: seeds_of(k) for k in keys}})
 
     top = f"@{N_MAX}"
