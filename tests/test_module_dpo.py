@@ -62,6 +62,21 @@ def test_pair_stats_margin_matches_independent_logprobs():
     assert stats["per_pair"]["chosen_logp"] == pytest.approx(chosen, abs=1e-3)
 
 
+def test_average_runs_averages_replicates_and_keeps_steps():
+    """复制训练的平均（完整模式每个种子 R 次训练 → 一份结果）：浮点数与列表逐项平均，整数（步数）原样保留，
+    R = 1 原样返回（quick 模式结果不变），步数对不上时报错。"""
+    lab = load_dpo_lab()
+    runs = [{"step": 10, "kl": 0.2, "per_pair": {"kl": [0.1, 0.3]}, "accuracy_refusal": None},
+            {"step": 10, "kl": 0.4, "per_pair": {"kl": [0.3, 0.5]}, "accuracy_refusal": None}]
+    averaged = lab.average_runs(runs)
+    assert averaged["step"] == 10 and isinstance(averaged["step"], int)
+    assert averaged["kl"] == pytest.approx(0.3) and averaged["per_pair"]["kl"] == pytest.approx([0.2, 0.4])
+    assert averaged["accuracy_refusal"] is None
+    assert lab.average_runs(runs[:1]) is runs[0]
+    with pytest.raises(ValueError):
+        lab.average_runs([{"step": 10}, {"step": 20}])
+
+
 @pytest.mark.experiment
 def test_exp1_margin_rises_and_generalises(tmp_path):
     """quick（种子 42）：每条结论的判定都用 JSON 里第一个种子的逐对值重算一遍（与实验同样的配对方式），
@@ -71,6 +86,10 @@ def test_exp1_margin_rises_and_generalises(tmp_path):
     record, _ = run_quick("exp1_dpo_basics.py", tmp_path)
     m = record["metrics"]
     steps, beta, n_folds = m["eval_steps"], m["config"]["beta"], m["config"]["n_folds"]
+    # quick 不复制训练（--replicates 默认 1）：唯一一次复制的 log KL 增长就是曲线上的增长
+    assert m["config"]["replicates"] == 1
+    kl_curve = np.array(m["curves"]["heldout"]["kl"])[0]
+    assert m["replicate_heldout_log_kl_growth"] == [[pytest.approx(np.log(kl_curve[-1]) - np.log(kl_curve[1]))]]
     assert steps[0] == 0 and steps[-1] == m["config"]["dpo_steps"]
     train, heldout = m["curves"]["train"], m["curves"]["heldout"]
     # 第 0 步策略就是参考模型：奖励差与 KL 都恰好为 0
@@ -158,6 +177,7 @@ def test_exp2_larger_beta_stays_closer_to_reference(tmp_path):
     record, _ = run_quick("exp2_beta.py", tmp_path)
     m = record["metrics"]
     betas = m["config"]["betas"]
+    assert m["config"]["replicates"] == 1  # quick 不复制训练：结果与加入 --replicates 之前相同
     pairs = {b: m["per_pair_first_seed"][str(b)] for b in betas}
     kl = {b: float(np.mean(pairs[b]["kl"])) for b in betas}
 
@@ -224,14 +244,39 @@ def test_exp3_dpo_pushes_rejected_down_more_than_sft(tmp_path):
         assert measured(f"[{split}] 与此同时，DPO 让 chosen 自己的对数概率下降", split)["status"] == "holds"
         assert np.mean(shifts["dpo"][split]["chosen"]) < 0
     # SFT(chosen) 在留出对上的两条效应（约 +0.2～+0.4 nat）与 60 个偏好对的噪声同一量级：quick 种子 42 上未确立、种子 1 上成立
-    for fragment in ("SFT(chosen) 抬高了 chosen", "SFT(chosen) 也把 rejected"):
+    for fragment in ("SFT(chosen) 抬高了 chosen", "[heldout] SFT(chosen) 也把 rejected"):
         assert measured(fragment)["status"] != "fails"
+
+    # 按类型：判定用 JSON 里第一个种子的逐对变化重算（只取这一类的留出对，逐对配对）
+    from modules.common.noise import exceeds
+
+    m = record["metrics"]
+    assert m["config"]["replicates"] == 1  # quick 不复制训练
+    sft_pairs = m["pair_shifts_first_seed"]["sft_chosen"]["heldout"]
+
+    def kind_check(fragment, kind):
+        c = find_conclusion(record, fragment)
+        rejected = [sft_pairs["rejected"][p] for p in m["heldout_kind_positions"][kind]]
+        verdict = exceeds(rejected, 0.0, unit="batches")
+        assert c["noise"]["unit"] == "batches" and c["noise"]["n"] == len(rejected), c
+        assert c["status"] == verdict.status, (c, verdict)
+        return verdict, rejected
+
+    # arithmetic 对的好坏回答只差结果数字：SFT(chosen) 把 rejected 一起抬高，几乎和 chosen 一样多
+    # （quick 种子 42、1、7、5 都成立；完整模式两组种子都成立）
+    v, rejected = kind_check("[heldout arithmetic：好坏回答只差结果数字]", "arithmetic")
+    chosen = [sft_pairs["chosen"][p] for p in m["heldout_kind_positions"]["arithmetic"]]
+    assert v.holds and np.mean(rejected) > 0.5 * np.mean(chosen) > 0
+    # 对照：refusal 对的 rejected 是敷衍话，与 chosen 几乎不共享 token——SFT(chosen) 没有把它抬高，反而压低
+    v, rejected = kind_check("对照：[heldout refusal", "refusal")
+    assert v.status != "holds" and np.mean(rejected) < 0, v
 
 
 @pytest.mark.parametrize("script, args, fragment", [
     ("exp1_dpo_basics.py", ["--beta", "0"], "--beta 必须为正"),
     ("exp2_beta.py", ["--betas", "0.1"], "--betas 至少给两个正数"),
     ("exp3_sft_vs_dpo.py", ["--steps", "0"], "必须 >= 1"),
+    ("exp1_dpo_basics.py", ["--replicates", "0"], "--replicates 必须 >= 1"),
 ])
 def test_bad_arguments_exit_with_message(tmp_path, script, args, fragment):
     proc = subprocess.run([sys.executable, str(EXPERIMENTS / script), "--quick", "--output-dir", str(tmp_path), *args],

@@ -199,8 +199,9 @@ def train_reference(tokenizer, sft_data, seed: int, steps: int, device, progress
 
 def sft_on_chosen(ref, dpo_data, train_idx, seed: int, steps: int, device, lr: float = DPO_LR,
                   progress: bool = True):
-    """对照组：从参考模型的拷贝出发，只在训练对的 chosen 回答上做 SFT（普通交叉熵）。返回 (model, history)。"""
-    model = copy.deepcopy(ref).train()
+    """对照组：从参考模型的拷贝出发，只在训练对的 chosen 回答上做 SFT（普通交叉熵）。返回 (model, history)。
+    train_dpo 会冻结参考模型（requires_grad_(False)），所以拷贝要重新打开梯度。"""
+    model = copy.deepcopy(ref).requires_grad_(True).train()
     torch.manual_seed(seed)
     hist = train_model(model, make_lm_get_batch(dpo_data, train_idx, DPO_BATCH, seed, key="chosen_"), steps=steps,
                        lr=lr, warmup_steps=max(1, steps // 20), eval_every=steps, eval_batches=1, device=device,
@@ -294,6 +295,24 @@ def gradient_weight(policy, ref_logps: dict, dpo_data, indices, beta: float, dev
     logps = pair_logprobs(policy, dpo_data, indices, device)
     delta = (logps["chosen"] - ref_logps["chosen"]) - (logps["rejected"] - ref_logps["rejected"])  # (N,)
     return torch.sigmoid(-beta * delta).mean().item()
+
+
+def average_runs(runs: list):
+    """同一个种子的 R 次复制训练（modules/common/replicates.py）→ 一份同样结构的平均结果：
+    浮点数与浮点数列表逐项取平均，dict 逐键递归，整数（步数）在各次复制里相同、原样保留，None 保留。
+    R = 1 时原样返回（quick 模式的结果与不复制完全相同）。"""
+    first = runs[0]
+    if len(runs) == 1:
+        return first
+    if isinstance(first, dict):
+        return {key: average_runs([run[key] for run in runs]) for key in first}
+    if isinstance(first, list):
+        return [average_runs(list(items)) for items in zip(*runs)]
+    if first is None or isinstance(first, int):
+        if any(run != first for run in runs):
+            raise ValueError(f"复制训练之间这一项应当相同：{runs}")
+        return first
+    return sum(runs) / len(runs)
 
 
 def own_preference(logps: dict) -> list:

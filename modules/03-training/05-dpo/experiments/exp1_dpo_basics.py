@@ -8,6 +8,10 @@
   以及 chosen / rejected 回答的平均序列对数概率。
 每条比较结论都过噪声检验（modules/common/noise.py）：完整模式按种子配对；quick 模式只有一个种子，
 按同一组偏好对逐对配对（KL 用每一对的位置平均 KL），分类型的比较按 N_FOLDS 个固定的留出子集配对。
+复制训练（modules/common/replicates.py）：同一个参考模型上只换 DPO 的批次顺序，第 10 → 50 步的 log KL 增长
+在单次训练之间的标准差（种子 42–44 上约 0.27）和种子之间的一样大——前 10 步抽到哪些对决定了第 10 步的 KL。
+所以完整模式里每个种子的主 DPO 训练 --replicates 次（默认 10 次，quick 1 次），各项指标取平均后再按种子配对；
+算术部分的两次 DPO 不复制。
 算术部分（DPO 能不能学会"算对"）：两种参考模型，各自只在 dpo.jsonl 的训练算术对上做同样的 DPO，
 在 160 道两种参考模型和 DPO 都没见过的加法题（每题一对：正确结果 vs 差 1–2）上测：
   会加法的参考模型 = 在其余 0–20 加法题上 SFT 过（--add-ref-steps 步）；
@@ -30,10 +34,14 @@ import torch  # noqa: E402
 import dpo_lab as lab  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std  # noqa: E402
 from modules.common.noise import compare_runs  # noqa: E402
+from modules.common.replicates import add_replicates_argument, replicate_seed, resolve_replicates  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 
 N_TRAIN_EVAL = 60  # 监控用的训练对数量（固定的前 60 对）
 N_FOLDS = 5  # quick 模式比较两类留出对时配对用的固定子集数（每类约 20 对，每个子集约 4 对）
+# 完整模式每个种子的主 DPO 训练几次：按 CPU 预算定（每次约 5 s CPU，10 次让完整模式单独运行约 4 min，
+# 不到 10 min 预算的一半），在看任何判定之前定下
+QUICK_REPLICATES, FULL_REPLICATES = 1, 10
 
 
 def add_args(parser):
@@ -42,6 +50,7 @@ def add_args(parser):
     parser.add_argument("--beta", type=float, default=lab.DEFAULT_BETA, help="DPO 的 β（默认 0.1，同 trainer/train_dpo.py）")
     parser.add_argument("--add-ref-steps", type=int, default=400,
                         help="'会加法'的参考模型在加法题上 SFT 的步数（默认 400）")
+    add_replicates_argument(parser, QUICK_REPLICATES, FULL_REPLICATES, "主 DPO 换批次顺序，参考模型不变")
 
 
 def main():
@@ -56,6 +65,7 @@ def main():
     if beta <= 0:
         raise SystemExit(f"--beta 必须为正（收到 {beta}）；β 是 KL 约束的强度")
     eval_every = max(1, dpo_steps // 5)
+    replicates = resolve_replicates(exp.args.replicates, exp.quick, QUICK_REPLICATES, FULL_REPLICATES)
 
     tokenizer = lab.load_tokenizer()
     sft_data = lab.Encoded(lab.SFTDataset(lab.SFT_PATH, tokenizer, lab.SEQ_LEN))
@@ -73,7 +83,8 @@ def main():
             lab.write_rows(Path(folder) / "addition_heldout.jsonl", lab.addition_pair_rows(add_heldout_questions)),
             tokenizer, lab.SEQ_LEN))
     add_idx = list(range(len(add_pairs)))
-    print(f"偏好对：训练 {len(train_idx)}，留出 {len(heldout_idx)}；参考模型 SFT {ref_steps} 步，DPO {dpo_steps} 步，β={beta}")
+    print(f"偏好对：训练 {len(train_idx)}，留出 {len(heldout_idx)}；参考模型 SFT {ref_steps} 步，DPO {dpo_steps} 步，β={beta}；"
+          f"每个种子的主 DPO 平均 {replicates} 次训练（只换批次顺序）")
     print(f"算术：'会加法'的参考模型在 {len(add_sft_questions)} 道加法题上 SFT {add_ref_steps} 步；"
           f"两种参考模型各在 {len(arith_train_idx)} 个训练算术对上 DPO；评估 {len(add_idx)} 道没见过的加法题")
 
@@ -88,8 +99,12 @@ def main():
             return {"train": lab.pair_stats(policy, ref, dpo_data, monitor_idx, beta, exp.device, ref_train),
                     "heldout": lab.pair_stats(policy, ref, dpo_data, heldout_idx, beta, exp.device, ref_heldout)}
 
-        _, hist = lab.train_dpo(ref, dpo_data, train_idx, seed, dpo_steps, beta, exp.device,
-                                evaluate=evaluate, eval_every=eval_every)
+        # 同一个参考模型上 R 次 DPO，只换批次顺序（r = 0 用种子本身）；各项指标逐项平均成这个种子的值
+        replicate_hists = [lab.train_dpo(ref, dpo_data, train_idx, replicate_seed(seed, r), dpo_steps, beta,
+                                         exp.device, evaluate=evaluate, eval_every=eval_every)[1]
+                           for r in range(replicates)]
+        hist = lab.average_runs(replicate_hists)
+        hist["replicate_heldout_kl"] = [[e["heldout"]["kl"] for e in h["evals"]] for h in replicate_hists]  # (R, n_evals)
         hist["ref_prefers_chosen"] = lab.own_preference(ref_heldout)  # (N_heldout,)
         add_ref, _ = lab.train_reference(tokenizer, add_sft_data, seed, add_ref_steps, exp.device)
         hist["addition"] = {}
@@ -167,7 +182,16 @@ def main():
                                       log_kl(pair_values("heldout", "kl", early))),
                          f"heldout KL (nat/token): step {step_e} = {format_mean_std(heldout_kl[:, early], 4)}, "
                          f"step {step_l} = {format_mean_std(heldout_kl[:, late], 4)}；"
-                         f"KL 的倍数 = {format_mean_std(np.exp(kl_growth), 2)}")
+                         f"KL 的倍数 = {format_mean_std(np.exp(kl_growth), 2)}"
+                         + (f"（每个种子平均 {replicates} 次 DPO）" if replicates > 1 else ""))
+    # 单次训练之间的噪声：每个种子 R 次 DPO 各自的 log KL 增长 (n_seeds, R)
+    replicate_growth = np.array([[np.log(max(kl[late], 1e-12)) - np.log(max(kl[early], 1e-12))
+                                  for kl in run["replicate_heldout_kl"]] for run in runs])
+    if replicates > 1:
+        exp.print_table(["seed", "log KL growth per run (mean ± std over replicates)", "growth of the averaged KL"],
+                        [[seed, format_mean_std(g, 3), f"{k:+.3f}"]
+                         for seed, g, k in zip(exp.seeds, replicate_growth, kl_growth)],
+                        title=f"留出对 KL 第 {step_e} → {step_l} 步的增长：同一个参考模型上 {replicates} 次 DPO（只换批次顺序）")
 
     kinds = {split: [lab.pair_kind(dpo_data.rows[i]) for i in idx]
              for split, idx in (("train", monitor_idx), ("heldout", heldout_idx))}
@@ -286,7 +310,8 @@ def main():
                                  "n_addition_heldout": n_add, "n_arithmetic_train_pairs": len(arith_train_idx),
                                  "dpo_steps": dpo_steps, "beta": beta, "lr": lab.DPO_LR,
                                  "batch_pairs": lab.DPO_BATCH, "n_train_pairs": len(train_idx),
-                                 "n_heldout_pairs": len(heldout_idx), "n_folds": N_FOLDS, "model": lab.MODEL_SIZE},
+                                 "n_heldout_pairs": len(heldout_idx), "n_folds": N_FOLDS, "model": lab.MODEL_SIZE,
+                                 "replicates": replicates},
                       "eval_steps": eval_steps,
                       "kind_positions": positions,
                       "heldout_accuracy_by_kind": {k: v.tolist() for k, v in kind_acc.items()},
@@ -303,6 +328,8 @@ def main():
                       "addition": {regime: {key: [run["addition"][regime][key] for run in runs]
                                             for key in ("ref_correct", "dpo_correct", "policy_correct")}
                                    for regime in ("can_add", "cannot_add")},
+                      # 每个种子每次复制的留出 log KL 增长（第一次评估 → 最后一步），量单次训练之间的噪声
+                      "replicate_heldout_log_kl_growth": replicate_growth.tolist(),
                       "batch_reward_margin": [run["reward_margin"] for run in runs],
                       "batch_loss": [run["loss"] for run in runs]})
     exp.finish()

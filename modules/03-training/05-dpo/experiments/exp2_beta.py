@@ -9,6 +9,9 @@ DPO 的损失 −log σ(β·Δ)，Δ = (log π(y_c) − log π_ref(y_c)) − (lo
 σ 离 0.5 不远，两个 β 的更新相近——这一档作为"对照："单列，逐档下降的结论看 β 真正改变梯度权重的几档。
 比较结论都过噪声检验（modules/common/noise.py）：完整模式按种子配对，quick 模式各 β 在同一组留出对上逐对配对；
 KL 在对数尺度上比较（各种子的 KL 差的是倍数）。
+复制训练（modules/common/replicates.py）：同一个参考模型上只换 DPO 的批次顺序，log KL(β=0.1) − log KL(β=0.5)
+在单次训练之间的标准差（种子 42–44 上合并约 0.16）和种子之间的（约 0.21）差不多大——是训练噪声。
+所以完整模式里每个种子的每个 β 训练 --replicates 次（默认 5 次，quick 1 次），各项指标取平均后再按种子配对。
 
     python exp2_beta.py --quick
 """
@@ -23,11 +26,15 @@ import numpy as np  # noqa: E402
 import dpo_lab as lab  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.noise import compare_runs  # noqa: E402
+from modules.common.replicates import add_replicates_argument, replicate_seed, resolve_replicates  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 
 BETAS = [0.01, 0.1, 0.5, 2.0]
 SMALL_BETA = 0.1  # β ≤ 它时 40 步内 β·Δ 还小、σ(−β·Δ) 离 0.5 不远：两档之间的 KL 比较是对照
 N_TRAIN_EVAL = 60  # 测梯度权重用的训练对（固定的前 60 对，同实验 1 的监控对）
+# 完整模式每个种子每个 β 训练几次：按 CPU 预算定（每次 4 个 β 约 10 s CPU，5 次让完整模式单独运行约 3 min），
+# 在看任何判定之前定下
+QUICK_REPLICATES, FULL_REPLICATES = 1, 5
 
 
 def add_args(parser):
@@ -35,6 +42,7 @@ def add_args(parser):
     parser.add_argument("--dpo-steps", type=int, default=40, help="每个 β 的 DPO 步数（默认 40）")
     parser.add_argument("--betas", type=float, nargs="+", default=BETAS,
                         help=f"要比较的 β（默认 0.01 0.1 0.5 2；都 ≤ {SMALL_BETA} 的相邻两档记为对照）")
+    add_replicates_argument(parser, QUICK_REPLICATES, FULL_REPLICATES, "DPO 换批次顺序，参考模型不变")
 
 
 def main():
@@ -46,13 +54,15 @@ def main():
         raise SystemExit(f"--ref-steps 与 --dpo-steps 必须 >= 1（收到 {ref_steps}、{dpo_steps}）")
     if len(betas) < 2 or min(betas) <= 0:
         raise SystemExit(f"--betas 至少给两个正数（收到 {betas}）")
+    replicates = resolve_replicates(exp.args.replicates, exp.quick, QUICK_REPLICATES, FULL_REPLICATES)
 
     tokenizer = lab.load_tokenizer()
     sft_data = lab.Encoded(lab.SFTDataset(lab.SFT_PATH, tokenizer, lab.SEQ_LEN))
     dpo_data = lab.Encoded(lab.DPODataset(lab.DPO_PATH, tokenizer, lab.SEQ_LEN))
     train_idx, heldout_idx = lab.split_pairs(len(dpo_data))
     monitor_idx = train_idx[:N_TRAIN_EVAL]
-    print(f"偏好对：训练 {len(train_idx)}，留出 {len(heldout_idx)}；β = {betas}；每个 β DPO {dpo_steps} 步")
+    print(f"偏好对：训练 {len(train_idx)}，留出 {len(heldout_idx)}；β = {betas}；每个 β DPO {dpo_steps} 步；"
+          f"每个种子平均 {replicates} 次训练（只换批次顺序）")
 
     stats = {beta: [] for beta in betas}  # β → 每个种子在留出对上的 pair_stats（另加训练对上的 gradient_weight）
     for seed in exp.seeds:
@@ -61,10 +71,17 @@ def main():
         ref_heldout = lab.pair_logprobs(ref, dpo_data, heldout_idx, exp.device)
         ref_monitor = lab.pair_logprobs(ref, dpo_data, monitor_idx, exp.device)
         for beta in betas:
-            policy, _ = lab.train_dpo(ref, dpo_data, train_idx, seed, dpo_steps, beta, exp.device)
-            stats[beta].append(lab.pair_stats(policy, ref, dpo_data, heldout_idx, beta, exp.device, ref_heldout))
-            stats[beta][-1]["gradient_weight"] = lab.gradient_weight(policy, ref_monitor, dpo_data, monitor_idx, beta,
-                                                                     exp.device)
+            # 同一个参考模型上 R 次 DPO，只换批次顺序（r = 0 用种子本身）；各项指标逐项平均成这个种子的值
+            replicate_stats = []
+            for r in range(replicates):
+                policy, _ = lab.train_dpo(ref, dpo_data, train_idx, replicate_seed(seed, r), dpo_steps, beta,
+                                          exp.device)
+                replicate_stats.append(lab.pair_stats(policy, ref, dpo_data, heldout_idx, beta, exp.device,
+                                                      ref_heldout))
+                replicate_stats[-1]["gradient_weight"] = lab.gradient_weight(policy, ref_monitor, dpo_data,
+                                                                             monitor_idx, beta, exp.device)
+            stats[beta].append(lab.average_runs(replicate_stats))
+            stats[beta][-1]["replicate_kl"] = [s["kl"] for s in replicate_stats]  # (R,)
 
     def values(beta, key):
         return [s[key] for s in stats[beta]]
@@ -73,6 +90,13 @@ def main():
     exp.print_table(["beta", "Δ log-ratio", "margin β·Δ", "accuracy", "KL nat/token", "σ(−β·Δ) train"],
                     [[beta] + [format_mean_std(values(beta, k), 3) for k in keys] for beta in betas],
                     title=f"留出对上的指标（DPO {dpo_steps} 步后，mean ± std over seeds）")
+
+    if replicates > 1:  # 单次训练之间 vs 种子之间的 log KL 标准差
+        exp.print_table(["beta", "std of log KL within a seed (mean over seeds)", "std of averaged log KL between seeds"],
+                        [[beta, f"{np.mean([np.std(np.log(v), ddof=1) for v in values(beta, 'replicate_kl')]):.3f}",
+                          f"{np.std(np.log(values(beta, 'kl')), ddof=1):.3f}" if len(exp.seeds) > 1 else "—"]
+                         for beta in betas],
+                        title=f"留出对 KL：同一个参考模型上 {replicates} 次 DPO（只换批次顺序）")
 
     kl = {beta: mean_std(values(beta, "kl"))[0] for beta in betas}
     delta = {beta: mean_std(values(beta, "log_ratio_margin"))[0] for beta in betas}
@@ -145,8 +169,10 @@ def main():
     exp.save_figure(fig, "exp2_beta.png")
 
     exp.save_metrics({"config": {"ref_steps": ref_steps, "dpo_steps": dpo_steps, "betas": betas, "lr": lab.DPO_LR,
-                                 "batch_pairs": lab.DPO_BATCH, "n_heldout_pairs": len(heldout_idx)},
-                      "per_beta": {str(beta): {k: values(beta, k) for k in keys + ("chosen_logp", "rejected_logp")}
+                                 "batch_pairs": lab.DPO_BATCH, "n_heldout_pairs": len(heldout_idx),
+                                 "replicates": replicates},
+                      "per_beta": {str(beta): {k: values(beta, k)
+                                               for k in keys + ("chosen_logp", "rejected_logp", "replicate_kl")}
                                    for beta in betas},
                       "mean_kl": {str(b): kl[b] for b in betas},
                       "mean_log_ratio_margin": {str(b): delta[b] for b in betas},

@@ -5,6 +5,12 @@
   DPO：在 chosen + rejected 上用 trainer/train_dpo.py::make_dpo_step（β=0.1）。
 训练前后在训练对与留出对上测 chosen / rejected 回答的平均序列对数概率（trainer/train_dpo.py::sequence_logprob），
 看谁把 rejected 压下去、谁把 chosen 抬上来、谁拉开了两者的差距。
+"SFT(chosen) 把 rejected 一起抬高"取决于好坏回答共享多少 token（ORPO，Hong et al. 2024 第 3 节：只在 chosen 上 SFT，
+rejected 的似然跟着一起涨），所以留出对还按类型分开看：arithmetic 对的好坏回答只差结果数字；
+对照：refusal 对的 rejected 是"我不知道。"之类的敷衍话，与 chosen 几乎不共享 token。
+复制训练（modules/common/replicates.py）：同一个参考模型上只换 SFT / DPO 的批次顺序，留出对上 SFT(chosen) 的
+Δlog p(rejected) 在单次训练之间的标准差（种子 42–44 上约 0.25）比种子之间的还大，所以完整模式里每个种子
+两种方法各训练 --replicates 次（默认 10 次，quick 1 次），逐对的变化取平均后再按种子配对。
 
     python exp3_sft_vs_dpo.py --quick
 """
@@ -19,15 +25,22 @@ import numpy as np  # noqa: E402
 import dpo_lab as lab  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.noise import compare_runs  # noqa: E402
+from modules.common.replicates import add_replicates_argument, replicate_seed, resolve_replicates  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 
 METHODS = ("sft_chosen", "dpo")
+# 按类型看"SFT(chosen) 把 rejected 一起抬高"：arithmetic 的好坏回答只差结果数字，refusal 的几乎不共享 token（对照）
+SHARED_KIND, CONTRAST_KIND = "arithmetic", "refusal"
+# 完整模式每个种子两种方法各训练几次：按 CPU 预算定（每次两种方法连评估约 6 s CPU，10 次让完整模式单独运行约 4 min），
+# 在看任何判定之前定下
+QUICK_REPLICATES, FULL_REPLICATES = 1, 10
 
 
 def add_args(parser):
     parser.add_argument("--ref-steps", type=int, default=100, help="参考模型 SFT 步数（默认 100）")
     parser.add_argument("--steps", type=int, default=40, help="SFT(chosen) 与 DPO 各自的步数（默认 40）")
     parser.add_argument("--beta", type=float, default=lab.DEFAULT_BETA, help="DPO 的 β（默认 0.1）")
+    add_replicates_argument(parser, QUICK_REPLICATES, FULL_REPLICATES, "SFT 与 DPO 换批次顺序，参考模型不变")
 
 
 def main():
@@ -40,16 +53,24 @@ def main():
         raise SystemExit(f"--ref-steps 与 --steps 必须 >= 1（收到 {ref_steps}、{steps}）")
     if beta <= 0:
         raise SystemExit(f"--beta 必须为正（收到 {beta}）")
+    replicates = resolve_replicates(exp.args.replicates, exp.quick, QUICK_REPLICATES, FULL_REPLICATES)
 
     tokenizer = lab.load_tokenizer()
     sft_data = lab.SFTDataset(lab.SFT_PATH, tokenizer, lab.SEQ_LEN)
     dpo_data = lab.DPODataset(lab.DPO_PATH, tokenizer, lab.SEQ_LEN)
     train_idx, heldout_idx = lab.split_pairs(len(dpo_data))
     splits = {"train": train_idx, "heldout": heldout_idx}
-    print(f"偏好对：训练 {len(train_idx)}，留出 {len(heldout_idx)}；两种方法各 {steps} 步，学习率 {lab.DPO_LR}")
+    heldout_kinds = [lab.pair_kind(dpo_data.rows[i]) for i in heldout_idx]
+    kind_positions = {kind: [p for p, k in enumerate(heldout_kinds) if k == kind] for kind in (SHARED_KIND, CONTRAST_KIND)}
+    print(f"偏好对：训练 {len(train_idx)}，留出 {len(heldout_idx)}；两种方法各 {steps} 步，学习率 {lab.DPO_LR}；"
+          f"每个种子平均 {replicates} 次训练（只换批次顺序）")
 
-    # shifts[method][split][answer] = 每个种子的 (训练后 − 训练前) 平均序列对数概率
+    # shifts[method][split][answer] = 每个种子的 (训练后 − 训练前) 平均序列对数概率（R 次训练的平均）
     shifts = {m: {s: {"chosen": [], "rejected": [], "gap": []} for s in splits} for m in METHODS}
+    # kind_shifts[method][kind][answer]：同上，只取留出对里这一类的偏好对
+    kind_shifts = {m: {kind: {"chosen": [], "rejected": []} for kind in kind_positions} for m in METHODS}
+    # 单次训练之间的噪声：每个种子每次复制的留出对上 SFT(chosen) 的 Δlog p(rejected) (n_seeds, R)
+    replicate_sft_rejected = []
     before = {s: {"chosen": [], "rejected": []} for s in splits}
     # 第一个种子的逐对变化 pair_shifts[method][split][answer]（每个偏好对一项）：quick 模式只有一个种子时，
     # 各方法在同一组偏好对上按对配对，它们的离散程度就是噪声检验的评估噪声（modules/common/noise.py）
@@ -57,19 +78,37 @@ def main():
     for seed in exp.seeds:
         Experiment.seed_everything(seed)
         ref, _ = lab.train_reference(tokenizer, sft_data, seed, ref_steps, exp.device)
-        models = {"sft_chosen": lab.sft_on_chosen(ref, dpo_data, train_idx, seed, steps, exp.device)[0],
-                  "dpo": lab.train_dpo(ref, dpo_data, train_idx, seed, steps, beta, exp.device)[0]}
-        for split, idx in splits.items():
-            ref_lp = lab.pair_logprobs(ref, dpo_data, idx, exp.device)
-            before[split]["chosen"].append(ref_lp["chosen"].mean().item())
-            before[split]["rejected"].append(ref_lp["rejected"].mean().item())
-            for method, model in models.items():
-                lp = lab.pair_logprobs(model, dpo_data, idx, exp.device)
-                per_pair = {"chosen": lp["chosen"] - ref_lp["chosen"], "rejected": lp["rejected"] - ref_lp["rejected"]}
-                per_pair["gap"] = per_pair["chosen"] - per_pair["rejected"]  # (N,)
-                for key, values in per_pair.items():
-                    shifts[method][split][key].append(values.mean().item())
-                    pair_shifts[method][split].setdefault(key, values.tolist())
+        ref_lp = {split: lab.pair_logprobs(ref, dpo_data, idx, exp.device) for split, idx in splits.items()}
+        for split in splits:
+            before[split]["chosen"].append(ref_lp[split]["chosen"].mean().item())
+            before[split]["rejected"].append(ref_lp[split]["rejected"].mean().item())
+        # 同一个参考模型上 R 次训练，只换批次顺序（r = 0 用种子本身）；
+        # replicate_pairs[r][method][split][answer] = 这一次训练逐对的变化（长度 N 的列表）
+        replicate_pairs = []
+        for r in range(replicates):
+            run_seed = replicate_seed(seed, r)
+            models = {"sft_chosen": lab.sft_on_chosen(ref, dpo_data, train_idx, run_seed, steps, exp.device)[0],
+                      "dpo": lab.train_dpo(ref, dpo_data, train_idx, run_seed, steps, beta, exp.device)[0]}
+            replicate_pairs.append({method: {} for method in METHODS})
+            for split, idx in splits.items():
+                for method, model in models.items():
+                    lp = lab.pair_logprobs(model, dpo_data, idx, exp.device)
+                    chosen = lp["chosen"] - ref_lp[split]["chosen"]  # (N,)
+                    rejected = lp["rejected"] - ref_lp[split]["rejected"]  # (N,)
+                    replicate_pairs[-1][method][split] = {"chosen": chosen.tolist(), "rejected": rejected.tolist(),
+                                                          "gap": (chosen - rejected).tolist()}
+        replicate_sft_rejected.append([float(np.mean(run["sft_chosen"]["heldout"]["rejected"]))
+                                       for run in replicate_pairs])
+        averaged = lab.average_runs(replicate_pairs)  # 逐对取 R 次的平均
+        for method in METHODS:
+            for split in splits:
+                for key, values in averaged[method][split].items():
+                    shifts[method][split][key].append(float(np.mean(values)))
+                    pair_shifts[method][split].setdefault(key, values)
+            for kind, positions in kind_positions.items():
+                for key in ("chosen", "rejected"):
+                    values = averaged[method]["heldout"][key]
+                    kind_shifts[method][kind][key].append(float(np.mean([values[p] for p in positions])))
 
     rows = []
     for split in splits:
@@ -102,7 +141,33 @@ def main():
                          verdict("sft_chosen", None, "heldout", "chosen", "greater"), f"Δlog p(chosen) = {sft_c:+.2f}")
     exp.conclude_verdict("[heldout] SFT(chosen) 也把 rejected 一起抬高了（好坏回答共享大部分 token 和句式）",
                          verdict("sft_chosen", None, "heldout", "rejected", "greater"),
-                         f"Δlog p(rejected) = {sft_r:+.2f}")
+                         f"Δlog p(rejected) = {sft_r:+.2f}"
+                         + (f"（每个种子平均 {replicates} 次训练）" if replicates > 1 else ""))
+    if replicates > 1:
+        exp.print_table(["seed", "Δlog p(rejected) per run (mean ± std over replicates)"],
+                        [[seed, format_mean_std(values, 3)] for seed, values in zip(exp.seeds, replicate_sft_rejected)],
+                        title=f"留出对上 SFT(chosen) 的 Δlog p(rejected)：同一个参考模型上 {replicates} 次训练（只换批次顺序）")
+
+    def kind_verdict(kind: str, key: str):
+        """留出对里只取这一类：SFT(chosen) 的变化比 0 高。多种子按种子配对；单种子按这一类的偏好对逐对配对。"""
+        pairs = [pair_shifts["sft_chosen"]["heldout"][key][p] for p in kind_positions[kind]]
+        seeds_values = kind_shifts["sft_chosen"][kind][key]
+        return compare_runs(seeds_values, [0.0] * len(seeds_values), "greater", pairs, [0.0] * len(pairs))
+
+    def kind_evidence(kind: str):
+        c, r = (format_mean_std(kind_shifts["sft_chosen"][kind][key], 2) for key in ("chosen", "rejected"))
+        return f"{kind}（{len(kind_positions[kind])} 对）：Δlog p(chosen) = {c}，Δlog p(rejected) = {r}"
+
+    exp.print_table(["held-out kind", "n", "Δ SFT chosen", "Δ SFT rejected", "Δ DPO chosen", "Δ DPO rejected"],
+                    [[kind, len(positions)] + [format_mean_std(kind_shifts[m][kind][key], 2)
+                                               for m in METHODS for key in ("chosen", "rejected")]
+                     for kind, positions in kind_positions.items()],
+                    title="留出对按类型：两种方法训练后序列对数概率的变化（mean ± std over seeds）")
+    exp.conclude_verdict(f"[heldout {SHARED_KIND}：好坏回答只差结果数字] SFT(chosen) 也把 rejected 一起抬高了",
+                         kind_verdict(SHARED_KIND, "rejected"), kind_evidence(SHARED_KIND))
+    exp.conclude_verdict(f"对照：[heldout {CONTRAST_KIND}：rejected 是敷衍话，与 chosen 几乎不共享 token] "
+                         f"SFT(chosen) 也把 rejected 一起抬高了",
+                         kind_verdict(CONTRAST_KIND, "rejected"), kind_evidence(CONTRAST_KIND))
     sft_gap, dpo_gap = mean("sft_chosen", "heldout", "gap"), mean("dpo", "heldout", "gap")
     exp.conclude_verdict("[heldout] DPO 拉开 chosen 与 rejected 的差距比 SFT(chosen) 更多",
                          verdict("dpo", "sft_chosen", "heldout", "gap", "greater"),
@@ -137,8 +202,11 @@ def main():
 
     exp.save_metrics({"config": {"ref_steps": ref_steps, "steps": steps, "beta": beta, "lr": lab.DPO_LR,
                                  "batch": lab.DPO_BATCH, "n_train_pairs": len(train_idx),
-                                 "n_heldout_pairs": len(heldout_idx)},
-                      "reference_logp": before, "shifts": shifts, "pair_shifts_first_seed": pair_shifts})
+                                 "n_heldout_pairs": len(heldout_idx), "replicates": replicates},
+                      "reference_logp": before, "shifts": shifts, "pair_shifts_first_seed": pair_shifts,
+                      "heldout_kind_positions": kind_positions, "heldout_kind_shifts": kind_shifts,
+                      # 每个种子每次复制的留出对上 SFT(chosen) 的 Δlog p(rejected)，量单次训练之间的噪声
+                      "replicate_sft_heldout_rejected": replicate_sft_rejected})
     exp.finish()
 
 
