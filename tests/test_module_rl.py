@@ -120,8 +120,9 @@ def test_exp3_kl_and_clipping(tmp_path):
                      "回答长度不受 β 影响"):
         assert find_conclusion(record, fragment)["status"] == "holds", fragment  # quick 种子 42、1、7 上都成立
     # quick 只有 10 步、一个种子：不裁剪时策略被推坏在种子 42、1 上出现（留出准确率 0.04、0.03，回答写到 7 个 token 以上），
-    # 种子 7 上反过来（no clip 0.250 > 0.221，判为 fails）——这里只跑默认种子 42；每批步长的 log 比较只在种子 42 上
-    # 超出噪声；"KL 的代价"只在种子 1 上超出噪声。
+    # 种子 7、5 上反过来（判为 fails）——这里只跑默认种子 42；每批步长的 log 比较在种子 42、5 上超出噪声（1、7 在噪声以内）；
+    # "KL 的代价"在种子 1、5 上超出噪声（42、7 在噪声以内）。这几条是训练噪声：完整模式的同一个起点只换训练随机数，
+    # 不裁剪与 ε=0.2 的准确率差是 +0.03 / +0.28 / +0.05（见 teaching.md 实验 3）。
     # 完整模式（20 步 × 3 个种子）的判定见 results/reference/exp3_kl_clip.json
     for fragment in ("不裁剪会把策略推坏", "裁剪限制每批采样上走多远", "KL 的代价"):
         assert find_conclusion(record, fragment)["status"] != "fails", fragment
@@ -155,10 +156,21 @@ def test_exp4_bill_ppo_grpo_dpo(tmp_path):
     # DPO 学会了训练对上的偏好（偏好准确率 0.74、0.59、0.82、0.68；种子 1 刚刚超出噪声）
     for fragment in ("每次更新 GRPO 比 PPO 快", "DPO 在偏好对上学到了偏好"):
         assert find_conclusion(record, fragment)["status"] == "holds", fragment
-    # 这个 2 层小模型上采样十几个 token 很便宜，DPO 又对整条序列算完整词表的 logits：DPO 每次更新从没测出比 GRPO 快
-    # （quick 种子 42 在噪声以内，1、7、2 上 DPO 更慢、判为不成立）
-    assert find_conclusion(record, "每次更新 DPO 比 GRPO 快")["status"] != "holds"
-    # 12 次更新后留出采样准确率高于起点：GRPO 在种子 42、1 上超出逐题噪声，7、2 上在噪声以内；PPO 在 42、1、2 上成立，7 上在噪声以内。
+    # 对照：这个任务的回答只有 1–2 个 token，生成很便宜，DPO 又对整条序列算完整词表的 logits：DPO 每次更新从没测出比 GRPO 快
+    # （quick 种子 42、1、5 上 DPO 更慢、判为不成立，7 在噪声以内）
+    assert find_conclusion(record, "对照：回答只有 1–2 个 token")["status"] != "holds"
+    # D：同一批题、同样 64 条回答，每条写满 LONG_REPLY 个 token 时 DPO 省掉的生成才显出来（DPO 每次更新更快），
+    # 生成占 GRPO 每次更新的比例也比短回答时高（seed_sweep 的 quick 种子 42、1、7、5 上两条都判为成立）。从计时重新算中位数，断言不等式本身。
+    # "比例变大"的判定只有 4 个窗口、又是两次计时之比：负载均值约 4 时在 pytest 里两次运行都判为未确立（窗口间 SE 0.28，
+    # 中位数 0.26 → 0.40），完整模式 18 个窗口在两组种子上都成立——这里只要求不反向，比例的中位数不等式照样断言
+    cost = {k: [t for c in m["reply_length_cost"] for t in c[k]] for k in m["reply_length_cost"][0]}
+    assert all(len(v) == m["config"]["cost_windows"] for v in cost.values()), {k: len(v) for k, v in cost.items()}
+    dpo_faster = find_conclusion(record, f"回答写满 {m['long_reply']} 个 token 时，每次更新 DPO 比 GRPO 快")
+    assert dpo_faster["status"] == "holds" and np.median(cost["dpo_long"]) < np.median(cost["grpo_long"]), dpo_faster
+    share = {k: np.median(np.divide(cost[f"generate_{k}"], cost[f"grpo_{k}"])) for k in ("short", "long")}
+    heavier = find_conclusion(record, "DPO 省掉的生成随回答变长而变重")
+    assert heavier["status"] != "fails" and share["long"] > share["short"], (heavier, share)
+    # 12 次更新后留出采样准确率高于起点：GRPO 在种子 42、1、5 上超出逐题噪声，7、2 上在噪声以内；PPO 在 42、1、2、5 上成立，7 上在噪声以内。
     # DPO 压低 chosen 的概率：种子 42、1、7、2 都成立，但它是 DPO 的性质而非必然，这里只要求不反向。完整模式（30 次更新、3 个种子）见 results/reference/
     for fragment in (f"GRPO 训练 {updates} 次", f"PPO 训练 {updates} 次", "DPO 也压低了 chosen 的概率"):
         assert find_conclusion(record, fragment)["status"] != "fails", fragment
@@ -166,7 +178,7 @@ def test_exp4_bill_ppo_grpo_dpo(tmp_path):
         for fragment in (f"到 +{gain}：PPO 需要的更新次数", f"到 +{gain}：GRPO 用的训练时间", f"到 +{gain}：DPO 用的训练时间"):
             assert find_conclusion(record, fragment)["status"] == "not_established", fragment
     exempt_conclusions(record, {
-        f"DPO 训练 {updates} 次": "quick 的 lr 1e-3 对 DPO 太猛：种子 42、1、7 更低且超出噪声，2 在噪声以内；完整模式的判定见 results/reference/",
+        f"DPO 训练 {updates} 次": "quick 的 lr 1e-3 对 DPO 太猛：种子 42、1、7 更低且超出噪声，2、5 在噪声以内；完整模式的判定见 results/reference/",
         "PPO 训练后的留出采样准确率高于 GRPO": "quick 12 次更新差距小（种子 42、1 上 PPO 高 0.03、0.02，在噪声以内；种子 7 上几乎相同），完整模式的判定见 results/reference/",
     })
 

@@ -10,7 +10,11 @@ A. 账单（确定性的计数，与机器快慢无关）：从同一个起点�
    处理了多少 token——带梯度的（之后还要反向）与不带梯度的（采样、参考模型、旧策略）分开数；
    数内存里有几个 MiniMind 主干、参数与 Adam 状态多少字节。
 B. 每次更新的墙钟时间：三种方法的训练本身就在同一个进程里轮流计时（modules/common/timing.py::alternating_timings，
-   每次更新是一个窗口，三种方法的第 k 次更新配成一对）。
+   每次更新是一个窗口，三种方法的第 k 次更新配成一对）。计的是整次更新：GRPO/PPO 含生成回答、打分、参考模型（与 critic）的前向，
+   DPO 含参考模型的前向；不含评测。这个任务的回答只有 1–2 个 token，所以这一档是"生成很便宜"的对照。
+D. DPO 省掉的是生成，它值多少取决于回答多长：训练之后，从同一个起点、同一批 8 道题，在同一个进程里轮流计时
+   回答照常（1–2 个 token）与每条回答写满 LONG_REPLY 个 token（generate 不在 <|im_end|> 停）时 GRPO 的一次更新与其中的生成，
+   以及用同样 64 条长回答拼成的 32 个偏好对上 DPO 的一次更新（同样多、同样长的回答，差别只剩"要不要生成"与 logits 算在哪些位置）。
 C. 训练到目标：每隔几次更新在留出题上每题采 4 条，算采样准确率（pass@1 的估计，逐题平均；比 96 题的贪心准确率细得多），
    各方法用同样的随机数采样。两个目标 = 起点的采样准确率 + 0.05 / + 0.10（TARGET_GAINS，不随结果往下调）。
    到达目标的更新次数与时间（这个方法自己那些更新的实测秒数之和，不含评测）；没到达的如实记为"没到达"。
@@ -36,12 +40,13 @@ import torch  # noqa: E402
 
 import rl_lab as lab  # noqa: E402
 from exp3_kl_clip import prompt_batch, verifier_reward  # noqa: E402
-from dataset.lm_dataset import DPODataset  # noqa: E402
+from dataset.lm_dataset import IGNORE_INDEX, DPODataset  # noqa: E402
 from model.model_minimind import MiniMindModel  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std  # noqa: E402
-from modules.common.noise import compare_runs, exceeds  # noqa: E402
+from modules.common.noise import compare, compare_runs, exceeds  # noqa: E402
 from modules.common.timing import alternating_timings, compare_speed, speed_ratio  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
+from trainer.rl.rollout import sample_replies  # noqa: E402
 from trainer.rl.startup import frozen_copy, reply_prefix  # noqa: E402
 from trainer.rl.value_head import ScalarHeadModel  # noqa: E402
 from trainer.train_dpo import make_dpo_step, sequence_logprob  # noqa: E402
@@ -56,8 +61,9 @@ GROUP = 8  # GRPO 的 G；DPO 造偏好对时每题采几条
 TARGET_GAINS = (0.05, 0.10)  # 目标 = 起点的留出采样准确率 + 0.05 / + 0.10
 DPO_BETA = 0.1  # 同 train_dpo.py 的默认
 DPO_SEQ_LEN = 48  # 偏好对（prompt + 一两个 token 的答案）编码后的最大长度
-QUICK = dict(start_epochs=1, updates=12, eval_every=4, eval_prompts=128, eval_samples=4, pair_prompts=192)
-FULL = dict(start_epochs=4, updates=30, eval_every=2, eval_prompts=256, eval_samples=4, pair_prompts=512)
+LONG_REPLY = 64  # D 的长回答档：每条回答写满的 token 数（真实 RLHF 的回答是几百上千个 token）
+QUICK = dict(start_epochs=1, updates=12, eval_every=4, eval_prompts=128, eval_samples=4, pair_prompts=192, cost_windows=4)
+FULL = dict(start_epochs=4, updates=30, eval_every=2, eval_prompts=256, eval_samples=4, pair_prompts=512, cost_windows=6)
 
 
 def add_args(parser):
@@ -139,17 +145,32 @@ def stack_pairs(items, pad_id, device) -> dict:
     return {k: v[:, :width].to(device) for k, v in batch.items()}
 
 
-class Method:
-    """一种方法的一次更新：update() 从自己的数据流里取一批，前向、反向、优化器一步。"""
+class NoEndTokenizer:
+    """tokenizer 的代理：eos_token_id 换成不存在的 -1，generate 不会在 <|im_end|> 提前停，每条回答都写满 max_gen_len 个 token。
+    只给 D 的长回答计时档用（要的是长回答的形状与生成步数，不是答对）；其余属性原样转给真正的 tokenizer。"""
+    eos_token_id = -1
 
-    def __init__(self, name, start, tokenizer, train_set, pairs, seed):
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+class Method:
+    """一种方法的一次更新：update() 从自己的数据流里取一批（或用给定的一批），前向、反向、优化器一步。
+    reply_len 给出时（只对 GRPO/PPO）每条回答都写满 reply_len 个 token（NoEndTokenizer）。"""
+
+    def __init__(self, name, start, tokenizer, train_set, pairs, seed, reply_len=None):
         device = next(start.parameters()).device
         self.name, self.rng, self.pad_id = name, np.random.default_rng(seed), tokenizer.pad_token_id
         self.train_set, self.pairs, self.device = train_set, pairs, device
         policy = copy.deepcopy(start).train()
         reference = frozen_copy(start, device)
         reward = verifier_reward(tokenizer, device)
-        common = dict(max_gen_len=lab.MAX_NEW_TOKENS, temperature=1.0, top_p=None, num_iterations=1,
+        if reply_len is not None:
+            tokenizer = NoEndTokenizer(tokenizer)
+        common = dict(max_gen_len=reply_len or lab.MAX_NEW_TOKENS, temperature=1.0, top_p=None, num_iterations=1,
                       accumulation_steps=1)
         if name == "grpo":
             args = SimpleNamespace(**common, num_generations=GROUP, scale_rewards=1, loss_type="grpo", epsilon=0.2,
@@ -176,8 +197,8 @@ class Method:
         idx = self.rng.choice(len(self.train_set), self.batch_size, replace=False).tolist()
         return prompt_batch(self.train_set, idx, self.device)
 
-    def update(self):
-        loss, _ = self.step(self.model, self.batch())
+    def update(self, batch=None):
+        loss, _ = self.step(self.model, self.batch() if batch is None else batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -196,6 +217,39 @@ def bill(method: Method) -> dict:
     return {"backbones": len(counter.backbones), "grad_passes": counter.grad_calls,
             "parameter_mb": counter.parameter_bytes() / 2 ** 20, "adam_state_mb": 2 * trainable / 2 ** 20,
             "grad_tokens": counter.grad_tokens, "no_grad_tokens": counter.no_grad_tokens, "generated_tokens": generated}
+
+
+def pairs_from_rollout(rollout) -> dict:
+    """D 的 DPO 批：一批 N 条回答的前一半当 chosen、后一半当 rejected（N/2 个偏好对），只标注回答部分
+    （prompt 的标签是 IGNORE_INDEX，同 DPODataset）。与生成它的 GRPO 批同样多、同样长的回答。"""
+    labels = rollout.sequences.clone()  # (N, P+R)
+    labels[:, :rollout.prompt_len] = IGNORE_INDEX
+    half = labels.size(0) // 2
+    return {"chosen_ids": rollout.sequences[:half], "chosen_labels": labels[:half],
+            "rejected_ids": rollout.sequences[half:], "rejected_labels": labels[half:]}
+
+
+def cost_by_reply_length(start, tokenizer, train_set, pairs, seed, windows, device) -> dict:
+    """D. 同一个起点、同一批 REPLIES // GROUP 道题，轮流计时（每件事每个窗口一次，先各热身一次）：
+    grpo_short / generate_short：回答照常（遇到 <|im_end|> 就停，1–2 个 token）时 GRPO 的一次更新 / 其中的生成；
+    grpo_long / generate_long：每条回答写满 LONG_REPLY 个 token 时的同样两件事；
+    dpo_long：这 64 条长回答拼成的 32 个偏好对上 DPO 的一次更新（含参考模型的前向）。
+    生成用的是 GRPOStep 自己的采样调用（trainer/rl/rollout.py::sample_replies，同样的参数）。"""
+    torch.manual_seed(seed)
+    short = Method("grpo", start, tokenizer, train_set, pairs, seed)
+    long = Method("grpo", start, tokenizer, train_set, pairs, seed, reply_len=LONG_REPLY)
+    dpo = Method("dpo", start, tokenizer, train_set, pairs, seed)
+    prompts = short.batch()  # 固定的一批题：prompt_ids (8, P)
+
+    def generate(method):
+        step = method.step
+        return lambda: sample_replies(method.policy, step.tokenizer, prompts["prompt_ids"], prompts["prompt_mask"],
+                                      GROUP, step.args.max_gen_len, step.args.temperature, step.args.top_p, step.prefix)
+
+    long_pairs = pairs_from_rollout(generate(long)())  # 32 对，每条 P + LONG_REPLY 个 token
+    return alternating_timings({"grpo_short": lambda: short.update(prompts), "generate_short": generate(short),
+                                "grpo_long": lambda: long.update(prompts), "generate_long": generate(long),
+                                "dpo_long": lambda: dpo.update(long_pairs)}, device, windows=windows, warmup=1)
 
 
 def sampled_accuracy(model, tokenizer, eval_set, cfg, seed) -> list:
@@ -247,6 +301,7 @@ def main():
     curves = {m: [] for m in METHODS}  # 每个种子：各评测点的采样准确率
     start_acc, final_prompts = [], {}  # final_prompts：第一个种子的逐题值（quick 模式按题配对）
     dpo_shift = []
+    costs = []  # D：每个种子 {名字: 每个窗口的秒数}
     for seed in exp.seeds:
         Experiment.seed_everything(seed)
         start = lab.train_task_start(seed, cfg["start_epochs"]).to(exp.device)
@@ -279,6 +334,7 @@ def main():
                 if len(curve[m]) == len(eval_steps):
                     final_prompts.setdefault(m, per_prompt)
         dpo_shift.append(pair_logprob_shift(methods["dpo"], pairs))
+        costs.append(cost_by_reply_length(start, tokenizer, train_set, pairs, seed, cfg["cost_windows"], exp.device))
         for m in METHODS:
             seconds[m].append(times[m])
             curves[m].append(curve[m])
@@ -339,11 +395,33 @@ def main():
 
     # ---- B：每次更新的墙钟时间（窗口配对，全部种子的窗口合在一起）----
     flat = {m: [t for ts in seconds[m] for t in ts] for m in METHODS}
-    for fast, slow in (("grpo", "ppo"), ("dpo", "grpo")):
-        exp.conclude_verdict(f"每次更新 {fast.upper()} 比 {slow.upper()} 快（同进程轮流计时）",
+    for fast, slow, prefix in (("grpo", "ppo", ""), ("dpo", "grpo", "对照：回答只有 1–2 个 token（这个任务）时，")):
+        exp.conclude_verdict(f"{prefix}每次更新 {fast.upper()} 比 {slow.upper()} 快（同进程轮流计时）",
                              compare_speed(flat[fast], flat[slow]),
                              f"快 {speed_ratio(flat[fast], flat[slow]):.2f}×（每次更新中位数 "
                              f"{np.median(flat[fast]):.3f} vs {np.median(flat[slow]):.3f} s）")
+
+    # ---- D：生成值多少取决于回答多长（窗口配对，全部种子的窗口合在一起）----
+    cost = {k: [t for c in costs for t in c[k]] for k in costs[0]}
+    exp.print_table(["replies", "GRPO update (s)", "its generation (s)", "generation share", "DPO update (s)"],
+                    [[f"{kind} ({'1–2' if kind == 'short' else LONG_REPLY} tokens)",
+                      f"{np.median(cost[f'grpo_{kind}']):.3f}", f"{np.median(cost[f'generate_{kind}']):.3f}",
+                      f"{np.median(np.divide(cost[f'generate_{kind}'], cost[f'grpo_{kind}'])):.2f}",
+                      f"{np.median(cost['dpo_long']):.3f}" if kind == "long" else "(B)"] for kind in ("short", "long")],
+                    title=f"D. 回答长度与生成的份量（同一批 {REPLIES // GROUP} 题 × G={GROUP}，"
+                          f"每件事 {len(cost['grpo_short'])} 个轮流计时窗口，中位数）")
+    exp.conclude_verdict(f"回答写满 {LONG_REPLY} 个 token 时，每次更新 DPO 比 GRPO 快（同样 {REPLIES} 条、同样长的回答；"
+                         "同进程轮流计时）",
+                         compare_speed(cost["dpo_long"], cost["grpo_long"]),
+                         f"快 {speed_ratio(cost['dpo_long'], cost['grpo_long']):.2f}×（每次更新中位数 "
+                         f"{np.median(cost['dpo_long']):.3f} vs {np.median(cost['grpo_long']):.3f} s）")
+    share = {kind: [g / u for g, u in zip(cost[f"generate_{kind}"], cost[f"grpo_{kind}"])] for kind in ("short", "long")}
+    exp.conclude_verdict(f"DPO 省掉的生成随回答变长而变重：写满 {LONG_REPLY} 个 token 时，生成占 GRPO 每次更新用时的比例"
+                         "高于回答 1–2 个 token 时",
+                         compare(np.log(share["long"]).tolist(), np.log(share["short"]).tolist(), "greater",
+                                 unit="windows"),  # 比例的 log，按窗口配对（同 compare_speed 的做法）
+                         f"生成占 GRPO 每次更新的比例（窗口中位数）：1–2 个 token {np.median(share['short']):.2f}，"
+                         f"{LONG_REPLY} 个 token {np.median(share['long']):.2f}")
 
     # ---- C：训练效果与到达目标 ----
     def final(m):
@@ -387,7 +465,7 @@ def main():
                                  + ("（DPO 不含离线造对的用时）" if fast == "dpo" else ""))
 
     set_style()
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.4))
+    fig, axes = plt.subplots(1, 4, figsize=(22, 4.4))
     x = np.arange(len(METHODS))
     ax = axes[0]
     for i, (key, label) in enumerate((("grad_tokens", "fwd+bwd"), ("no_grad_tokens", "fwd only"),
@@ -412,6 +490,18 @@ def main():
     ax.set_ylabel("held-out sampled accuracy")
     ax.set_title("C. Accuracy vs wall time")
     ax.legend(fontsize=8)
+    ax = axes[3]
+    kinds = ("short", "long")
+    x = np.arange(len(kinds))
+    generation = [np.median(cost[f"generate_{k}"]) for k in kinds]
+    ax.bar(x - 0.2, generation, 0.4, color="tab:orange", label="GRPO: generation")
+    ax.bar(x - 0.2, [np.median(cost[f"grpo_{k}"]) - g for k, g in zip(kinds, generation)], 0.4, bottom=generation,
+           color=COLORS["grpo"], label="GRPO: rest of the update")
+    ax.bar(x[1:] + 0.2, [np.median(cost["dpo_long"])], 0.4, color=COLORS["dpo"], label="DPO update (same replies)")
+    ax.set_xticks(x, ["replies 1-2 tokens", f"replies {LONG_REPLY} tokens"])
+    ax.set_ylabel("seconds per update (median)")
+    ax.set_title("D. What DPO saves: generation")
+    ax.legend(fontsize=8)
     fig.suptitle(f"The bill: PPO vs GRPO vs DPO ({len(exp.seeds)} seed(s), mean over seeds)")
     fig.tight_layout()
     exp.save_figure(fig, "exp4_rl_bill.png")
@@ -423,6 +513,7 @@ def main():
                       "curves": curves, "eval_steps": eval_steps,
                       "updates_to_target": {str(g): v for g, v in hits.items()},
                       "seconds_to_target": {str(g): v for g, v in to_seconds.items()},
+                      "reply_length_cost": costs, "long_reply": LONG_REPLY,
                       "dpo_logprob_shift": [{k: (float(np.mean(v)) if isinstance(v, list) else v)
                                              for k, v in s.items()} for s in dpo_shift]})
     exp.finish()
