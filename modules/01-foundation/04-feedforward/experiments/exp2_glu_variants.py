@@ -73,8 +73,8 @@ def main():
     exp = Experiment(__file__, extra_args=add_args, description=(
         "FFN 实验 2：参数量相同的 SwiGLU / GELU / ReLU FFN，相同训练预算下比较验证 loss，\n"
         "并判断差距是否超出种子噪声（Shazeer 2020）。完整模式：hidden 128，每个变体用自己的最佳学习率。"))
-    steps = exp.args.steps or (QUICK_STEPS if exp.quick else FULL_STEPS)
-    hidden = exp.args.hidden or (QUICK_HIDDEN if exp.quick else FULL_HIDDEN)
+    steps = exp.args.steps if exp.args.steps is not None else (QUICK_STEPS if exp.quick else FULL_STEPS)
+    hidden = exp.args.hidden if exp.args.hidden is not None else (QUICK_HIDDEN if exp.quick else FULL_HIDDEN)
     layers = exp.args.layers
     replicates = resolve_replicates(exp.args.replicates, exp.quick, REPLICATES_QUICK, REPLICATES_FULL)
     if exp.args.lr is not None:
