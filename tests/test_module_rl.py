@@ -108,24 +108,36 @@ def test_exp2_advantage_estimators(tmp_path):
 
 
 @pytest.mark.experiment
-def test_exp3_kl_and_clipping(tmp_path):
-    record, _ = run_quick("exp3_kl_clip.py", tmp_path)
-    held = {k: {m: np.mean(v) for m, v in metrics.items()} for k, metrics in record["metrics"]["heldout"].items()}
+@pytest.mark.parametrize("seed", [42, 7])  # 7：quick 扫描里多条结论判定最弱的开发种子
+def test_exp3_kl_and_clipping(tmp_path, seed):
+    record, _ = run_quick("exp3_kl_clip.py", tmp_path, "--seed", str(seed))
+    m = record["metrics"]
+    held = {k: {name: np.mean(v) for name, v in metrics.items()} for k, metrics in m["heldout"].items()}
     assert held["start"]["kl"] < 1e-6, held["start"]  # 起点就是参考模型：精确 KL 为 0
     assert held["beta_large"]["kl"] < held["beta_small"]["kl"] < held["beta0"]["kl"], held
     assert held["beta0"]["entropy"] < held["beta_large"]["entropy"] < held["start"]["entropy"], held
+    assert held["beta0"]["accuracy"] > held["start"]["accuracy"], held
     assert all(abs(held[k]["reply_len"] - 2.0) < 0.5 for k in ("start", "beta0", "beta_large")), held  # 数字 + <|im_end|>
+    assert np.mean(m["curves"]["beta0"]["clip_fraction"][0]) > 0
     for fragment in ("在策略上（比率恒为 1）裁剪不起作用", "重复优化时有 token 被裁剪", "β=1 训练后留出题上的 KL",
                      "β=0.04 的 KL 小于", "没有 KL 时熵坍缩", "大 β 减缓熵坍缩", "β=0 的 RL 提高了",
                      "回答长度不受 β 影响"):
-        assert find_conclusion(record, fragment)["status"] == "holds", fragment  # quick 种子 42、1、7 上都成立
-    # quick 只有 10 步、一个种子：不裁剪时策略被推坏在种子 42、1 上出现（留出准确率 0.04、0.03，回答写到 7 个 token 以上），
-    # 种子 7、5 上反过来（判为 fails）——这里只跑默认种子 42；每批步长的 log 比较在种子 42、5 上超出噪声（1、7 在噪声以内）；
-    # "KL 的代价"在种子 1、5 上超出噪声（42、7 在噪声以内）。这几条是训练噪声：完整模式的同一个起点只换训练随机数，
-    # 不裁剪与 ε=0.2 的准确率差是 +0.03 / +0.28 / +0.05（见 teaching.md 实验 3）。
-    # 完整模式（20 步 × 3 个种子）的判定见 results/reference/exp3_kl_clip.json
-    for fragment in ("不裁剪会把策略推坏", "裁剪限制每批采样上走多远", "KL 的代价"):
-        assert find_conclusion(record, fragment)["status"] != "fails", fragment
+        assert find_conclusion(record, fragment)["status"] == "holds", fragment  # quick 种子 42、1、7、5 上都成立
+    # 单批探针：两边从同一个起点、对同一批采样出发，第一次优化时比率恒为 1、裁剪不起作用，所以第 1 次后的 KL 完全相同；
+    # 第 μ 次优化后不裁剪的步长更大（log 的均值，按批配对）——quick 种子 42、1、7、5 上都成立
+    probe = {k: np.array(v[0]) for k, v in m["probe"].items()}  # (批数, μ)
+    assert probe["clip"].shape == (m["config"]["probe_batches"], m["config"]["probe_iterations"]) == probe["no_clip"].shape
+    assert np.allclose(probe["clip"][:, 0], probe["no_clip"][:, 0], rtol=1e-4, atol=1e-7), probe
+    assert find_conclusion(record, "裁剪限制每批采样上走多远")["status"] == "holds"
+    assert np.log(probe["no_clip"][:, -1]).mean() > np.log(probe["clip"][:, -1]).mean(), probe
+    # "KL 的代价"：quick 只有 10 步，β=1 与 β=0 的准确率差在种子 42、7 上在逐题噪声以内，1、5 上成立；从未反向
+    assert find_conclusion(record, "KL 的代价")["status"] != "fails"
+    exempt_conclusions(record, {
+        "不裁剪会把策略推坏": "训练中 μ=4、10 步：不裁剪时策略有时几步内冲走（quick 种子 42、1 上留出准确率 0.04、0.03），"
+                           "有时反而更好（种子 7、5 上判为不成立）；同一个起点只换训练随机数时差值同样散（见 teaching.md 实验 3），"
+                           "是训练噪声，一个种子的 quick 判不了。完整模式种子 42–44 上成立（results/reference/exp3_kl_clip.json），"
+                           "1–3 上只有 1/3 个种子方向一致",
+    })
 
 
 @pytest.mark.experiment

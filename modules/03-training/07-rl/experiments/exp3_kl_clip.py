@@ -13,6 +13,9 @@
   训练中每步：答对率（奖励）、k3 KL(π‖π_ref)、采样回答上的熵（每步第一次优化时，即采样它的策略）、
   裁剪比例（μ 次里第一次比率恒为 1、不会裁剪；第二次起的平均）、回答长度，
   以及这一批采样被用完后策略移动了多远：KL(π_old‖π_new) 的 k3 估计（样本来自 π_old，即这批回答）——裁剪要限制的正是它。
+  单批探针（裁剪的机制，配对测量）：从同一个起点、对同一批采样，分别用 ε=0.2 与不裁剪（β=0）连续优化
+  μ = 10 次（PPO 论文 MuJoCo 设置的 K = 10 个 epoch，Schulman et al. 2017），每次优化后记下 KL(π_old‖π_new)。
+  两边只差 ε：起点、回答、优势、优化器的初始状态都相同，所以 quick 模式按批配对，完整模式按种子配对。
   训练后在留出题上每题采 4 条：答对率、回答长度，以及逐 token 精确的 KL(π‖π_ref) = Σ_v π log(π/π_ref) 与熵 −Σ_v π log π
   （对整个词表求和，不是单个样本的估计），按题平均——同一批题在各设置之间配对，quick 模式的噪声检验按题配对。
 
@@ -45,10 +48,11 @@ SETTINGS = {"beta0": (0.0, 0.2), "beta_small": (0.04, 0.2), "beta_large": (1.0, 
 LABELS = {"beta0": "β=0, ε=0.2", "beta_small": "β=0.04, ε=0.2", "beta_large": "β=1, ε=0.2", "no_clip": "β=0, no clip"}
 COLORS = {"beta0": "tab:blue", "beta_small": "tab:green", "beta_large": "tab:orange", "no_clip": "tab:red"}
 LR = 1e-3  # 同 trainer/rl/startup.py 的 QUICK_RL
-ITERATIONS = 4  # μ：每批采样做几次优化
+ITERATIONS = 4  # μ：训练中每批采样做几次优化
+PROBE_ITERATIONS = 10  # 单批探针的 μ：PPO 论文 MuJoCo 设置每批采样训练 K = 10 个 epoch（Schulman et al. 2017）
 LENGTH_MARGIN = 0.5  # "回答长度不变"的等价界（token）：答案是一个数字 + <|im_end|>，事先定为半个 token
-QUICK = dict(start_epochs=1, steps=10, batch_prompts=8, group=8, eval_prompts=120, eval_samples=4)
-FULL = dict(start_epochs=4, steps=20, batch_prompts=16, group=8, eval_prompts=300, eval_samples=4)
+QUICK = dict(start_epochs=1, steps=10, batch_prompts=8, group=8, eval_prompts=120, eval_samples=4, probe_batches=6)
+FULL = dict(start_epochs=4, steps=20, batch_prompts=16, group=8, eval_prompts=300, eval_samples=4, probe_batches=4)
 
 
 def add_args(parser):
@@ -64,10 +68,10 @@ def settings(exp: Experiment) -> dict:
     return cfg
 
 
-def grpo_args(beta: float, epsilon: float, group: int) -> SimpleNamespace:
-    """GRPOStep 读的那几个命令行参数（同 train_grpo.py --loss_type grpo），β 与 ε 由设置决定。"""
+def grpo_args(beta: float, epsilon: float, group: int, iterations: int = ITERATIONS) -> SimpleNamespace:
+    """GRPOStep 读的那几个命令行参数（同 train_grpo.py --loss_type grpo），β、ε 与 μ 由设置决定。"""
     return SimpleNamespace(num_generations=group, max_gen_len=lab.MAX_NEW_TOKENS, temperature=1.0, top_p=None,
-                           scale_rewards=1, num_iterations=ITERATIONS, accumulation_steps=1, loss_type="grpo",
+                           scale_rewards=1, num_iterations=iterations, accumulation_steps=1, loss_type="grpo",
                            epsilon=epsilon, epsilon_high=epsilon, beta=beta)
 
 
@@ -116,6 +120,41 @@ def train_setting(start, tokenizer, dataset, cfg, name, seed):
             new_logp = completion_logprobs(policy, buf["rollout"])
             curves["batch_kl"].append(masked_mean(k3_kl(buf["old_logp"], new_logp), buf["rollout"].completion_mask).item())
     return policy.eval(), reference, curves, first_clip
+
+
+def step_size_probe(start, tokenizer, dataset, cfg, seed) -> dict:
+    """裁剪的机制，配对测量：对 cfg["probe_batches"] 批题，从起点各采样一次，再从起点的两份拷贝出发，
+    对这同一批采样分别用 ε=0.2 与不裁剪（β=0）各优化 PROBE_ITERATIONS 次（各自新建的 AdamW，同 LR 与梯度裁剪），
+    每次优化后记下 KL(π_old‖π_new)（k3，样本来自 π_old，即这批回答）。返回 {"clip"/"no_clip": 每批一个长 μ 的列表}。"""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    device = next(start.parameters()).device
+    reward_fn = verifier_reward(tokenizer, device)
+    out = {"clip": [], "no_clip": []}
+    for _ in range(cfg["probe_batches"]):
+        batch = prompt_batch(dataset, rng.choice(len(dataset), cfg["batch_prompts"], replace=False).tolist(), device)
+        shared = None  # 第一个设置采样的那批回答（含 old_logp 与优势），第二个设置原样重用
+        for key, epsilon in (("clip", 0.2), ("no_clip", math.inf)):
+            policy = copy.deepcopy(start).train()
+            step_fn = GRPOStep(policy, None, tokenizer, dataset, reward_fn,
+                               grpo_args(0.0, epsilon, cfg["group"], PROBE_ITERATIONS), reply_prefix(dataset))
+            if shared is not None:
+                step_fn.cache.make = lambda _batch: shared  # 同一批采样：不重新采样
+            optimizer = torch.optim.AdamW(policy.parameters(), lr=LR, weight_decay=0.0)
+            kls = []
+            for _ in range(PROBE_ITERATIONS):
+                loss, _ = step_fn(policy, batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+                optimizer.step()
+                buf = step_fn.cache.buffers[0]
+                with torch.no_grad():
+                    new_logp = completion_logprobs(policy, buf["rollout"])
+                kls.append(masked_mean(k3_kl(buf["old_logp"], new_logp), buf["rollout"].completion_mask).item())
+            shared = step_fn.cache.buffers[0]
+            out[key].append(kls)
+    return out
 
 
 @torch.no_grad()
@@ -174,9 +213,12 @@ def main():
     held_prompts = {}  # 第一个种子逐题的值（quick 模式按题配对）
     curves = {k: {m: [] for m in ("accuracy", "kl", "entropy", "clip_fraction", "reply_len", "batch_kl")} for k in names}
     first_clip = []
+    probe = {"clip": [], "no_clip": []}  # 每个种子一项：每批一条长 PROBE_ITERATIONS 的 KL(π_old‖π_new) 曲线
     for seed in exp.seeds:
         Experiment.seed_everything(seed)
         start = lab.train_task_start(seed, cfg["start_epochs"]).to(exp.device)
+        for key, batches in step_size_probe(start, tokenizer, train_set, cfg, seed).items():
+            probe[key].append(batches)
         runs = {"start": (start, start)}
         for name in names:
             policy, reference, curve, clip0 = train_setting(start, tokenizer, train_set, cfg, name, seed)
@@ -203,6 +245,13 @@ def main():
                       format_mean_std(last(k, "entropy"), 3), format_mean_std(last(k, "clip_fraction", cfg["steps"]), 3),
                       format_mean_std(last(k, "batch_kl", cfg["steps"]), 4)]
                      for k in names], title=f"训练中（{cfg['steps']} 步，每步 μ={ITERATIONS} 次优化）")
+    # 单批探针：每批在第 k 次优化后的 log KL(π_old‖π_new)；每个种子取各批的平均（几何平均的对数）
+    probe_log = {key: [np.log(np.maximum(np.array(batches), 1e-8)) for batches in probe[key]] for key in probe}
+    exp.print_table(["update k", *(f"KL(old‖new), {'eps=0.2' if key == 'clip' else 'no clip'}" for key in probe)],
+                    [[k + 1, *(format_mean_std([math.exp(lg[:, k].mean()) for lg in probe_log[key]], 4) for key in probe)]
+                     for k in range(PROBE_ITERATIONS)],
+                    title=f"单批探针：同一个起点、同一批采样（{cfg['probe_batches']} 批，各 {cfg['batch_prompts']} 题 × G={cfg['group']}），"
+                          f"β=0，连续优化 μ={PROBE_ITERATIONS} 次；各批几何平均")
     exp.print_table(["setting", "held-out acc", "reply tokens", "exact KL(π‖π_ref)", "entropy"],
                     [[LABELS.get(k, "start (no RL)"), *(format_mean_std(held[k][m], 3) for m in metrics)]
                      for k in ["start"] + names], title=f"训练后，留出 {cfg['eval_prompts']} 题 × {cfg['eval_samples']} 条采样")
@@ -238,14 +287,15 @@ def main():
     exp.conclude_verdict("KL 的代价：β=1 训练后的留出准确率低于 β=0",
                          runs("beta_large", "beta0", "accuracy", "less"),
                          f"{fmt('beta0', 'accuracy')} vs {fmt('beta_large', 'accuracy')}")
-    # 每批的步长是乘性的、偶尔一步极大：比较 log KL（几何平均），不让一两步主导
-    log_kl = {k: [[math.log(max(v, 1e-8)) for v in c] for c in curves[k]["batch_kl"]] for k in ("beta0", "no_clip")}
-    exp.conclude_verdict(f"裁剪限制每批采样上走多远：no clip 用完一批后的 KL(π_old‖π_new) 大于 ε=0.2（μ={ITERATIONS}，比较 log）",
-                         compare_runs([float(np.mean(c)) for c in log_kl["no_clip"]],
-                                      [float(np.mean(c)) for c in log_kl["beta0"]], "greater",
-                                      log_kl["no_clip"][0], log_kl["beta0"][0]),
-                         "几何平均 ε=0.2 " + format_mean_std([math.exp(np.mean(c)) for c in log_kl["beta0"]], 4)
-                         + " vs no clip " + format_mean_std([math.exp(np.mean(c)) for c in log_kl["no_clip"]], 4))
+    # 步长是乘性的：比较 log KL（几何平均），不让一两批主导。quick 按批配对（同一批采样、只差 ε），完整模式按种子配对
+    last_log = {key: [lg[:, -1].tolist() for lg in probe_log[key]] for key in probe}  # 每个种子、每批：第 μ 次优化后
+    exp.conclude_verdict(f"裁剪限制每批采样上走多远：同一个起点、同一批采样优化 μ={PROBE_ITERATIONS} 次后，"
+                         "不裁剪的 KL(π_old‖π_new) 大于 ε=0.2（比较 log）",
+                         compare_runs([float(np.mean(v)) for v in last_log["no_clip"]],
+                                      [float(np.mean(v)) for v in last_log["clip"]], "greater",
+                                      last_log["no_clip"][0], last_log["clip"][0]),
+                         "几何平均 ε=0.2 " + format_mean_std([math.exp(np.mean(v)) for v in last_log["clip"]], 4)
+                         + " vs no clip " + format_mean_std([math.exp(np.mean(v)) for v in last_log["no_clip"]], 4))
     exp.conclude_verdict(f"不裁剪会把策略推坏（μ={ITERATIONS}）：no clip 训练后的留出准确率低于 ε=0.2",
                          runs("no_clip", "beta0", "accuracy", "less"),
                          f"{fmt('beta0', 'accuracy')} vs {fmt('no_clip', 'accuracy')}")
@@ -255,7 +305,7 @@ def main():
                          f"{fmt('beta0', 'reply_len')} vs {fmt('beta_large', 'reply_len')}")
 
     set_style()
-    fig, axes = plt.subplots(1, 5, figsize=(23, 4.2))
+    fig, axes = plt.subplots(1, 6, figsize=(27, 4.2))
     steps = np.arange(1, cfg["steps"] + 1)
     for ax, m, ylabel in zip(axes, ("accuracy", "kl", "entropy", "clip_fraction", "batch_kl"),
                              ("train accuracy (reward)", "k3 KL(pi || pi_ref) per token", "entropy per token (nats)",
@@ -271,14 +321,23 @@ def main():
     axes[3].set_title("D. Clipped tokens")
     axes[4].set_title("E. Step size per batch")
     axes[4].set_yscale("log")
+    inner = np.arange(1, PROBE_ITERATIONS + 1)
+    for key, color, label in (("clip", COLORS["beta0"], "eps=0.2"), ("no_clip", COLORS["no_clip"], "no clip")):
+        axes[5].plot(inner, np.exp(np.mean([lg.mean(0) for lg in probe_log[key]], axis=0)), color=color, marker="o",
+                     label=label)
+    axes[5].set_xlabel("update on the same batch")
+    axes[5].set_ylabel("KL(pi_old || pi_new), geometric mean")
+    axes[5].set_title(f"F. One batch, mu={PROBE_ITERATIONS} (probe)")
+    axes[5].set_yscale("log")
+    axes[5].legend(fontsize=8)
     fig.suptitle(f"KL penalty and clipping, GRPO with mu={ITERATIONS} ({len(exp.seeds)} seed(s), mean over seeds)")
     fig.tight_layout()
     exp.save_figure(fig, "exp3_kl_clip.png")
 
-    exp.save_metrics({"config": {**cfg, "lr": LR, "iterations": ITERATIONS,
+    exp.save_metrics({"config": {**cfg, "lr": LR, "iterations": ITERATIONS, "probe_iterations": PROBE_ITERATIONS,
                                  "settings": {k: {"beta": b, "epsilon": None if math.isinf(e) else e}
                                               for k, (b, e) in SETTINGS.items()}},
-                      "heldout": held, "curves": curves})
+                      "heldout": held, "curves": curves, "probe": probe})
     exp.finish()
 
 
