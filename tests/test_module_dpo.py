@@ -77,6 +77,42 @@ def test_average_runs_averages_replicates_and_keeps_steps():
         lab.average_runs([{"step": 10}, {"step": 20}])
 
 
+def test_dpop_loss_penalises_only_a_falling_chosen_likelihood():
+    """trainer/train_dpo.py::dpo_loss 的 positive_lambda（DPOP，Pal et al. 2024）：默认 0 与标准 DPO 公式逐位相同；
+    λ > 0 时只有 chosen 的对数概率低于参考模型的那一对多出 β·λ·(log π_ref(y_c) − log π(y_c)) 的惩罚，
+    返回的 reward margin 不含惩罚项。"""
+    import torch
+    import torch.nn.functional as F
+
+    from trainer.train_dpo import dpo_loss
+
+    policy_chosen, policy_rejected = torch.tensor([-3.0, -6.0]), torch.tensor([-5.0, -9.0])
+    ref_chosen, ref_rejected = torch.tensor([-4.0, -5.0]), torch.tensor([-4.0, -5.0])  # 第 1 对 chosen 升了，第 2 对降了 1
+    beta, lam = 0.1, 50.0
+    margin = beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
+    loss, returned = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
+    assert torch.equal(returned, margin) and torch.equal(loss, -F.logsigmoid(margin).mean())
+    dpop, returned = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, positive_lambda=lam)
+    assert torch.equal(returned, margin)
+    penalised = margin - beta * lam * torch.tensor([0.0, 1.0])
+    assert dpop.item() == pytest.approx(-F.logsigmoid(penalised).mean().item())
+    assert dpop > loss
+
+
+def test_addition_training_pairs_exclude_the_heldout_problems():
+    """DPOP 的 722 个加法偏好对来自 addition_split 的训练部分：与 160 道留出题不重叠，合起来是 0–20 的全部 882 道题。"""
+    lab = load_dpo_lab()
+    tokenizer = lab.load_tokenizer()
+    sft = lab.SFTDataset(lab.SFT_PATH, tokenizer, lab.SEQ_LEN)
+    dpo = lab.DPODataset(lab.DPO_PATH, tokenizer, lab.SEQ_LEN)
+    train, heldout = lab.addition_split([sft.rows[i] for i in range(len(sft))], [dpo.rows[i] for i in range(len(dpo))])
+    assert len(heldout) == lab.N_ADDITION_HELDOUT and not set(train) & set(heldout)
+    assert len(train) + len(heldout) == lab.ADD_RANGE ** 2 * 2
+    rows = lab.addition_pair_rows(train)
+    assert len(rows) == len(train) == 722
+    assert all(row["chosen"][-1]["content"] != row["rejected"][-1]["content"] for row in rows)
+
+
 @pytest.mark.experiment
 def test_exp1_margin_rises_and_generalises(tmp_path):
     """quick（种子 42）：每条结论的判定都用 JSON 里第一个种子的逐对值重算一遍（与实验同样的配对方式），
@@ -144,21 +180,33 @@ def test_exp1_margin_rises_and_generalises(tmp_path):
     assert v.status != "fails" and v.mean_delta > 0
     assert len(m["reference_prefers_chosen_by_kind"]["arithmetic"]) == 1
 
-    # 算术：160 道两种参考模型和 DPO 都没见过的加法题，逐题 0/1（第一个种子），判定按题配对重算
-    add = {regime: {key: m["addition"][regime][key][0] for key in ("ref_correct", "dpo_correct", "policy_correct")}
-           for regime in ("can_add", "cannot_add")}
+    # 算术：160 道参考模型和偏好训练都没见过的加法题，逐题的值（第一个种子），判定按题配对重算
+    add = {regime: {key: m["addition"][regime][key][0]
+                    for key in ("ref_correct", "dpo_correct", "policy_correct", "chosen_shift", "rejected_shift")}
+           for regime in ("can_add", "can_add_dpop", "can_add_dpop_many", "cannot_add")}
     n_add = m["config"]["n_addition_heldout"]
     assert all(len(v) == n_add for r in add.values() for v in r.values())
+    assert m["config"]["dpop_lambda"] == 50 and m["config"]["n_addition_train_pairs"] == 722
     can, cannot = add["can_add"], add["cannot_add"]
+    dpop, dpop_many = add["can_add_dpop"], add["can_add_dpop_many"]
+    assert dpop["ref_correct"] == dpop_many["ref_correct"] == can["ref_correct"]  # 三种设定从同一个参考模型出发
     # 会加法的参考模型在没见过的题上本来就多半答对（种子 42、1、7、5 上 0.80–0.86），不会加法的在 0.5 附近
     v = checked("会加法的参考模型（", exceeds(can["ref_correct"], 0.5, unit="batches"))
     assert v.holds and np.mean(can["ref_correct"]) > 0.7
     v = checked("会加法的参考模型比只在 sft.jsonl", compare(can["ref_correct"], cannot["ref_correct"], "greater", "batches"))
     assert v.holds and np.mean(can["ref_correct"]) > np.mean(cannot["ref_correct"])
-    # 课程原来的结论"DPO 学会了'算对'"：即使参考模型会加法，DPO 在没见过的题上的偏好准确率也在 0.5 附近——
-    # 测得的是"未确立"（quick 种子 42、1、7、5），断言判定与重算一致且不是"成立"
-    v = checked("DPO 学会了'算对'", exceeds(can["dpo_correct"], 0.5, unit="batches"))
+    # "DPO 学会了'算对'"在文献的设定里成立：DPOP 的损失（λ = 50，Pal et al. 2024）+ 722 道加法题的偏好对、300 步，
+    # 没见过的加法题上偏好准确率高于 0.5（quick 种子 42、1、7、5 都成立）
+    v = checked("DPO 式的偏好训练学会了'算对'", exceeds(dpop_many["dpo_correct"], 0.5, unit="batches"))
+    assert v.holds and np.mean(dpop_many["dpo_correct"]) > 0.5
+    # 对照（课程原来的设定）：标准 DPO 只在 78 个 dpo.jsonl 算术对上训练 50 步，准确率在 0.5 附近——
+    # quick 种子 42、1、7、5 都是"未确立"，断言判定与重算一致且不是"成立"
+    v = checked("对照：参考模型会加法、但用标准 DPO", exceeds(can["dpo_correct"], 0.5, unit="batches"))
     assert v.status != "holds", v
+    # 机制（Pal et al. 2024）：同样的 78 对、50 步，标准 DPO 把 chosen 的对数概率压低，DPOP 的惩罚项挡住了这一点
+    v = checked("DPOP 的惩罚项让 chosen 的似然不再被压低",
+                compare(dpop["chosen_shift"], can["chosen_shift"], "greater", "batches"))
+    assert v.holds and np.mean(dpop["chosen_shift"]) > np.mean(can["chosen_shift"]) and np.mean(can["chosen_shift"]) < -0.5
     # DPO（lr 3e-4、50 步）压低了参考模型已有的正确率（Pal et al. 2024 的失效模式）
     v = checked("DPO 反而压低了它已有的能力", compare(can["policy_correct"], can["ref_correct"], "less", "batches"))
     assert v.holds and np.mean(can["policy_correct"]) < np.mean(can["ref_correct"])
@@ -277,6 +325,7 @@ def test_exp3_dpo_pushes_rejected_down_more_than_sft(tmp_path):
     ("exp2_beta.py", ["--betas", "0.1"], "--betas 至少给两个正数"),
     ("exp3_sft_vs_dpo.py", ["--steps", "0"], "必须 >= 1"),
     ("exp1_dpo_basics.py", ["--replicates", "0"], "--replicates 必须 >= 1"),
+    ("exp1_dpo_basics.py", ["--dpop-lambda", "-1"], "--dpop-lambda 必须 >= 0"),
 ])
 def test_bad_arguments_exit_with_message(tmp_path, script, args, fragment):
     proc = subprocess.run([sys.executable, str(EXPERIMENTS / script), "--quick", "--output-dir", str(tmp_path), *args],

@@ -31,10 +31,18 @@ def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return (token_logp * mask).sum(dim=1)
 
 
-def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float):
-    """输入都是 (B,) 的序列对数概率；返回 (loss, reward_margin (B,))。"""
+def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float, positive_lambda: float = 0.0):
+    """输入都是 (B,) 的序列对数概率；返回 (loss, reward_margin (B,))。
+
+    positive_lambda > 0 时是 DPO-Positive（DPOP，Pal et al. 2024，论文取 λ = 50）：sigmoid 里再减去
+    β·λ·max(0, log π_ref(y_c) − log π(y_c))——chosen 的似然一旦低于参考模型就受罚，
+    堵住"把两个回答一起压低也能拉开差距"这条路。默认 0 就是标准 DPO（同样的运算，结果逐位相同）。
+    返回的 reward_margin 总是标准的隐式奖励差（不含惩罚项）。"""
     margin = beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
-    return -F.logsigmoid(margin).mean(), margin
+    if positive_lambda == 0:
+        return -F.logsigmoid(margin).mean(), margin
+    penalty = beta * positive_lambda * (ref_chosen - policy_chosen).clamp(min=0)  # (B,)
+    return -F.logsigmoid(margin - penalty).mean(), margin
 
 
 def preference_pairs(batch) -> int:
@@ -42,14 +50,14 @@ def preference_pairs(batch) -> int:
     return len(batch["chosen_ids"])
 
 
-def make_dpo_step(ref_model, beta: float):
+def make_dpo_step(ref_model, beta: float, positive_lambda: float = 0.0):
     def compute_loss(model, batch):
         ids = torch.cat([batch["chosen_ids"], batch["rejected_ids"]])  # (2B, T)：一次前向算两组
         labels = torch.cat([batch["chosen_labels"], batch["rejected_labels"]])
         policy_chosen, policy_rejected = sequence_logprob(model(ids).logits, labels).chunk(2)
         with torch.no_grad():
             ref_chosen, ref_rejected = sequence_logprob(ref_model(ids).logits, labels).chunk(2)
-        loss, margin = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
+        loss, margin = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, positive_lambda)
         return loss, {"reward_margin": margin.mean().item(), "reward_accuracy": (margin > 0).float().mean().item()}
     return compute_loss
 

@@ -211,8 +211,9 @@ def sft_on_chosen(ref, dpo_data, train_idx, seed: int, steps: int, device, lr: f
 
 
 def train_dpo(ref, dpo_data, train_idx, seed: int, steps: int, beta: float, device, lr: float = DPO_LR,
-              evaluate=None, eval_every: int = 10, progress: bool = True):
+              evaluate=None, eval_every: int = 10, progress: bool = True, positive_lambda: float = 0.0):
     """从参考模型的拷贝出发做 DPO：损失来自 trainer/train_dpo.py::make_dpo_step（参考模型冻结）。
+    positive_lambda > 0 换成 DPOP 的损失（trainer/train_dpo.py::dpo_loss，Pal et al. 2024），默认 0 是标准 DPO。
 
     优化：AdamW + modules/common/training.py::lr_at 的 warmup+余弦 + 梯度裁剪 1.0，与 trainer/ 相同；
     只有 weight_decay 不同：这里是 0，trainer 默认 0.01（--weight_decay）。
@@ -221,7 +222,7 @@ def train_dpo(ref, dpo_data, train_idx, seed: int, steps: int, beta: float, devi
     """
     ref.eval().requires_grad_(False)
     policy = copy.deepcopy(ref).requires_grad_(True).train()
-    compute_loss = make_dpo_step(ref, beta)
+    compute_loss = make_dpo_step(ref, beta, positive_lambda)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     history = {"steps": [], "loss": [], "reward_margin": [], "reward_accuracy": [], "evals": []}

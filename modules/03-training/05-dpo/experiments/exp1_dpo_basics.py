@@ -11,13 +11,16 @@
 复制训练（modules/common/replicates.py）：同一个参考模型上只换 DPO 的批次顺序，第 10 → 50 步的 log KL 增长
 在单次训练之间的标准差（种子 42–44 上约 0.27）和种子之间的一样大——前 10 步抽到哪些对决定了第 10 步的 KL。
 所以完整模式里每个种子的主 DPO 训练 --replicates 次（默认 10 次，quick 1 次），各项指标取平均后再按种子配对；
-算术部分的两次 DPO 不复制。
-算术部分（DPO 能不能学会"算对"）：两种参考模型，各自只在 dpo.jsonl 的训练算术对上做同样的 DPO，
-在 160 道两种参考模型和 DPO 都没见过的加法题（每题一对：正确结果 vs 差 1–2）上测：
-  会加法的参考模型 = 在其余 0–20 加法题上 SFT 过（--add-ref-steps 步）；
-  对照：不会加法的参考模型 = 上面只在 sft.jsonl 上 SFT 的那个。
-每种都报参考模型自己偏好正确结果的比例（log π_ref(y_c) > log π_ref(y_r)）、DPO 的偏好准确率（margin > 0）、
-DPO 后策略自己偏好正确结果的比例。
+算术部分的四次 DPO / DPOP 训练不复制。
+算术部分（DPO 式的偏好训练能不能学会"算对"）：在 160 道参考模型和偏好训练都没见过的加法题
+（每题一对：正确结果 vs 差 1–2）上测四种设定：
+  can_add            会加法的参考模型（在其余 0–20 加法题上 SFT --add-ref-steps 步）+ 标准 DPO，
+                     只用 dpo.jsonl 的训练算术对，--dpo-steps 步（对照：课程原来的设定）；
+  can_add_dpop       同样的参考模型、同样的对与步数，换成 DPOP 的损失（Pal et al. 2024，λ = --dpop-lambda）；
+  can_add_dpop_many  同样的参考模型 + DPOP，偏好对换成其余 722 道加法题各一对（正确 vs 差 1–2），--add-dpo-steps 步；
+  cannot_add         对照：不会加法的参考模型（上面只在 sft.jsonl 上 SFT 的那个）+ 标准 DPO，同 can_add。
+每种都报参考模型自己偏好正确结果的比例（log π_ref(y_c) > log π_ref(y_r)）、偏好准确率（margin > 0）、
+训练后策略自己偏好正确结果的比例，以及 chosen / rejected 的对数概率变化。
 
     python exp1_dpo_basics.py --quick
 """
@@ -42,6 +45,12 @@ N_FOLDS = 5  # quick 模式比较两类留出对时配对用的固定子集数�
 # 完整模式每个种子的主 DPO 训练几次：按 CPU 预算定（每次约 5 s CPU，10 次让完整模式单独运行约 4 min，
 # 不到 10 min 预算的一半），在看任何判定之前定下
 QUICK_REPLICATES, FULL_REPLICATES = 1, 10
+DPOP_LAMBDA = 50.0  # DPOP 惩罚项的 λ：取论文的值（Pal et al. 2024 用 λ = 50），不按这里的结果调
+# 算术设定的显示顺序：(名字, 参考模型, 损失, 训练偏好对)
+ADDITION_REGIMES = (("can_add", "can add", "DPO", "dpo.jsonl arithmetic"),
+                    ("can_add_dpop", "can add", "DPOP", "dpo.jsonl arithmetic"),
+                    ("can_add_dpop_many", "can add", "DPOP", "addition pairs"),
+                    ("cannot_add", "cannot add", "DPO", "dpo.jsonl arithmetic"))
 
 
 def add_args(parser):
@@ -50,6 +59,10 @@ def add_args(parser):
     parser.add_argument("--beta", type=float, default=lab.DEFAULT_BETA, help="DPO 的 β（默认 0.1，同 trainer/train_dpo.py）")
     parser.add_argument("--add-ref-steps", type=int, default=400,
                         help="'会加法'的参考模型在加法题上 SFT 的步数（默认 400）")
+    parser.add_argument("--dpop-lambda", type=float, default=DPOP_LAMBDA,
+                        help="DPOP 惩罚项的 λ（默认 50，同 Pal et al. 2024；0 = 标准 DPO）")
+    parser.add_argument("--add-dpo-steps", type=int, default=300,
+                        help="在 722 道加法题的偏好对上做 DPOP 的步数（默认 300，每步 8 对，约 3.3 遍）")
     add_replicates_argument(parser, QUICK_REPLICATES, FULL_REPLICATES, "主 DPO 换批次顺序，参考模型不变")
 
 
@@ -59,11 +72,15 @@ def main():
     dpo_steps = exp.args.dpo_steps
     beta = exp.args.beta
     add_ref_steps = exp.args.add_ref_steps
-    if ref_steps < 1 or dpo_steps < 10 or add_ref_steps < 1:
-        raise SystemExit(f"--ref-steps、--add-ref-steps 必须 >= 1，--dpo-steps 必须 >= 10"
-                         f"（收到 {ref_steps}、{add_ref_steps}、{dpo_steps}）")
+    add_dpo_steps = exp.args.add_dpo_steps
+    dpop_lambda = exp.args.dpop_lambda
+    if ref_steps < 1 or dpo_steps < 10 or add_ref_steps < 1 or add_dpo_steps < 1:
+        raise SystemExit(f"--ref-steps、--add-ref-steps、--add-dpo-steps 必须 >= 1，--dpo-steps 必须 >= 10"
+                         f"（收到 {ref_steps}、{add_ref_steps}、{add_dpo_steps}、{dpo_steps}）")
     if beta <= 0:
         raise SystemExit(f"--beta 必须为正（收到 {beta}）；β 是 KL 约束的强度")
+    if dpop_lambda < 0:
+        raise SystemExit(f"--dpop-lambda 必须 >= 0（收到 {dpop_lambda}）；0 就是标准 DPO")
     eval_every = max(1, dpo_steps // 5)
     replicates = resolve_replicates(exp.args.replicates, exp.quick, QUICK_REPLICATES, FULL_REPLICATES)
 
@@ -82,11 +99,23 @@ def main():
         add_pairs = lab.Encoded(lab.DPODataset(
             lab.write_rows(Path(folder) / "addition_heldout.jsonl", lab.addition_pair_rows(add_heldout_questions)),
             tokenizer, lab.SEQ_LEN))
+        # DPOP 的训练偏好对：留出的 160 道之外的每道加法题一对（与参考模型 SFT 的是同一批题）
+        add_train_pairs = lab.Encoded(lab.DPODataset(
+            lab.write_rows(Path(folder) / "addition_train_pairs.jsonl", lab.addition_pair_rows(add_sft_questions)),
+            tokenizer, lab.SEQ_LEN))
     add_idx = list(range(len(add_pairs)))
+    add_train_idx = list(range(len(add_train_pairs)))
+    # 每种算术设定的 (训练偏好对, 下标, 步数, λ)；用哪个参考模型见 ADDITION_REGIMES
+    regime_setup = {"can_add": (dpo_data, arith_train_idx, dpo_steps, 0.0),
+                    "can_add_dpop": (dpo_data, arith_train_idx, dpo_steps, dpop_lambda),
+                    "can_add_dpop_many": (add_train_pairs, add_train_idx, add_dpo_steps, dpop_lambda),
+                    "cannot_add": (dpo_data, arith_train_idx, dpo_steps, 0.0)}
     print(f"偏好对：训练 {len(train_idx)}，留出 {len(heldout_idx)}；参考模型 SFT {ref_steps} 步，DPO {dpo_steps} 步，β={beta}；"
           f"每个种子的主 DPO 平均 {replicates} 次训练（只换批次顺序）")
     print(f"算术：'会加法'的参考模型在 {len(add_sft_questions)} 道加法题上 SFT {add_ref_steps} 步；"
-          f"两种参考模型各在 {len(arith_train_idx)} 个训练算术对上 DPO；评估 {len(add_idx)} 道没见过的加法题")
+          f"两种参考模型各在 {len(arith_train_idx)} 个训练算术对上 DPO {dpo_steps} 步；会加法的参考模型另做 DPOP"
+          f"（λ={dpop_lambda}）：同样的 {len(arith_train_idx)} 对 {dpo_steps} 步，和 {len(add_train_idx)} 个加法偏好对"
+          f" {add_dpo_steps} 步；评估 {len(add_idx)} 道没见过的加法题")
 
     runs = []
     for seed in exp.seeds:
@@ -108,15 +137,23 @@ def main():
         hist["ref_prefers_chosen"] = lab.own_preference(ref_heldout)  # (N_heldout,)
         add_ref, _ = lab.train_reference(tokenizer, add_sft_data, seed, add_ref_steps, exp.device)
         hist["addition"] = {}
-        for regime, reference in (("can_add", add_ref), ("cannot_add", ref)):
-            ref_logps = lab.pair_logprobs(reference, add_pairs, add_idx, exp.device)
-            policy, _ = lab.train_dpo(reference, dpo_data, arith_train_idx, seed, dpo_steps, beta, exp.device)
+        references = {"can add": add_ref, "cannot add": ref}
+        add_ref_logps = {name: lab.pair_logprobs(model, add_pairs, add_idx, exp.device)
+                         for name, model in references.items()}
+        for regime, which_ref, _, _ in ADDITION_REGIMES:
+            train_data, train_indices, steps, positive_lambda = regime_setup[regime]
+            reference, ref_logps = references[which_ref], add_ref_logps[which_ref]
+            policy, _ = lab.train_dpo(reference, train_data, train_indices, seed, steps, beta, exp.device,
+                                      positive_lambda=positive_lambda)
             stats = lab.pair_stats(policy, reference, add_pairs, add_idx, beta, exp.device, ref_logps)
             hist["addition"][regime] = {  # 逐题（160 道没见过的加法题）
                 "ref_correct": lab.own_preference(ref_logps),
                 "policy_correct": lab.own_preference({k: torch.tensor(stats["per_pair"][f"{k}_logp"])
                                                       for k in ("chosen", "rejected")}),
-                "dpo_correct": [float(d > 0) for d in stats["per_pair"]["log_ratio"]]}
+                "dpo_correct": [float(d > 0) for d in stats["per_pair"]["log_ratio"]],
+                # 训练前后的对数概率变化 log π(y) − log π_ref(y)
+                "chosen_shift": (torch.tensor(stats["per_pair"]["chosen_logp"]) - ref_logps["chosen"]).tolist(),
+                "rejected_shift": (torch.tensor(stats["per_pair"]["rejected_logp"]) - ref_logps["rejected"]).tolist()}
         runs.append(hist)
 
     eval_steps = [e["step"] for e in runs[0]["evals"]]
@@ -236,13 +273,19 @@ def main():
         return compare_runs(addition(regime, key), [0.5] * n_seeds, "greater",
                             addition_pairs(regime, key), [0.5] * n_add)
 
+    def shift(regime, key):  # 逐种子的平均对数概率变化 (n_seeds,)
+        return np.array([np.mean(run["addition"][regime][key]) for run in runs])
+
     n_add = len(add_idx)
-    exp.print_table(["reference model", "reference prefers correct", "DPO accuracy (margin > 0)",
-                     "policy prefers correct"],
-                    [[regime, *(format_mean_std(addition(regime, key), 3)
-                                for key in ("ref_correct", "dpo_correct", "policy_correct"))]
-                     for regime in ("can_add", "cannot_add")],
-                    title=f"{n_add} 道没见过的加法题：参考模型自己、DPO 的隐式奖励、DPO 后的策略各自偏好正确结果的比例")
+    exp.print_table(["regime", "reference", "loss", "training pairs", "steps", "reference prefers correct",
+                     "accuracy (margin > 0)", "policy prefers correct", "Δlog p(chosen)", "Δlog p(rejected)"],
+                    [[regime, which_ref, loss, f"{pairs} ({len(regime_setup[regime][1])})", regime_setup[regime][2],
+                      *(format_mean_std(addition(regime, key), 3)
+                        for key in ("ref_correct", "dpo_correct", "policy_correct")),
+                      *(format_mean_std(shift(regime, key), 2) for key in ("chosen_shift", "rejected_shift"))]
+                     for regime, which_ref, loss, pairs in ADDITION_REGIMES],
+                    title=f"{n_add} 道没见过的加法题：参考模型自己、隐式奖励（margin > 0）、训练后的策略各自偏好正确结果的比例；"
+                          f"DPOP 的 λ = {dpop_lambda}")
     exp.conclude_verdict(f"会加法的参考模型（在其余 {len(add_sft_questions)} 道加法题上 SFT {add_ref_steps} 步）"
                          f"在没见过的加法题上自己偏好正确结果：比例高于 0.5",
                          above_half("can_add", "ref_correct"),
@@ -253,7 +296,15 @@ def main():
                                       addition_pairs("cannot_add", "ref_correct")),
                          f"reference prefers correct: can_add {format_mean_std(addition('can_add', 'ref_correct'), 3)}, "
                          f"cannot_add {format_mean_std(addition('cannot_add', 'ref_correct'), 3)}")
-    exp.conclude_verdict("参考模型会加法时，DPO 学会了'算对'：没见过的加法题上 DPO 的偏好准确率（margin > 0）高于 0.5",
+    exp.conclude_verdict(f"参考模型会加法时，DPO 式的偏好训练学会了'算对'：用 DPOP 的损失（λ = {dpop_lambda:g}）"
+                         f"在 {len(add_train_idx)} 道加法题的偏好对上训练 {add_dpo_steps} 步，"
+                         f"没见过的加法题上的偏好准确率（margin > 0）高于 0.5",
+                         above_half("can_add_dpop_many", "dpo_correct"),
+                         f"DPOP accuracy = {format_mean_std(addition('can_add_dpop_many', 'dpo_correct'), 3)}；"
+                         f"参考模型自己 = {format_mean_std(addition('can_add', 'ref_correct'), 3)} → "
+                         f"训练后策略自己 = {format_mean_std(addition('can_add_dpop_many', 'policy_correct'), 3)}")
+    exp.conclude_verdict(f"对照：参考模型会加法、但用标准 DPO 只在 dpo.jsonl 的 {len(arith_train_idx)} 个训练算术对上训练 "
+                         f"{dpo_steps} 步时，没见过的加法题上 DPO 的偏好准确率（margin > 0）高于 0.5",
                          above_half("can_add", "dpo_correct"),
                          f"DPO accuracy = {format_mean_std(addition('can_add', 'dpo_correct'), 3)}；"
                          f"参考模型自己 = {format_mean_std(addition('can_add', 'ref_correct'), 3)}")
@@ -264,6 +315,13 @@ def main():
                                       addition_pairs("can_add", "ref_correct")),
                          f"prefers correct: reference {format_mean_std(addition('can_add', 'ref_correct'), 3)} → "
                          f"after DPO {format_mean_std(addition('can_add', 'policy_correct'), 3)}")
+    exp.conclude_verdict(f"DPOP 的惩罚项让 chosen 的似然不再被压低：同样的 {len(arith_train_idx)} 对、{dpo_steps} 步，"
+                         f"没见过的加法题上 DPOP 后 chosen 的对数概率变化高于标准 DPO 后",
+                         compare_runs(shift("can_add_dpop", "chosen_shift"), shift("can_add", "chosen_shift"), "greater",
+                                      addition_pairs("can_add_dpop", "chosen_shift"),
+                                      addition_pairs("can_add", "chosen_shift")),
+                         f"Δlog p(chosen): DPO {format_mean_std(shift('can_add', 'chosen_shift'), 2)}, "
+                         f"DPOP {format_mean_std(shift('can_add_dpop', 'chosen_shift'), 2)}")
     exp.conclude_verdict("对照：参考模型不会加法时（只在 sft.jsonl 上 SFT），它在没见过的加法题上自己偏好正确结果的比例高于 0.5",
                          above_half("cannot_add", "ref_correct"),
                          f"cannot_add reference = {format_mean_std(addition('cannot_add', 'ref_correct'), 3)}")
@@ -308,6 +366,8 @@ def main():
     exp.save_metrics({"config": {"ref_steps": ref_steps, "add_ref_steps": add_ref_steps,
                                  "n_addition_sft_questions": len(add_sft_questions),
                                  "n_addition_heldout": n_add, "n_arithmetic_train_pairs": len(arith_train_idx),
+                                 "n_addition_train_pairs": len(add_train_idx), "add_dpo_steps": add_dpo_steps,
+                                 "dpop_lambda": dpop_lambda,
                                  "dpo_steps": dpo_steps, "beta": beta, "lr": lab.DPO_LR,
                                  "batch_pairs": lab.DPO_BATCH, "n_train_pairs": len(train_idx),
                                  "n_heldout_pairs": len(heldout_idx), "n_folds": N_FOLDS, "model": lab.MODEL_SIZE,
@@ -325,9 +385,11 @@ def main():
                       "per_pair_first_seed": {split: {str(eval_steps[pos]): runs[0]["evals"][pos][split]["per_pair"]
                                                       for pos in (0, early, late)} for split in ("train", "heldout")},
                       # 没见过的加法题：regime → 逐种子逐题的 0/1（ref_correct、dpo_correct、policy_correct）
+                      # 与对数概率变化（chosen_shift、rejected_shift）
                       "addition": {regime: {key: [run["addition"][regime][key] for run in runs]
-                                            for key in ("ref_correct", "dpo_correct", "policy_correct")}
-                                   for regime in ("can_add", "cannot_add")},
+                                            for key in ("ref_correct", "dpo_correct", "policy_correct",
+                                                        "chosen_shift", "rejected_shift")}
+                                   for regime, _, _, _ in ADDITION_REGIMES},
                       # 每个种子每次复制的留出 log KL 增长（第一次评估 → 最后一步），量单次训练之间的噪声
                       "replicate_heldout_log_kl_growth": replicate_growth.tolist(),
                       "batch_reward_margin": [run["reward_margin"] for run in runs],
