@@ -65,19 +65,28 @@ def test_exp1_reward_model_and_overoptimisation(tmp_path):
     gold = {n: np.mean(m["gold"][str(n)]) for n in ns}
     proxy = {n: np.mean(m["proxy"][str(n)]) for n in ns}
     oracle = {n: np.mean(m["oracle"][str(n)]) for n in ns}
-    assert acc[pairs[-1]] > 0.7, acc  # 全部 960 对：留出成对准确率（quick 种子 42、1 上 0.94、0.82）
+    assert acc[pairs[-1]] > 0.7, acc  # 全部 960 对：留出成对准确率（quick 种子 42、1、7、5 上 0.94、0.82、0.93、0.96）
     # 按 proxy 选得越狠，proxy 的期望越高（best-of-n 的期望随 n 不减）；oracle（pass@n）同样不减
     assert all(proxy[a] <= proxy[b] + 1e-9 for a, b in zip(ns, ns[1:])), proxy
     assert all(oracle[a] <= oracle[b] + 1e-9 for a, b in zip(ns, ns[1:])), oracle
     peak = max(ns, key=lambda n: gold[n])
     assert 1 < peak < ns[-1], gold  # gold 先升后降：峰值既不在 N=1，也不在 N_max
     assert oracle[ns[-1]] > 0.9 and gold[ns[-1]] < 0.5, (gold, oracle)
+    # 结论 3–5 检验的是 B 半题目上的数（N* 在 A 半上选出）：不等式本身按 B 半重算
+    n_star, n_max = m["config"]["n_star"], ns[-1]
+    b_gold = {n: np.mean(m["half_b_gold"][str(n)]) for n in ns}
+    b_proxy = {n: np.mean(m["half_b_proxy"][str(n)]) for n in ns}
+    assert acc[pairs[-1]] > acc[pairs[0]], acc
+    assert b_gold[n_star] > b_gold[1], b_gold
+    assert b_proxy[n_max] > b_proxy[n_star], b_proxy
     for fragment in ("偏好对越多", "好于随机猜", "提高了验证器判对的比例", "proxy 分数继续上升"):
         c = find_conclusion(record, fragment)
         assert c["noise"]["unit"] == "batches", c
-        assert c["status"] == "holds", c  # quick 种子 42、1、7 上都成立
-    # gold 从峰值回落（上面的 peak 断言）在种子 42、1、7 上都出现；在 64 道检验题上超出逐题噪声的是 42 与 1，
-    # 种子 7（0.243 → 0.188）在噪声以内。完整模式（300 题、3 个种子）见 results/reference/
+        assert c["status"] == "holds", c  # quick 种子 42、1、7、5 上都成立
+    # B 半上 gold 从 N* 回落的方向在种子 42、1、7、5 上都出现（0.339→0.234、0.208→0.141、0.244→0.203、0.322→0.188）；
+    # 超出逐题噪声的是 42、1、5，种子 7（Δ=0.041，逐题 SE 0.035，64 道检验题）在噪声以内、判为未确立，所以只断言"不是 fails"。
+    # 完整模式（300 题、3 个种子）在种子 42–44 与 1–3 上都成立，见 results/reference/
+    assert b_gold[n_max] < b_gold[n_star], b_gold
     assert find_conclusion(record, "过度优化")["status"] != "fails"
     gap = find_conclusion(record, "oracle（按 gold 选")
     assert gap["holds"] == bool(oracle[ns[-1]] - gold[ns[-1]] > oracle[2] - gold[2]) and gap["holds"]
