@@ -1,9 +1,11 @@
 """实验 3：老师越大越好吗？——同一个小学生，分别向三个大小不同的老师学（容量差距，Mirzadeh et al. 2020）。
 
 每个种子：三个老师（small = 与学生同样大小 / medium / large，hidden 与层数递增）在字符级 TinyShakespeare 上
-用相同步数、相同批次普通预训练；再把同一个学生（hidden 64、1 层，相同初始化、相同批次、相同步数）
+用相同步数、相同批次普通预训练（步数要够大老师拉开差距：160 步时 large 与 medium 还分不出来）；再把同一个学生（hidden 64、1 层，相同初始化、相同批次、相同步数）
 分别用 α=1、T=1 蒸馏（trainer/train_distillation.py::distillation_loss），另有一个 α=0 的硬标签学生作基线。
 比较：老师的验证 loss、学生的验证 loss（真实标签 CE）、学生与"自己的老师"的 argmax 一致率。
+要检验的是文献里的容量差距（Mirzadeh et al. 2020；Cho & Hariharan 2019）：差距小时学生随老师变好，
+差距大时老师再变好，学生的收益也停住甚至倒退。
 """
 import sys
 from pathlib import Path
@@ -32,14 +34,14 @@ N_EVAL_BATCHES = 8
 
 
 def add_args(parser):
-    parser.add_argument("--steps", type=int, default=None, help="每个老师、每个学生的训练步数（默认 quick 80 / full 160）")
+    parser.add_argument("--steps", type=int, default=None, help="每个老师、每个学生的训练步数（默认 quick 240 / full 480）")
 
 
 def main():
     exp = Experiment(__file__, extra_args=add_args, description=(
         "蒸馏实验 3：三个大小不同的老师（相同训练步数）蒸馏同一个小学生（α=1, T=1）：\n"
         "老师 val loss、学生 val loss、学生与老师的一致率；外加一个只用硬标签的学生作基线。"))
-    steps = training_steps(exp.args, exp.quick, quick_default=80, full_default=160)
+    steps = training_steps(exp.args, exp.quick, quick_default=240, full_default=480)
     text = get_experiment_data("shakespeare")
 
     runs = {name: [] for name in TEACHERS}
@@ -123,12 +125,32 @@ def main():
         exp.conclude_verdict(f"老师 {bigger} 的验证 loss 低于老师 {smaller}（老师越大越好的一步）",
                              verdict(bigger, smaller, "teacher_val_loss", "less"),
                              "teacher val loss " + means("teacher_val_loss", (bigger, smaller)))
-    # "最大的老师教出的学生最好"：跟 large 学的学生要比跟其余每个老师学的都好
-    for other in names[:-1]:
-        exp.conclude_verdict(f"跟 {names[-1]} 老师学的学生，验证 loss 低于跟 {other} 老师学的",
-                             verdict(names[-1], other, "student_val_loss", "less"),
-                             "student val loss " + means("student_val_loss", (names[-1], other))
-                             + f"（三者均值最低的是跟 {best_teacher_for_student} 学的）")
+    # 容量差距：差距小（small → medium）时学生随老师变好；差距大（medium → large）时老师的改进传不到学生
+    best_note = f"（三者均值最低的是跟 {best_teacher_for_student} 学的）"
+    for better, other in (("medium", "small"), ("large", "small")):
+        exp.conclude_verdict(f"跟 {better} 老师学的学生，验证 loss 低于跟 {other} 老师学的",
+                             verdict(better, other, "student_val_loss", "less"),
+                             "student val loss " + means("student_val_loss", (better, other)) + best_note)
+    exp.conclude_verdict("对照：跟 large 老师学的学生，验证 loss 低于跟 medium 老师学的"
+                         "（差距大时老师再变好，学生未必跟着变好）",
+                         verdict("large", "medium", "student_val_loss", "less"),
+                         "student val loss " + means("student_val_loss", ("large", "medium")) + best_note)
+
+    def student_gains(better: str, worse: str):
+        """换成更大的老师，学生 val loss 降了多少：每个种子一个值，以及（单种子时配对用的）逐批的值。"""
+        per_seed = [w["student_val_loss"] - b["student_val_loss"] for b, w in zip(runs[better], runs[worse])]
+        per_batch = [w - b for b, w in zip(runs[better][0]["student_val_batches"],
+                                           runs[worse][0]["student_val_batches"])]
+        return per_seed, per_batch
+
+    far_seeds, far_batches = student_gains("large", "medium")  # 差距大的一步
+    near_seeds, near_batches = student_gains("medium", "small")  # 差距小的一步
+    exp.conclude_verdict("容量差距：老师 medium → large 一步给学生带来的改进，小于 small → medium 一步",
+                         compare_runs(far_seeds, near_seeds, "less", far_batches, near_batches),
+                         f"学生 val loss 的降幅：small → medium {sum(near_seeds) / len(near_seeds):+.4f}，"
+                         f"medium → large {sum(far_seeds) / len(far_seeds):+.4f}；同时老师自己的降幅 "
+                         f"{summary['small']['teacher_val_loss'][0] - summary['medium']['teacher_val_loss'][0]:+.4f}，"
+                         f"{summary['medium']['teacher_val_loss'][0] - summary['large']['teacher_val_loss'][0]:+.4f}")
     for bigger, smaller in zip(names[1:], names):
         exp.conclude_verdict(f"学生与老师 {bigger} 的一致率低于与老师 {smaller}（老师越强越难模仿的一步）",
                              verdict(bigger, smaller, "agreement", "less"),
