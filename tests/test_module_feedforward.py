@@ -116,7 +116,8 @@ def test_exp3_recall_grows_with_ffn_width(tmp_path, experiment_env):
 @pytest.mark.parametrize("script, flag, value", [("exp2_glu_variants.py", "--replicates", "0"),
                                                  ("exp2_glu_variants.py", "--steps", "0"),
                                                  ("exp2_glu_variants.py", "--hidden", "0"),
-                                                 ("exp3_ffn_as_memory.py", "--n-a", "1")])
+                                                 ("exp3_ffn_as_memory.py", "--n-a", "1"),
+                                                 ("exp3_ffn_as_memory.py", "--workers", "0")])
 def test_bad_arguments_give_one_clear_line(tmp_path, script, flag, value):
     proc = subprocess.run([sys.executable, str(EXPERIMENTS / script), "--quick", flag, value,
                            "--output-dir", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,

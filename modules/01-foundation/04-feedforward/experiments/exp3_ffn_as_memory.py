@@ -16,6 +16,8 @@
 最后检验记忆是否分布在许多神经元上：每条事实只保留激活最强的 TOP_K 个神经元，回忆还剩多少。
 比较都过共享的噪声检验（modules/common/noise.py）：完整模式按种子配对；quick 模式只有一个种子，
 按事实配对（同一种子下各宽度背的是同一组事实）。
+完整模式在 CPU 上把 3 个种子分给单线程子进程同时跑（--workers，modules/common/parallel.py；
+每个种子的全部训练在顶层函数 train_seed 里），数值与在一个进程里依次、单线程地跑逐位相同。
 """
 import sys
 from pathlib import Path
@@ -31,6 +33,7 @@ from modules.common.experiment_base import Experiment, format_mean_std, mean_std
 from modules.common.facts import make_facts, recall_per_fact  # noqa: E402
 from modules.common.lab_model import LabConfig, LabModel  # noqa: E402
 from modules.common.noise import compare_runs  # noqa: E402
+from modules.common.parallel import add_workers_argument, map_seeds, resolve_workers  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 
@@ -43,6 +46,7 @@ def add_args(parser):
                         help="键的每个 token 有几种取值 A（事实条数 = A²；默认完整模式 48，quick 32）")
     parser.add_argument("--n-values", type=int, default=32, help="值 token 的种类 M（随机猜的准确率 = 1/M，默认 32）")
     parser.add_argument("--steps", type=int, default=None, help="每个模型的训练步数（默认完整模式 1200，quick 800）")
+    add_workers_argument(parser)
 
 
 def token_name(i: int, n_a: int, n_values: int) -> str:
@@ -107,6 +111,47 @@ def ffn_memory_readout(model: LabModel, input_ids: torch.Tensor, top_k: int = TO
             "random_neuron_hit_rate": hits.float().mean().item()}
 
 
+def train_seed(seed: int, n_a: int, n_values: int, steps: int, widths: tuple[int, ...], device) -> dict:
+    """一个种子的全部训练：这个种子的事实，每个宽度训练一个模型，再对最宽的模型做解读。
+    在顶层定义，map_seeds 才能把它交给单线程子进程（完整模式在 CPU 上几个种子同时跑）。
+    返回：params / acc / curve / correct（按宽度）、最宽模型的 readout 与 top_only、以及这个种子的 input_ids。"""
+    input_ids, labels, vocab = make_facts(n_a, n_values, seed)
+    input_ids, labels = input_ids.to(device), labels.to(device)
+    curve_every = steps // 12  # 每隔这么多步记一次回忆准确率（判断曲线是否走平）
+
+    def get_batch(split):  # 训练与"验证"都是全部事实：任务本身就是背诵
+        return input_ids, labels
+
+    run = {"params": {}, "acc": {}, "curve": {}, "correct": {}}
+    for w in widths:
+        Experiment.seed_everything(seed)
+        config = LabConfig(vocab_size=vocab["vocab_size"], hidden_size=HIDDEN, num_layers=1, n_heads=HEADS,
+                           max_seq_len=4, ffn="none" if w == 0 else "swiglu",
+                           ffn_ratio=None if w == 0 else w / HIDDEN)
+        model = LabModel(config).to(device)
+        run["params"][w] = model.num_params()
+        curve = []
+
+        def record_recall(n_done, trained):
+            if n_done % curve_every == 0:
+                hits = recall_per_fact(trained, input_ids)
+                curve.append(sum(hits) / len(hits))
+
+        hist = train_model(model, get_batch, steps=steps, lr=LR, weight_decay=0.0, eval_every=steps,
+                           eval_batches=1, device=device, desc=f"width={w} seed={seed}", after_step=record_recall)
+        if hist["diverged_at"] is not None:
+            raise SystemExit(f"width={w}（seed={seed}）在第 {hist['diverged_at']} 步发散；请减小学习率后重试")
+        correct = recall_per_fact(model, input_ids)
+        run["acc"][w] = sum(correct) / len(correct)
+        run["curve"][w] = curve
+        run["correct"][w] = correct
+        if w == widths[-1]:  # 最宽的模型：神经元解读，以及只保留最强 TOP_K 个神经元时的回忆
+            run["readout"] = ffn_memory_readout(model, input_ids)
+            run["top_only"] = recall_with_top_neurons(model, input_ids, TOP_K)
+    run["input_ids"] = input_ids.cpu()
+    return run
+
+
 def main():
     exp = Experiment(__file__, extra_args=add_args, description=(
         "FFN 实验 3：FFN 是键值记忆。随机事实 (a, b) → 值 的回忆准确率随 FFN 宽度上升；\n"
@@ -121,54 +166,17 @@ def main():
     curve_every = steps // 12  # 每隔这么多步记一次回忆准确率（判断曲线是否走平）
     widths = (0, 16, 256) if exp.quick else (0, 16, 64, 256)  # 0 = 没有 FFN（attention-only）
     n_facts = n_a * n_a
+    workers = resolve_workers(exp.args.workers, exp.quick, exp.device, len(exp.seeds))
 
-    acc = {w: [] for w in widths}
-    curves = {w: [] for w in widths}  # 宽度 → 每个种子一条回忆准确率曲线（第 curve_every, 2·curve_every, ... 步）
-    per_fact = {}  # 第一个种子：宽度 → 逐条事实是否答对（quick 模式按事实配对的噪声）
-    probe = {"top1_hit_rate": [], "random_hit_rate": [], f"top{TOP_K}_only_accuracy": []}  # 最宽模型，每个种子一个值
-    params = {}
-    kept = None  # 最宽、第一个种子的模型留给解读和画图
-    for seed in exp.seeds:
-        input_ids, labels, vocab = make_facts(n_a, n_values, seed)
-        input_ids, labels = input_ids.to(exp.device), labels.to(exp.device)
-
-        def get_batch(split):  # 训练与"验证"都是全部事实：任务本身就是背诵
-            return input_ids, labels
-
-        for w in widths:
-            Experiment.seed_everything(seed)
-            config = LabConfig(vocab_size=vocab["vocab_size"], hidden_size=HIDDEN, num_layers=1, n_heads=HEADS,
-                               max_seq_len=4, ffn="none" if w == 0 else "swiglu",
-                               ffn_ratio=None if w == 0 else w / HIDDEN)
-            model = LabModel(config).to(exp.device)
-            params[w] = model.num_params()
-            curve = []
-
-            def record_recall(n_done, trained):
-                if n_done % curve_every == 0:
-                    hits = recall_per_fact(trained, input_ids)
-                    curve.append(sum(hits) / len(hits))
-
-            hist = train_model(model, get_batch, steps=steps, lr=LR, weight_decay=0.0, eval_every=steps,
-                               eval_batches=1, device=exp.device, desc=f"width={w} seed={seed}",
-                               after_step=record_recall)
-            if hist["diverged_at"] is not None:
-                raise SystemExit(f"width={w}（seed={seed}）在第 {hist['diverged_at']} 步发散；请减小学习率后重试")
-            correct = recall_per_fact(model, input_ids)
-            acc[w].append(sum(correct) / len(correct))
-            curves[w].append(curve)
-            if seed == exp.seeds[0]:
-                per_fact[w] = correct
-            if w == widths[-1]:  # 最宽的模型：神经元解读，以及只保留最强 TOP_K 个神经元时的回忆
-                readout_w = ffn_memory_readout(model, input_ids)
-                top_only = recall_with_top_neurons(model, input_ids, TOP_K)
-                probe["top1_hit_rate"].append(readout_w["top1_hit_rate"])
-                probe["random_hit_rate"].append(readout_w["random_neuron_hit_rate"])
-                probe[f"top{TOP_K}_only_accuracy"].append(sum(top_only) / len(top_only))
-                if seed == exp.seeds[0]:
-                    kept = (model, input_ids)
-                    per_fact["readout"] = readout_w
-                    per_fact["top_only"] = top_only
+    per_seed = map_seeds(train_seed, exp.seeds, workers, n_a, n_values, steps, widths, exp.device)
+    acc = {w: [run["acc"][w] for run in per_seed] for w in widths}
+    curves = {w: [run["curve"][w] for run in per_seed] for w in widths}  # 宽度 → 每个种子一条回忆准确率曲线
+    params = per_seed[0]["params"]
+    first = per_seed[0]  # 第一个种子：逐条事实的结果（quick 模式按事实配对的噪声）、最宽模型的解读和画图
+    per_fact = {**first["correct"], "readout": first["readout"], "top_only": first["top_only"]}
+    probe = {"top1_hit_rate": [run["readout"]["top1_hit_rate"] for run in per_seed],  # 最宽模型，每个种子一个值
+             "random_hit_rate": [run["readout"]["random_neuron_hit_rate"] for run in per_seed],
+             f"top{TOP_K}_only_accuracy": [sum(run["top_only"]) / len(run["top_only"]) for run in per_seed]}
 
     chance = 1 / n_values
     exp.print_table(["FFN width", "params", "recall accuracy"],
@@ -177,7 +185,7 @@ def main():
                           f"chance = {chance:.3f}")
 
     # ---- Geva 式解读：最宽的模型 ----
-    model, input_ids = kept
+    input_ids = first["input_ids"]
     readout = per_fact["readout"]
     examples = []
     for n in range(3):  # 前 3 条事实各列出激活最强的 3 个神经元
