@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
+from conftest import REPO_ROOT, exempt_conclusions, find_conclusion, run_quick_experiment
 
 EXPERIMENTS = REPO_ROOT / "modules" / "01-foundation" / "04-feedforward" / "experiments"
 
@@ -85,6 +85,7 @@ def test_exp3_recall_grows_with_ffn_width(tmp_path, experiment_env):
     record, stdout = run_quick("exp3_ffn_as_memory.py", tmp_path, experiment_env)
     m = record["metrics"]
     assert m["n_facts"] == 1024 and m["steps"] == 800 and m["widths"] == [0, 16, 256]  # quick：32² 条事实、800 步
+    assert m["replicates"] == 1  # quick 不复制：结果与加 --replicates 之前逐位相同
     acc = {int(w): v["mean"] for w, v in m["accuracy"].items()}
     narrow, widest = 16, 256
     # 种子 42：只有注意力 0.449、宽度 16 0.868、宽度 256 1.000；四条结论在种子 42/1/7/5 的 quick 上都成立
@@ -113,11 +114,27 @@ def test_exp3_recall_grows_with_ffn_width(tmp_path, experiment_env):
         assert c["noise"]["mean_delta"] == pytest.approx(delta, abs=1e-6), (fragment, c["noise"]["mean_delta"], delta)
 
 
+@pytest.mark.experiment
+def test_exp3_replicates_average_inits_over_the_same_facts(tmp_path, experiment_env):
+    """--replicates 2 的小规模运行（36 条事实、24 步）：每个种子的准确率 = 两次训练（只换初始化）的平均。"""
+    record, _ = run_quick("exp3_ffn_as_memory.py", tmp_path, experiment_env, "--replicates", "2", "--n-a", "6",
+                          "--steps", "24")
+    m = record["metrics"]
+    assert m["replicates"] == 2 and m["replicate_seed_stride"] == 1000 and m["n_facts"] == 36
+    for w in map(str, m["widths"]):
+        (per_init,) = m["replicate_accuracy"][w]  # 一个主种子，两次训练
+        assert len(per_init) == 2 and all(0 <= a <= 1 for a in per_init)
+        assert m["accuracy"][w]["runs"] == [pytest.approx(sum(per_init) / 2)], (w, m["accuracy"][w], per_init)
+    exempt_conclusions(record, {fragment: "24 步的冒烟运行只检查复制的平均；四条结论由上面 800 步的 quick 测试断言"
+                                for fragment in ("FFN 越宽", "只有注意力", "高于随机神经元", "记忆是分布式的")})
+
+
 @pytest.mark.parametrize("script, flag, value", [("exp2_glu_variants.py", "--replicates", "0"),
                                                  ("exp2_glu_variants.py", "--steps", "0"),
                                                  ("exp2_glu_variants.py", "--hidden", "0"),
                                                  ("exp3_ffn_as_memory.py", "--n-a", "1"),
-                                                 ("exp3_ffn_as_memory.py", "--workers", "0")])
+                                                 ("exp3_ffn_as_memory.py", "--workers", "0"),
+                                                 ("exp3_ffn_as_memory.py", "--replicates", "0")])
 def test_bad_arguments_give_one_clear_line(tmp_path, script, flag, value):
     proc = subprocess.run([sys.executable, str(EXPERIMENTS / script), "--quick", flag, value,
                            "--output-dir", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,

@@ -16,8 +16,12 @@
 最后检验记忆是否分布在许多神经元上：每条事实只保留激活最强的 TOP_K 个神经元，回忆还剩多少。
 比较都过共享的噪声检验（modules/common/noise.py）：完整模式按种子配对；quick 模式只有一个种子，
 按事实配对（同一种子下各宽度背的是同一组事实）。
-完整模式在 CPU 上把 3 个种子分给单线程子进程同时跑（--workers，modules/common/parallel.py；
-每个种子的全部训练在顶层函数 train_seed 里），数值与在一个进程里依次、单线程地跑逐位相同。
+复制（--replicates，modules/common/replicates.py；完整模式默认 2，quick 默认 1，按 CPU 预算在看判定之前定下）：
+固定种子 42 的 2304 条事实、宽度 256，只换初始化种子（42、1042、…、7042），8 次训练里 1 次停在 0.575、7 次背全——
+宽模型"停在半路"是初始化的噪声，不是这个种子的事实本身难背。所以每个种子的值 = R 次训练的平均：
+第 r 次训练只把初始化种子换成 replicate_seed(seed, r)，事实仍是主种子的那一组；噪声检验仍按主种子配对（n = 3）。
+完整模式在 CPU 上把 (种子, 复制) 的每一对分给单线程子进程同时跑（--workers，modules/common/parallel.py；
+每一对的全部训练在顶层函数 train_run 里），数值与在一个进程里依次、单线程地跑逐位相同。
 """
 import sys
 from pathlib import Path
@@ -34,11 +38,15 @@ from modules.common.facts import make_facts, recall_per_fact  # noqa: E402
 from modules.common.lab_model import LabConfig, LabModel  # noqa: E402
 from modules.common.noise import compare_runs  # noqa: E402
 from modules.common.parallel import add_workers_argument, map_seeds, resolve_workers  # noqa: E402
+from modules.common.replicates import (  # noqa: E402
+    REPLICATE_SEED_STRIDE, add_replicates_argument, replicate_seed, resolve_replicates,
+)
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 
 HIDDEN, HEADS, LR = 16, 2, 1e-2
 TOP_K = 5  # 解读与"只保留最强的几个神经元"时看几个神经元
+REPLICATES_QUICK, REPLICATES_FULL = 1, 2  # 每个种子平均几次训练（完整模式 2：2 核上单独运行仍在 10 分钟内）
 
 
 def add_args(parser):
@@ -46,6 +54,7 @@ def add_args(parser):
                         help="键的每个 token 有几种取值 A（事实条数 = A²；默认完整模式 48，quick 32）")
     parser.add_argument("--n-values", type=int, default=32, help="值 token 的种类 M（随机猜的准确率 = 1/M，默认 32）")
     parser.add_argument("--steps", type=int, default=None, help="每个模型的训练步数（默认完整模式 1200，quick 800）")
+    add_replicates_argument(parser, REPLICATES_QUICK, REPLICATES_FULL, "每次只换初始化，事实不变")
     add_workers_argument(parser)
 
 
@@ -111,10 +120,13 @@ def ffn_memory_readout(model: LabModel, input_ids: torch.Tensor, top_k: int = TO
             "random_neuron_hit_rate": hits.float().mean().item()}
 
 
-def train_seed(seed: int, n_a: int, n_values: int, steps: int, widths: tuple[int, ...], device) -> dict:
-    """一个种子的全部训练：这个种子的事实，每个宽度训练一个模型，再对最宽的模型做解读。
-    在顶层定义，map_seeds 才能把它交给单线程子进程（完整模式在 CPU 上几个种子同时跑）。
+def train_run(run_seeds: tuple[int, int], n_a: int, n_values: int, steps: int, widths: tuple[int, ...],
+              device) -> dict:
+    """一次训练：run_seeds = (主种子, 初始化种子)。事实由主种子决定，每个宽度的模型用初始化种子初始化；
+    每个宽度训练一个模型，再对最宽的模型做解读。初始化种子 = replicate_seed(主种子, r)，r = 0 时就是主种子本身。
+    在顶层定义，map_seeds 才能把它交给单线程子进程（完整模式在 CPU 上几对 (种子, 复制) 同时跑）。
     返回：params / acc / curve / correct（按宽度）、最宽模型的 readout 与 top_only、以及这个种子的 input_ids。"""
+    seed, init_seed = run_seeds
     input_ids, labels, vocab = make_facts(n_a, n_values, seed)
     input_ids, labels = input_ids.to(device), labels.to(device)
     curve_every = steps // 12  # 每隔这么多步记一次回忆准确率（判断曲线是否走平）
@@ -124,7 +136,7 @@ def train_seed(seed: int, n_a: int, n_values: int, steps: int, widths: tuple[int
 
     run = {"params": {}, "acc": {}, "curve": {}, "correct": {}}
     for w in widths:
-        Experiment.seed_everything(seed)
+        Experiment.seed_everything(init_seed)
         config = LabConfig(vocab_size=vocab["vocab_size"], hidden_size=HIDDEN, num_layers=1, n_heads=HEADS,
                            max_seq_len=4, ffn="none" if w == 0 else "swiglu",
                            ffn_ratio=None if w == 0 else w / HIDDEN)
@@ -138,9 +150,9 @@ def train_seed(seed: int, n_a: int, n_values: int, steps: int, widths: tuple[int
                 curve.append(sum(hits) / len(hits))
 
         hist = train_model(model, get_batch, steps=steps, lr=LR, weight_decay=0.0, eval_every=steps,
-                           eval_batches=1, device=device, desc=f"width={w} seed={seed}", after_step=record_recall)
+                           eval_batches=1, device=device, desc=f"width={w} seed={seed} init={init_seed}", after_step=record_recall)
         if hist["diverged_at"] is not None:
-            raise SystemExit(f"width={w}（seed={seed}）在第 {hist['diverged_at']} 步发散；请减小学习率后重试")
+            raise SystemExit(f"width={w}（seed={seed}，init={init_seed}）在第 {hist['diverged_at']} 步发散；请减小学习率后重试")
         correct = recall_per_fact(model, input_ids)
         run["acc"][w] = sum(correct) / len(correct)
         run["curve"][w] = curve
@@ -150,6 +162,13 @@ def train_seed(seed: int, n_a: int, n_values: int, steps: int, widths: tuple[int
             run["top_only"] = recall_with_top_neurons(model, input_ids, TOP_K)
     run["input_ids"] = input_ids.cpu()
     return run
+
+
+def average_lists(lists: list[list[float]]) -> list[float]:
+    """逐元素平均几条等长的列表（几次复制的曲线或逐条事实的结果）；只有一条时原样返回（R = 1 与不复制逐位相同）。"""
+    if len(lists) == 1:
+        return lists[0]
+    return [sum(values) / len(values) for values in zip(*lists)]
 
 
 def main():
@@ -166,27 +185,43 @@ def main():
     curve_every = steps // 12  # 每隔这么多步记一次回忆准确率（判断曲线是否走平）
     widths = (0, 16, 256) if exp.quick else (0, 16, 64, 256)  # 0 = 没有 FFN（attention-only）
     n_facts = n_a * n_a
-    workers = resolve_workers(exp.args.workers, exp.quick, exp.device, len(exp.seeds))
+    replicates = resolve_replicates(exp.args.replicates, exp.quick, REPLICATES_QUICK, REPLICATES_FULL)
+    run_seeds = [(seed, replicate_seed(seed, r)) for seed in exp.seeds for r in range(replicates)]
+    workers = resolve_workers(exp.args.workers, exp.quick, exp.device, len(run_seeds))
 
-    per_seed = map_seeds(train_seed, exp.seeds, workers, n_a, n_values, steps, widths, exp.device)
-    acc = {w: [run["acc"][w] for run in per_seed] for w in widths}
-    curves = {w: [run["curve"][w] for run in per_seed] for w in widths}  # 宽度 → 每个种子一条回忆准确率曲线
-    params = per_seed[0]["params"]
-    first = per_seed[0]  # 第一个种子：逐条事实的结果（quick 模式按事实配对的噪声）、最宽模型的解读和画图
-    per_fact = {**first["correct"], "readout": first["readout"], "top_only": first["top_only"]}
-    probe = {"top1_hit_rate": [run["readout"]["top1_hit_rate"] for run in per_seed],  # 最宽模型，每个种子一个值
-             "random_hit_rate": [run["readout"]["random_neuron_hit_rate"] for run in per_seed],
-             f"top{TOP_K}_only_accuracy": [sum(run["top_only"]) / len(run["top_only"]) for run in per_seed]}
+    all_runs = map_seeds(train_run, run_seeds, workers, n_a, n_values, steps, widths, exp.device)
+    per_seed = [all_runs[i * replicates:(i + 1) * replicates] for i in range(len(exp.seeds))]  # [主种子][复制]
+    # 每个主种子的值 = 它的 replicates 次训练的平均（逐条事实的结果、曲线也逐元素平均）
+    replicate_acc = {w: [[run["acc"][w] for run in reps] for reps in per_seed] for w in widths}
+    acc = {w: [sum(a) / len(a) for a in replicate_acc[w]] for w in widths}
+    curves = {w: [average_lists([run["curve"][w] for run in reps]) for reps in per_seed] for w in widths}
+    params = all_runs[0]["params"]
+    first = per_seed[0]  # 第一个种子：逐条事实的结果（quick 模式按事实配对的噪声）；解读表和图用它的第一次训练
+    per_fact = {w: average_lists([run["correct"][w] for run in first]) for w in widths}
+    per_fact["top1_hits"] = average_lists([run["readout"]["top1_hits"] for run in first])
+    per_fact["random_hits"] = average_lists([run["readout"]["random_hits"] for run in first])
+    per_fact["top_only"] = average_lists([run["top_only"] for run in first])
+
+    def replicate_mean(values_of) -> list[float]:  # 每个主种子：values_of(一次训练) 在它的几次复制上的平均
+        return [sum(values_of(run) for run in reps) / len(reps) for reps in per_seed]
+    probe = {"top1_hit_rate": replicate_mean(lambda run: run["readout"]["top1_hit_rate"]),  # 最宽模型，每个种子一个值
+             "random_hit_rate": replicate_mean(lambda run: run["readout"]["random_neuron_hit_rate"]),
+             f"top{TOP_K}_only_accuracy": replicate_mean(lambda run: sum(run["top_only"]) / len(run["top_only"]))}
 
     chance = 1 / n_values
     exp.print_table(["FFN width", "params", "recall accuracy"],
                     [["none (attention-only)" if w == 0 else w, params[w], format_mean_std(acc[w])] for w in widths],
-                    title=f"Recall of {n_facts} random facts (a, b) -> value, hidden {HIDDEN}, 1 layer, {steps} steps; "
-                          f"chance = {chance:.3f}")
+                    title=f"Recall of {n_facts} random facts (a, b) -> value, hidden {HIDDEN}, 1 layer, {steps} steps, "
+                          f"{len(exp.seeds)} seed(s) x {replicates} init(s); chance = {chance:.3f}")
+    if replicates > 1:  # 每次训练的值：同一主种子内只换初始化，看停滞是不是初始化的噪声
+        exp.print_table(["seed", "init seed"] + [f"width {w}" for w in widths],
+                        [[seed, init_seed] + [f"{all_runs[i]['acc'][w]:.3f}" for w in widths]
+                         for i, (seed, init_seed) in enumerate(run_seeds)],
+                        title="Recall accuracy of every single training (same facts per seed, only the init changes)")
 
     # ---- Geva 式解读：最宽的模型 ----
-    input_ids = first["input_ids"]
-    readout = per_fact["readout"]
+    input_ids = first[0]["input_ids"]
+    readout = first[0]["readout"]
     examples = []
     for n in range(3):  # 前 3 条事实各列出激活最强的 3 个神经元
         fact = input_ids[n].tolist()
@@ -205,6 +240,8 @@ def main():
 
     exp.save_metrics({
         "n_facts": n_facts, "n_a": n_a, "n_values": n_values, "chance": chance, "steps": steps, "widths": list(widths),
+        "replicates": replicates, "replicate_seed_stride": REPLICATE_SEED_STRIDE,
+        "replicate_accuracy": {str(w): replicate_acc[w] for w in widths},  # [主种子][复制]：每次训练的准确率
         "model": {"hidden_size": HIDDEN, "num_layers": 1, "n_heads": HEADS, "lr": LR, "weight_decay": 0.0},
         "params": {str(w): params[w] for w in widths},
         "accuracy": {str(w): {"mean": mean_std(acc[w])[0], "std": mean_std(acc[w])[1], "runs": acc[w]} for w in widths},
@@ -257,7 +294,7 @@ def main():
         axes[2].plot(curve_steps, mean_curve, marker=".", label="attention-only" if w == 0 else f"width {w}")
     axes[2].axhline(chance, color="black", ls=":", label=f"chance 1/{n_values}")
     axes[2].set_xlabel("training step")
-    axes[2].set_ylabel(f"recall accuracy (mean of {len(exp.seeds)} seed(s))")
+    axes[2].set_ylabel(f"recall accuracy (mean of {len(exp.seeds)} seed(s) x {replicates} init(s))")
     axes[2].set_ylim(0, 1.05)
     axes[2].set_title("Recall during training (cosine LR schedule)")
     axes[2].legend(fontsize=8)
@@ -266,17 +303,18 @@ def main():
     # ---- 结论（全部由测量算出；比较过噪声检验：多种子按种子配对，单种子按事实配对）----
     means = {w: mean_std(acc[w])[0] for w in widths}
     smallest, largest = ffn_widths[0], ffn_widths[-1]
+    averaged = f"（每个种子 {replicates} 次初始化的平均）" if replicates > 1 else ""
     exp.conclude_verdict(f"FFN 越宽，背下的事实越多：宽度 {largest} 的回忆准确率高于宽度 {smallest}",
                          compare_runs(acc[largest], acc[smallest], "greater", per_fact[largest], per_fact[smallest]),
-                         "准确率：" + "，".join(f"{w}: {means[w]:.3f}" for w in ffn_widths))
+                         f"准确率{averaged}：" + "，".join(f"{w}: {means[w]:.3f}" for w in ffn_widths))
     exp.conclude_verdict("只有注意力（没有 FFN）几乎背不下这些随机事实：准确率不到最宽 FFN 的一半",
                          compare_runs([2 * a for a in acc[0]], acc[largest], "less",
                                       [2 * c for c in per_fact[0]], per_fact[largest]),
-                         f"attention-only {means[0]:.3f} vs 宽度 {largest} {means[largest]:.3f}；随机猜 {chance:.3f}"
+                         f"attention-only {means[0]:.3f} vs 宽度 {largest} {means[largest]:.3f}{averaged}；随机猜 {chance:.3f}"
                          f"（检验的是 2 × attention-only < 宽度 {largest}）")
     top1, rand = probe["top1_hit_rate"], probe["random_hit_rate"]
     exp.conclude_verdict("激活最强的神经元，其输出向量经解嵌入后推高这条事实的值的频率，高于随机神经元",
-                         compare_runs(top1, rand, "greater", readout["top1_hits"], readout["random_hits"]),
+                         compare_runs(top1, rand, "greater", per_fact["top1_hits"], per_fact["random_hits"]),
                          f"宽度 {largest}，各种子：最强神经元命中 " + "，".join(f"{v:.3f}" for v in top1)
                          + "；随机神经元 " + "，".join(f"{v:.3f}" for v in rand)
                          + f"；第一个种子前 {TOP_K} 个中任一命中 {readout['topk_any_hit_rate']:.3f}")
