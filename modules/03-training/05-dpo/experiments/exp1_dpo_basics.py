@@ -262,7 +262,7 @@ def main():
                          f"train arithmetic accuracy @ step {step_l} = {format_mean_std(train_arith, 3)}"
                          f"（{len(positions['train']['arithmetic'])} 对）")
 
-    # 算术：两种参考模型在 160 道没见过的加法题上。逐种子的比例 (n_seeds,)；quick 模式按题配对（第一个种子）
+    # 算术：160 道没见过的加法题上逐种子的平均 (n_seeds,)——偏好正确的比例或对数概率变化；quick 模式按题配对（第一个种子）
     def addition(regime, key):
         return np.array([np.mean(run["addition"][regime][key]) for run in runs])
 
@@ -273,16 +273,13 @@ def main():
         return compare_runs(addition(regime, key), [0.5] * n_seeds, "greater",
                             addition_pairs(regime, key), [0.5] * n_add)
 
-    def shift(regime, key):  # 逐种子的平均对数概率变化 (n_seeds,)
-        return np.array([np.mean(run["addition"][regime][key]) for run in runs])
-
     n_add = len(add_idx)
     exp.print_table(["regime", "reference", "loss", "training pairs", "steps", "reference prefers correct",
                      "accuracy (margin > 0)", "policy prefers correct", "Δlog p(chosen)", "Δlog p(rejected)"],
                     [[regime, which_ref, loss, f"{pairs} ({len(regime_setup[regime][1])})", regime_setup[regime][2],
                       *(format_mean_std(addition(regime, key), 3)
                         for key in ("ref_correct", "dpo_correct", "policy_correct")),
-                      *(format_mean_std(shift(regime, key), 2) for key in ("chosen_shift", "rejected_shift"))]
+                      *(format_mean_std(addition(regime, key), 2) for key in ("chosen_shift", "rejected_shift"))]
                      for regime, which_ref, loss, pairs in ADDITION_REGIMES],
                     title=f"{n_add} 道没见过的加法题：参考模型自己、隐式奖励（margin > 0）、训练后的策略各自偏好正确结果的比例；"
                           f"DPOP 的 λ = {dpop_lambda}")
@@ -317,11 +314,11 @@ def main():
                          f"after DPO {format_mean_std(addition('can_add', 'policy_correct'), 3)}")
     exp.conclude_verdict(f"DPOP 的惩罚项让 chosen 的似然不再被压低：同样的 {len(arith_train_idx)} 对、{dpo_steps} 步，"
                          f"没见过的加法题上 DPOP 后 chosen 的对数概率变化高于标准 DPO 后",
-                         compare_runs(shift("can_add_dpop", "chosen_shift"), shift("can_add", "chosen_shift"), "greater",
+                         compare_runs(addition("can_add_dpop", "chosen_shift"), addition("can_add", "chosen_shift"), "greater",
                                       addition_pairs("can_add_dpop", "chosen_shift"),
                                       addition_pairs("can_add", "chosen_shift")),
-                         f"Δlog p(chosen): DPO {format_mean_std(shift('can_add', 'chosen_shift'), 2)}, "
-                         f"DPOP {format_mean_std(shift('can_add_dpop', 'chosen_shift'), 2)}")
+                         f"Δlog p(chosen): DPO {format_mean_std(addition('can_add', 'chosen_shift'), 2)}, "
+                         f"DPOP {format_mean_std(addition('can_add_dpop', 'chosen_shift'), 2)}")
     exp.conclude_verdict("对照：参考模型不会加法时（只在 sft.jsonl 上 SFT），它在没见过的加法题上自己偏好正确结果的比例高于 0.5",
                          above_half("cannot_add", "ref_correct"),
                          f"cannot_add reference = {format_mean_std(addition('cannot_add', 'ref_correct'), 3)}")
