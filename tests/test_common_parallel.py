@@ -107,7 +107,8 @@ def test_worker_error_surfaces_in_the_parent_and_stops_the_others():
 
 
 def test_worker_system_exit_stays_a_one_line_message():
-    with pytest.raises(SystemExit, match=r"width=16（seed=5）在第 3 步发散"):
+    # 两个子进程都会退出，先结束的那个的说明被抛出（哪个先结束取决于调度）
+    with pytest.raises(SystemExit, match=r"^width=16（seed=[56]）在第 3 步发散；请减小学习率后重试$"):
         map_seeds(exit_with_message, [5, 6], 2)
 
 
