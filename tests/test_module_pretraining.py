@@ -149,11 +149,19 @@ def test_exp3_accumulation_exact_only_when_token_weighted(tmp_path, experiment_e
         c = find_conclusion(record, f"相同 token 预算下，batch {small}（")
         assert c["status"] == "holds" and c["noise"]["unit"] == "batches" and c["noise"]["n"] == 8, c
         assert final[small] < final[big]
-    # 相同步数的训练 loss 读自各自的训练批，无法按批配对：单种子时无从估计噪声，必须是"未确立"
+    # 相同步数、相同 LR 调度（C 部分）：各 batch 的步数与峰值 LR 都相同，只差每步的样本数；
+    # batch 越大最终验证 loss 越低，每一对相邻的 batch 都超出 8 个固定验证批配对的噪声（quick 种子 42、1、7、5、3 都成立）
+    same = record["metrics"]["same_steps"]
+    same_runs = {s: same["runs"][str(s)][0] for s in sizes}
+    assert len({r["steps"] for r in same_runs.values()}) == 1 and {r["lr"] for r in same_runs.values()} == {same["lr"]}
+    assert same["steps"] == runs["16"][0]["steps"]  # 基准 batch 在相同 token 预算下的步数
+    same_final = {s: r["final_val_loss"] for s, r in same_runs.items()}
     for small, big in zip(sizes, sizes[1:]):
-        c = find_conclusion(record, f"batch {big} 的训练 loss 低于 batch {small}")
-        assert c["status"] == "not_established" and c["noise"]["n"] == 1, c
-        assert "LR 调度" in c["claim"]  # 结论本身要说明它与各自的 warmup+余弦混在一起
+        c = find_conclusion(record, f"相同 LR 调度（峰值 {same['lr']:g}）下，batch {big} 的最终验证 loss 低于 batch {small}")
+        assert c["status"] == "holds" and c["noise"]["unit"] == "batches" and c["noise"]["n"] == 8, c
+        assert same_final[big] < same_final[small], same_final
+        assert _batch_mean(same_runs[small]["final_val_batches"], same_runs[big]["final_val_batches"]) > 0
+    assert not any("训练 loss 低于" in c["claim"] for c in record["conclusions"])  # 各自调度下的"第 s 步"只作对照
 
 
 @pytest.mark.experiment

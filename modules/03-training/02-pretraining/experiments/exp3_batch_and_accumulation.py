@@ -8,7 +8,13 @@ A. 梯度累积 k × b 与一次算 k·b 的大 batch，梯度在数值上相同
            （本仓库 trainer/trainer_utils.py::accumulate_gradients 的做法）；
      - 字符级 TinyShakespeare（没有 padding，每个 micro-batch 的 token 数相同）：均值的均值。
 B. 相同 token 预算下，不同 batch 大小的 loss 曲线：LR 按 √(batch / 基准 batch) 缩放（Adam 的平方根规则）。
-   每个 batch 大小的 warmup+余弦按它自己的总步数排：比较"相同步数"时，LR 调度与 batch 大小混在一起。
+   每个 batch 大小的 warmup+余弦按它自己的总步数排：在这组运行里比较"相同步数"，LR 调度与 batch 大小混在一起。
+C. 相同步数、相同 LR 调度下的 batch 大小（McCandlish et al. 2018 与 Kaplan et al. 2020 说的"每步的 loss"）：
+   batch 4 / 16 / 64 都训练基准 batch（16）在 B 部分的步数（quick 64 / 完整 192），峰值 LR 都是 BASE_LR，
+   warmup+余弦按同样的步数排——唯一的差别是每步看到的样本数。步数取这么多，是因为 batch 的作用要在模型离开
+   "只学到字符频率"（一元熵约 3.31）的平台之后才显出来：平台上的梯度方向很容易估计，小 batch 就够
+   （McCandlish 等人的梯度噪声尺度随 loss 下降而增大）；开发时 quick 先按最大 batch 的 16 步试过，三者都还停在平台上
+   （种子 42：3.357 / 3.364 / 3.317）。
 """
 import math
 import sys
@@ -110,10 +116,11 @@ def accumulation_check(seed: int, text: str) -> dict:
             "bpe_padded": padded, "char_no_padding_mean_of_means": no_pad}
 
 
-def batch_size_run(seed: int, text: str, batch: int, tokens: int, device) -> dict:
-    """B 部分：batch 大小 batch、LR = BASE_LR·√(batch/BASE_BATCH)，训练 tokens 个 token。验证批固定为 VAL_BATCH 条。
+def batch_size_run(seed: int, text: str, batch: int, steps: int, lr: float, device) -> dict:
+    """用 batch 大小 batch、峰值 LR lr 训练 steps 步。验证批固定为 VAL_BATCH 条。
 
-    warmup+余弦按本次运行自己的总步数排（train_model 的默认），所以"第 s 步"在不同 batch 下处在调度的不同位置。
+    warmup+余弦按 steps 排（train_model 的默认）：B 部分各 batch 的步数不同，"第 s 步"处在调度的不同位置；
+    C 部分各 batch 的步数与 LR 相同，调度逐步相同。
     最终验证 loss 在 FINAL_VAL_BATCHES 个固定验证批上算（与 batch 大小、训练中评估了几次都无关），逐批值用于配对。"""
     Experiment.seed_everything(seed)
     tokenizer, train_batches = char_lm_batches(text, BLOCK, batch, seed=seed, device=device)
@@ -122,8 +129,6 @@ def batch_size_run(seed: int, text: str, batch: int, tokens: int, device) -> dic
     def get_batch(split):
         return train_batches(split) if split == "train" else val_batches(split)
 
-    steps = tokens // (batch * BLOCK)
-    lr = BASE_LR * math.sqrt(batch / BASE_BATCH)
     model = build_model(tokenizer.vocab_size)
     hist = train_model(model, get_batch, steps=steps, lr=lr, eval_every=max(1, steps // 8),
                        eval_batches=VAL_BATCHES, device=device, desc=f"batch={batch} seed={seed}")
@@ -159,10 +164,19 @@ def main():
     print(f"（第一个种子里 4 个 micro-batch 计 loss 的 token 数：{checks[0]['micro_batch_tokens']}——"
           f"不相等，所以\"均值的均值\"给短句的 token 更大的权重）")
 
-    # ---- B：batch 大小 ----
-    runs = {b: [batch_size_run(seed, text, b, tokens, exp.device) for seed in exp.seeds] for b in BATCH_SIZES}
+    # ---- B：batch 大小，相同 token 预算（LR 按 √batch 缩放）----
+    runs = {b: [batch_size_run(seed, text, b, tokens // (b * BLOCK), BASE_LR * math.sqrt(b / BASE_BATCH), exp.device)
+                for seed in exp.seeds] for b in BATCH_SIZES}
     final = {b: [r["final_val_loss"] for r in rs] for b, rs in runs.items()}
     s_max = runs[max(BATCH_SIZES)][0]["steps"]  # 最大 batch 的步数：在这一步比较"相同步数"
+
+    # ---- C：batch 大小，相同步数（基准 batch 在 B 部分的步数）、相同 LR 调度（峰值 BASE_LR）----
+    # 基准 batch 在 B 部分的那次运行（峰值 BASE_LR、steps_same 步）就是 C 部分要的那次，直接复用
+    steps_same = runs[BASE_BATCH][0]["steps"]
+    same_steps = {b: runs[b] if b == BASE_BATCH else
+                  [batch_size_run(seed, text, b, steps_same, BASE_LR, exp.device) for seed in exp.seeds]
+                  for b in BATCH_SIZES}
+    final_same_steps = {b: [r["final_val_loss"] for r in rs] for b, rs in same_steps.items()}
 
     def train_loss_at(r, step):  # 第 step 步附近（最后 5 步）的平均训练 loss
         window = r["train_loss"][max(0, step - 5):step]
@@ -174,6 +188,10 @@ def main():
                     [[b, f"{rs[0]['lr']:.2e}", rs[0]["steps"], format_mean_std(final[b]), format_mean_std(at_steps[b]),
                       f"{mean_std([r['tokens_per_s'] for r in rs])[0]:.0f}"] for b, rs in runs.items()],
                     title=f"B. Batch size at a fixed budget of {tokens} tokens (LR ∝ √batch)")
+    exp.print_table(["batch", "peak LR", "steps", "tokens seen", f"final val loss (same {steps_same} steps)"],
+                    [[b, f"{BASE_LR:.1e}", steps_same, steps_same * b * BLOCK, format_mean_std(final_same_steps[b])]
+                     for b in BATCH_SIZES],
+                    title=f"C. Batch size at the same {steps_same} steps and the same LR schedule (peak {BASE_LR:g})")
 
     exp.save_metrics({
         "model": {"hidden_size": HIDDEN, "num_layers": LAYERS, "n_heads": HEADS, "n_kv_heads": KV_HEADS,
@@ -188,9 +206,13 @@ def main():
                         "compare_step": s_max,
                         "train_loss_at_compare_step": {str(b): mean_std(v)[0] for b, v in at_steps.items()},
                         "runs": {str(b): rs for b, rs in runs.items()}},
+        "same_steps": {"steps": steps_same, "lr": BASE_LR,
+                       "final_val_loss": {str(b): mean_std(v)[0] for b, v in final_same_steps.items()},
+                       "final_val_loss_std": {str(b): mean_std(v)[1] for b, v in final_same_steps.items()},
+                       "runs": {str(b): rs for b, rs in same_steps.items()}},
     })
 
-    # ---- 图：左 累积误差（对数轴）；中 val loss vs 已见 token；右 train loss vs 步数 ----
+    # ---- 图：左 累积误差（对数轴）；中 相同 token 预算的 val loss vs 已见 token；右 相同步数与调度的 val loss vs 步数 ----
     set_style()
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
     names = list(cases)
@@ -208,19 +230,18 @@ def main():
         val_mean = [sum(x["val_loss"][i] for x in rs) / len(rs) for i in range(len(r["val_loss"]))]
         axes[1].plot([(s + 1) * r["tokens_per_step"] for s in r["val_steps"]], val_mean, marker=".",
                      label=f"batch {b} (lr {r['lr']:.1e})")
-        smooth = [sum(r["train_loss"][max(0, i - 4):i + 1]) / len(r["train_loss"][max(0, i - 4):i + 1])
-                  for i in range(len(r["train_loss"]))]
-        axes[2].plot(range(1, len(smooth) + 1), smooth, label=f"batch {b}")
+    for b, rs in same_steps.items():
+        r = rs[0]
+        val_mean = [sum(x["val_loss"][i] for x in rs) / len(rs) for i in range(len(r["val_loss"]))]
+        axes[2].plot([s + 1 for s in r["val_steps"]], val_mean, marker=".", label=f"batch {b}")
     axes[1].ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     axes[1].set_xlabel("tokens seen")
     axes[1].set_ylabel("val loss")
     axes[1].set_title("Same token budget: val loss vs tokens")
     axes[1].legend(fontsize=8)
-    axes[2].axvline(s_max, color="gray", ls=":", label=f"step {s_max}")
-    axes[2].set_xscale("log")
-    axes[2].set_xlabel("optimizer step (log)")
-    axes[2].set_ylabel("train loss (5-step mean, first seed)")
-    axes[2].set_title("Same number of optimizer steps")
+    axes[2].set_xlabel("optimizer step")
+    axes[2].set_ylabel(f"val loss (mean of {len(exp.seeds)} seed(s))")
+    axes[2].set_title(f"Same {steps_same} steps, same LR schedule (peak {BASE_LR:g})")
     axes[2].legend(fontsize=8)
     exp.save_figure(fig, "exp3_batch_and_accumulation.png")
 
@@ -241,17 +262,18 @@ def main():
                              compare_runs(final[small], final[big], "less", runs[small][0]["final_val_batches"],
                                           runs[big][0]["final_val_batches"]),
                              f"batch {small}: {fm[small]:.4f}，batch {big}: {fm[big]:.4f}")
-    st = {b: mean_std(v)[0] for b, v in at_steps.items()}
-    # 训练 loss 取自各自的训练批（不同 batch 大小读的数据不同，无法按批配对）：只有种子间噪声，单种子时未确立。
-    # 而且不是纯粹的 batch 效应：峰值 LR 按 √batch 缩放，warmup+余弦按各自的总步数排——
-    # 第 s_max 步时最大的 batch 已经退火完，小 batch 还在 warmup 附近
-    lr_now = {b: runs[b][0]["lr_per_step"][s_max - 1] for b in BATCH_SIZES}  # 第 s_max 步（从 1 起）用的 LR
+    # 相同步数、相同 LR 调度：每一对相邻的 batch 大小单独检验（多种子按种子配对，单种子按同一组固定验证批配对）。
+    # B 部分"第 s_max 步的训练 loss"不做结论：那里各 batch 的调度不同（第 s_max 步时最大的 batch 已退火完，
+    # 小 batch 还在 warmup 附近），差别不能归给 batch 大小；表里与图里仍列出它作对照
+    fs = {b: mean_std(v)[0] for b, v in final_same_steps.items()}
     for small, big in zip(BATCH_SIZES, BATCH_SIZES[1:]):
-        exp.conclude_verdict(f"相同步数（第 {s_max} 步）下，batch {big} 的训练 loss 低于 batch {small}"
-                             f"（与 LR 调度混在一起：各自的 warmup+余弦按自己的总步数排）",
-                             compare_runs(at_steps[big], at_steps[small], "less"),
-                             f"batch {small}: {st[small]:.4f}（此刻 LR {lr_now[small]:.1e}），"
-                             f"batch {big}: {st[big]:.4f}（此刻 LR {lr_now[big]:.1e}）")
+        exp.conclude_verdict(f"相同步数（{steps_same} 步）、相同 LR 调度（峰值 {BASE_LR:g}）下，batch {big} 的最终验证 loss "
+                             f"低于 batch {small}",
+                             compare_runs(final_same_steps[big], final_same_steps[small], "less",
+                                          same_steps[big][0]["final_val_batches"],
+                                          same_steps[small][0]["final_val_batches"]),
+                             f"batch {small}: {fs[small]:.4f}，batch {big}: {fs[big]:.4f}"
+                             f"（batch 大 4 倍，每步的 token 数 {small * BLOCK} → {big * BLOCK}）")
     exp.finish()
 
 
