@@ -32,7 +32,7 @@ def as_loss(value):
 
 @pytest.mark.experiment
 def test_exp2_norm_comparison(tmp_path, experiment_env):
-    record = run_quick("exp2_norm_comparison.py", tmp_path, experiment_env)
+    record, stdout = run_quick_experiment(EXPERIMENTS / "exp2_norm_comparison.py", tmp_path, experiment_env)
     m = record["metrics"]
     s, lrs, cap = m["summary"], m["config"]["lrs"], m["config"]["loss_cap"]
     assert set(s) == {"No-Norm", "Post-LN (LayerNorm)", "Pre-LN (LayerNorm)", "Pre-LN (RMSNorm)"}
@@ -64,16 +64,17 @@ def test_exp2_norm_comparison(tmp_path, experiment_env):
     lower = find_conclusion(record, "各取最优学习率时，Pre-LN(LayerNorm)")
     if best["Pre-LN (LayerNorm)"] >= best["Post-LN (LayerNorm)"]:
         assert lower["status"] != "holds", (lower, best)
-    same = find_conclusion(record, "RMSNorm 与 LayerNorm 的最优验证损失相差不到")
-    if abs(best["Pre-LN (RMSNorm)"] - best["Pre-LN (LayerNorm)"]) >= same["noise"]["margin"]:
-        assert same["status"] != "holds", same
+    # "RMSNorm ≈ LayerNorm"quick 不判定：120 步时同一学习率下两者差 0.1～0.3、正负随种子变（种子 42 +0.30、种子 1 −0.12），
+    # 是训练轨迹的噪声，批次噪声量不到；脚本只打印同一学习率下的差并指向实验 4（它的测试断言等价成立）
+    assert not [c for c in record["conclusions"] if "RMSNorm 与 LayerNorm" in c["claim"]], record["conclusions"]
+    assert "quick 模式不判定" in stdout and "exp4_layernorm_vs_rmsnorm.py" in stdout, stdout[-2000:]
     curve = m["curves"][f"Pre-LN (RMSNorm) @ {lrs[0]:g}"][0]["train_loss"]
     assert len(curve) == m["config"]["steps"] and curve[-1] < curve[0]  # 确实在学
 
 
 @pytest.mark.experiment
 def test_exp3_prenorm_vs_postnorm(tmp_path, experiment_env):
-    record = run_quick("exp3_prenorm_vs_postnorm.py", tmp_path, experiment_env)
+    record, stdout = run_quick_experiment(EXPERIMENTS / "exp3_prenorm_vs_postnorm.py", tmp_path, experiment_env)
     m, cfg = record["metrics"], record["metrics"]["config"]
     shallow, deep = cfg["depths"]
     wu = cfg["warmup_steps"]
@@ -118,17 +119,11 @@ def test_exp3_prenorm_vs_postnorm(tmp_path, experiment_env):
         assert r["failed"] == failed[name] and r["n_failed"] == sum(failed[name]) and r["seeds"] == seeds, (name, r)
         # 两态：失败的运行停在字符频率的平台上（离一元熵不到 0.2；完整模式两组种子里最远 0.14），不是发散
         assert all(abs(v - entropy) < 0.2 for v, f in zip(finals, failed[name]) if f), (name, finals)
-    post_none, post_wu = failed[f"Post-LN, L={deep}, warmup=0"], failed[f"Post-LN, L={deep}, warmup={wu}"]
-    pre_none, post_shallow = failed[f"Pre-LN, L={deep}, warmup=0"], failed[f"Post-LN, L={shallow}, warmup=0"]
-    # 三条失败率结论：判定由记录的失败标记重新算出（精确符号检验）。quick 模式只跑完整模式的第一个种子（同样 200 步），
-    # 一个种子没有噪声可估，检验按设计只能是"未确立"；成立与否以完整模式（16 个种子）为准，下面对提交的参考结果断言
-    for fragment, (a, b) in {f"{deep} 层 Post-LN 用 {wu} 步 warmup 比不用时更少训练失败": (post_wu, post_none),
-                             f"{deep} 层、都不用 warmup 时，Pre-LN 比 Post-LN 更少训练失败": (pre_none, post_none),
-                             f"{shallow} 层 Post-LN 比 {deep} 层 Post-LN 更少训练失败": (post_shallow, post_none)}.items():
-        c = find_conclusion(record, fragment)
-        verdict = fewer_failures(a, b)
-        assert c["status"] == verdict.status == "not_established", (fragment, c)
-        assert c["noise"]["p_value"] == pytest.approx(verdict.p_value) and c["noise"]["n"] == len(seeds) == 1, c
+    pre_none = failed[f"Pre-LN, L={deep}, warmup=0"]
+    # 三条失败率结论 quick 不下：一个种子的精确符号检验永远只能是"未确立"（至少要 5 个结果不同的种子），
+    # 脚本只打印这个种子上的结果并指向完整模式；成立与否由下面的 test_exp3_reference_failure_rates 对参考结果断言
+    assert len(seeds) == 1 and not [c for c in record["conclusions"] if "训练失败" in c["claim"]], record["conclusions"]
+    assert "quick 模式不判定三条失败率结论" in stdout and "exp3_prenorm_vs_postnorm.json" in stdout, stdout[-2000:]
     # 测得的结果：不用 warmup 的 12 层 Pre-LN 训得动（完整模式两组种子 32 次里 0 次失败，最高 3.07 < 阈值 3.21）；
     # Post-LN 这个种子卡不卡住随种子变（约一半），不断言
     assert not any(pre_none), (pre_none, grid[f"Pre-LN, L={deep}, warmup=0"]["final_val_loss"])
