@@ -1,4 +1,5 @@
 """02-architecture/01-residual-connection 模块：两个实验的 --quick 在子进程里从别的工作目录运行，检查测得的效应。"""
+import json
 import math
 import subprocess
 import sys
@@ -6,6 +7,7 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT, find_conclusion, run_quick_experiment
+from modules.common.noise import noninferior
 
 EXPERIMENTS = REPO_ROOT / "modules" / "02-architecture" / "01-residual-connection" / "experiments"
 
@@ -59,7 +61,7 @@ def test_exp1_residual_trains_and_keeps_gradients_balanced(tmp_path, experiment_
 
 @pytest.mark.experiment
 def test_exp2_stream_grows_and_scaled_init_tames_it(tmp_path, experiment_env, char_unigram_entropy):
-    record, _ = run_quick("exp2_residual_stream.py", tmp_path, experiment_env)
+    record, stdout = run_quick("exp2_residual_stream.py", tmp_path, experiment_env)
     m = record["metrics"]
     layers = m["model"]["num_layers"]
     untrained = m["anatomy"]["untrained"]
@@ -78,10 +80,28 @@ def test_exp2_stream_grows_and_scaled_init_tames_it(tmp_path, experiment_env, ch
     assert find_conclusion(record, "untrained 模型最后一块之后")["holds"] is True
     assert find_conclusion(record, "层数越多")["holds"] == all(b > a for a, b in zip(default, default[1:]))
     assert find_conclusion(record, "scaled_init（0.02/√(2L)）把初始化时的主干增长压小")["holds"] is True
-    diff = m["val_loss"]["scaled init"]["mean"] - m["val_loss"]["default init"]["mean"]
-    assert find_conclusion(record, "没有带来明显的 loss 优势")["holds"] == (diff > -0.05)
+    # "scaled_init 没有明显的 loss 优势"quick 不判定：120 步时两次单独训练的差随种子在 −0.09～+0.12 之间
+    # （scaled − default，种子 42 / 1 / 7 / 5：+0.056 / −0.021 / +0.117 / −0.085），是训练噪声，批次噪声量不到；
+    # 脚本只打印这个差，按种子配对的检验在完整模式里（test_exp2_reference_scaled_init_verdict）
+    assert not [c for c in record["conclusions"] if "scaled_init 没有带来明显的 loss 优势" in c["claim"]]
+    assert "quick 模式不判定" in stdout and "见完整模式" in stdout, stdout[-2000:]
     assert find_conclusion(record, "主干是累加和：trained 模型")["status"] == "holds"
     assert find_conclusion(record, "第 0 块写得最多")["status"] == "holds"
+
+
+def test_exp2_reference_scaled_init_verdict():
+    """提交的完整模式参考结果：scaled_init 的 loss 优势用"不差于"检验（界 0.05，按 3 个种子配对）判定，判定由记录的
+    每个种子的验证 loss 重新算出。8 层时两者之差在训练噪声以内（种子 42–44 与 1–3 都是"未确立"），断言它没有被判为
+    "不成立"（即 scaled_init 没有超出噪声地好 0.05 以上）。"""
+    record = json.loads((EXPERIMENTS / "results" / "reference" / "exp2_residual_stream.json").read_text(encoding="utf-8"))
+    assert record["metadata"]["mode"] == "full" and len(record["metadata"]["seeds"]) == 3
+    runs = {name: v["runs"] for name, v in record["metrics"]["val_loss"].items()}
+    matches = [c for c in record["conclusions"] if "scaled_init 没有带来明显的 loss 优势" in c["claim"]]
+    assert len(matches) == 1 and "0.05" in matches[0]["claim"], record["conclusions"]
+    c = matches[0]
+    verdict = noninferior(runs["default init"], runs["scaled init"], 0.05, "less")
+    assert c["status"] == verdict.status != "fails", (c, runs)
+    assert c["noise"]["unit"] == "seeds" and c["noise"]["one_sided"] and c["noise"]["margin"] == 0.05, c
 
 
 @pytest.mark.parametrize("script", ["exp1_with_vs_without.py", "exp2_residual_stream.py"])

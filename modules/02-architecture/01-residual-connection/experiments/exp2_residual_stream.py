@@ -7,7 +7,11 @@ Pre-Norm 的块只做两件事：读 norm(x)，把注意力输出 a 和 FFN 输�
      （‖a‖/‖x‖ 与 ‖f‖/‖x + a‖，用 forward hook 挂在 layer.self_attn 与 layer.mlp 上测）；
   2. 初始化时主干随深度的增长：4/8/16/32 层，默认初始化（std 0.02，MiniMind）vs
      scaled_init（写回主干的 o_proj/down_proj 用 0.02/√(2L)，GPT-2）；
-  3. 两种初始化在相同步数下的训练 loss（这个规模上差别可能很小，如实报告）。
+  3. 两种初始化在相同步数下的验证 loss。GPT-2（Radford et al. 2019）为几十层的模型引入 scaled_init；
+     8 层时它带来的好处是否超过 0.05 nats，用"不差于"检验（noise.noninferior）：默认初始化的 loss 至多比 scaled_init 高
+     SCALED_INIT_MARGIN（界在看结果之前定好），按种子配对。quick 模式不判定这一条：120 步时模型还在离开字符频率平台的
+     途中，两次单独训练的 loss 差随种子在 −0.02～+0.12 之间变（种子 42 / 1 / 7），这是训练轨迹的噪声，
+     同一批验证 batch 的批次噪声量不到它；quick 只打印这个差。
 """
 import sys
 from pathlib import Path
@@ -22,6 +26,7 @@ import torch  # noqa: E402
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.lab_model import LabConfig, LabModel  # noqa: E402
+from modules.common.noise import noninferior  # noqa: E402
 from modules.common.text_data import char_lm_batches  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
@@ -29,6 +34,7 @@ from modules.common.visualization import set_style  # noqa: E402
 HIDDEN, LAYERS, HEADS, BLOCK, BATCH, LR = 64, 8, 4, 64, 12, 3e-3
 INIT_DEPTHS = (4, 8, 16, 32)
 INITS = {"default init": False, "scaled init": True}  # 名字 → LabConfig.scaled_init
+SCALED_INIT_MARGIN = 0.05  # "scaled_init 没有明显优势"：默认初始化的验证 loss 至多高这么多（nats）
 
 
 def add_args(parser):
@@ -206,11 +212,18 @@ def main():
                  "scaled：" + " → ".join(f"{scaled[d]:.3g}" for d in INIT_DEPTHS)
                  + f"；{INIT_DEPTHS[-1]} 层时 {scaled[INIT_DEPTHS[-1]]:.3g} vs 默认 {default[INIT_DEPTHS[-1]]:.3g}")
     diff = val["scaled init"] - val["default init"]
-    better = "scaled init" if diff < 0 else "default init"
-    exp.conclude(f"这个规模（{LAYERS} 层）上 scaled_init 没有带来明显的 loss 优势（没有比默认初始化低 0.05 以上）",
-                 diff > -0.05,
-                 f"default {format_mean_std(runs['default init']['val_loss'])} vs scaled "
-                 f"{format_mean_std(runs['scaled init']['val_loss'])}，差 {diff:+.3f}（本次 {better} 更低）")
+    default_run, scaled_run = runs["default init"], runs["scaled init"]
+    if exp.quick:
+        # 单种子不判定：两次单独训练的差是训练轨迹的噪声（见文件开头），批次噪声量不到；以完整模式按种子配对的检验为准
+        print(f"\nquick 模式不判定\"scaled_init 没有带来明显的 loss 优势\"：本种子 scaled − default = {diff:+.3f}"
+              f"（{steps} 步，各训练一次；单次训练之间的差是训练噪声，批次噪声量不到），见完整模式的按种子配对检验")
+    else:
+        better = "scaled init" if diff < 0 else "default init"
+        exp.conclude_verdict(
+            f"这个规模（{LAYERS} 层）上 scaled_init 没有带来明显的 loss 优势（没有比默认初始化低 {SCALED_INIT_MARGIN} 以上）",
+            noninferior(default_run["val_loss"], scaled_run["val_loss"], SCALED_INIT_MARGIN, "less"),
+            f"default {format_mean_std(default_run['val_loss'])} vs scaled {format_mean_std(scaled_run['val_loss'])}，"
+            f"差 {diff:+.3f}（本次 {better} 更低）")
     exp.finish()
 
 
