@@ -163,25 +163,35 @@ def test_exp4_bill_ppo_grpo_dpo(tmp_path):
     for fragment in ("内存里的模型", "DPO 每次更新不生成 token", "每次更新带梯度的前向"):
         assert find_conclusion(record, fragment)["status"] == "holds", fragment
     updates, steps = m["config"]["updates"], m["eval_steps"]
-    assert all(len(m["seconds_per_update"][k][0]) == updates for k in bill)  # 每次更新都在轮流计时的窗口里
-    # 到达目标的更新次数从曲线重新算一遍：第一次 ≥ 起点 + 目标增量的评测点；秒数是这个方法前 k 次更新的实测用时之和
-    for gain in m["config"]["target_gains"]:
-        target = m["start_accuracy"][0] + gain
-        for k in bill:
-            curve, hit = m["curves"][k][0], m["updates_to_target"][str(gain)][k][0]
-            assert len(curve) == len(steps) and curve[0] == m["start_accuracy"][0]
-            assert hit == next((s for s, a in zip(steps, curve) if a >= target), None), (gain, k)
-            seconds = m["seconds_to_target"][str(gain)][k][0]
-            assert (seconds is None) if hit is None else seconds == pytest.approx(sum(m["seconds_per_update"][k][0][:hit]))
-    # quick 种子 42、1、7、2 上都成立：GRPO 每次更新比 PPO 快 2.3–2.5 倍（PPO 多一个 critic 的前向反向）；
-    # DPO 学会了训练对上的偏好（偏好准确率 0.74、0.59、0.82、0.68；种子 1 刚刚超出噪声）
+    trained = ("grpo", "ppo", "dpo", "dpo_lr_rl")
+    assert all(len(m["seconds_per_update"][k][0]) == updates for k in trained)  # 每次更新都在轮流计时的窗口里
+    # 曲线平均从曲线重新算一遍：评测点之间线性插值，[0, U] 次更新上的平均 = 梯形公式；
+    # 同样时间的平均：横轴换成这个方法的累计秒数，在 [0, GRPO 的总用时] 上平均（独立地用细网格 + np.interp 算）
+    curve = {k: np.array(m["curves"][k][0]) for k in trained}
+    for k in trained:
+        assert len(curve[k]) == len(steps) and curve[k][0] == m["start_accuracy"][0]
+        trapezoid = (curve[k][1:] + curve[k][:-1]).mean() / 2
+        assert m["curve_mean_updates"][k][0] == pytest.approx(trapezoid, abs=1e-3), k
+    budget = sum(m["seconds_per_update"]["grpo"][0])
+    grid = np.linspace(0, budget, 20001)
+    for k in ("grpo", "ppo"):
+        clock = np.concatenate([[0.0], np.cumsum(m["seconds_per_update"][k][0])])[steps]
+        assert m["curve_mean_grpo_time"][k][0] == pytest.approx(np.interp(grid, clock, curve[k]).mean(), abs=1e-3), k
+    gap_updates = m["curve_mean_updates"]["ppo"][0] - m["curve_mean_updates"]["grpo"][0]
+    gap_time = m["curve_mean_grpo_time"]["ppo"][0] - m["curve_mean_grpo_time"]["grpo"][0]
+    # DPO 的 lr 是 RL 的 1/10（对照 dpo_lr_rl 用 RL 的 lr）；偏好对一遍用完：12 次 × 32 对不超过造出的对数
+    assert m["config"]["dpo_lr"] == pytest.approx(m["config"]["lr"] / 10), m["config"]
+    assert updates * 32 <= m["dpo_pairs"][0], m["dpo_pairs"]
+    # quick 种子 42、1、7、5、2 上都成立：GRPO 每次更新比 PPO 快 2.1–2.3 倍（PPO 多一个 critic 的前向反向）；
+    # DPO（lr 1e-4）学会了训练对上的偏好（偏好准确率 0.66、0.63、0.66、0.66、0.63，都超出逐对噪声）
     for fragment in ("每次更新 GRPO 比 PPO 快", "DPO 在偏好对上学到了偏好"):
         assert find_conclusion(record, fragment)["status"] == "holds", fragment
     # 对照：这个任务的回答只有 1–2 个 token，生成很便宜，DPO 又对整条序列算完整词表的 logits：DPO 每次更新从没测出比 GRPO 快
-    # （quick 种子 42、1、5 上 DPO 更慢、判为不成立，7 在噪声以内）
+    # （quick 种子 42、1、5 上两轮都是 DPO 更慢、判为不成立，7、2 一轮不成立、一轮在噪声以内）
     assert find_conclusion(record, "对照：回答只有 1–2 个 token")["status"] != "holds"
     # D：同一批题、同样 64 条回答，每条写满 LONG_REPLY 个 token 时 DPO 省掉的生成才显出来（DPO 每次更新更快），
-    # 生成占 GRPO 每次更新的比例也比短回答时高（seed_sweep 的 quick 种子 42、1、7、5 上两条都判为成立）。从计时重新算中位数，断言不等式本身。
+    # 生成占 GRPO 每次更新的比例也比短回答时高（quick 种子 42、1、7、5、2 各两轮："DPO 更快"都成立，"比例变大"42、7、5 成立、1、2 时而未确立）。
+    # 从计时重新算中位数，断言不等式本身。
     # "比例变大"的判定只有 4 个窗口、又是两次计时之比：负载均值约 4 时在 pytest 里两次运行都判为未确立（窗口间 SE 0.28，
     # 中位数 0.26 → 0.40），完整模式 18 个窗口在两组种子上都成立——这里只要求不反向，比例的中位数不等式照样断言
     cost = {k: [t for c in m["reply_length_cost"] for t in c[k]] for k in m["reply_length_cost"][0]}
@@ -191,16 +201,25 @@ def test_exp4_bill_ppo_grpo_dpo(tmp_path):
     share = {k: np.median(np.divide(cost[f"generate_{k}"], cost[f"grpo_{k}"])) for k in ("short", "long")}
     heavier = find_conclusion(record, "DPO 省掉的生成随回答变长而变重")
     assert heavier["status"] != "fails" and share["long"] > share["short"], (heavier, share)
-    # 12 次更新后留出采样准确率高于起点：GRPO 在种子 42、1、5 上超出逐题噪声，7、2 上在噪声以内；PPO 在 42、1、2、5 上成立，7 上在噪声以内。
-    # DPO 压低 chosen 的概率：种子 42、1、7、2 都成立，但它是 DPO 的性质而非必然，这里只要求不反向。完整模式（30 次更新、3 个种子）见 results/reference/
-    for fragment in (f"GRPO 训练 {updates} 次", f"PPO 训练 {updates} 次", "DPO 也压低了 chosen 的概率"):
+    # 按时间量，PPO 相对 GRPO 的优势缩小：PPO 每次更新贵 2 倍多，GRPO 的用时里它只做了约一半的更新。
+    # quick 种子 42、1、7、5、2 各跑两轮，十次里九次判为成立，种子 7 有一次在逐题噪声以内（时间轴是实测秒数，带计时噪声）；
+    # 完整模式两组种子上都成立。这里要求不反向，并断言不等式本身
+    shrink = find_conclusion(record, "按训练时间量，PPO 相对 GRPO 的优势比按更新次数量时小")
+    assert shrink["status"] != "fails" and gap_time < gap_updates, (shrink, gap_time, gap_updates)
+    # C 的其余比较在 quick（12 次更新、按留出题配对）里差值小，多数种子在逐题噪声以内，这里只要求不反向：
+    # GRPO 高于起点：42、1、5 成立，7、2 未确立；PPO 高于起点：42、1、5、2 成立，7 未确立；
+    # lr 1e-4 的 DPO 高于起点：12 次更新几乎不动（+0.002 / +0.002 / −0.004），5、2 上成立；
+    # 同样更新次数 PPO 的曲线高于 GRPO：只有 2 上成立（差值 +0.004–+0.013）；GRPO 的曲线高于 DPO：1、5 上成立。
+    # 完整模式（30 次更新、3 个种子）42–44 与 1–3 上这几条都成立（results/reference/exp4_rl_bill.json）
+    for fragment in (f"GRPO 训练 {updates} 次", f"PPO 训练 {updates} 次", "DPO（lr 1e-4，RL 的 1/10）训练",
+                     "PPO 的学习曲线高于 GRPO", "GRPO 的学习曲线高于 DPO"):
         assert find_conclusion(record, fragment)["status"] != "fails", fragment
-    for gain in m["config"]["target_gains"]:  # 只有一个种子：到达目标的次数/时间没有种子噪声可估
-        for fragment in (f"到 +{gain}：PPO 需要的更新次数", f"到 +{gain}：GRPO 用的训练时间", f"到 +{gain}：DPO 用的训练时间"):
-            assert find_conclusion(record, fragment)["status"] == "not_established", fragment
     exempt_conclusions(record, {
-        f"DPO 训练 {updates} 次": "quick 的 lr 1e-3 对 DPO 太猛：种子 42、1、7 更低且超出噪声，2、5 在噪声以内；完整模式的判定见 results/reference/",
-        "PPO 训练后的留出采样准确率高于 GRPO": "quick 12 次更新差距小（种子 42、1 上 PPO 高 0.03、0.02，在噪声以内；种子 7 上几乎相同），完整模式的判定见 results/reference/",
+        "对照：DPO 用 RL 的 lr 1e-3 时": "对照档（大 lr 下 DPO 会不会崩随种子与训练随机数变）：quick 12 次更新还在上升期，种子 42、1、7、5、2 "
+                                     "都判为高于起点；崩掉出现在完整模式更长的训练里（种子 43 第 6 次更新 0.020、种子 1 第 22 次 0.057），"
+                                     "完整模式 42–44 未确立、1–3 成立。一个种子的 quick 判不了它",
+        "DPO 也压低了 chosen 的概率": "lr 1e-4 时 chosen 的 log 概率几乎不动、略升（quick +0.01–+0.05 nat：种子 1、5、2 判为不成立，42、7 未确立；"
+                                  "完整模式两组种子都未确立）；下降只在大 lr 的对照里出现。课程如实报告，不是测试能断言的方向",
     })
 
 

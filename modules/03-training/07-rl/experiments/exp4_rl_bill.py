@@ -1,10 +1,13 @@
-"""实验 4：PPO、GRPO、DPO 的账单——内存里放几个模型、每次更新前向/反向多少 token、生成多少 token，到达目标准确率要多久。
+"""实验 4：PPO、GRPO、DPO 的账单——内存里放几个模型、每次更新前向/反向多少 token、生成多少 token，
+同样的更新次数与同样的训练时间里各学到多少。
 
-同一个起点（trainer/rl/startup.py 的 task_sft）、同一个任务、同样的学习率，每次更新都用 64 条回答：
-    GRPO  8 题 × G=8 条，β=0.04（trainer/train_grpo.py::GRPOStep，grpo 损失，μ=1）
-    PPO   64 题 × 1 条，actor + critic + 参考模型，GAE（trainer/train_ppo.py::PPOStep，μ=1）
-    DPO   32 个偏好对 = 64 条回答（trainer/train_dpo.py::make_dpo_step，β=0.1）。偏好对在训练前离线造好：
+同一个起点（trainer/rl/startup.py 的 task_sft）、同一个任务，每次更新都用 64 条回答：
+    GRPO  8 题 × G=8 条，β=0.04，lr 1e-3（trainer/train_grpo.py::GRPOStep，grpo 损失，μ=1）
+    PPO   64 题 × 1 条，actor + critic + 参考模型，GAE，lr 1e-3（trainer/train_ppo.py::PPOStep，μ=1）
+    DPO   32 个偏好对 = 64 条回答（trainer/train_dpo.py::make_dpo_step，β=0.1），lr 1e-4（DPO_LR，见下）。偏好对在训练前离线造好：
           起点对训练题各采 8 条回答，验证器判对错，同一题里一条答对的当 chosen、一条答错的当 rejected。
+          偏好对按打乱的顺序一遍用完、不重复（造对的题数 pair_prompts 定成偏好对至少够 updates × 32 次抽取）。
+    对照 dpo_lr_rl：同样的 DPO、同样的偏好对，用 RL 的 lr 1e-3。
 
 A. 账单（确定性的计数，与机器快慢无关）：从同一个起点各做一次更新（之后丢弃），用前向钩子数每个 MiniMind 主干
    处理了多少 token——带梯度的（之后还要反向）与不带梯度的（采样、参考模型、旧策略）分开数；
@@ -15,17 +18,20 @@ B. 每次更新的墙钟时间：三种方法的训练本身就在同一个进�
 D. DPO 省掉的是生成，它值多少取决于回答多长：训练之后，从同一个起点、同一批 8 道题，在同一个进程里轮流计时
    回答照常（1–2 个 token）与每条回答写满 LONG_REPLY 个 token（generate 不在 <|im_end|> 停）时 GRPO 的一次更新与其中的生成，
    以及用同样 64 条长回答拼成的 32 个偏好对上 DPO 的一次更新（同样多、同样长的回答，差别只剩"要不要生成"与 logits 算在哪些位置）。
-C. 训练到目标：每隔几次更新在留出题上每题采 4 条，算采样准确率（pass@1 的估计，逐题平均；比 96 题的贪心准确率细得多），
-   各方法用同样的随机数采样。两个目标 = 起点的采样准确率 + 0.05 / + 0.10（TARGET_GAINS，不随结果往下调）。
-   到达目标的更新次数与时间（这个方法自己那些更新的实测秒数之和，不含评测）；没到达的如实记为"没到达"。
-   （开发时的第一次完整运行只有 +0.05 一个目标、每 5 次更新评测一次：三种方法都在第一个评测点就到了，分不出先后；
-   于是完整模式改为每 2 次更新评测一次，并加上 +0.10。）
-
-    python exp4_rl_bill.py --quick
+C. 学习曲线：每隔几次更新在留出题上每题采 4 条，算采样准确率（pass@1 的估计，逐题平均；比 96 题的贪心准确率细得多），
+   各方法用同样的随机数采样。比较整条曲线而不是"第一次到达某个目标"（上一版的到达目标次数/时间在 3 个种子上是重尾的、
+   还有没到达的删失值，判不出先后）：
+   - 同样的更新次数：评测点之间线性插值，曲线在 [0, U] 上的平均（curve_weights）；
+   - 同样的训练时间：横轴换成这个方法自己那些更新的实测秒数之和（不含评测），在 [0, T] 上平均，
+     T = 两种方法里较便宜的那个做完 U 次更新的用时（贵的那个只在它的曲线内插值，不外推，也就没有删失）。
+   完整模式按种子配对；quick 只有一个种子，按留出题配对（每道题的曲线平均是同一组权重下的逐题值）。
+DPO 的 lr（在跑 1–3 号种子之前、按文献定下）：DPO 论文（Rafailov et al. 2023）用 β=0.1、lr 1e-6，约为 PPO 式 RLHF
+   （Ouyang et al. 2022）所用 lr 的 1/10；MiniMind 自己的默认值也是 DPO 4e-8 对 GRPO 3e-7（约 1/7.5）。这里 RL 的 lr 是 1e-3，DPO 取 1e-4。
+   上一版 DPO 用 RL 的 1e-3，30 次后的留出准确率在种子间散得很开（0.102 / 0.336 / 0.004），同一个种子只换训练随机数也一样散；
+   开发时试过"偏好对一遍用完、lr 仍是 1e-3"，种子 43 照样崩（第 6 次更新 0.020），所以改的是 lr；偏好对一遍用完保留（常见做法，也去掉一个变量）。
 """
 import copy
 import json
-import math
 import sys
 import tempfile
 import time
@@ -54,16 +60,18 @@ from trainer.train_grpo import GRPOStep  # noqa: E402
 from trainer.train_ppo import ActorCritic, PPOStep  # noqa: E402
 
 METHODS = ("grpo", "ppo", "dpo")
-COLORS = {"grpo": "tab:blue", "ppo": "tab:red", "dpo": "tab:green"}
-LR = 1e-3  # 同 trainer/rl/startup.py 的 QUICK_RL
+COLORS = {"grpo": "tab:blue", "ppo": "tab:red", "dpo": "tab:green", "dpo_lr_rl": "tab:olive"}
+LR = 1e-3  # 同 trainer/rl/startup.py 的 QUICK_RL（GRPO、PPO，以及对照 dpo_lr_rl）
+DPO_LR = 1e-4  # RL lr 的 1/10（见文件开头）
+TRAINED = ("grpo", "ppo", "dpo", "dpo_lr_rl")  # C 里训练的四条曲线；dpo_lr_rl 是用 RL 的 lr 的 DPO 对照
 REPLIES = 64  # 每次更新的回答条数（三种方法相同）
 GROUP = 8  # GRPO 的 G；DPO 造偏好对时每题采几条
-TARGET_GAINS = (0.05, 0.10)  # 目标 = 起点的留出采样准确率 + 0.05 / + 0.10
 DPO_BETA = 0.1  # 同 train_dpo.py 的默认
 DPO_SEQ_LEN = 48  # 偏好对（prompt + 一两个 token 的答案）编码后的最大长度
 LONG_REPLY = 64  # D 的长回答档：每条回答写满的 token 数（真实 RLHF 的回答是几百上千个 token）
-QUICK = dict(start_epochs=1, updates=12, eval_every=4, eval_prompts=128, eval_samples=4, pair_prompts=192, cost_windows=4)
-FULL = dict(start_epochs=4, updates=30, eval_every=2, eval_prompts=256, eval_samples=4, pair_prompts=512, cost_windows=6)
+# pair_prompts：造偏好对用的训练题数，让偏好对至少够 updates × 32 次抽取（每对最多用一遍）
+QUICK = dict(start_epochs=1, updates=12, eval_every=4, eval_prompts=128, eval_samples=4, pair_prompts=576, cost_windows=4)
+FULL = dict(start_epochs=4, updates=30, eval_every=2, eval_prompts=256, eval_samples=4, pair_prompts=1200, cost_windows=6)
 
 
 def add_args(parser):
@@ -159,11 +167,12 @@ class NoEndTokenizer:
 
 class Method:
     """一种方法的一次更新：update() 从自己的数据流里取一批（或用给定的一批），前向、反向、优化器一步。
-    reply_len 给出时（只对 GRPO/PPO）每条回答都写满 reply_len 个 token（NoEndTokenizer）。"""
+    name 是 grpo / ppo / dpo；lr 默认 GRPO/PPO 用 LR、DPO 用 DPO_LR。reply_len 给出时（只对 GRPO/PPO）每条回答都写满 reply_len 个 token（NoEndTokenizer）。"""
 
-    def __init__(self, name, start, tokenizer, train_set, pairs, seed, reply_len=None):
+    def __init__(self, name, start, tokenizer, train_set, pairs, seed, reply_len=None, lr=None):
         device = next(start.parameters()).device
         self.name, self.rng, self.pad_id = name, np.random.default_rng(seed), tokenizer.pad_token_id
+        self.pair_order = []  # DPO：还没用过的偏好对下标（打乱的顺序，用完才重新打乱）
         self.train_set, self.pairs, self.device = train_set, pairs, device
         policy = copy.deepcopy(start).train()
         reference = frozen_copy(start, device)
@@ -188,11 +197,13 @@ class Method:
             self.model, self.step = policy, make_dpo_step(reference, beta=DPO_BETA)
             self.batch_size = REPLIES // 2
         self.policy, self.reference = policy, reference
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=LR, weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr or (DPO_LR if name == "dpo" else LR), weight_decay=0.0)
 
     def batch(self):
         if self.name == "dpo":
-            idx = self.rng.choice(len(self.pairs), self.batch_size, replace=False).tolist()
+            if len(self.pair_order) < self.batch_size:
+                self.pair_order = self.rng.permutation(len(self.pairs)).tolist()
+            idx, self.pair_order = self.pair_order[:self.batch_size], self.pair_order[self.batch_size:]
             return stack_pairs([self.pairs[i] for i in idx], self.pad_id, self.device)
         idx = self.rng.choice(len(self.train_set), self.batch_size, replace=False).tolist()
         return prompt_batch(self.train_set, idx, self.device)
@@ -279,13 +290,22 @@ def pair_logprob_shift(method: Method, pairs) -> dict:
     return shift
 
 
-def first_reached(curve, steps, target):
-    """第一次 ≥ target 的评测点（更新次数）；没到达返回 None。"""
-    return next((s for s, a in zip(steps, curve) if a >= target), None)
+def curve_weights(clock, budget) -> np.ndarray:
+    """评测点之间线性插值的曲线 f(x)，它在 [0, budget] 上的平均 = weights @ 各评测点的值。
+    clock：各评测点的横坐标（更新次数或累计秒数，从 0 开始、递增），要求 clock[-1] ≥ budget（只内插，不外推）。
+    权重与值无关，所以同一组权重既能算平均曲线，也能逐题算（quick 按题配对）。"""
+    grid = np.linspace(0.0, budget, 4001)
+    return np.array([np.trapezoid(np.interp(grid, clock, np.eye(len(clock))[k]), grid) / budget
+                     for k in range(len(clock))])
+
+
+def eval_clock(times, eval_steps) -> np.ndarray:
+    """一个方法各评测点的累计训练秒数（它自己那些更新的实测秒数之和，不含评测）。"""
+    return np.concatenate([[0.0], np.cumsum(times)])[eval_steps]
 
 
 def main():
-    exp = Experiment(__file__, description="PPO vs GRPO vs DPO：模型个数、前向/反向与生成的 token、到达目标准确率的时间",
+    exp = Experiment(__file__, description="PPO vs GRPO vs DPO：模型个数、前向/反向与生成的 token、同样更新次数与同样时间的学习曲线",
                      extra_args=add_args)
     cfg = settings(exp)
     tokenizer = lab.load_tokenizer()
@@ -293,14 +313,14 @@ def main():
     U, E = cfg["updates"], cfg["eval_every"]
     eval_steps = list(range(0, U + 1, E))
     print(f"每次更新 {REPLIES} 条回答；{U} 次更新，每 {E} 次在留出 {cfg['eval_prompts']} 题 × {cfg['eval_samples']} 条上"
-          f"测采样准确率；目标 = 起点 + {' / '.join(map(str, TARGET_GAINS))}")
+          f"测采样准确率；lr {LR:g}")
 
     bills = {m: [] for m in METHODS}
     pair_counts, pair_tokens, pair_seconds = [], [], []
-    seconds = {m: [] for m in METHODS}  # 每个种子：每次更新的秒数（轮流计时，第 k 次更新是第 k 个窗口）
-    curves = {m: [] for m in METHODS}  # 每个种子：各评测点的采样准确率
-    start_acc, final_prompts = [], {}  # final_prompts：第一个种子的逐题值（quick 模式按题配对）
-    dpo_shift = []
+    seconds = {m: [] for m in TRAINED}  # 每个种子：每次更新的秒数（轮流计时，第 k 次更新是第 k 个窗口）
+    curves = {m: [] for m in TRAINED}  # 每个种子：各评测点的采样准确率
+    start_acc, prompt_curves = [], {}  # prompt_curves：第一个种子各评测点的逐题值（quick 按题配对）
+    dpo_shift, hot_shift = [], []  # DPO 与对照 dpo_lr_rl 训练后，偏好对上的 log π − log π_ref
     costs = []  # D：每个种子 {名字: 每个窗口的秒数}
     for seed in exp.seeds:
         Experiment.seed_everything(seed)
@@ -320,40 +340,38 @@ def main():
         # B + C. 训练：三种方法每 E 次更新一块，块内轮流计时；块与块之间评测
         base = sampled_accuracy(start, tokenizer, eval_set, cfg, seed)
         start_acc.append(float(np.mean(base)))
-        final_prompts.setdefault("start", base)
         torch.manual_seed(seed)
         methods = {m: Method(m, start, tokenizer, train_set, pairs, seed) for m in METHODS}
-        times = {m: [] for m in METHODS}
-        curve = {m: [start_acc[-1]] for m in METHODS}
+        methods["dpo_lr_rl"] = Method("dpo", start, tokenizer, train_set, pairs, seed, lr=LR)
+        times = {m: [] for m in TRAINED}
+        curve = {m: [start_acc[-1]] for m in TRAINED}
+        per_prompt = {m: [base] for m in TRAINED}
         for _ in range(U // E):
-            block = alternating_timings({m: methods[m].update for m in METHODS}, exp.device, windows=E, warmup=0)
-            for m in METHODS:
+            block = alternating_timings({m: methods[m].update for m in TRAINED}, exp.device, windows=E, warmup=0)
+            for m in TRAINED:
                 times[m] += block[m]
-                per_prompt = sampled_accuracy(methods[m].policy, tokenizer, eval_set, cfg, seed)
-                curve[m].append(float(np.mean(per_prompt)))
-                if len(curve[m]) == len(eval_steps):
-                    final_prompts.setdefault(m, per_prompt)
+                per_prompt[m].append(sampled_accuracy(methods[m].policy, tokenizer, eval_set, cfg, seed))
+                curve[m].append(float(np.mean(per_prompt[m][-1])))
         dpo_shift.append(pair_logprob_shift(methods["dpo"], pairs))
+        hot_shift.append(pair_logprob_shift(methods["dpo_lr_rl"], pairs))
         costs.append(cost_by_reply_length(start, tokenizer, train_set, pairs, seed, cfg["cost_windows"], exp.device))
-        for m in METHODS:
+        for m in TRAINED:
             seconds[m].append(times[m])
             curves[m].append(curve[m])
-            reached = [first_reached(curve[m], eval_steps, start_acc[-1] + g) for g in TARGET_GAINS]
-            print(f"[seed {seed}] {m}: 留出采样准确率 {' → '.join(f'{a:.3f}' for a in curve[m])}；到达 +"
-                  + "、+".join(f"{g}：{h if h else '没到'}" for g, h in zip(TARGET_GAINS, reached)))
+            prompt_curves.setdefault(m, np.array(per_prompt[m]))  # (评测点, 题)
+            print(f"[seed {seed}] {m}: 留出采样准确率 {' → '.join(f'{a:.3f}' for a in curve[m])}")
 
-    # ---- 到达目标：更新次数与秒数（这个方法前 k 次更新的实测秒数之和）；没到达记 None / nan ----
-    hits = {g: {m: [first_reached(c, eval_steps, a + g) for c, a in zip(curves[m], start_acc)] for m in METHODS}
-            for g in TARGET_GAINS}
-    to_seconds = {g: {m: [float(np.sum(ts[:h])) if h else math.nan for h, ts in zip(hits[g][m], seconds[m])]
-                      for m in METHODS} for g in TARGET_GAINS}
-    total = {m: [float(np.sum(ts)) for ts in seconds[m]] for m in METHODS}
+    # ---- 学习曲线的平均：同样的更新次数 [0, U]；同样的训练时间 [0, T]，T = 两方较便宜者做完 U 次更新的用时 ----
+    total = {m: [float(np.sum(ts)) for ts in seconds[m]] for m in TRAINED}
+    by_updates = curve_weights(np.array(eval_steps, dtype=float), U)
+    update_avg = {m: [float(by_updates @ c) for c in curves[m]] for m in TRAINED}
+    update_avg_prompts = {m: (by_updates @ prompt_curves[m]).tolist() for m in TRAINED}
 
-    def hit_text(g, m):
-        return " ".join(str(h) if h else f">{U}" for h in hits[g][m])
-
-    def time_text(g, m):
-        return " ".join(f"{s:.1f}" if h else f">{t:.1f}" for h, s, t in zip(hits[g][m], to_seconds[g][m], total[m]))
+    def time_avg(m, other):
+        """m 的曲线按它自己的训练秒数，在 [0, min(两方总用时)] 上的平均：每个种子一个数，以及第一个种子的逐题值。"""
+        weights = [curve_weights(eval_clock(ts, eval_steps), min(t, t_other))
+                   for ts, t, t_other in zip(seconds[m], total[m], total[other])]
+        return [float(w @ c) for w, c in zip(weights, curves[m])], (weights[0] @ prompt_curves[m]).tolist()
 
     exp.print_table(["method", "MiniMind backbones", "backbone params (MiB)", "Adam state (MiB)",
                      "fwd+bwd passes", "tokens fwd+bwd", "tokens fwd only", "generated tokens"],
@@ -362,14 +380,17 @@ def main():
                       count([b["grad_tokens"] for b in bills[m]]), count([b["no_grad_tokens"] for b in bills[m]]),
                       count([b["generated_tokens"] for b in bills[m]])] for m in METHODS],
                     title=f"A. 一次更新的账单（{REPLIES} 条回答；DPO 另有离线造对：{count(pair_tokens)} 个生成 token，"
-                          f"造出 {count(pair_counts)} 对，用时 {format_mean_std(pair_seconds, 2)} s）")
-    exp.print_table(["method", "seconds / update (median)", "accuracy at end",
-                     *(f"{kind} to +{g}" for g in TARGET_GAINS for kind in ("updates", "seconds"))],
-                    [[m.upper(), format_mean_std([np.median(t) for t in seconds[m]], 3),
-                      format_mean_std([c[-1] for c in curves[m]], 3),
-                      *(f(g, m) for g in TARGET_GAINS for f in (hit_text, time_text))] for m in METHODS],
-                    title=f"B/C. 用时与到达目标（起点采样准确率 {format_mean_std(start_acc, 3)}；每个种子一个数，"
-                          f"'>' 表示 {U} 次更新内没到达、数值是下界）")
+                          f"造出 {count(pair_counts)} 对，用时 {format_mean_std(pair_seconds, 2)} s；{U} 次更新用掉 "
+                          f"{U * REPLIES // 2} 对次，即 {np.mean([U * REPLIES / 2 / n for n in pair_counts]):.2f} 遍）")
+    grpo_budget = {m: time_avg(m, "grpo") for m in ("grpo", "ppo")}  # 同样的时间：GRPO 做完 U 次更新的用时内
+    exp.print_table(["method", "lr", "seconds / update (median)", f"seconds for {U} updates", "accuracy at end",
+                     f"curve mean over {U} updates", "curve mean over GRPO's time"],
+                    [[m.upper() if m in METHODS else f"{m} (对照)", f"{DPO_LR if m == 'dpo' else LR:g}",
+                      format_mean_std([np.median(t) for t in seconds[m]], 3), format_mean_std(total[m], 2),
+                      format_mean_std([c[-1] for c in curves[m]], 3), format_mean_std(update_avg[m], 3),
+                      format_mean_std(grpo_budget[m][0], 3) if m in grpo_budget else "-"] for m in TRAINED],
+                    title=f"B/C. 用时与学习曲线（起点采样准确率 {format_mean_std(start_acc, 3)}；曲线平均 = 评测点之间线性插值后"
+                          f"在 [0, {U}] 次更新或 [0, GRPO 的总用时] 秒上的平均）")
 
     # ---- 结论：A 是确定性的计数 ----
     b = {m: bills[m][0] for m in METHODS}
@@ -423,17 +444,36 @@ def main():
                          f"生成占 GRPO 每次更新的比例（窗口中位数）：1–2 个 token {np.median(share['short']):.2f}，"
                          f"{LONG_REPLY} 个 token {np.median(share['long']):.2f}")
 
-    # ---- C：训练效果与到达目标 ----
+    # ---- C：训练效果与学习曲线 ----
     def final(m):
         return [c[-1] for c in curves[m]]
 
-    for m in METHODS:
-        exp.conclude_verdict(f"{m.upper()} 训练 {U} 次更新后留出采样准确率高于起点",
-                             compare_runs(final(m), start_acc, "greater", final_prompts[m], final_prompts["start"]),
+    def start_prompts():
+        return prompt_curves["grpo"][0].tolist()
+
+    for m, name in (("grpo", "GRPO "), ("ppo", "PPO "), ("dpo", "DPO（lr 1e-4，RL 的 1/10）"),
+                    ("dpo_lr_rl", "对照：DPO 用 RL 的 lr 1e-3 时，")):
+        exp.conclude_verdict(f"{name}训练 {U} 次更新后留出采样准确率高于起点",
+                             compare_runs(final(m), start_acc, "greater", prompt_curves[m][-1].tolist(), start_prompts()),
                              f"{format_mean_std(start_acc, 3)} → {format_mean_std(final(m), 3)}")
-    exp.conclude_verdict(f"同样 {U} 次更新（同样多的回答），PPO 训练后的留出采样准确率高于 GRPO",
-                         compare_runs(final("ppo"), final("grpo"), "greater", final_prompts["ppo"], final_prompts["grpo"]),
-                         f"PPO {format_mean_std(final('ppo'), 3)} vs GRPO {format_mean_std(final('grpo'), 3)}")
+    for high, low in (("ppo", "grpo"), ("grpo", "dpo")):
+        exp.conclude_verdict(f"同样的更新次数（每次 {REPLIES} 条回答），{high.upper()} 的学习曲线高于 {low.upper()}："
+                             f"{U} 次更新内留出采样准确率曲线的平均",
+                             compare_runs(update_avg[high], update_avg[low], "greater", update_avg_prompts[high],
+                                          update_avg_prompts[low]),
+                             f"{high.upper()} {format_mean_std(update_avg[high], 3)} vs {low.upper()} "
+                             f"{format_mean_std(update_avg[low], 3)}（{U} 次后 {format_mean_std(final(high), 3)} vs "
+                             f"{format_mean_std(final(low), 3)}）")
+    gap_updates = np.subtract(update_avg["ppo"], update_avg["grpo"])
+    gap_time = np.subtract(grpo_budget["ppo"][0], grpo_budget["grpo"][0])
+    exp.conclude_verdict(f"按训练时间量，PPO 相对 GRPO 的优势比按更新次数量时小：GRPO 做完 {U} 次更新的用时内，"
+                         "两者曲线平均之差小于同样更新次数时之差",
+                         compare_runs(gap_time.tolist(), gap_updates.tolist(), "less",
+                                      np.subtract(grpo_budget["ppo"][1], grpo_budget["grpo"][1]).tolist(),
+                                      np.subtract(update_avg_prompts["ppo"], update_avg_prompts["grpo"]).tolist()),
+                         f"PPO − GRPO：同样更新次数 {format_mean_std(gap_updates.tolist(), 3)}，同样时间 "
+                         f"{format_mean_std(gap_time.tolist(), 3)}（GRPO {U} 次更新 {format_mean_std(total['grpo'], 2)} s，"
+                         f"PPO 在这段时间里做了约 {np.mean(np.divide(total['grpo'], total['ppo'])) * U:.0f} 次）")
     exp.conclude_verdict(f"DPO 在偏好对上学到了偏好：训练 {U} 次更新后偏好准确率（隐式奖励差 > 0）高于 0.5",
                          exceeds([s["pair_accuracy"] for s in dpo_shift], 0.5) if len(exp.seeds) > 1 else
                          exceeds([float(c > r) for c, r in zip(dpo_shift[0]["chosen"], dpo_shift[0]["rejected"])],
@@ -444,25 +484,9 @@ def main():
     exp.conclude_verdict("DPO 也压低了 chosen 的概率：训练后 log π(chosen) − log π_ref(chosen) < 0（偏好对上平均）",
                          compare_runs(chosen, [0.0] * len(chosen), "less", dpo_shift[0]["chosen"],
                                       [0.0] * len(dpo_shift[0]["chosen"])),
-                         f"chosen {format_mean_std(chosen, 3)} nats，rejected {format_mean_std(rejected, 3)} nats")
-
-    def lower_bound(values, h_list, bound):  # 被比较的一方没到达：用下界（对"另一方更少/更短"的声明是保守的）
-        return [v if h else b for v, h, b in zip(values, h_list, bound)]
-
-    for g in TARGET_GAINS:
-        reached = "，".join(f"{m.upper()} {sum(h is not None for h in hits[g][m])}/{len(exp.seeds)}" for m in METHODS)
-        # 声明"a 比 b 少/短"：a 没到达记 nan（判未确立），b 没到达用它的下界
-        steps = {m: [h if h else math.nan for h in hits[g][m]] for m in METHODS}
-        exp.conclude_verdict(f"到 +{g}：PPO 需要的更新次数比 GRPO 少",
-                             compare_runs(steps["ppo"], lower_bound(steps["grpo"], hits[g]["grpo"], [U + E] * len(exp.seeds)),
-                                          "less"),
-                             f"PPO {hit_text(g, 'ppo')} vs GRPO {hit_text(g, 'grpo')}（到达的种子：{reached}）")
-        for fast, slow in (("grpo", "ppo"), ("dpo", "grpo")):
-            exp.conclude_verdict(f"到 +{g}：{fast.upper()} 用的训练时间比 {slow.upper()} 短",
-                                 compare_runs(to_seconds[g][fast],
-                                              lower_bound(to_seconds[g][slow], hits[g][slow], total[slow]), "less"),
-                                 f"{fast.upper()} {time_text(g, fast)} s vs {slow.upper()} {time_text(g, slow)} s"
-                                 + ("（DPO 不含离线造对的用时）" if fast == "dpo" else ""))
+                         f"chosen {format_mean_std(chosen, 3)} nats，rejected {format_mean_std(rejected, 3)} nats"
+                         f"（对照 lr 1e-3：chosen {format_mean_std([float(np.mean(s['chosen'])) for s in hot_shift], 3)}，"
+                         f"rejected {format_mean_std([float(np.mean(s['rejected'])) for s in hot_shift], 3)}）")
 
     set_style()
     fig, axes = plt.subplots(1, 4, figsize=(22, 4.4))
@@ -481,11 +505,11 @@ def main():
     ax.set_ylabel("seconds per update (median)")
     ax.set_title("B. Wall time per update (alternating)")
     ax = axes[2]
-    for m in METHODS:
-        clock = np.mean([np.concatenate([[0.0], np.cumsum(ts)])[eval_steps] for ts in seconds[m]], axis=0)
-        ax.plot(clock, np.mean(curves[m], axis=0), marker="o", color=COLORS[m], label=m.upper())
-    for g, ls in zip(TARGET_GAINS, ("--", ":")):
-        ax.axhline(np.mean(start_acc) + g, color="k", ls=ls, lw=1, label=f"target (start + {g})")
+    for m in TRAINED:
+        clock = np.mean([eval_clock(ts, eval_steps) for ts in seconds[m]], axis=0)
+        ax.plot(clock, np.mean(curves[m], axis=0), marker="o", ms=3, color=COLORS[m],
+                ls="--" if m == "dpo_lr_rl" else "-", label=f"{m.upper()} (lr {DPO_LR if m == 'dpo' else LR:g})")
+    ax.axvline(np.mean(total["grpo"]), color="k", ls=":", lw=1, label=f"GRPO's time for {U} updates")
     ax.set_xlabel("training wall time (s, excluding evaluation)")
     ax.set_ylabel("held-out sampled accuracy")
     ax.set_title("C. Accuracy vs wall time")
@@ -506,16 +530,18 @@ def main():
     fig.tight_layout()
     exp.save_figure(fig, "exp4_rl_bill.png")
 
-    exp.save_metrics({"config": {**cfg, "lr": LR, "replies_per_update": REPLIES, "group": GROUP,
-                                 "target_gains": TARGET_GAINS, "dpo_beta": DPO_BETA},
+    exp.save_metrics({"config": {**cfg, "lr": LR, "dpo_lr": DPO_LR, "replies_per_update": REPLIES, "group": GROUP,
+                                 "dpo_beta": DPO_BETA},
                       "bill": bills, "dpo_pairs": pair_counts, "dpo_pair_tokens": pair_tokens,
                       "dpo_pair_seconds": pair_seconds, "seconds_per_update": seconds, "start_accuracy": start_acc,
                       "curves": curves, "eval_steps": eval_steps,
-                      "updates_to_target": {str(g): v for g, v in hits.items()},
-                      "seconds_to_target": {str(g): v for g, v in to_seconds.items()},
+                      "curve_mean_updates": update_avg,
+                      "curve_mean_grpo_time": {m: v[0] for m, v in grpo_budget.items()},
                       "reply_length_cost": costs, "long_reply": LONG_REPLY,
                       "dpo_logprob_shift": [{k: (float(np.mean(v)) if isinstance(v, list) else v)
-                                             for k, v in s.items()} for s in dpo_shift]})
+                                             for k, v in s.items()} for s in dpo_shift],
+                      "dpo_lr_rl_logprob_shift": [{k: (float(np.mean(v)) if isinstance(v, list) else v)
+                                                   for k, v in s.items()} for s in hot_shift]})
     exp.finish()
 
 
