@@ -18,11 +18,11 @@ def conclusion(record, fragment):
 
 
 # 第二个种子：上一版 quick（只到 4×、比 1×→2× 与 2×→4×）的收益递减在种子 5 上未确立；现在比 1×→2× 与 4×→8×，
-# 种子 42 / 1 / 7 / 5 / 2 / 3 上都成立（"1× FFN 胜 attention-only"在种子 3 上未确立，所以第二个种子用 1）
+# 种子 42 / 1 / 7 / 5 / 2 / 3 上都成立。"1× FFN 胜 attention-only"quick 不判定（种子 3 上打平，单次训练的噪声），只在完整模式判定
 @pytest.mark.experiment
 @pytest.mark.parametrize("seed", [42, 1])
 def test_exp1_ffn_beats_attention_only(tmp_path, experiment_env, char_unigram_entropy, seed):
-    record, _ = run_quick("exp1_feedforward.py", tmp_path, experiment_env, "--seed", str(seed))
+    record, stdout = run_quick("exp1_feedforward.py", tmp_path, experiment_env, "--seed", str(seed))
     assert record["metadata"]["seed"] == seed
     m = record["metrics"]
     baseline = f"attention-only {m['model']['attention_only_layers']}L"
@@ -37,9 +37,10 @@ def test_exp1_ffn_beats_attention_only(tmp_path, experiment_env, char_unigram_en
     for r in (1, 2, 4, 8):
         assert params[f"swiglu {r}x"]["ffn"] == layers * 3 * hidden * r * hidden
     # 关键效应（quick：300 步、单种子，按 8 个验证 batch 配对）
-    c = conclusion(record, f"低于参数更多的 {baseline}")
-    assert c["status"] == "holds" and c["noise"]["unit"] == "batches" and c["noise"]["n"] == 8, c
-    assert val["swiglu 1x"] < val[baseline]
+    # "1× FFN 胜参数更多的 attention-only"quick 不判定：300 步时这个差在种子 42/1/7/5/2/3 上是 0.18/0.16/0.12/0.07/0.14/0.00，
+    # 种子间 std 约 0.065，是批次噪声（SE 0.006～0.012）的好几倍；脚本只打印两边的 loss 并指向完整模式
+    assert not [c for c in record["conclusions"] if f"低于参数更多的 {baseline}" in c["claim"]], record["conclusions"]
+    assert "quick 模式不判定" in stdout and baseline in stdout, stdout[-2000:]
     c = conclusion(record, "FFN 越大 loss 越低")
     assert c["status"] == "holds" and val["swiglu 8x"] < val["swiglu 1x"], (c, val)
     # 收益递减按每个新增参数算：1×→2× 每个参数换来的下降大于 4×→8×（与完整模式同一对比较）

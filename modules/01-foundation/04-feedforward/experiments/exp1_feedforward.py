@@ -12,6 +12,11 @@
   （种子 5 上 2×→4× 降了 0.095、1×→2× 只降 0.049），按验证 batch 配对的批次噪声量不到它，结论随种子翻转。
 "容量有代价"用交替计时（modules/common/timing.py）比较一次前向 + 反向：最大倍数的 2 层模型 vs 2 层 attention-only。
 比较都过共享噪声检验：完整模式按种子配对；quick 模式只有一个种子，按同一组验证 batch 配对。
+"1× FFN 胜参数更多的 attention-only"只在完整模式判定：quick 的 300 步里这个差在种子 42/1/7/5/2/3 上是
+  0.18/0.16/0.12/0.07/0.14/0.00（种子 3 上 2.410 vs 2.412 打平），种子间 std 约 0.065——单次训练的轨迹噪声，
+  是 8 个验证 batch 批次噪声（SE 0.006～0.012）的好几倍，单种子的批次检验量不到它。quick 只打印这两个数。
+  （试过让 quick 也训 600 步：这条在这六个种子上都成立，但"收益递减"在种子 5 上变成未确立——
+  600 步时 1×→2× 的 loss 差缩小，除以只多 2.5 万的参数后批次噪声放大——CPU 时间还翻倍，所以没有采用。）
 """
 import sys
 from pathlib import Path
@@ -68,7 +73,7 @@ def main():
     exp = Experiment(__file__, extra_args=add_args, description=(
         "FFN 实验 1：参数量不少的 attention-only（4 层）vs 2 层 + SwiGLU FFN，FFN 放大倍数 1×/2×/4×/8× 的扫描：\n"
         "相同训练步数下比较验证 loss（按每个新增参数看收益），并用交替计时比较一步的耗时。"))
-    steps = exp.args.steps or (300 if exp.quick else 600)
+    steps = exp.args.steps if exp.args.steps is not None else (300 if exp.quick else 600)
     if steps < 1:
         raise SystemExit(f"--steps 必须 >= 1（收到 {steps}）")
     text = get_experiment_data("shakespeare")
@@ -161,11 +166,20 @@ def main():
         return runs[name]["val_batches"]
 
     smallest = ffn_names[0]
-    exp.conclude_verdict(
-        f"相同步数下，2 层 + {smallest} SwiGLU FFN 的验证 loss 低于参数更多的 {BASELINE}",
-        compare_runs(runs[smallest]["val_loss"], runs[BASELINE]["val_loss"], "less", batches(smallest), batches(BASELINE)),
-        f"{smallest} {format_mean_std(runs[smallest]['val_loss'])}（非嵌入参数 {params[smallest]['non_embedding']}）vs "
-        f"{BASELINE} {format_mean_std(runs[BASELINE]['val_loss'])}（{params[BASELINE]['non_embedding']}）")
+    ffn_vs_attention = (f"{smallest} {format_mean_std(runs[smallest]['val_loss'])}（非嵌入参数 "
+                        f"{params[smallest]['non_embedding']}）vs {BASELINE} "
+                        f"{format_mean_std(runs[BASELINE]['val_loss'])}（{params[BASELINE]['non_embedding']}）")
+    if exp.quick:
+        # 单种子量不到这条比较的主要噪声（单次训练的轨迹噪声，见文件开头），只打印、不判定
+        print(f"\nquick 模式不判定\"2 层 + {smallest} SwiGLU FFN 的验证 loss 低于参数更多的 {BASELINE}\"：{ffn_vs_attention}。"
+              f"这个差随种子变化（单次训练的轨迹噪声，见脚本开头的说明），{len(batches(smallest))} 个验证 batch 的批次噪声量不到它；"
+              "见完整模式（600 步、3 个种子按种子配对）")
+    else:
+        exp.conclude_verdict(
+            f"相同步数下，2 层 + {smallest} SwiGLU FFN 的验证 loss 低于参数更多的 {BASELINE}",
+            compare_runs(runs[smallest]["val_loss"], runs[BASELINE]["val_loss"], "less",
+                         batches(smallest), batches(BASELINE)),
+            ffn_vs_attention)
     exp.conclude_verdict(
         f"FFN 越大 loss 越低：{largest} 优于 {smallest}",
         compare_runs(runs[largest]["val_loss"], runs[smallest]["val_loss"], "less", batches(largest), batches(smallest)),
