@@ -104,16 +104,24 @@ def test_exp2_test_time_compute(tmp_path):
     # 经验值与无偏估计估的是同一个量：不能显著地差出容差之外
     c = find_conclusion(record, "经验 pass@4（不相交分组直接数）与无偏估计相差不超过")
     assert c["status"] != "fails" and abs(seeds["pass_k_empirical"][0] - seeds["pass_k_unbiased"][0]) < 0.05
-    # 投票与贪心打平（种子 42、1、7、5 上都 ❔）：这个模型的答案众数就是贪心答案，Wang et al. 2022 的收益
-    # 要靠多种解法、各错各的推理路径（见讲义）。只要求判定与测得的方向自洽
+    # 投票与贪心打平（quick 种子 42、1、7、5 上都 ❔；完整模式种子 42–44 与 1–3 上也都 ❔）：这个模型的答案众数就是贪心答案，
+    # Wang et al. 2022 的收益要靠多种解法、各错各的推理路径（见讲义）。只要求判定与测得的方向自洽
     c = find_conclusion(record, "多数投票 majority@16 的准确率高于贪心")
     delta = seeds["majority@16"][0] - seeds["greedy"][0]
     assert (c["status"] == "holds") <= (delta > 0) and (c["status"] == "fails") <= (delta < 0), c
+    # 为什么打平：逐题账目。投票 − 贪心 = 贪心错而投票对的题 − 贪心对而投票错的题（恒等式，核对诊断表的算法）；
+    # 每个不同的答案对应的不同推理链不少于 1 条
+    why = record["metrics"]["vote_vs_greedy"]
+    wrong = why["greedy_wrong"][0]
+    assert delta == pytest.approx(why["fixed_of_greedy_wrong"][0] * wrong - why["broken_of_greedy_right"][0] * (1 - wrong))
+    assert why["chains_per_answer"][0] >= 1 and why["fixed_of_greedy_wrong"][0] <= why["pass_of_greedy_wrong"][0]
 
 
 def test_exp3_rl_verifiable_rewards(tmp_path):
-    """GRPO 只奖励答对（+ 格式）：2 位题上"先打草稿"的比例、回答长度、题库题的准确率都上升
-    （quick 30 步：开发用的种子 42 之外，种子 2、7 上这三条和留出题准确率都 ✅）。"""
+    """GRPO 只奖励答对（+ 格式）：2 位题上"先打草稿"的比例与回答长度都上升（quick 30 步：种子 42、1、7、5、2 上都 ✅）。
+    题库题与留出题的准确率在种子 42、1、7、5 上 ✅，种子 2 上 ❔（它的 SFT 起点弱：留出 2 位题采样准确率 0.125，
+    别的种子约 0.3，30 步里涨 +0.035/+0.078，在评估噪声以内）；格式合格率那条贴着天花板（起点不合格的只有 5–10%），
+    种子 42、1、7 上 ❔、种子 5、2 上 ✅。这三条只要求判定与方向自洽。"""
     record, _ = run_quick("exp3_rl_verifiable_rewards.py", tmp_path)
     probes = record["metrics"]["probes"]
 
@@ -121,23 +129,27 @@ def test_exp3_rl_verifiable_rewards(tmp_path):
         return probes[name][key][0][0], probes[name][key][0][-1]
 
     for claim, name, key in (("留出 2 位题上先打草稿的比例更高", "2digit", "think"),
-                             ("留出 2 位题上的回答更长", "2digit", "length"),
-                             ("题库里 2 位题（训练过的题）上的准确率", "pool", "correct")):
+                             ("留出 2 位题上的回答更长", "2digit", "length")):
         c = find_conclusion(record, claim)
         start, end = start_end(name, key)
         assert c["status"] == "holds" and end > start, (c, start, end)
-    for claim, name, key in (("留出 2 位题（没训练过的题）上的准确率", "2digit", "correct"),
+    for claim, name, key in (("题库里 2 位题（训练过的题）上的准确率", "pool", "correct"),
+                             ("留出 2 位题（没训练过的题）上的准确率", "2digit", "correct"),
                              ("留出 2 位题上格式合格的回答更多", "2digit", "well_formed")):
         c = find_conclusion(record, claim)
         start, end = start_end(name, key)
         assert c["status"] != "fails" and (c["status"] == "holds") <= (end > start), c
-    exempt_conclusions(record, {"先想比例的增幅": "1 位题上直接答也不总对（起点采样准确率 0.6–0.8），先想的比例也在涨；"
-                                               "quick 单种子时两者增幅之差接近评估噪声，方向见 results/reference/"})
+    # 为什么"先想比例的增幅：2 位 > 1 位"不成立（quick 种子 42、1、7、5 与完整模式两组种子都 ❔）：1 位题上先想同样有用——
+    # 起点上先想的 1 位题采样答对率高于直接答的（完整模式种子 42–44 的起点见讲义），奖励里又没有让它少想的力量
+    split = record["metrics"]["by_first_token"]["1digit"]
+    assert split["think"]["correct"][0][0] > split["direct"]["correct"][0][0], split
+    exempt_conclusions(record, {"先想比例的增幅": "两组题的先想比例都被推向 1（完整模式终点 0.92–0.99），增幅之差只剩起点之差；"
+                                               "1 位题上先想也有用（上面的断言），所以这不是本设计能显示的效应，见讲义"})
 
 
 def test_exp4_reasoning_distillation(tmp_path):
-    """推理蒸馏：学老师轨迹的学生远好于只学答案的学生；过滤掉错轨迹后采样准确率更高；老师在进位题上更常被拒
-    （quick：开发用的种子 42 之外，种子 1、7 上这三条都 ✅）。"""
+    """推理蒸馏：学老师轨迹的学生远好于只学答案的学生、标准草稿好于过滤后的轨迹（quick 种子 42、1、7、5 上都 ✅）。
+    老师在进位题上更常被拒取决于老师（只查自洽）；过滤 vs 不过滤在 quick 的 300 步里是起飞噪声，豁免（理由见下）。"""
     record, _ = run_quick("exp4_reasoning_distillation.py", tmp_path)
     students, teacher = record["metrics"]["students"], record["metrics"]["teacher"]
 
@@ -145,18 +157,22 @@ def test_exp4_reasoning_distillation(tmp_path):
         return students[arm][key][0]
 
     for claim, better, worse, key in (("只学答案的学生", "filtered", "answers", "greedy"),
-                                      ("采样准确率高于不过滤的轨迹", "filtered", "unfiltered", "sampled")):
+                                      ("标准草稿教出的学生", "ground_truth", "filtered", "greedy")):
         c = find_conclusion(record, claim)
         assert c["status"] == "holds" and acc(better, key) > acc(worse, key), c
+    # 覆盖偏差取决于老师错在哪里：完整模式种子 42–44 的 3 个老师里 2 个在进位题上更弱（每题 4 条量通过率：+0.106、−0.027、+0.093），
+    # 3 个种子 ❔（见讲义）。这是老师本身的性质，quick 单种子只要求判定与测得的方向自洽
     c = find_conclusion(record, "老师在有进位的题上更常被验证器拒掉")
-    assert c["status"] == "holds" and teacher["pass_carry"][0] < teacher["pass_no_carry"][0], c
-    assert teacher["carry_kept"][0] < teacher["carry_pool"][0], teacher
-    # 下面两条在 quick 单种子时有的种子在噪声以内（种子 7：filtered vs unfiltered 贪心；种子 1：标准草稿 vs filtered），
-    # 只要求判定不与测得的方向矛盾；3 个种子的结果见 results/reference/
-    for claim, better, worse in (("贪心准确率高于不过滤的轨迹", "filtered", "unfiltered"),
-                                 ("标准草稿教出的学生", "ground_truth", "filtered")):
-        c = find_conclusion(record, claim)
-        assert c["status"] != "fails" and (c["status"] == "holds") <= (acc(better, "greedy") > acc(worse, "greedy")), c
+    gap = teacher["pass_no_carry"][0] - teacher["pass_carry"][0]
+    assert (c["status"] == "holds") <= (gap > 0) and (c["status"] == "fails") <= (gap < 0), c
+    assert record["metrics"]["pass_samples"] == 4
+    # 过滤 vs 不过滤：quick 的学生只练 300 步，还在"起飞"途中，名次由起飞早晚决定，不由数据好坏决定。
+    # 实测（种子 7，同一个老师、同一批轨迹，只换学生的初始化与取样顺序，3 次训练）：filtered 贪心 0.37、0.58、0.575，
+    # unfiltered 0.605、0.50、0.285——单次训练之间相差 0.2–0.3，比两组之差还大。完整模式 800 步时学生已练满，
+    # 过滤的价值在两组种子上都 ✅（results/reference/）
+    exempt_conclusions(record, {
+        "贪心准确率高于不过滤的轨迹": "quick 300 步时学生还在起飞途中，单次训练之间的差大于效应（种子 7、5 上 ❌，1、2、42 上 ❔）",
+        "采样准确率高于不过滤的轨迹": "同上：quick 300 步的起飞噪声（种子 7 上 ❌，1、2、5 上 ❔，42 上 ✅）；完整模式 800 步在两组种子上 ✅"})
     # 训练数据：answers 与 filtered 是同一批题；filtered 是 unfiltered 的子集
     assert students["answers"]["n_pairs"] == students["filtered"]["n_pairs"]
     assert students["filtered"]["n_pairs"][0] < students["unfiltered"]["n_pairs"][0]

@@ -67,9 +67,18 @@ def evaluate_problem(problem, greedy_reply, greedy_tokens, replies, n_tokens) ->
     truth = a + b
     answers = [lab.parse_answer(r, "scratchpad") for r in replies]
     correct = [ans == truth for ans in answers]
-    row = {"greedy": float(lab.parse_answer(greedy_reply, "scratchpad") == truth), "greedy_tokens": greedy_tokens,
+    greedy_answer = lab.parse_answer(greedy_reply, "scratchpad")
+    vote = majority(answers)
+    # self-consistency 的前提：同一个答案有多条不同的推理链（Wang et al. 2022 的"殊途同归"）。
+    # 数一数写成形的采样里有几个不同的答案、几条不同的推理链（整条回答去掉换行）
+    formed = {(ans, r.split("\n")[0]) for ans, r in zip(answers, replies) if ans is not None}
+    row = {"greedy": float(greedy_answer == truth), "greedy_tokens": greedy_tokens,
            "sample1": sum(correct) / len(correct), "c": sum(correct),
-           "accepted": [lab.check_scratchpad(problem, r) for r in replies], "correct_each": correct}
+           "accepted": [lab.check_scratchpad(problem, r) for r in replies], "correct_each": correct,
+           "vote_is_greedy": float(vote == greedy_answer),
+           "vote_fixes": float(greedy_answer != truth and vote == truth),  # 贪心错、投票对
+           "vote_breaks": float(greedy_answer == truth and vote != truth),  # 贪心对、投票错
+           "distinct_answers": len({ans for ans, _ in formed}), "distinct_chains": len(formed)}
     for n in NS:
         row[f"majority@{n}"] = float(majority(answers[:n]) == truth)
         row[f"majority@{n}_tokens"] = sum(n_tokens[:n])
@@ -151,12 +160,33 @@ def main():
                      ["unbiased (Chen 2021)", format_mean_std(seeds_of("pass_k_unbiased"), 3)],
                      ["naive 1-(1-c/n)^k", format_mean_std(seeds_of("pass_k_naive"), 3)]],
                     title=f"pass@{PASS_K} 的三种算法（每题 {N_MAX} 条采样）")
+    # 投票为什么追不上贪心：逐题比较 majority@N_MAX 的答案与贪心答案
+    greedy_wrong = [sum(1 - r["greedy"] for r in rows) for rows in per_seed]
+    vote_why = {"vote_is_greedy": seeds_of("vote_is_greedy"),
+                "greedy_wrong": [n / len(rows) for n, rows in zip(greedy_wrong, per_seed)],
+                "fixed_of_greedy_wrong": [sum(r["vote_fixes"] for r in rows) / max(1, n)
+                                          for n, rows in zip(greedy_wrong, per_seed)],
+                "pass_of_greedy_wrong": [sum(r[f"pass@{N_MAX}"] for r in rows if r["greedy"] == 0) / max(1, n)
+                                         for n, rows in zip(greedy_wrong, per_seed)],
+                "broken_of_greedy_right": [sum(r["vote_breaks"] for r in rows) / max(1, len(rows) - n)
+                                           for n, rows in zip(greedy_wrong, per_seed)],
+                "chains_per_answer": [sum(r["distinct_chains"] for r in rows) / max(1, sum(r["distinct_answers"] for r in rows))
+                                      for rows in per_seed]}
+    exp.print_table(["measure", "value"],
+                    [[f"majority@{N_MAX} answer == greedy answer (share of problems)", format_mean_std(vote_why["vote_is_greedy"], 3)],
+                     ["greedy wrong (share of problems)", format_mean_std(vote_why["greedy_wrong"], 3)],
+                     [f"  of those: the right answer among the {N_MAX} samples (pass@{N_MAX})",
+                      format_mean_std(vote_why["pass_of_greedy_wrong"], 3)],
+                     [f"  of those: majority@{N_MAX} right", format_mean_std(vote_why["fixed_of_greedy_wrong"], 3)],
+                     [f"greedy right: majority@{N_MAX} wrong", format_mean_std(vote_why["broken_of_greedy_right"], 3)],
+                     ["distinct reasoning chains per distinct answer", format_mean_std(vote_why["chains_per_answer"], 3)]],
+                    title=f"投票为什么追不上贪心：逐题比较 majority@{N_MAX} 与贪心（{len(exp.seeds)} 个种子）")
     keys = ["greedy", "greedy_tokens", "sample1", "pass_k_empirical", "pass_k_unbiased", "pass_k_naive"]
     keys += [f"{m}@{n}{suffix}" for n in NS for m in ("majority", "verifier") for suffix in ("", "_tokens")]
     keys += [f"pass@{n}" for n in NS]
     exp.save_metrics({"steps": steps, "eval_step": eval_step, "n_problems": n_problems, "n_samples": N_MAX,
                       "temperature": temperature,
-                      "per_seed": {k: seeds_of(k) for k in keys}})
+                      "per_seed": {k: seeds_of(k) for k in keys}, "vote_vs_greedy": vote_why})
 
     top = f"@{N_MAX}"
     ev = {k: format_mean_std(seeds_of(k), 3) for k in keys}

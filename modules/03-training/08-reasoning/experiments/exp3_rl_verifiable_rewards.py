@@ -108,7 +108,14 @@ def probe(model, problems, max_new, samples, seed) -> dict:
                                      generator=generator)
     correct, formed, think = score(batch, replies)
     per_problem = {"correct": correct, "think": think, "well_formed": formed, "length": torch.tensor(n_tokens).float()}
-    return {k: v.view(-1, samples).mean(dim=1).tolist() for k, v in per_problem.items()}
+    result = {k: v.view(-1, samples).mean(dim=1).tolist() for k, v in per_problem.items()}
+    # 按第一个 token 把全部采样分成"先想"与"直接答"两类：各自的准确率（想在这组题上有多大用）与格式合格率
+    thought = think.bool()
+    for kind, chosen in (("think", thought), ("direct", ~thought)):
+        n = int(chosen.sum())
+        result[f"by_{kind}"] = {"n": n, "correct": correct[chosen].mean().item() if n else float("nan"),
+                                "well_formed": formed[chosen].mean().item() if n else float("nan")}
+    return result
 
 
 def run_seed(seed, cfg, eval_sets, exclude, pool):
@@ -188,6 +195,18 @@ def main():
     exp.print_table(["problems", "model", "accuracy", "think_share", "reply_len", "well_formed"], rows,
                     title=f"留出题上温度 1 采样（每题 {cfg['samples']} 条）：SFT 起点 vs GRPO {cfg['rl_steps']} 步"
                           f"（{len(exp.seeds)} 个种子）")
+    def split(name, kind, key, k):  # 第 k 个检查点上"先想"或"直接答"那部分采样的指标，每个种子一个值
+        return [r["probes"][k][name][f"by_{kind}"][key] for r in runs]
+
+    def fmt_split(name, kind, key, k):
+        values = [v for v in split(name, kind, key, k) if v == v]  # 没有这类采样的种子（NaN）不计
+        return format_mean_std(values, 3) if values else "-"
+
+    exp.print_table(["problems", "model", "acc | think", "acc | direct", "well_formed | think", "well_formed | direct"],
+                    [[name, label] + [fmt_split(name, kind, key, k) for key in ("correct", "well_formed")
+                                      for kind in ("think", "direct")]
+                     for name in ("2digit", "1digit") for label, k in (("SFT start", 0), ("after GRPO", -1))],
+                    title="按第一个 token 分开：先打草稿的采样 vs 直接答的采样（准确率、格式合格率）")
     train_keys = ("reward", "accuracy", "well_formed", "think", "length", "kl", "zero_groups_1digit", "zero_groups_2digit")
     zero = {d: [mean_std([t[f"zero_groups_{d}"] for t in r["train"] if t[f"zero_groups_{d}"] == t[f"zero_groups_{d}"]])[0]
                 for r in runs] for d in SETS}
@@ -196,7 +215,11 @@ def main():
                                         for key in ("correct", "think", "length", "well_formed")}
                                  for name in ("1digit", "2digit", "pool")},
                       "train_curves": {key: [[t[key] for t in r["train"]] for r in runs] for key in train_keys},
-                      "zero_adv_groups": zero})
+                      "zero_adv_groups": zero,
+                      "by_first_token": {name: {kind: {key: [[r["probes"][k][name][f"by_{kind}"][key]
+                                                              for k in range(len(r["steps"]))] for r in runs]
+                                                       for key in ("n", "correct", "well_formed")}
+                                                for kind in ("think", "direct")} for name in SETS}})
 
     def ev(name, key, k):
         return format_mean_std(seeds(name, key, k), 3)

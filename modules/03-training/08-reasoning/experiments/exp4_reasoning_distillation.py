@@ -33,6 +33,10 @@ TEACHER_SIZE, STUDENT_SIZE = (96, 2), (64, 2)  # (hidden_size, num_layers)
 MAX_DIGITS = 2
 BATCH_SIZE = 64  # 学生每步的条数（各组相同：等步数 = 等条数，不等 token）
 EVAL_BATCHES = 10
+# 量老师通过率（覆盖偏差那条结论）时每道题采几条：学生的训练数据仍是每题一条（第 1 条），另外 3 条只用来量通过率。
+# 每题只采一条时，一个种子的"无进位 − 有进位"通过率之差光采样误差就有约 ±0.03，与效应同量级；
+# 每题 4 条把它降到约一半（R1 之类的流水线本来就对每道题多采几条）。条数按 CPU 预算定（多采的 3 条只占运行时间的几秒）
+PASS_SAMPLES = 4
 
 
 def add_args(parser):
@@ -63,7 +67,7 @@ def carry_pass_batches(passed, carry):
 
 
 def teacher_traces(teacher, pool, temperature, seed):
-    """老师对题库每道题采样一条回答（去掉换行）。"""
+    """老师对 pool 里每道题采样一条回答（去掉换行）；pool 里重复的题各采各的。"""
     max_new = max(len(lab.answer_text(p, "scratchpad")) for p in pool) + 4
     replies, _ = lab.generate(teacher, [lab.prompt_text(p) for p in pool], max_new, temperature=temperature,
                               generator=torch.Generator().manual_seed(seed))
@@ -102,14 +106,25 @@ def run_seed(seed, cfg, eval_problems):
     passed = [lab.check_scratchpad(p, t) for p, t in zip(pool, traces)]
     answer_right = [lab.parse_answer(t, "scratchpad") == a + b for t, (a, b, _) in zip(traces, pool)]
     carry = [has_carry(p) for p in pool]
+    # 量通过率：每道题再采 PASS_SAMPLES − 1 条（另一个随机流，不进学生的数据），连同上面那条一起算
+    # （按题排列：同一道题的 PASS_SAMPLES 条相邻，quick 模式切评估段时同一道题不会跨段）
+    extra_pool = [p for p in pool for _ in range(PASS_SAMPLES - 1)]
+    extra = teacher_traces(teacher, extra_pool, cfg["temperature"], seed + 1)
+    extra_passed = [lab.check_scratchpad(p, t) for p, t in zip(extra_pool, extra)]
+    k = PASS_SAMPLES - 1
+    all_passed = [ok for i in range(len(pool)) for ok in [passed[i]] + extra_passed[i * k:(i + 1) * k]]
+    all_carry = [c for c in carry for _ in range(PASS_SAMPLES)]
     row = {"teacher_greedy": history["eval"][-1], "pass_rate": sum(passed) / len(pool),
            "wrong_answer_share": 1 - sum(answer_right) / len(pool),
            "carry_pool": sum(carry) / len(pool),
            "carry_kept": sum(c for c, ok in zip(carry, passed) if ok) / max(1, sum(passed)),
-           "pass_carry": pass_rate(passed, carry, True), "pass_no_carry": pass_rate(passed, carry, False),
-           "pass_batches": carry_pass_batches(passed, carry), "students": {}}
+           "pass_carry": pass_rate(all_passed, all_carry, True), "pass_no_carry": pass_rate(all_passed, all_carry, False),
+           "pass_batches": carry_pass_batches(all_passed, all_carry), "students": {}}
     print(f"  [seed {seed}] 老师贪心准确率 {row['teacher_greedy']:.3f}；{len(pool)} 条轨迹通过验证器 {row['pass_rate']:.1%}，"
           f"答案错的 {row['wrong_answer_share']:.1%}", flush=True)
+    if not any(passed):
+        raise SystemExit(f"老师的 {len(pool)} 条轨迹没有一条通过验证器，filtered 与 answers 两组没有训练数据"
+                         f"（老师只训练了 {cfg['teacher_steps']} 步：试试更大的 --teacher-steps）")
     for arm, pairs in distillation_sets(pool, traces).items():
         student = lab.new_model(seed + 1000, *STUDENT_SIZE)  # 各组同一个初始化
         losses = lab.train_on_pairs(student, pairs, cfg["student_steps"], BATCH_SIZE, seed)
@@ -153,8 +168,9 @@ def main():
                     [["greedy accuracy (held-out 2-digit)", format_mean_std(teacher("teacher_greedy"), 3)],
                      ["traces passing the verifier", format_mean_std(teacher("pass_rate"), 3)],
                      ["traces with a wrong answer", format_mean_std(teacher("wrong_answer_share"), 3)],
-                     ["pass rate: problems without a carry", format_mean_std(teacher("pass_no_carry"), 3)],
-                     ["pass rate: problems with a carry", format_mean_std(teacher("pass_carry"), 3)],
+                     [f"pass rate: problems without a carry ({PASS_SAMPLES} samples each)",
+                      format_mean_std(teacher("pass_no_carry"), 3)],
+                     [f"pass rate: problems with a carry ({PASS_SAMPLES} samples each)", format_mean_std(teacher("pass_carry"), 3)],
                      ["carry problems: whole pool", format_mean_std(teacher("carry_pool"), 3)],
                      ["carry problems: kept by the filter", format_mean_std(teacher("carry_kept"), 3)]],
                     title=f"老师（hidden {TEACHER_SIZE[0]}、{TEACHER_SIZE[1]} 层，{cfg['teacher_steps']} 步）与它的 "
@@ -166,7 +182,7 @@ def main():
                      for arm in ARMS],
                     title=f"学生（hidden {STUDENT_SIZE[0]}、{STUDENT_SIZE[1]} 层），各 {cfg['student_steps']} 步 × "
                           f"{BATCH_SIZE} 条，留出 {len(eval_problems)} 道 2 位题（{len(exp.seeds)} 个种子）")
-    exp.save_metrics({"config": cfg, "n_eval": len(eval_problems),
+    exp.save_metrics({"config": cfg, "n_eval": len(eval_problems), "pass_samples": PASS_SAMPLES,
                       "teacher": {k: teacher(k) for k in ("teacher_greedy", "pass_rate", "wrong_answer_share", "pass_no_carry",
                                                           "pass_carry", "carry_pool", "carry_kept")},
                       "students": {arm: {"greedy": student(arm, "greedy"), "sampled": student(arm, "sampled"),
