@@ -89,6 +89,19 @@ def test_progress_is_printed_as_each_seed_finishes_not_at_the_end(capsys):
     assert out.index("种子 0 完成") < out.index("种子 5 完成"), out
 
 
+def announce_run(run: tuple) -> int:
+    print("trained")
+    return run[1] - run[0]
+
+
+def test_seed_replicate_runs_are_named_by_both_seeds(capfd):
+    # 复制训练把 (主种子, 复制种子) 交给 map_seeds（04-feedforward 实验 3）：进度行与前缀要说出两者，而不是"6 个种子"
+    assert map_seeds(announce_run, [(42, 1042), (43, 1043)], 2) == [1000, 1000]
+    out = capfd.readouterr().out
+    assert "2 个运行（种子 × 复制）分给 2 个单线程子进程" in out, out
+    assert all(f"[seed {s}/{s + 1000}] trained" in out and f"种子 {s}（复制 {s + 1000}） 完成" in out for s in (42, 43)), out
+
+
 def test_one_worker_runs_in_process_without_spawning(monkeypatch):
     def no_pool(*args, **kwargs):
         raise AssertionError("workers = 1 不应该起子进程")

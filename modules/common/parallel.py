@@ -95,6 +95,14 @@ class _SeedPrefixedLines:
         return False
 
 
+def _run_name(seed) -> tuple[str, str]:
+    """一个运行在进度行与输出前缀里的名字：整数种子是"种子 42" / "seed 42"；
+    (主种子, 复制种子) 是"种子 42（复制 1042）" / "seed 42/1042"（见 modules/common/replicates.py）。"""
+    if isinstance(seed, tuple) and len(seed) == 2:
+        return f"种子 {seed[0]}（复制 {seed[1]}）", f"seed {seed[0]}/{seed[1]}"
+    return f"种子 {seed}", f"seed {seed}"
+
+
 def _init_worker() -> None:
     """每个子进程启动后调用一次：单线程；输出换成加前缀的整行。"""
     torch.set_num_threads(1)
@@ -107,7 +115,7 @@ def _run_in_worker(payload: bytes) -> bytes:
     fn, seed, args = pickle.loads(payload)
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, _SeedPrefixedLines):
-            stream.prefix = f"[seed {seed}] "
+            stream.prefix = f"[{_run_name(seed)[1]}] "
     return pickle.dumps(fn(seed, *args))
 
 
@@ -152,7 +160,8 @@ def map_seeds(fn, seeds, workers: int, *args) -> list:
     except (pickle.PicklingError, AttributeError, TypeError) as e:
         raise TypeError(f"map_seeds 的 fn 必须是模块顶层的函数、参数要能 pickle（子进程按名字重新导入它们）：{e}") from e
     workers = min(workers, len(seeds))
-    print(f"{len(seeds)} 个种子分给 {workers} 个单线程子进程并行（结果与依次运行逐位相同）", flush=True)
+    what = "个运行（种子 × 复制）" if any(isinstance(seed, tuple) for seed in seeds) else "个种子"
+    print(f"{len(seeds)} {what}分给 {workers} 个单线程子进程并行（结果与依次运行逐位相同）", flush=True)
     t0 = time.perf_counter()
     results = [None] * len(seeds)
     with _single_thread_env():  # 子进程按需启动（提交任务时），整个池的生命期里都保持单线程的环境变量
@@ -166,7 +175,7 @@ def map_seeds(fn, seeds, workers: int, *args) -> list:
                 for future in sorted(done, key=index_of.get):
                     i = index_of[future]
                     results[i] = pickle.loads(future.result())  # 子进程里的异常在这里抛出
-                    print(f"种子 {seeds[i]} 完成（已用 {time.perf_counter() - t0:.0f} s）", flush=True)
+                    print(f"{_run_name(seeds[i])[0]} 完成（已用 {time.perf_counter() - t0:.0f} s）", flush=True)
         except BaseException:
             _terminate(executor)
             executor.shutdown(wait=True, cancel_futures=True)
