@@ -65,6 +65,13 @@ def _report_missing_data(exc_type, exc, tb, _default_hook=sys.excepthook):
         _default_hook(exc_type, exc, tb)
 
 
+def cpu_seconds() -> float:
+    """本进程（加上已结束、已回收的子进程，如 parallel.map_seeds 的单线程子进程）用掉的 CPU 时间（user + system）。
+    机器被别的任务占着时墙钟会被拖慢，CPU 时间基本不变：README 的耗时表以它和单独运行时的墙钟为准。"""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def mean_std(values) -> tuple[float, float]:
     """多种子结果的均值与（总体）标准差；只有一个值时 std 为 0。NaN 会传播，说明有一次发散。"""
     values = [float(v) for v in values]
@@ -126,6 +133,7 @@ class Experiment:
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self._started = datetime.now().astimezone()
         self._t0 = time.perf_counter()
+        self._cpu0 = cpu_seconds()
         sys.excepthook = _report_missing_data
         self._figures: list[str] = []
         self._metrics: dict = {}
@@ -208,6 +216,10 @@ class Experiment:
                 "python": platform.python_version(),
                 "started": self._started.isoformat(timespec="seconds"),
                 "duration_s": round(time.perf_counter() - self._t0, 3),
+                "cpu_s": round(cpu_seconds() - self._cpu0, 3),
+                "threads": torch.get_num_threads(),
+                # 结束时的 1 分钟平均负载（Windows 没有 → None）：远大于线程数时墙钟被别的任务拖慢了
+                "load_avg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
                 "argv": list(sys.argv),
                 "figures": list(self._figures),
             },
@@ -220,7 +232,8 @@ class Experiment:
             json.dump(record, f, ensure_ascii=False, indent=2)
         os.replace(tmp, path)
 
-        print(f"\n== {self.name} 完成，用时 {record['metadata']['duration_s']:.1f} s ==")
+        meta = record["metadata"]
+        print(f"\n== {self.name} 完成，用时 {meta['duration_s']:.1f} s（CPU {meta['cpu_s']:.1f} s，{meta['threads']} 个线程）==")
         for c in self._conclusions:
             mark = STATUS_MARKS[c["status"]]
             print(f"{mark}：{c['claim']}\n    证据：{c['evidence']}")
