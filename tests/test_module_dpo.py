@@ -220,47 +220,46 @@ def test_exp1_margin_rises_and_generalises(tmp_path):
 @pytest.mark.experiment
 def test_exp2_larger_beta_stays_closer_to_reference(tmp_path):
     """quick（种子 42）：判定用 JSON 里第一个种子的逐对值重算（各 β 在同一组留出对上逐对配对）。"""
-    from modules.common.noise import compare, exceeds
+    from modules.common.noise import compare
 
-    record, _ = run_quick("exp2_beta.py", tmp_path)
+    record, stdout = run_quick("exp2_beta.py", tmp_path)
     m = record["metrics"]
     betas = m["config"]["betas"]
     assert m["config"]["replicates"] == 1  # quick 不复制训练：结果与加入 --replicates 之前相同
     pairs = {b: m["per_pair_first_seed"][str(b)] for b in betas}
     kl = {b: float(np.mean(pairs[b]["kl"])) for b in betas}
 
-    def checked(fragment, verdict):
-        c = find_conclusion(record, fragment)
-        assert c["noise"]["unit"] == "batches" and c["status"] == verdict.status, (c, verdict)
-        return verdict
-
     log_kl = {b: np.log(pairs[b]["kl"]) for b in betas}  # KL 在对数尺度上比较（逐对的 log KL）
     small, large = betas[0], betas[-1]
-    v = checked("β 越大，策略离参考模型越近", compare(log_kl[large], log_kl[small], "less", "batches"))
-    assert v.holds and kl[large] < 0.75 * kl[small], kl  # 参考运行里小一半以上
-    for lower, higher in zip(betas[1:], betas[2:]):  # 0.1 → 0.5 → 2：β 改变梯度权重的几档
-        v = checked(f"KL 随 β 逐档下降（β 改变梯度权重 σ(−β·Δ) 的区间）：β={higher} 的 KL 小于 β={lower}",
-                    compare(log_kl[higher], log_kl[lower], "less", "batches"))
-        assert v.holds and kl[higher] < kl[lower], kl
-    # 梯度权重 σ(−β·Δ)（训练对上）随 β 变小：这是逐档下降的机制
+    # 两端：对数尺度上的差（完整参考 +0.98）是单次训练标准差（0.28）的 3.4 倍，一次训练就判得了；
+    # quick 种子 42/1/7/5/2/3 上 +1.19/+0.90/+1.31/+0.78/+0.81/+0.53，都成立
+    c = find_conclusion(record, "β 越大，策略离参考模型越近")
+    v = compare(log_kl[large], log_kl[small], "less", "batches")
+    assert c["noise"]["unit"] == "batches" and c["status"] == v.status == "holds", (c, v)
+    assert kl[large] < 0.75 * kl[small], kl  # 参考运行里小一半以上
+    # 梯度权重 σ(−β·Δ)（训练对上）随 β 变小：这是 KL 随 β 下降的机制
     weight = m["mean_gradient_weight"]
     assert all(0 < weight[str(b)] <= 0.5 + 1e-6 for b in betas), weight
     assert weight[str(large)] < weight[str(small)], weight
-    # 对照：0.01 与 0.1 两档都 ≤ 0.1，σ(−β·Δ) 离 0.5 不远、更新相近——完整模式两组种子都未确立；
-    # quick 的逐对检验量不到种子噪声，判定因种子而异（种子 42、7、5 成立，1 未确立）：断言判定与重算一致、方向不反
-    v = checked("对照：β 都 ≤ 0.1 时", compare(log_kl[betas[1]], log_kl[small], "less", "batches"))
-    assert v.status != "fails" and kl[betas[1]] < kl[small], kl
-    # β=0.01 与 β=2 的 Δ 之差在 quick 种子 1 上（+1.35）小于 2·SE（2.46），种子 42、7、5 成立：
-    # 断言判定与重算一致、方向不反、方向与参考运行相同
-    v = checked("推得越开", compare(pairs[small]["log_ratio"], pairs[large]["log_ratio"], "greater", "batches"))
-    assert v.status != "fails" and np.mean(pairs[small]["log_ratio"]) > np.mean(pairs[large]["log_ratio"])
-    # 偏好准确率约 0.6：60 个留出对的噪声（2·SE ≈ 0.13）刚好盖住它，quick 种子之间判定不一
-    # （种子 42 四个 β 都未确立，种子 1 只有 β=0.01 未确立，种子 7、5 都成立）；
-    # 断言判定与重算一致、方向不反
+    # quick 不判定的几条（只打印测得的值，指向完整参考结果）：
+    # - 相邻各档的 KL（含对照档）：效应只有单次训练标准差的 1.5–2.5 倍（完整参考每个种子 5 次训练：0.055 / 0.14 / 0.23），
+    #   逐对 SE 只有 0.02–0.11。0.1 → 0.5 在 quick 种子 3 上 +0.03（未确立），同一参考模型换 5 次批次顺序 +0.01～+0.20；
+    #   对照档在种子 3 上 −0.11（逐对判为不成立），换批次顺序 −0.11～+0.06——判定随批次顺序翻转。
+    # - Δ 与四个 β 的准确率：60 个留出对的评估噪声（Δ 的逐对 SE 0.66–1.23，准确率 SE ≈ 0.06）与效应同量级，
+    #   quick 种子 42/1/7/5/2/3 上判定不一（Δ 在种子 1、2 未确立；准确率在种子 42、1、3 上有未确立的）。
+    not_judged = [f"β={higher} 的 KL 小于 β={lower}" for lower, higher in zip(betas, betas[1:])]
+    not_judged += [f"β={small} 的 Δ 大于 β={large}"] + [f"β={b} 在留出对上的偏好准确率高于 0.5" for b in betas]
+    for fragment in not_judged:
+        assert not [c for c in record["conclusions"] if fragment in c["claim"]], fragment
+        assert fragment in stdout, fragment
+    assert stdout.count("quick 模式不判定") == len(not_judged)
+    assert len(record["conclusions"]) == 1, [c["claim"] for c in record["conclusions"]]
+    # 打印的值就是 JSON 里的单次测量
+    printed_kl = {b: m["mean_kl"][str(b)] for b in betas}
+    for lower, higher in zip(betas, betas[1:]):
+        assert f"β={lower} → {printed_kl[lower]:.4f}, β={higher} → {printed_kl[higher]:.4f}" in stdout
     for b in betas:
-        correct = [float(d > 0) for d in pairs[b]["log_ratio"]]
-        v = checked(f"β={b} 在留出对上的偏好准确率高于 0.5", exceeds(correct, 0.5, unit="batches"))
-        assert v.status != "fails" and np.mean(correct) > 0.5, (b, np.mean(correct))
+        assert f"accuracy = {m['mean_accuracy'][str(b)]:.3g}" in stdout, b
 
 
 @pytest.mark.experiment
