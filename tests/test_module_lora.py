@@ -124,7 +124,7 @@ def test_exp2_all_linear_fits_best_at_equal_budget(tmp_path, experiment_env):
 
 @pytest.mark.experiment
 def test_exp3_merge_is_exact_and_forgetting_is_noise_tested(tmp_path, experiment_env):
-    record, _ = run_quick("exp3_merge_and_forget.py", tmp_path, experiment_env)
+    record, stdout = run_quick("exp3_merge_and_forget.py", tmp_path, experiment_env)
     m = record["metrics"]
     assert m["config"]["comparison"] == "matched steps"
     for name, merge in m["merge"].items():
@@ -144,19 +144,22 @@ def test_exp3_merge_is_exact_and_forgetting_is_noise_tested(tmp_path, experiment
     assert all(len(item["replicates"][0]) == 2 for item in v.values())
     assert all(item["old_rise"]["values"][0] == pytest.approx(sum(r["old_rise"] for r in item["replicates"][0]) / 2)
                for item in v.values())
-    # 遗忘：quick 单种子按 56 段留出预训练文本逐段配对。全参数微调把各段的 loss 往不同方向推，逐段差值的 SE ≈ 0.07，
-    # 与 30 步时全参数比 r=64 多出的遗忘（Δ=0.07–0.20）同一量级：种子 7、5 成立，42、1 未确立（42：Δ=0.071 <
-    # 2·SE=0.148；1：Δ=0.12 < 0.154）。quick 只要求不反向；完整模式按种子配对（4 次平均）在两组种子上都成立。
-    # 全参数的旧任务上升比 LoRA r=8 多 0.05 以上在 quick 种子 42、1、7、5 上都成立（0.127、0.167、0.199、0.171）
+    # 遗忘的三条结论 quick 不判定，只打印测得的值、指向完整参考结果（完整模式按种子配对、4 次平均，两组种子都成立）。
+    # 量出来的原因（30 步、2 次平均，种子 42/1/7/5/2/3）：全参数比 r=64 多出的遗忘按 56 段逐段配对是
+    # +0.071/+0.120/+0.200/+0.196/+0.105/+0.034（逐段 SE 0.060–0.077，只有 7、5 成立）；r=64 比 r=8 多出的是
+    # +0.039/+0.091/+0.047/+0.060/+0.017/+0.231（SE 0.012–0.034，种子 2 未确立）。同一基座上两次微调之间，
+    # 全参数 − r=64 相差 0.02–0.17、r=64 − r=8 相差到 0.10，都比逐段 SE 大：逐段检验量不到的训练噪声。
+    # 比值"上升 / 下降"没有可配对的单位，单种子无从判定。
+    not_judged = ["全参数微调对旧任务的遗忘大于 LoRA", "代价也高于", "rank 越大"]
+    for fragment in not_judged:
+        assert not [c for c in record["conclusions"] if fragment in c["claim"]], fragment
+        assert fragment in stdout, fragment
+    assert stdout.count("quick 模式不判定") == len(not_judged)
+    assert [c["claim"] for c in record["conclusions"]] == [find_conclusion(record, "只差 fp32 舍入")["claim"]]
+    # 打印的是 JSON 里的值（R 次平均的旧任务上升）
+    assert all(f"{name} {item['old_rise']['mean']:+.3f}" in stdout for name, item in v.items())
+    # 逐段的旧任务 loss 记进 JSON（完整模式按种子配对时不用；留给读者自己做逐段比较）
     assert len(v["full FT"]["old_batches_first_seed"]) == 56
+    # 量级上的检查（不是判定）：全参数的旧任务上升比 LoRA r=8 多 0.05 以上，在 quick 种子 42/1/7/5/2/3 上是
+    # 0.127/0.168/0.199/0.172/0.230/0.308
     assert rise["full FT"] > rise["LoRA r=8"] + 0.05
-    assert find_conclusion(record, "全参数微调对旧任务的遗忘大于 LoRA")["status"] != "fails"
-    # 折算代价是两份数据上的比值，没有逐段配对的单位：quick 只有 1 个种子，必须判未确立（n=1），不能说成立
-    cost = find_conclusion(record, "代价也高于")
-    assert cost["status"] == "not_established" and cost["noise"]["n"] == 1
-    # rank 64 比 rank 8 忘得多：quick 种子 42、1、7、5 都成立（Δ=0.039、0.091、0.047、0.067，2·SE=0.028–0.068）；
-    # 在测试里按 56 段逐段配对独立重算
-    rank = find_conclusion(record, "rank 越大")
-    assert rank["status"] == "holds" and rank["noise"]["unit"] == "batches"
-    delta, margin = paired_margin(v["LoRA r=8"]["old_batches_first_seed"], v["LoRA r=64"]["old_batches_first_seed"])
-    assert delta > margin and rise["LoRA r=64"] > rise["LoRA r=8"]
