@@ -50,6 +50,10 @@ def test_windowed_copy_and_position_losses():
         narrow(x)
     outside = ~sliding_window_mask(12, 12, 4, 1)
     assert attn["layers.1"][..., outside].abs().max().item() == 0.0
+    # 挤出 <s> 的代价 = 位置 W..2W-1 上纯滑窗 − 滑窗 + 1 个 sink 的平均 loss，每批一个值
+    plain = exp3.position_losses(exp3.windowed(model, 4, 0), batches)[0, 4:8].mean().item()
+    kept = exp3.position_losses(exp3.windowed(model, 4, 1), batches)[0, 4:8].mean().item()
+    assert exp3.evict_cost(model, batches, 4) == pytest.approx([plain - kept], abs=1e-6) and plain != kept
     masses = exp3.first_token_masses(narrow, batches, [(6, 12), (2, 4)])  # {段: [层][批]}
     assert masses[(6, 12)][1][0] == pytest.approx(exp3.first_token_mass(attn["layers.1"], 6, 12))
     assert masses[(2, 4)][0][0] == pytest.approx(exp3.first_token_mass(attn["layers.0"], 2, 4))
@@ -107,24 +111,30 @@ def test_snapshot_batches_store_weights_at_the_requested_steps():
     assert get_batch.snapshots[0]["weight"].item() == 1.0 and get_batch.snapshots[2]["weight"].item() == 3.0
 
 
-def consistent(status, delta_supports_claim: float) -> bool:
-    """三态判定与测得的方向一致：成立时效应方向支持声明，不成立时方向相反。"""
-    return (status != "holds" or delta_supports_claim > 0) and (status != "fails" or delta_supports_claim < 0)
-
-
 @pytest.mark.experiment
 def test_exp3_sliding_window(tmp_path, experiment_env):
     exp3 = load_exp3()
-    record, _ = run_quick_experiment(EXPERIMENTS / "exp3_sliding_window.py", tmp_path, experiment_env)
+    record, stdout = run_quick_experiment(EXPERIMENTS / "exp3_sliding_window.py", tmp_path, experiment_env)
     m = record["metrics"]
     cfg = m["config"]
     per_pos = {k: torch.tensor(v) for k, v in m["position_loss_batches_seed0"].items()}  # (batches, T-1)
     assert per_pos["full"].shape == (cfg["eval_batches"], cfg["block_size"] - 1)
     assert per_pos["full"].mean().item() < 2.6  # 学到了东西（字符一元熵约 3.3）
+    claims = [c["claim"] for c in record["conclusions"]]
+    # quick 不判定的结论只打印测量值、指向完整模式的参考结果；它们不在 JSON 的结论里
+    assert "quick 模式不判定" in stdout and "results/reference/exp3_sliding_window.json" in stdout, stdout[-2000:]
+    undecided_text = stdout.split("quick 模式不判定", 1)[1]
+
+    def not_judged(fragment):  # 这条结论 quick 不判定：不在结论里，而在"不判定"的清单里（带本种子的测量值）
+        assert not any(fragment in c for c in claims), fragment
+        assert fragment in undecided_text, fragment
 
     def span_loss(key, span):  # 第一个（唯一的）种子：([平均], 逐批次值)
         v = per_pos[key][:, span[0]:span[1]].mean(dim=1).tolist()
         return [sum(v) / len(v)], v
+
+    def minus(a, b):
+        return [x - y for x, y in zip(a, b)]
 
     T = cfg["block_size"]
     cfg_outside = m["outside_sinks"]
@@ -134,52 +144,62 @@ def test_exp3_sliding_window(tmp_path, experiment_env):
                 for w in cfg["windows"] for s in [0] + cfg["sinks"])
     assert c["status"] == ("holds" if worst < 1e-4 else "fails") == "holds"
     r = 1 - cfg["sink_recovery"]
+    # quick 种子 42、1、7、5、2、3 上测过（modules.common.seed_sweep）：W=32 的 loss 效应只有 0.001–0.02 nats，
+    # 几条在未确立与成立之间变；W=8 刚挤出的"纯滑窗更高"与远处的对照在种子 7、2 上未确立；"收回一半"在 W=8（种子 7、2）
+    # 与 W=16（种子 7）上未确立，W=8、16 的前提在种子 7 上未确立——这些 quick 不判定。其余的在这六个种子上都成立，直接断言不等式
     for w in cfg["windows"]:
+        decided = w not in exp3.QUICK_UNDECIDED_WINDOWS
         for where, span in (("刚被挤出", (w, 2 * w)), ("远处", (2 * w, T - 1))):
+            near = where == "刚被挤出"
             full_l, full_b = span_loss("full", span)
             plain_l, plain_b = span_loss(f"W{w} S0", span)
             one_l, one_b = span_loss(f"W{w} S1", span)
             four_l, four_b = span_loss(f"W{w} S4", span)
             redo_l, redo_b = span_loss(f"W{w} recompute", span)
-            prefix = f"W={w}，第 0 位{where}（位置 {'W..2W-1' if where == '刚被挤出' else '>= 2W'}）："
-            # 这里跑的是种子 42，W=8、16 的这些结论在它上面都成立，直接断言不等式。随种子变的（quick 种子 42、1、7、5 测过）：
-            # W=32 的效应只有 0.001-0.02 nats，刚挤出时"纯滑窗更高"在种子 1、5 上未确立，所以 W=32 只核对判定与重算一致；
-            # 种子 7 上 W=8 刚挤出的"纯滑窗更高"与 W=8、16 的"4 个 sink 收回一半"未确立
-            robust = w < 32
-            c = find_conclusion(record, prefix + "纯滑窗的 loss 高于全注意力")
-            assert c["status"] == compare_runs(plain_l, full_l, "greater", plain_b, full_b).status
-            assert consistent(c["status"], plain_l[0] - full_l[0])
-            if robust:
-                assert c["status"] == "holds" and plain_l[0] > full_l[0]
-            c = find_conclusion(record, prefix + "滑窗 + 1 个 sink 的 loss 低于纯滑窗")
-            assert c["status"] == compare_runs(one_l, plain_l, "less", one_b, plain_b).status
-            assert consistent(c["status"], plain_l[0] - one_l[0])
-            if robust:
-                assert c["status"] == "holds" and one_l[0] < plain_l[0]
-            four_extra_b, plain_extra_b = [a - b for a, b in zip(four_b, redo_b)], [r * (a - b) for a, b in zip(plain_b, redo_b)]
-            four_extra, plain_extra = four_l[0] - redo_l[0], r * (plain_l[0] - redo_l[0])
-            if where == "刚被挤出":
-                c = find_conclusion(record, prefix + "滑窗 + 4 个 sink 收回了纯滑窗比滑窗重算多出来的")
-                v = compare_runs([four_extra], [plain_extra], "less", four_extra_b, plain_extra_b)
-                assert c["status"] == v.status
-                assert consistent(c["status"], plain_extra - four_extra)
-                if robust:  # 窗口 8、16：sink 收回了刚挤出时多出的大半（种子 42、1、5 成立，7 未确立）
-                    assert c["status"] == "holds" and four_extra < plain_extra
-            else:  # 远处：同一个量的对照（方向相反），与上面刚被挤出的那条配对
-                c = find_conclusion(record, "对照：" + prefix + "滑窗 + 4 个 sink 收回的不到纯滑窗比滑窗重算多出来的")
-                v = compare_runs([four_extra], [plain_extra], "greater", four_extra_b, plain_extra_b)
-                assert c["status"] == v.status
-                assert consistent(c["status"], four_extra - plain_extra)
-                if robust:  # 窗口 8、16：远处 4 个 sink 收回不到一半（quick 种子 42、1、7、5 都成立）；W=32 的效应太小，只核对
-                    assert c["status"] == "holds" and four_extra > plain_extra
+            prefix = f"W={w}，第 0 位{where}（位置 {'W..2W-1' if near else '>= 2W'}）："
+            claim = prefix + "纯滑窗的 loss 高于全注意力"
+            if decided and not (near and w == cfg["windows"][0]):
+                c = find_conclusion(record, claim)
+                assert c["status"] == compare_runs(plain_l, full_l, "greater", plain_b, full_b).status == "holds"
+                assert plain_l[0] > full_l[0]
+            else:
+                not_judged(claim)
+            claim = prefix + "滑窗 + 1 个 sink 的 loss 低于纯滑窗"
+            if decided:
+                c = find_conclusion(record, claim)
+                assert c["status"] == compare_runs(one_l, plain_l, "less", one_b, plain_b).status == "holds"
+                assert one_l[0] < plain_l[0]
+            else:
+                not_judged(claim)
+            if near:
+                if w not in exp3.PREMISE_CONTRAST_WINDOWS:  # "收回一半"quick 不判定，判定见完整模式
+                    not_judged(prefix + "滑窗 + 4 个 sink 收回了纯滑窗比滑窗重算多出来的")
+                # 前提（保留 <s> 收回的 vs 4 个 sink 也收不回的）quick 也不判定：W=8、16 在种子 7 上未确立
+                if w in exp3.PREMISE_CONTRAST_WINDOWS:
+                    not_judged("对照：" + prefix + "<s> 在这里已不是 sink")
+                else:
+                    not_judged(prefix + "<s> 是 sink——保留 <s> 收回的 loss（纯滑窗 − S=1）多于")
+            else:  # 远处：同一个量的对照（方向相反），与刚被挤出时的"收回一半"配对
+                claim = "对照：" + prefix + "滑窗 + 4 个 sink 收回的不到纯滑窗比滑窗重算多出来的"
+                if decided and w != cfg["windows"][0]:
+                    c = find_conclusion(record, claim)
+                    four_extra_b = minus(four_b, redo_b)
+                    plain_extra_b = [r * d for d in minus(plain_b, redo_b)]
+                    four_extra, plain_extra = four_l[0] - redo_l[0], r * (plain_l[0] - redo_l[0])
+                    v = compare_runs([four_extra], [plain_extra], "greater", four_extra_b, plain_extra_b)
+                    assert c["status"] == v.status == "holds" and four_extra > plain_extra
+                else:
+                    not_judged(claim)
         full_l, full_b = span_loss("full", (2 * w, T - 1))
         redo_l, redo_b = span_loss(f"W{w} recompute", (2 * w, T - 1))
-        c = find_conclusion(record, f"W={w}，远处（位置 >= 2W）：滑窗重算的 loss 也高于全注意力")
-        assert c["status"] == compare_runs(redo_l, full_l, "greater", redo_b, full_b).status
-        assert consistent(c["status"], redo_l[0] - full_l[0])
-        if w < 32:  # W=32 时重算只比全注意力高约 0.008，quick 的种子 1、5 上未确立
-            assert c["status"] == "holds" and redo_l[0] > full_l[0]
-        # 远处落在 4 个 sink + 窗口之外的注意力多于刚被挤出时：逐批次值在 JSON 里，重算噪声检验
+        claim = f"W={w}，远处（位置 >= 2W）：滑窗重算的 loss 也高于全注意力"
+        if decided:
+            c = find_conclusion(record, claim)
+            assert c["status"] == compare_runs(redo_l, full_l, "greater", redo_b, full_b).status == "holds"
+            assert redo_l[0] > full_l[0]
+        else:
+            not_judged(claim)
+        # 远处落在 4 个 sink + 窗口之外的注意力多于刚被挤出时：逐批次值在 JSON 里，重算噪声检验（三个 W、六个种子都成立）
         far_b = m["outside_mass"][0][f"W{w} far"]
         near_b = m["outside_mass"][0][f"W{w} near"]
         far_l, near_l = [sum(far_b) / len(far_b)], [sum(near_b) / len(near_b)]
@@ -193,16 +213,23 @@ def test_exp3_sliding_window(tmp_path, experiment_env):
     end = exp3.strongest_head(by_step[cfg["steps"]])
     assert all(0.0 < v < 1.0 for v in end)
     eps = cfg["sink_epsilon"]
-    c = find_conclusion(record, f"最强的头落在第 0 位上的平均注意力（query 位置 1-{T - 1}）超过 ε = {eps}")
-    assert c["status"] == compare_runs([sum(end) / len(end)], [eps], "greater", end, [eps] * len(end)).status
-    assert consistent(c["status"], sum(end) / len(end) - eps)
-    # 讲义说的是"这个规模上没有 Gu et al. 意义上的 sink"：quick 种子 42、1、7、5 上最强的头都远低于 ε（0.08 左右），断言它照实不成立
-    assert c["status"] == "fails" and sum(end) / len(end) < eps
+    # 对照"不到 ε"：quick 种子上最强的头都远低于 ε（0.06–0.09），断言它成立
+    c = find_conclusion(record, f"对照：最强的头落在第 0 位上的平均注意力（query 位置 1-{T - 1}）不到 ε = {eps}")
+    assert c["status"] == compare_runs([sum(end) / len(end)], [eps], "less", end, [eps] * len(end)).status == "holds"
+    assert sum(end) / len(end) < eps
     first_step = min(by_step)
-    early = exp3.strongest_head(by_step[first_step])
-    c = find_conclusion(record, f"最强的头落在第 0 位上的注意力：训练结束时高于训练第 {first_step} 步时")
-    assert c["status"] == compare_runs([sum(end) / len(end)], [sum(early) / len(early)], "greater", end, early).status
-    assert consistent(c["status"], sum(end) - sum(early))
+    # 注意力版的"随训练变大"：quick 种子 42、1、7、2 上不成立（第 30 步的模型还在平台期，最强的头反而更偏向 <s>）、
+    # 种子 5 上未确立——quick 不判定
+    not_judged(f"最强的头落在第 0 位上的注意力：训练结束时高于训练第 {first_step} 步时")
+    # 干预版：把 <s> 挤出窗口的代价，逐批次值在 JSON 里
+    cost = {int(k): v for k, v in m["evict_cost_by_step"][0].items()}  # {步: [批]}
+    assert sorted(cost) == sorted(by_step) and m["evict_window"] == exp3.EVICT_WINDOW
+    ew = exp3.EVICT_WINDOW
+    plain_l, plain_b = span_loss(f"W{ew} S0", (ew, 2 * ew))
+    one_l, one_b = span_loss(f"W{ew} S1", (ew, 2 * ew))
+    assert cost[cfg["steps"]] == pytest.approx(minus(plain_b, one_b), abs=1e-5)  # 最后一步 = 表里 W=8 的纯滑窗 − S=1
+    # 它的判定也只在完整模式：quick 种子 3 上成立、种子 42 上未确立（第 30 步与第 300 步之间，代价随种子差得多）
+    not_judged(f"把 <s> 挤出窗口的代价随训练变大：W={ew}")
     w = cfg["train_window"]
     trained_l, trained_b = span_loss("window-trained", (w, 2 * w))
     for s in cfg["sinks"]:
