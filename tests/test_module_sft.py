@@ -79,17 +79,21 @@ def test_exp2_all_token_training_models_the_questions(tmp_path, experiment_env):
     m = record["metrics"]
     per = m["per_prompt"]
     assert m["n_heldout"] == m["n_prompts"] == 48 and m["n_train_conversations"] == 230
-    assert m["checkpoints"] == [5, 10, 15, 20, 25, 30, 35, 40, 80] and m["during_steps"] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert m["checkpoints"] == [5, 10, 15, 20, 25, 30, 35, 40, 50, 60, 70, 80]
+    assert m["during_steps"] == [5, 10, 15, 20, 25, 30, 35, 40] and m["late_steps"] == [50, 60, 70, 80]
     # quick 默认每个种子只做 1 次 SFT（r = 0 用种子本身）：这个种子的值就是那一次的值
     assert m["replicates"] == 1
     for model in ("masked", "all-token"):
         (run,) = m["replicate_runs"][model][0]
         assert run["run_seed"] == record["metadata"]["seed"] and run["f1"] == mean(record, model, "f1")
+        assert run["f1_late"] == mean(record, model, "f1_late") and len(run["f1_curve"]) == len(m["checkpoints"])
     for model in ("pretrained", "masked", "all-token"):
         for key in ("user_loss", "assistant_loss", "f1", "on_template", "continues_user"):
             value = mean(record, model, key)
             assert value is not None and value == value, (model, key, value)  # 有限
         assert all(len(per[model][k]) == 48 for k in ("on_template", "continues_user", "f1", "user_loss"))
+    for model in ("masked", "all-token"):
+        assert len(per[model]["f1_late"]) == 48
 
     def check(fragment, a, b, key, direction, shift=0.0):
         c = find_conclusion(record, fragment)
@@ -107,8 +111,15 @@ def test_exp2_all_token_training_models_the_questions(tmp_path, experiment_env):
     # 同样步数，masked 在留出的助手回答上 loss 更低、回答更像参考答案
     c, _ = check("留出的助手回答上 loss 更低", "masked", "all-token", "assistant_loss", "less")
     assert c["status"] == "holds" and avg("masked", "assistant_loss") < avg("all-token", "assistant_loss"), c
-    c, _ = check("token F1 更高", "masked", "all-token", "f1", "greater")
-    assert c["status"] == "holds" and avg("masked", "f1") > avg("all-token", "f1"), c
+    # 回答更像参考答案：看后半程（第 50–80 步 4 个检查点）的平均 F1；逐问题值 = 该问题在这些检查点上 F1 的平均
+    c, _ = check("token F1 更高", "masked", "all-token", "f1_late", "greater")
+    assert c["claim"].startswith("SFT 后半程") and c["status"] == "holds", c
+    assert avg("masked", "f1_late") > avg("all-token", "f1_late"), c
+    late = [m["checkpoints"].index(s) for s in m["late_steps"]]
+    for model in ("masked", "all-token"):
+        curve = m["curves"][model][0]
+        assert abs(avg(model, "f1_late") - sum(curve["f1"][i] for i in late) / len(late)) < 1e-9
+        assert curve["f1"][-1] == mean(record, model, "f1")  # 曲线的最后一点就是表里最后一步的 F1
     for model in ("masked", "all-token"):  # 两种 SFT 都让助手回答的 loss 低于预训练模型
         assert mean(record, model, "assistant_loss") < mean(record, "pretrained", "assistant_loss")
     # 学习曲线：SFT 途中（前 40 步 8 个检查点的平均）masked 守模板更好；逐问题值是 8 个检查点里守模板的比例
