@@ -113,6 +113,31 @@ def test_addition_training_pairs_exclude_the_heldout_problems():
     assert all(row["chosen"][-1]["content"] != row["rejected"][-1]["content"] for row in rows)
 
 
+def test_exp2_reference_accuracy_rows_also_pass_the_pair_level_test():
+    """实验 2 完整参考结果里"β=… 在留出对上的偏好准确率高于 0.5"：每个种子都在同一组固定的 60 个留出对上评估，
+    按种子配对只量到训练噪声；判定必须是"按种子配对"与"逐对（3 个种子 × 5 次训练平均的判对比例，n = 60）"两次检验里较弱的那个。
+    两次检验都从 JSON 里的值重算。"""
+    import json
+
+    from modules.common.noise import compare, exceeds, weakest
+
+    def check(record, fragment, seed_values, pair_fractions):
+        c = find_conclusion(record, fragment)
+        by_seed = compare(seed_values, [0.5] * len(seed_values), "greater", "seeds")
+        by_pair = exceeds(pair_fractions, 0.5, unit="batches")
+        expected = weakest([by_seed, by_pair])
+        assert c["status"] == expected.status and c["noise"]["unit"] == expected.unit, (fragment, c, by_seed, by_pair)
+        assert c["noise"]["n"] == expected.n
+
+    exp2 = json.loads((EXPERIMENTS / "results" / "reference" / "exp2_beta.json").read_text(encoding="utf-8"))
+    m = exp2["metrics"]
+    assert exp2["metadata"]["mode"] == "full" and len(exp2["metadata"]["seeds"]) == 3
+    for beta in m["config"]["betas"]:
+        assert len(m["pair_correct_mean"][str(beta)]) == m["config"]["n_heldout_pairs"] == 60
+        check(exp2, f"β={beta} 在留出对上的偏好准确率高于 0.5", m["per_beta"][str(beta)]["accuracy"],
+              m["pair_correct_mean"][str(beta)])
+
+
 @pytest.mark.experiment
 def test_exp1_margin_rises_and_generalises(tmp_path):
     """quick（种子 42）：每条结论的判定都用 JSON 里第一个种子的逐对值重算一遍（与实验同样的配对方式），
