@@ -156,10 +156,12 @@ def test_exp4_reasoning_distillation(tmp_path):
     def acc(arm, key):
         return students[arm][key][0]
 
-    for claim, better, worse, key in (("只学答案的学生", "filtered", "answers", "greedy"),
-                                      ("标准草稿教出的学生", "ground_truth", "filtered", "greedy")):
-        c = find_conclusion(record, claim)
-        assert c["status"] == "holds" and acc(better, key) > acc(worse, key), c
+    c = find_conclusion(record, "只学答案的学生")
+    assert c["status"] == "holds" and acc("filtered", "greedy") > acc("answers", "greedy"), c
+    # 标准草稿 vs 过滤后的轨迹：开发机器上 quick 种子 42、1、7、5 都成立，2026-12-05 在另一种 CPU（AMD EPYC）上同一代码、
+    # 同一种子 42 是 0.505 vs 0.500（未确立）——完整模式两组种子也都未确立（见讲义）：quick 只要求不反向
+    c = find_conclusion(record, "标准草稿教出的学生")
+    assert c["status"] != "fails", c
     # 覆盖偏差取决于老师错在哪里：完整模式种子 42–44 的 3 个老师里 2 个在进位题上更弱（每题 4 条量通过率：+0.106、−0.027、+0.093），
     # 3 个种子 ❔（见讲义）。这是老师本身的性质，quick 单种子只要求判定与测得的方向自洽
     c = find_conclusion(record, "老师在有进位的题上更常被验证器拒掉")
