@@ -26,7 +26,7 @@ if str(REPO_ROOT) not in sys.path:
 from model.model_minimind import FAMILIES, MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from model.quantization import QUANTIZE_SCHEMES, quantize_model, weight_bytes  # noqa: E402
 from model.reference_gpt import reference_like  # noqa: E402
-from model.device import get_device  # noqa: E402
+from model.device import describe_device, get_device  # noqa: E402
 
 # 每种形状：模型配置 + 训练 batch（batch_size × seq_len）
 SHAPES = {
@@ -288,7 +288,7 @@ def main(argv=None):
     torch.manual_seed(0)
     names = list(SHAPES) if args.shape == "all" else [args.shape]
     warn_if_busy(device)
-    print(f"family={args.family}  device={device}  torch={torch.__version__}  threads={torch.get_num_threads()}  steps={args.steps}  "
+    print(f"family={args.family}  device={describe_device(device)}  torch={torch.__version__}  steps={args.steps}  "
           f"train: float32, AdamW  generation: batch 1, prompt {PROMPT_LEN}, {NEW_TOKENS} new tokens, greedy"
           f"{'  (torch.compile)' if args.compile else ''}")
     header = (f"{'shape':<8}{'params':>9}{'batch':>10}{'train tok/s':>13}{'gen tok/s (cache)':>19}"

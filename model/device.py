@@ -1,4 +1,8 @@
-"""选择计算设备：auto 时依次尝试 cuda → mps → cpu；显式指定但不可用时报清楚的错。"""
+"""选择计算设备：auto 时依次尝试 cuda → mps → cpu；显式指定但不可用时报清楚的错。另给出 CPU 型号，写进实验记录。"""
+import functools
+import platform
+import subprocess
+
 import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -41,11 +45,38 @@ def get_device(preference: str = "auto") -> torch.device:
     raise ValueError(f"未知设备 {preference!r}：可选 {', '.join(DEVICE_CHOICES)}。")
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """CPU 型号，例如 "AMD EPYC"、"Apple M2"；拿不到时返回 "unknown"。
+
+    同一段代码在不同型号的 CPU 上，单线程的浮点累加顺序（向量指令宽度、内核实现）也可能不同，
+    几百步训练后参考结果的小数点后第 2～3 位就会漂移。实验 JSON 记下它：对照数字前先看是不是同一种 CPU。
+    """
+    system = platform.system()
+    if system == "Linux":
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                for line in f:
+                    if line.startswith("model name"):  # x86；多数 ARM 的 Linux 没有这一行，走下面的兜底
+                        return line.split(":", 1)[1].strip() or "unknown"
+        except OSError:
+            pass
+    elif system == "Darwin":
+        try:
+            result = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"],
+                                    capture_output=True, text=True, timeout=2, check=False)
+            if result.returncode == 0 and result.stdout.strip():
+                return result.stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def describe_device(device: torch.device | str) -> str:
-    """一行可读描述，例如 "cuda (NVIDIA H100)"、"mps"、"cpu (2 threads)"。"""
+    """一行可读描述，例如 "cuda (NVIDIA H100)"、"mps"、"cpu (AMD EPYC, 2 threads)"。"""
     device = torch.device(device)
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     if device.type == "cpu":
-        return f"cpu ({torch.get_num_threads()} threads)"
+        return f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
     return device.type

@@ -11,6 +11,7 @@ import torch
 
 from conftest import REPO_ROOT
 from modules.common import experiment_base
+from modules.common.device import cpu_model
 from modules.common.experiment_base import Experiment, to_json_safe
 
 DESCRIPTION = "玩具实验：检查 Experiment 的行为"
@@ -88,8 +89,8 @@ def test_record_schema_and_output(runs):
     assert set(record) == {"metadata", "metrics", "conclusions"}
     meta = record["metadata"]
     assert set(meta) == {"experiment", "mode", "seed", "seeds", "device", "torch", "python", "started", "duration_s",
-                         "cpu_s", "threads", "load_avg_1min", "argv", "figures"}
-    assert meta["cpu_s"] >= 0 and meta["threads"] >= 1
+                         "cpu_s", "threads", "cpu_model", "load_avg_1min", "argv", "figures"}
+    assert meta["cpu_s"] >= 0 and meta["threads"] >= 1 and meta["cpu_model"] == cpu_model()
     assert meta["experiment"] == "toy_exp" and meta["mode"] == "quick" and meta["seed"] == 7
     assert meta["seeds"] == [7]  # quick 只用一个种子；完整模式是 [7, 8, 9]
     assert meta["device"] == "cpu" and meta["torch"] == torch.__version__

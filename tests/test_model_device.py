@@ -1,8 +1,10 @@
 """model.device（实验经 modules.common.device 使用）：自动选择顺序、显式选择不可用时的报错、设备描述。"""
+import platform
+
 import pytest
 import torch
 
-from model.device import describe_device, get_device
+from model.device import cpu_model, describe_device, get_device
 
 
 def fake_hardware(monkeypatch, *, cuda: bool, mps: bool):
@@ -48,7 +50,20 @@ def test_unknown_choice_lists_valid_ones():
 
 
 def test_describe_device(monkeypatch):
-    assert describe_device(torch.device("cpu")) == f"cpu ({torch.get_num_threads()} threads)"
+    assert describe_device(torch.device("cpu")) == f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
     assert describe_device("mps") == "mps"
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100")
     assert describe_device("cuda") == "cuda (NVIDIA H100)"
+
+
+def test_cpu_model_is_recorded_and_falls_back(monkeypatch):
+    name = cpu_model()
+    assert isinstance(name, str) and name.strip() == name and name
+    # 拿不到型号的系统（这里假装是 Windows）退回 platform.processor()，再退回 machine()，最后 "unknown"
+    read = cpu_model.__wrapped__
+    monkeypatch.setattr(platform, "system", lambda: "Windows")
+    monkeypatch.setattr(platform, "processor", lambda: "Intel64 Family 6 Model 85")
+    assert read() == "Intel64 Family 6 Model 85"
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    monkeypatch.setattr(platform, "machine", lambda: "")
+    assert read() == "unknown"

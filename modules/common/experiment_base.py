@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from modules.common.datasets import DataDownloadError
-from modules.common.device import DEVICE_CHOICES, describe_device, get_device
+from modules.common.device import DEVICE_CHOICES, cpu_model, describe_device, get_device
 from modules.common.noise import FAILS, HOLDS, NOT_ESTABLISHED, Verdict
 from modules.common.visualization import plt  # 经 visualization 导入 pyplot：无显示器时先切到 Agg 后端
 
@@ -218,6 +218,8 @@ class Experiment:
                 "duration_s": round(time.perf_counter() - self._t0, 3),
                 "cpu_s": round(cpu_seconds() - self._cpu0, 3),
                 "threads": torch.get_num_threads(),
+                # 参考结果换一种 CPU 重跑，小数点后 2～3 位会漂移（见 model/device.py 的 cpu_model）
+                "cpu_model": cpu_model(),
                 # 结束时的 1 分钟平均负载（Windows 没有 → None）：远大于线程数时墙钟被别的任务拖慢了
                 "load_avg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
                 "argv": list(sys.argv),
