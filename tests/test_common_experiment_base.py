@@ -13,6 +13,7 @@ from conftest import REPO_ROOT
 from modules.common import experiment_base
 from modules.common.device import cpu_model
 from modules.common.experiment_base import Experiment, to_json_safe
+from modules.common.noise import compare
 
 DESCRIPTION = "玩具实验：检查 Experiment 的行为"
 
@@ -153,6 +154,26 @@ def test_conclude_requires_computed_bool(in_process_experiment):
     exp.conclude("claim", holds=np.float64(2.0) > 1.0, evidence="numpy bool")
     record = json.loads(exp.finish().read_text(encoding="utf-8"))
     assert [c["holds"] for c in record["conclusions"]] == [True, True]
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_quick_reason_prints_instead_of_judging_in_quick_only(tmp_path, monkeypatch, capsys, quick):
+    monkeypatch.setattr(sys, "argv", ["fake_exp.py", "--device", "cpu", "--output-dir", str(tmp_path)]
+                        + (["--quick"] if quick else []))
+    exp = Experiment(str(tmp_path / "fake_exp.py"), description="进程内测试")
+    verdict = compare([1.1, 1.2, 1.15, 1.12], [1.0, 1.0, 1.0, 1.0], "greater", unit="batches")
+    exp.conclude_verdict("A 好于 B", verdict, "A 1.0 vs B 1.1", quick_reason="单种子量不到训练噪声")
+    exp.conclude_verdict("C 好于 D", verdict, "C vs D")
+    record = json.loads(exp.finish().read_text(encoding="utf-8"))
+    claims = [c["claim"] for c in record["conclusions"]]
+    if quick:  # quick：不进结论，只打印与记录测得的值和原因
+        assert claims == ["C 好于 D"]
+        [undecided] = record["metrics"]["quick_undecided"]
+        assert undecided["claim"] == "A 好于 B" and undecided["reason"] == "单种子量不到训练噪声"
+        assert "A 1.0 vs B 1.1" in undecided["evidence"] and "Δ=" in undecided["evidence"]
+        assert 'quick 模式不判定"A 好于 B"' in capsys.readouterr().out
+    else:  # 完整模式照常判定
+        assert claims == ["A 好于 B", "C 好于 D"] and "quick_undecided" not in record["metrics"]
 
 
 def test_print_table_aligns_cjk(in_process_experiment, capsys):

@@ -196,10 +196,20 @@ class Experiment:
         self._conclusions.append({"claim": claim, "holds": holds, "status": HOLDS if holds else FAILS,
                                   "evidence": evidence})
 
-    def conclude_verdict(self, claim: str, verdict: Verdict, evidence: str) -> None:
-        """记录一条经噪声检验（modules/common/noise.py）的比较结论：三态 status 与噪声细节都写进 JSON。"""
+    def conclude_verdict(self, claim: str, verdict: Verdict, evidence: str, quick_reason: str | None = None) -> None:
+        """记录一条经噪声检验（modules/common/noise.py）的比较结论：三态 status 与噪声细节都写进 JSON。
+
+        quick_reason：quick 模式判定不了这条时写明原因（通常是：单种子的评估噪声量不到换种子重新训练的噪声，
+        实测 quick 的判定随种子翻转）。quick 模式下它不进结论，只打印测得的值与原因，并记进
+        metrics["quick_undecided"]；完整模式照常判定。"""
         if not isinstance(verdict, Verdict):
             raise TypeError(f"verdict 必须是 noise.compare/equivalent/exceeds 的返回值，收到 {type(verdict).__name__}")
+        if self.quick and quick_reason:
+            measured = f"{evidence}；{verdict.describe()}"
+            print(f"quick 模式不判定\"{claim}\"：{measured}。原因：{quick_reason}；判定见完整模式的参考结果")
+            self._metrics.setdefault("quick_undecided", []).append(
+                {"claim": claim, "evidence": measured, "reason": quick_reason})
+            return
         self._conclusions.append({"claim": claim, "holds": verdict.holds, "status": verdict.status,
                                   "evidence": f"{evidence}；{verdict.describe()}", "noise": verdict.to_dict()})
 
