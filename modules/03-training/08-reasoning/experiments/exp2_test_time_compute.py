@@ -11,6 +11,14 @@
 pass@k 的两种算法对照：按不相交分组直接数（经验值） vs Chen et al. 2021 的无偏估计（trainer/rl/evaluate.py::pass_at_k），
 以及朴素的 1 − (1 − c/n)^k（有偏，偏低）。
 
+多数投票 vs 贪心（Wang et al. 2022 的 self-consistency）需要"多条不同的推理路径"：对的路殊途同归、错的路各错各的。
+上面这个只会一种竖式的模型里，每个答案几乎只对应一条推理链、错误集中在同一个错答案上，投票追不上贪心（对照行）。
+所以实验另训练一个"会两种解法"的模型：同样大小，训练集每道题随机一半写草稿、一半直接答（"|0452"，逐条混合，
+不是实验 3 那种按步轮换），train_on_pairs 训练 --two-method-steps 步（默认 700），同样的留出题、同样温度采 16 条，
+比较 majority@16 与贪心。这个设计是看过上面对照行一直 ❔（种子 42–44、1–3）之后定的；步数 700 在开发种子 42 上
+从 400 / 700 / 1200 步里选（温度 0.7 时 majority@16 − 贪心 分别为 +0.08 / +0.52 / +0.035，贪心 0.08 / 0.295 / 0.92），
+取的是贪心明显低于 1、草稿已经学会的能力边缘（同主模型选第 300 步的理由）；之后在种子 1–3 与从未看过的 4–6 上各跑一次确认。
+
     python exp2_test_time_compute.py --quick
 """
 import random
@@ -38,6 +46,12 @@ EVAL_BATCHES = 10
 # 评估第 300 步的检查点（看判定之前按种子 42–44 上的贪心准确率定下）：Wang et al. 2022、Snell et al. 2024 的收益
 # 出现在模型常答错、但采样里还有对的答案的题上；练满的模型（贪心接近 1）没有东西可补
 EVAL_STEP = 300
+# "会两种解法"的模型：训练集里直接答的比例（事先定为各半）、每步的题数（约 1000 个 token，同主模型每步 1024 个 token）、
+# 训练题库（3 万道 2 位题 + 3000 道 1 位题，不含评估题）
+DIRECT_SHARE = 0.5
+TWO_METHOD_BATCH = 48
+TWO_METHOD_STEPS = 700
+POOL_2_DIGIT, POOL_1_DIGIT = 30000, 3000
 
 
 def add_args(parser):
@@ -45,6 +59,8 @@ def add_args(parser):
     parser.add_argument("--eval-step", type=int, default=EVAL_STEP,
                         help=f"在第几步的检查点上评估（默认 {EVAL_STEP}：贪心准确率还明显低于 1 的能力边缘）")
     parser.add_argument("--temperature", type=float, default=TEMPERATURE, help="采样温度（默认 0.7）")
+    parser.add_argument("--two-method-steps", type=int, default=TWO_METHOD_STEPS,
+                        help=f"会两种解法（草稿 / 直接答）的第二个模型的训练步数（默认 {TWO_METHOD_STEPS}）")
 
 
 def majority(answers: list):
@@ -72,13 +88,21 @@ def evaluate_problem(problem, greedy_reply, greedy_tokens, replies, n_tokens) ->
     # self-consistency 的前提：同一个答案有多条不同的推理链（Wang et al. 2022 的"殊途同归"）。
     # 数一数写成形的采样里有几个不同的答案、几条不同的推理链（整条回答去掉换行）
     formed = {(ans, r.split("\n")[0]) for ans, r in zip(answers, replies) if ans is not None}
+    # 错误是分散还是集中：答错的采样里，最常见的那个错答案占多少（至少 2 条答错时才有意义）
+    wrong = [ans for ans in answers if ans != truth]
+    top_wrong = Counter(wrong).most_common(1)[0][1] / len(wrong) if len(wrong) >= 2 else None
+    direct = [r.startswith("|") for r in replies]  # 直接答（不打草稿）的采样
     row = {"greedy": float(greedy_answer == truth), "greedy_tokens": greedy_tokens,
            "sample1": sum(correct) / len(correct), "c": sum(correct),
            "accepted": [lab.check_scratchpad(problem, r) for r in replies], "correct_each": correct,
            "vote_is_greedy": float(vote == greedy_answer),
            "vote_fixes": float(greedy_answer != truth and vote == truth),  # 贪心错、投票对
            "vote_breaks": float(greedy_answer == truth and vote != truth),  # 贪心对、投票错
-           "distinct_answers": len({ans for ans, _ in formed}), "distinct_chains": len(formed)}
+           "distinct_answers": len({ans for ans, _ in formed}), "distinct_chains": len(formed),
+           "top_wrong_share": top_wrong, "direct_share": sum(direct) / len(direct),
+           "greedy_direct": float(greedy_reply.startswith("|")),
+           "direct_correct": sum(d and ok for d, ok in zip(direct, correct)), "direct_n": sum(direct),
+           "draft_correct": sum(ok and not d for d, ok in zip(direct, correct)), "draft_n": len(direct) - sum(direct)}
     for n in NS:
         row[f"majority@{n}"] = float(majority(answers[:n]) == truth)
         row[f"majority@{n}_tokens"] = sum(n_tokens[:n])
@@ -109,6 +133,48 @@ def run_seed(seed: int, steps: int, eval_step: int, problems: list, temperature:
     return rows
 
 
+def run_two_method_seed(seed: int, steps: int, problems: list, temperature: float) -> list[dict]:
+    """会两种解法的模型：每道训练题随机一半写草稿、一半直接答（逐条混合），train_on_pairs 训练 steps 步，
+    再同 evaluate_checkpoint 一样对每道留出题贪心一次、采样 N_MAX 条。"""
+    rng = random.Random(seed)
+    pool = lab.sample_problems(rng, 2, POOL_2_DIGIT, frozenset(problems)) + lab.sample_problems(rng, 1, POOL_1_DIGIT)
+    pairs = [(lab.prompt_text(p), lab.answer_text(p, "direct" if rng.random() < DIRECT_SHARE else "scratchpad"))
+             for p in pool]
+    model = lab.new_model(seed, hidden_size=64, num_layers=2)
+    losses = lab.train_on_pairs(model, pairs, steps, TWO_METHOD_BATCH, seed)
+    print(f"  [seed {seed}] 两种解法的模型训练 {steps} 步：loss {losses[-1]:.3f}", flush=True)
+    return evaluate_checkpoint(model, problems, temperature, seed)
+
+
+def vote_vs_greedy(per_seed: list) -> dict:
+    """逐题比较 majority@N_MAX 与贪心（每个键是每个种子一个值）：投票的答案与贪心相同的比例、贪心错的题里投票救回多少、
+    贪心对的题里投票投错多少、每个不同答案对应几条推理链、错误多集中、直接答的采样与贪心的比例、两种解法各自的采样准确率。"""
+    greedy_wrong = [sum(1 - r["greedy"] for r in rows) for rows in per_seed]
+
+    def share(rows, correct_key, n_key):
+        return sum(r[correct_key] for r in rows) / max(1, sum(r[n_key] for r in rows))
+
+    def top_wrong(rows):
+        shares = [r["top_wrong_share"] for r in rows if r["top_wrong_share"] is not None]
+        return sum(shares) / max(1, len(shares))
+
+    return {"vote_is_greedy": [mean_of(rows, "vote_is_greedy") for rows in per_seed],
+            "greedy_wrong": [n / len(rows) for n, rows in zip(greedy_wrong, per_seed)],
+            "fixed_of_greedy_wrong": [sum(r["vote_fixes"] for r in rows) / max(1, n)
+                                      for n, rows in zip(greedy_wrong, per_seed)],
+            "pass_of_greedy_wrong": [sum(r[f"pass@{N_MAX}"] for r in rows if r["greedy"] == 0) / max(1, n)
+                                     for n, rows in zip(greedy_wrong, per_seed)],
+            "broken_of_greedy_right": [sum(r["vote_breaks"] for r in rows) / max(1, len(rows) - n)
+                                       for n, rows in zip(greedy_wrong, per_seed)],
+            "chains_per_answer": [sum(r["distinct_chains"] for r in rows) / max(1, sum(r["distinct_answers"] for r in rows))
+                                  for rows in per_seed],
+            "top_wrong_share": [top_wrong(rows) for rows in per_seed],
+            "direct_share": [mean_of(rows, "direct_share") for rows in per_seed],
+            "greedy_direct": [mean_of(rows, "greedy_direct") for rows in per_seed],
+            "direct_accuracy": [share(rows, "direct_correct", "direct_n") for rows in per_seed],
+            "draft_accuracy": [share(rows, "draft_correct", "draft_n") for rows in per_seed]}
+
+
 def evaluate_checkpoint(model, problems: list, temperature: float, seed: int) -> list[dict]:
     """当前模型：每题贪心一次、按温度采样 N_MAX 条（generator 用 seed 固定），逐题交给 evaluate_problem。"""
     max_new = len(lab.answer_text(problems[0], "scratchpad")) + 4
@@ -130,22 +196,24 @@ def main():
     exp = Experiment(__file__, description="推理时扩展：贪心 / 多数投票 / 验证器 best-of-N 随 N 的准确率与 token 花费；pass@k 估计",
                      extra_args=add_args)
     steps, eval_step, temperature = exp.args.steps, exp.args.eval_step, exp.args.temperature
-    if steps < 20 or not 1 <= eval_step <= steps or not temperature > 0:
-        raise SystemExit(f"需要 --steps >= 20、1 <= --eval-step <= --steps、--temperature > 0"
-                         f"（收到 {steps}、{eval_step}、{temperature}）")
+    two_method_steps = exp.args.two_method_steps
+    if steps < 20 or not 1 <= eval_step <= steps or not temperature > 0 or two_method_steps < 20:
+        raise SystemExit(f"需要 --steps >= 20、1 <= --eval-step <= --steps、--temperature > 0、--two-method-steps >= 20"
+                         f"（收到 {steps}、{eval_step}、{temperature}、{two_method_steps}）")
     n_problems = 100 if exp.quick else 200
     problems = lab.sample_problems(random.Random(4321), 2, n_problems)
 
-    per_seed = []
+    per_seed, two_method = [], []
     for seed in exp.seeds:
         exp.seed_everything(seed)
         per_seed.append(run_seed(seed, steps, eval_step, problems, temperature))
+        two_method.append(run_two_method_seed(seed, two_method_steps, problems, temperature))
 
-    def seeds_of(key):
-        return [mean_of(rows, key) for rows in per_seed]
+    def seeds_of(key, runs=per_seed):
+        return [mean_of(rows, key) for rows in runs]
 
-    def batches_of(key):
-        return lab.batch_means([r[key] for r in per_seed[0]], EVAL_BATCHES)
+    def batches_of(key, runs=per_seed):
+        return lab.batch_means([r[key] for r in runs[0]], EVAL_BATCHES)
 
     table = [["greedy", 1, format_mean_std(seeds_of("greedy"), 3), format_mean_std(seeds_of("greedy_tokens"), 3)]]
     for n in NS:
@@ -160,33 +228,38 @@ def main():
                      ["unbiased (Chen 2021)", format_mean_std(seeds_of("pass_k_unbiased"), 3)],
                      ["naive 1-(1-c/n)^k", format_mean_std(seeds_of("pass_k_naive"), 3)]],
                     title=f"pass@{PASS_K} 的三种算法（每题 {N_MAX} 条采样）")
-    # 投票为什么追不上贪心：逐题比较 majority@N_MAX 的答案与贪心答案
-    greedy_wrong = [sum(1 - r["greedy"] for r in rows) for rows in per_seed]
-    vote_why = {"vote_is_greedy": seeds_of("vote_is_greedy"),
-                "greedy_wrong": [n / len(rows) for n, rows in zip(greedy_wrong, per_seed)],
-                "fixed_of_greedy_wrong": [sum(r["vote_fixes"] for r in rows) / max(1, n)
-                                          for n, rows in zip(greedy_wrong, per_seed)],
-                "pass_of_greedy_wrong": [sum(r[f"pass@{N_MAX}"] for r in rows if r["greedy"] == 0) / max(1, n)
-                                         for n, rows in zip(greedy_wrong, per_seed)],
-                "broken_of_greedy_right": [sum(r["vote_breaks"] for r in rows) / max(1, len(rows) - n)
-                                           for n, rows in zip(greedy_wrong, per_seed)],
-                "chains_per_answer": [sum(r["distinct_chains"] for r in rows) / max(1, sum(r["distinct_answers"] for r in rows))
-                                      for rows in per_seed]}
-    exp.print_table(["measure", "value"],
-                    [[f"majority@{N_MAX} answer == greedy answer (share of problems)", format_mean_std(vote_why["vote_is_greedy"], 3)],
-                     ["greedy wrong (share of problems)", format_mean_std(vote_why["greedy_wrong"], 3)],
-                     [f"  of those: the right answer among the {N_MAX} samples (pass@{N_MAX})",
-                      format_mean_std(vote_why["pass_of_greedy_wrong"], 3)],
-                     [f"  of those: majority@{N_MAX} right", format_mean_std(vote_why["fixed_of_greedy_wrong"], 3)],
-                     [f"greedy right: majority@{N_MAX} wrong", format_mean_std(vote_why["broken_of_greedy_right"], 3)],
-                     ["distinct reasoning chains per distinct answer", format_mean_std(vote_why["chains_per_answer"], 3)]],
-                    title=f"投票为什么追不上贪心：逐题比较 majority@{N_MAX} 与贪心（{len(exp.seeds)} 个种子）")
+    # 投票何时超过贪心：两个模型逐题比较 majority@N_MAX 与贪心
+    vote_why, vote_why_two = vote_vs_greedy(per_seed), vote_vs_greedy(two_method)
+    labels = {"vote_is_greedy": f"majority@{N_MAX} answer == greedy answer (share of problems)",
+              "greedy_wrong": "greedy wrong (share of problems)",
+              "pass_of_greedy_wrong": f"  of those: the right answer among the {N_MAX} samples (pass@{N_MAX})",
+              "fixed_of_greedy_wrong": f"  of those: majority@{N_MAX} right",
+              "broken_of_greedy_right": f"greedy right: majority@{N_MAX} wrong",
+              "chains_per_answer": "distinct reasoning chains per distinct answer",
+              "top_wrong_share": "wrong samples on the most common wrong answer (share)",
+              "direct_share": "samples that answer directly, no draft (share)",
+              "greedy_direct": "greedy answers directly (share of problems)",
+              "direct_accuracy": "  accuracy of direct-answer samples",
+              "draft_accuracy": "  accuracy of draft samples"}
+    exp.print_table(["measure", "one method (draft)", "two methods (draft / direct)"],
+                    [[labels[k], format_mean_std(vote_why[k], 3), format_mean_std(vote_why_two[k], 3)] for k in labels]
+                    + [["greedy accuracy", format_mean_std(seeds_of("greedy"), 3),
+                        format_mean_std(seeds_of("greedy", two_method), 3)],
+                       [f"majority@{N_MAX} accuracy", format_mean_std(seeds_of(f"majority@{N_MAX}"), 3),
+                        format_mean_std(seeds_of(f"majority@{N_MAX}", two_method), 3)],
+                       ["one sample accuracy", format_mean_std(seeds_of("sample1"), 3),
+                        format_mean_std(seeds_of("sample1", two_method), 3)]],
+                    title=f"投票何时超过贪心：只会一种解法（第 {eval_step} 步） vs 会两种解法（{two_method_steps} 步），"
+                          f"逐题比较 majority@{N_MAX} 与贪心（{len(exp.seeds)} 个种子）")
     keys = ["greedy", "greedy_tokens", "sample1", "pass_k_empirical", "pass_k_unbiased", "pass_k_naive"]
     keys += [f"{m}@{n}{suffix}" for n in NS for m in ("majority", "verifier") for suffix in ("", "_tokens")]
     keys += [f"pass@{n}" for n in NS]
+    two_keys = ["greedy", "sample1", f"majority@{N_MAX}", f"pass@{N_MAX}"]
     exp.save_metrics({"steps": steps, "eval_step": eval_step, "n_problems": n_problems, "n_samples": N_MAX,
-                      "temperature": temperature,
-                      "per_seed": {k: seeds_of(k) for k in keys}, "vote_vs_greedy": vote_why})
+                      "temperature": temperature, "two_method_steps": two_method_steps,
+                      "per_seed": {k: seeds_of(k) for k in keys}, "vote_vs_greedy": vote_why,
+                      "two_methods": {k: seeds_of(k, two_method) for k in two_keys},
+                      "two_methods_vote_vs_greedy": vote_why_two})
 
     top = f"@{N_MAX}"
     ev = {k: format_mean_std(seeds_of(k), 3) for k in keys}
@@ -194,10 +267,17 @@ def main():
                          compare_runs(seeds_of(f"majority{top}"), seeds_of("sample1"), "greater",
                                       batches_of(f"majority{top}"), batches_of("sample1")),
                          evidence=f"majority{top} {ev[f'majority{top}']} vs 单条采样 {ev['sample1']}")
-    exp.conclude_verdict(f"多数投票 majority{top} 的准确率高于贪心",
+    exp.conclude_verdict(f"会两种解法（草稿 / 直接答）的模型上，多数投票 majority{top} 的准确率高于贪心",
+                         compare_runs(seeds_of(f"majority{top}", two_method), seeds_of("greedy", two_method), "greater",
+                                      batches_of(f"majority{top}", two_method), batches_of("greedy", two_method)),
+                         evidence=f"majority{top} {format_mean_std(seeds_of(f'majority{top}', two_method), 3)} vs greedy "
+                                  f"{format_mean_std(seeds_of('greedy', two_method), 3)}；贪心直接答的题占 "
+                                  f"{format_mean_std(vote_why_two['greedy_direct'], 3)}")
+    exp.conclude_verdict(f"对照：只会一种解法（草稿写法）的模型上，多数投票 majority{top} 的准确率高于贪心",
                          compare_runs(seeds_of(f"majority{top}"), seeds_of("greedy"), "greater",
                                       batches_of(f"majority{top}"), batches_of("greedy")),
-                         evidence=f"majority{top} {ev[f'majority{top}']} vs greedy {ev['greedy']}")
+                         evidence=f"majority{top} {ev[f'majority{top}']} vs greedy {ev['greedy']}；投票答案与贪心相同的题占 "
+                                  f"{format_mean_std(vote_why['vote_is_greedy'], 3)}")
     exp.conclude_verdict(f"验证器挑选 verifier{top} 的准确率高于多数投票 majority{top}",
                          compare_runs(seeds_of(f"verifier{top}"), seeds_of(f"majority{top}"), "greater",
                                       batches_of(f"verifier{top}"), batches_of(f"majority{top}")),
