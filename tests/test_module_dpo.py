@@ -2,6 +2,7 @@
 
 这些实验只用仓库自带的分词器和 dataset/samples/ 的数据，不下载任何东西，所以不需要 experiment_env（../shared）。
 """
+import json
 import os
 import subprocess
 import sys
@@ -113,29 +114,59 @@ def test_addition_training_pairs_exclude_the_heldout_problems():
     assert all(row["chosen"][-1]["content"] != row["rejected"][-1]["content"] for row in rows)
 
 
-def test_exp2_reference_accuracy_rows_also_pass_the_pair_level_test():
-    """实验 2 完整参考结果里"β=… 在留出对上的偏好准确率高于 0.5"：每个种子都在同一组固定的 60 个留出对上评估，
-    按种子配对只量到训练噪声；判定必须是"按种子配对"与"逐对（3 个种子 × 5 次训练平均的判对比例，n = 60）"两次检验里较弱的那个。
-    两次检验都从 JSON 里的值重算。"""
-    import json
+def load_full_reference(file_name):
+    record = json.loads((EXPERIMENTS / "results" / "reference" / file_name).read_text(encoding="utf-8"))
+    assert record["metadata"]["mode"] == "full" and len(record["metadata"]["seeds"]) == 3
+    return record
 
+
+def check_above_half_takes_the_weaker_test(record, fragment, seed_values, pair_fractions):
+    """完整参考结果里"比例高于 0.5"的一条：每个种子都在同一组固定的对（题）上评估，按种子配对只量到训练噪声，
+    判定必须是"按种子配对"与"逐对（每一对在所有种子 × 复制训练上判对的比例，对 0.5 检验）"两次检验里较弱的那个。
+    两次检验都从 JSON 里的值重算。"""
     from modules.common.noise import compare, exceeds, weakest
 
-    def check(record, fragment, seed_values, pair_fractions):
-        c = find_conclusion(record, fragment)
-        by_seed = compare(seed_values, [0.5] * len(seed_values), "greater", "seeds")
-        by_pair = exceeds(pair_fractions, 0.5, unit="batches")
-        expected = weakest([by_seed, by_pair])
-        assert c["status"] == expected.status and c["noise"]["unit"] == expected.unit, (fragment, c, by_seed, by_pair)
-        assert c["noise"]["n"] == expected.n
+    c = find_conclusion(record, fragment)
+    by_seed = compare(seed_values, [0.5] * len(seed_values), "greater", "seeds")
+    by_pair = exceeds(pair_fractions, 0.5, unit="batches")
+    expected = weakest([by_seed, by_pair])
+    assert c["status"] == expected.status and c["noise"]["unit"] == expected.unit, (fragment, c, by_seed, by_pair)
+    assert c["noise"]["n"] == expected.n
 
-    exp2 = json.loads((EXPERIMENTS / "results" / "reference" / "exp2_beta.json").read_text(encoding="utf-8"))
+
+def test_exp2_reference_accuracy_rows_also_pass_the_pair_level_test():
+    """实验 2 完整参考结果里"β=… 在留出对上的偏好准确率高于 0.5"：逐对是 60 个留出对各自在 3 个种子 × 5 次训练上判对的比例。"""
+    exp2 = load_full_reference("exp2_beta.json")
     m = exp2["metrics"]
-    assert exp2["metadata"]["mode"] == "full" and len(exp2["metadata"]["seeds"]) == 3
     for beta in m["config"]["betas"]:
         assert len(m["pair_correct_mean"][str(beta)]) == m["config"]["n_heldout_pairs"] == 60
-        check(exp2, f"β={beta} 在留出对上的偏好准确率高于 0.5", m["per_beta"][str(beta)]["accuracy"],
-              m["pair_correct_mean"][str(beta)])
+        check_above_half_takes_the_weaker_test(exp2, f"β={beta} 在留出对上的偏好准确率高于 0.5",
+                                               m["per_beta"][str(beta)]["accuracy"], m["pair_correct_mean"][str(beta)])
+
+
+def test_exp1_reference_above_half_rows_also_pass_the_pair_level_test():
+    """实验 1 完整参考结果里七条"比例高于 0.5"：留出对的偏好准确率（60 对）、训练算术对的准确率（监控的 27 对），
+    和 160 道没见过的加法题上的五个比例。逐对的比例：前两条是每一对在 3 个种子 × 10 次主 DPO 上判对的比例（JSON 的
+    pair_correct_mean，它的均值必须等于各种子准确率的均值）；加法题不复制训练，是每道题在 3 个种子上的平均。"""
+    exp1 = load_full_reference("exp1_dpo_basics.json")
+    m = exp1["metrics"]
+    heldout_fractions, train_fractions = m["pair_correct_mean"]["heldout"], m["pair_correct_mean"]["train_arithmetic"]
+    assert len(heldout_fractions) == m["config"]["n_heldout_pairs"] == 60
+    assert len(train_fractions) == len(m["kind_positions"]["train"]["arithmetic"])
+    rows = [("留出对上的偏好准确率高于 0.5", np.array(m["curves"]["heldout"]["accuracy"])[:, -1], heldout_fractions),
+            ("[对照] 训练过的算术对", np.array(m["curves"]["train"]["accuracy_arithmetic"])[:, -1], train_fractions)]
+    for _, seed_values, pair_fractions in rows:
+        assert np.mean(pair_fractions) == pytest.approx(np.mean(seed_values), abs=1e-6)
+    for fragment, regime, key in (("会加法的参考模型（", "can_add", "ref_correct"),
+                                  ("DPO 式的偏好训练学会了'算对'", "can_add_dpop_many", "dpo_correct"),
+                                  ("对照：参考模型会加法、但用标准 DPO", "can_add", "dpo_correct"),
+                                  ("对照：参考模型不会加法时（只在 sft.jsonl 上 SFT）", "cannot_add", "ref_correct"),
+                                  ("对照：参考模型不会加法时，没见过的", "cannot_add", "dpo_correct")):
+        per_problem = np.array(m["addition"][regime][key])  # (种子数, 160)
+        assert per_problem.shape == (3, m["config"]["n_addition_heldout"])
+        rows.append((fragment, per_problem.mean(axis=1), per_problem.mean(axis=0)))
+    for fragment, seed_values, pair_fractions in rows:
+        check_above_half_takes_the_weaker_test(exp1, fragment, seed_values, pair_fractions)
 
 
 @pytest.mark.experiment

@@ -8,6 +8,13 @@
   以及 chosen / rejected 回答的平均序列对数概率。
 每条比较结论都过噪声检验（modules/common/noise.py）：完整模式按种子配对；quick 模式只有一个种子，
 按同一组偏好对逐对配对（KL 用每一对的位置平均 KL），分类型的比较按 N_FOLDS 个固定的留出子集配对。
+"比例高于 0.5"的几条（留出对的偏好准确率、训练算术对的准确率、160 道没见过的加法题上的几个比例）在完整模式里取两次检验中
+较弱的判定：按种子配对，和逐对（每一对 / 每道题在所有种子与复制训练上被判对的比例，对 0.5 检验，n = 对数 / 题数）。
+每个种子都在同一组固定的对上评估，按种子配对的 SE 只量到训练噪声，量不到"抽到的是哪些对"的噪声，而结论说的是这类对的总体。
+（这是看过完整模式判定之后的改动，只会让判定更严；quick 只有一个种子，两次检验是同一组值，quick 的判定不变。）
+2026-12-06 改动后：七条的判定在种子 42–44、1–3 和没见过的 4–6 上都与只按种子配对时逐条相同；逐对 SE 留出对 0.044–0.047、
+训练算术对 0.039–0.044、加法题 0.018–0.032。4–6 上"DPOP 学会了'算对'"按种子配对未确立（+0.144，2.92·SE = 0.174；逐对成立），
+与这次改动无关；见参考结果与 README 的种子表。
 复制训练（modules/common/replicates.py）：同一个参考模型上只换 DPO 的批次顺序，第 10 → 50 步的 log KL 增长
 在单次训练之间的标准差（种子 42–44 上约 0.27）和种子之间的一样大——前 10 步抽到哪些对决定了第 10 步的 KL。
 所以完整模式里每个种子的主 DPO 训练 --replicates 次（默认 10 次，quick 1 次），各项指标取平均后再按种子配对；
@@ -36,7 +43,7 @@ import torch  # noqa: E402
 
 import dpo_lab as lab  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std  # noqa: E402
-from modules.common.noise import compare_runs  # noqa: E402
+from modules.common.noise import compare_runs, exceeds, weakest  # noqa: E402
 from modules.common.replicates import add_replicates_argument, replicate_seed, resolve_replicates  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 
@@ -125,8 +132,11 @@ def main():
         ref_heldout = lab.pair_logprobs(ref, dpo_data, heldout_idx, exp.device)
 
         def evaluate(policy):
-            return {"train": lab.pair_stats(policy, ref, dpo_data, monitor_idx, beta, exp.device, ref_train),
-                    "heldout": lab.pair_stats(policy, ref, dpo_data, heldout_idx, beta, exp.device, ref_heldout)}
+            stats = {"train": lab.pair_stats(policy, ref, dpo_data, monitor_idx, beta, exp.device, ref_train),
+                     "heldout": lab.pair_stats(policy, ref, dpo_data, heldout_idx, beta, exp.device, ref_heldout)}
+            for split_stats in stats.values():  # 逐对判对与否（margin > 0）；复制训练平均后成为每一对被判对的比例
+                split_stats["per_pair"]["correct"] = [float(d > 0) for d in split_stats["per_pair"]["log_ratio"]]
+            return stats
 
         # 同一个参考模型上 R 次 DPO，只换批次顺序（r = 0 用种子本身）；各项指标逐项平均成这个种子的值
         replicate_hists = [lab.train_dpo(ref, dpo_data, train_idx, replicate_seed(seed, r), dpo_steps, beta,
@@ -184,6 +194,22 @@ def main():
     def pair_correct(split, pos, indices=None):  # 逐对的"margin > 0"（0/1），平均值就是偏好准确率
         return [float(d > 0) for d in pair_values(split, "log_ratio", pos, indices)]
 
+    def conclude_above_chance(claim, evidence, seed_values, first_seed_correct, pair_fractions):
+        """记录"这组固定的对 / 题上的比例高于 0.5"：两种噪声都要过，取较弱的判定。
+        每个种子都在同一组固定的对（题）上评估，按种子配对（seed_values，quick 退回第一个种子逐对的 first_seed_correct）
+        的 SE 只量到训练噪声，量不到"抽到的是哪些对"的噪声（60 对、比例 ≈ 0.6 时二项 SE ≈ 0.06）；结论说的是这类对
+        的总体，所以再对逐对的比例 pair_fractions（每一对在所有种子、所有复制训练上判对的比例，n = 对数）检验一次。
+        quick 只有一个种子、一次训练，两次检验是同一组值。证据里附上两次检验各自的结果。"""
+        by_seed = compare_runs(seed_values, [0.5] * n_seeds, "greater", first_seed_correct, [0.5] * len(first_seed_correct))
+        by_pair = exceeds(pair_fractions, 0.5, unit="batches")
+        exp.conclude_verdict(claim, weakest([by_seed, by_pair]),
+                             f"{evidence}；按种子配对 {by_seed.status}（SE={by_seed.se:.3g}），逐对（{len(pair_fractions)} 个，"
+                             f"每个判对的比例取所有种子与复制训练的平均）{by_pair.status}（SE={by_pair.se:.3g}），取较弱的")
+
+    def pair_fractions(split, pos, indices=None):  # 逐对判对的比例：所有种子、所有复制训练的平均
+        fractions = np.mean([run["evals"][pos][split]["per_pair"]["correct"] for run in runs], axis=0)
+        return fractions if indices is None else fractions[indices]
+
     step_e, step_l = eval_steps[early], eval_steps[late]
     train_margin, heldout_margin = curve("train", "margin"), curve("heldout", "margin")
     exp.conclude_verdict(f"训练对上的奖励差在第 {step_e} 步已为正：DPO 一开始就在拉开 chosen 与 rejected",
@@ -201,10 +227,10 @@ def main():
                          f"heldout margin: step {step_e} = {format_mean_std(heldout_margin[:, early], 3)}, "
                          f"step {step_l} = {format_mean_std(heldout_margin[:, late], 3)}")
     heldout_acc = curve("heldout", "accuracy")
-    exp.conclude_verdict("留出对上的偏好准确率高于 0.5（随机猜）",
-                         compare_runs(heldout_acc[:, late], [0.5] * n_seeds, "greater",
-                                      pair_correct("heldout", late), [0.5] * len(heldout_idx)),
-                         f"heldout accuracy @ step {step_l} = {format_mean_std(heldout_acc[:, late], 3)}")
+    # 数据集只有 260 对（200 对训练、60 对留出），没有更多留出对可以廉价地加大评估集
+    conclude_above_chance("留出对上的偏好准确率高于 0.5（随机猜）",
+                          f"heldout accuracy @ step {step_l} = {format_mean_std(heldout_acc[:, late], 3)}",
+                          heldout_acc[:, late], pair_correct("heldout", late), pair_fractions("heldout", late))
     heldout_kl = curve("heldout", "kl")
     # KL 在对数尺度上比较：各种子离参考模型的快慢差的是倍数（同一步的 KL 在种子间差几倍），
     # "KL 增大"就是 log KL 增大；KL ≥ 0，下限 1e-12 只防 log(0)
@@ -255,12 +281,12 @@ def main():
                              f"{other} {format_mean_std(kind_acc[other], 3)}"
                              + (f"（单种子：按 {N_FOLDS} 个固定的留出子集配对）" if n_seeds == 1 else ""))
     train_arith = curve("train", "accuracy_arithmetic")[:, late]
-    exp.conclude_verdict("[对照] 训练过的算术对上偏好准确率高于 0.5：DPO 能逐题记住哪个结果是对的",
-                         compare_runs(train_arith, [0.5] * n_seeds, "greater",
-                                      pair_correct("train", late, positions["train"]["arithmetic"]),
-                                      [0.5] * len(positions["train"]["arithmetic"])),
-                         f"train arithmetic accuracy @ step {step_l} = {format_mean_std(train_arith, 3)}"
-                         f"（{len(positions['train']['arithmetic'])} 对）")
+    # 监控的 27 个算术对是 78 个训练算术对里抽出的一部分：同样要过逐对的噪声
+    conclude_above_chance("[对照] 训练过的算术对上偏好准确率高于 0.5：DPO 能逐题记住哪个结果是对的",
+                          f"train arithmetic accuracy @ step {step_l} = {format_mean_std(train_arith, 3)}"
+                          f"（{len(positions['train']['arithmetic'])} 对）",
+                          train_arith, pair_correct("train", late, positions["train"]["arithmetic"]),
+                          pair_fractions("train", late, positions["train"]["arithmetic"]))
 
     # 算术：160 道没见过的加法题上逐种子的平均 (n_seeds,)——偏好正确的比例或对数概率变化；quick 模式按题配对（第一个种子）
     def addition(regime, key):
@@ -269,9 +295,9 @@ def main():
     def addition_pairs(regime, key):
         return runs[0]["addition"][regime][key]
 
-    def above_half(regime, key):  # 这个比例高于 0.5（瞎猜）：完整模式按种子，quick 按题配对
-        return compare_runs(addition(regime, key), [0.5] * n_seeds, "greater",
-                            addition_pairs(regime, key), [0.5] * n_add)
+    def conclude_above_half(claim, evidence, regime, key):  # 这个比例高于 0.5（瞎猜）：见 conclude_above_chance
+        conclude_above_chance(claim, evidence, addition(regime, key), addition_pairs(regime, key),
+                              np.mean([run["addition"][regime][key] for run in runs], axis=0))
 
     n_add = len(add_idx)
     exp.print_table(["regime", "reference", "loss", "training pairs", "steps", "reference prefers correct",
@@ -283,28 +309,28 @@ def main():
                      for regime, which_ref, loss, pairs in ADDITION_REGIMES],
                     title=f"{n_add} 道没见过的加法题：参考模型自己、隐式奖励（margin > 0）、训练后的策略各自偏好正确结果的比例；"
                           f"DPOP 的 λ = {dpop_lambda}")
-    exp.conclude_verdict(f"会加法的参考模型（在其余 {len(add_sft_questions)} 道加法题上 SFT {add_ref_steps} 步）"
-                         f"在没见过的加法题上自己偏好正确结果：比例高于 0.5",
-                         above_half("can_add", "ref_correct"),
-                         f"can_add reference = {format_mean_std(addition('can_add', 'ref_correct'), 3)}（{n_add} 题）")
+    conclude_above_half(f"会加法的参考模型（在其余 {len(add_sft_questions)} 道加法题上 SFT {add_ref_steps} 步）"
+                        f"在没见过的加法题上自己偏好正确结果：比例高于 0.5",
+                        f"can_add reference = {format_mean_std(addition('can_add', 'ref_correct'), 3)}（{n_add} 题）",
+                        "can_add", "ref_correct")
     exp.conclude_verdict("会加法的参考模型比只在 sft.jsonl 上 SFT 的参考模型更常偏好正确结果",
                          compare_runs(addition("can_add", "ref_correct"), addition("cannot_add", "ref_correct"),
                                       "greater", addition_pairs("can_add", "ref_correct"),
                                       addition_pairs("cannot_add", "ref_correct")),
                          f"reference prefers correct: can_add {format_mean_std(addition('can_add', 'ref_correct'), 3)}, "
                          f"cannot_add {format_mean_std(addition('cannot_add', 'ref_correct'), 3)}")
-    exp.conclude_verdict(f"参考模型会加法时，DPO 式的偏好训练学会了'算对'：用 DPOP 的损失（λ = {dpop_lambda:g}）"
-                         f"在 {len(add_train_idx)} 道加法题的偏好对上训练 {add_dpo_steps} 步，"
-                         f"没见过的加法题上的偏好准确率（margin > 0）高于 0.5",
-                         above_half("can_add_dpop_many", "dpo_correct"),
-                         f"DPOP accuracy = {format_mean_std(addition('can_add_dpop_many', 'dpo_correct'), 3)}；"
-                         f"参考模型自己 = {format_mean_std(addition('can_add', 'ref_correct'), 3)} → "
-                         f"训练后策略自己 = {format_mean_std(addition('can_add_dpop_many', 'policy_correct'), 3)}")
-    exp.conclude_verdict(f"对照：参考模型会加法、但用标准 DPO 只在 dpo.jsonl 的 {len(arith_train_idx)} 个训练算术对上训练 "
-                         f"{dpo_steps} 步时，没见过的加法题上 DPO 的偏好准确率（margin > 0）高于 0.5",
-                         above_half("can_add", "dpo_correct"),
-                         f"DPO accuracy = {format_mean_std(addition('can_add', 'dpo_correct'), 3)}；"
-                         f"参考模型自己 = {format_mean_std(addition('can_add', 'ref_correct'), 3)}")
+    conclude_above_half(f"参考模型会加法时，DPO 式的偏好训练学会了'算对'：用 DPOP 的损失（λ = {dpop_lambda:g}）"
+                        f"在 {len(add_train_idx)} 道加法题的偏好对上训练 {add_dpo_steps} 步，"
+                        f"没见过的加法题上的偏好准确率（margin > 0）高于 0.5",
+                        f"DPOP accuracy = {format_mean_std(addition('can_add_dpop_many', 'dpo_correct'), 3)}；"
+                        f"参考模型自己 = {format_mean_std(addition('can_add', 'ref_correct'), 3)} → "
+                        f"训练后策略自己 = {format_mean_std(addition('can_add_dpop_many', 'policy_correct'), 3)}",
+                        "can_add_dpop_many", "dpo_correct")
+    conclude_above_half(f"对照：参考模型会加法、但用标准 DPO 只在 dpo.jsonl 的 {len(arith_train_idx)} 个训练算术对上训练 "
+                        f"{dpo_steps} 步时，没见过的加法题上 DPO 的偏好准确率（margin > 0）高于 0.5",
+                        f"DPO accuracy = {format_mean_std(addition('can_add', 'dpo_correct'), 3)}；"
+                        f"参考模型自己 = {format_mean_std(addition('can_add', 'ref_correct'), 3)}",
+                        "can_add", "dpo_correct")
     exp.conclude_verdict("参考模型会加法时，DPO 反而压低了它已有的能力：DPO 后策略自己偏好正确结果的比例低于参考模型"
                          "（Pal et al. 2024：只差一两个 token 的偏好对上，DPO 连 chosen 的似然一起压低）",
                          compare_runs(addition("can_add", "policy_correct"), addition("can_add", "ref_correct"), "less",
@@ -319,12 +345,12 @@ def main():
                                       addition_pairs("can_add", "chosen_shift")),
                          f"Δlog p(chosen): DPO {format_mean_std(addition('can_add', 'chosen_shift'), 2)}, "
                          f"DPOP {format_mean_std(addition('can_add_dpop', 'chosen_shift'), 2)}")
-    exp.conclude_verdict("对照：参考模型不会加法时（只在 sft.jsonl 上 SFT），它在没见过的加法题上自己偏好正确结果的比例高于 0.5",
-                         above_half("cannot_add", "ref_correct"),
-                         f"cannot_add reference = {format_mean_std(addition('cannot_add', 'ref_correct'), 3)}")
-    exp.conclude_verdict("对照：参考模型不会加法时，没见过的加法题上 DPO 的偏好准确率（margin > 0）高于 0.5",
-                         above_half("cannot_add", "dpo_correct"),
-                         f"DPO accuracy = {format_mean_std(addition('cannot_add', 'dpo_correct'), 3)}")
+    conclude_above_half("对照：参考模型不会加法时（只在 sft.jsonl 上 SFT），它在没见过的加法题上自己偏好正确结果的比例高于 0.5",
+                        f"cannot_add reference = {format_mean_std(addition('cannot_add', 'ref_correct'), 3)}",
+                        "cannot_add", "ref_correct")
+    conclude_above_half("对照：参考模型不会加法时，没见过的加法题上 DPO 的偏好准确率（margin > 0）高于 0.5",
+                        f"DPO accuracy = {format_mean_std(addition('cannot_add', 'dpo_correct'), 3)}",
+                        "cannot_add", "dpo_correct")
     chosen, rejected = curve("heldout", "chosen_logp"), curve("heldout", "rejected_logp")
     d_chosen, d_rejected = chosen[:, late] - chosen[:, 0], rejected[:, late] - rejected[:, 0]  # (n_seeds,)
 
@@ -378,6 +404,10 @@ def main():
                                                      "chosen_logp", "rejected_logp")
                                          + tuple(f"accuracy_{k}" for k in lab.PAIR_KINDS)}
                                  for split in ("train", "heldout")},
+                      # 最后一步每一对被判对（margin > 0）的比例（所有种子、所有复制训练的平均），准确率的逐对检验用它
+                      "pair_correct_mean": {"heldout": pair_fractions("heldout", late).tolist(),
+                                            "train_arithmetic": pair_fractions(
+                                                "train", late, positions["train"]["arithmetic"]).tolist()},
                       # 第一个种子逐对的值（第 0 步、第一次评估、最后一步），quick 模式的噪声检验就用它们
                       "per_pair_first_seed": {split: {str(eval_steps[pos]): runs[0]["evals"][pos][split]["per_pair"]
                                                       for pos in (0, early, late)} for split in ("train", "heldout")},
