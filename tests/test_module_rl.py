@@ -2,6 +2,7 @@
 检查测得的效应与结论是否一致。实验只用仓库自带的分词器和 dataset/samples/ 的数据，不下载任何东西。
 """
 import itertools
+import json
 import math
 import os
 import subprocess
@@ -148,6 +149,45 @@ def test_exp3_kl_and_clipping(tmp_path, seed):
         assert fragment in stdout, fragment
     assert stdout.count("quick 模式不判定") == len(not_judged)
     assert len(record["conclusions"]) == 7, [c["claim"] for c in record["conclusions"]]
+
+
+# 完整参考结果（R = 2，种子 42–44）里各条的判定：讲义的判定表照录这些；1–3 与 4–6 的判定只写在讲义里（不提交 JSON）
+EXP3_REFERENCE_STATUS = {"在策略上（比率恒为 1）裁剪不起作用": "holds", "重复优化时有 token 被裁剪": "holds",
+                         "β=1 训练后留出题上的 KL": "holds", "β=0.04 的 KL 小于 β=0": "not_established",
+                         "没有 KL 时熵坍缩": "holds", "大 β 减缓熵坍缩": "holds", "β=0 的 RL 提高了留出题的采样准确率": "holds",
+                         "KL 的代价": "holds", "裁剪限制每批采样上走多远": "holds",
+                         "不裁剪会把策略推坏": "not_established", "回答长度不受 β 影响": "holds"}
+
+
+def test_exp3_reference_averages_replicates_and_verdicts_recompute():
+    """实验 3 的完整参考结果：每个种子、每种设置训练 FULL_REPLICATES（= 2）次，每个种子的留出值是这 R 次的平均；
+    各条判定从 JSON 里的种子值重算（按种子配对），与记录的一致，也与讲义判定表里 42–44 一列一致。"""
+    from modules.common.noise import compare, equivalent
+
+    exp3 = load_experiment("exp3_kl_clip")
+    record = json.loads((EXPERIMENTS / "results" / "reference" / "exp3_kl_clip.json").read_text(encoding="utf-8"))
+    m = record["metrics"]
+    assert record["metadata"]["mode"] == "full" and record["metadata"]["seeds"] == [42, 43, 44]
+    assert m["config"]["replicates"] == exp3.FULL_REPLICATES == 2 and exp3.QUICK_REPLICATES == 1
+    held = m["heldout"]
+    for name, per_metric in m["heldout_replicates"].items():
+        for metric, runs in per_metric.items():
+            assert [len(r) for r in runs] == [2, 2, 2], (name, metric)
+            assert np.allclose(held[name][metric], np.mean(runs, axis=1)), (name, metric)
+    recomputed = {"β=0.04 的 KL 小于 β=0": compare(held["beta_small"]["kl"], held["beta0"]["kl"], "less", "seeds"),
+                  "β=1 训练后留出题上的 KL": compare(held["beta_large"]["kl"], held["beta0"]["kl"], "less", "seeds"),
+                  "没有 KL 时熵坍缩": compare(held["beta0"]["entropy"], held["start"]["entropy"], "less", "seeds"),
+                  "大 β 减缓熵坍缩": compare(held["beta_large"]["entropy"], held["beta0"]["entropy"], "greater", "seeds"),
+                  "β=0 的 RL 提高了留出题的采样准确率":
+                      compare(held["beta0"]["accuracy"], held["start"]["accuracy"], "greater", "seeds"),
+                  "KL 的代价": compare(held["beta_large"]["accuracy"], held["beta0"]["accuracy"], "less", "seeds"),
+                  "不裁剪会把策略推坏": compare(held["no_clip"]["accuracy"], held["beta0"]["accuracy"], "less", "seeds"),
+                  "回答长度不受 β 影响": equivalent(held["beta0"]["reply_len"], held["beta_large"]["reply_len"],
+                                               exp3.LENGTH_MARGIN, "seeds")}
+    for fragment, verdict in recomputed.items():
+        assert find_conclusion(record, fragment)["status"] == verdict.status, fragment
+    assert len(record["conclusions"]) == len(EXP3_REFERENCE_STATUS)
+    assert {f: find_conclusion(record, f)["status"] for f in EXP3_REFERENCE_STATUS} == EXP3_REFERENCE_STATUS
 
 
 @pytest.mark.experiment
