@@ -25,7 +25,8 @@
 （r = 0 用种子本身），留出指标与训练曲线取平均后再按种子配对；起点与单批探针每个种子一份，不复制。
 完整模式默认 R = 2（FULL_REPLICATES）。这是看过判定之后的设计改动：R = 1 的参考结果（种子 42–44）里"β=0.04 的 KL 小于 β=0"
 "β=0 的 RL 提高了准确率""KL 的代价"三条未确立，之后才把 R 从 1 改成 2。R 受完整模式 10 分钟 CPU 的预算限制：
-R = 2 的完整运行实测 CPU（user + sys）696 s（42–44）/ 617 s（1–3）/ 671 s（4–6，负载均值 2–6 时测），已经超出预算，所以没有再加。
+R = 2 的完整运行实测 CPU（user + sys）696 s（42–44）/ 617 s（1–3）/ 671 s（4–6，负载均值 2–6 时测），单线程依次跑已经超出预算，所以没有再加；完整模式在 CPU 上默认把种子分给单线程子进程同时跑（--workers，
+modules/common/parallel.py），2 核上种子 42–44 墙钟 497 s，JSON 与单线程依次运行的参考结果逐位相同（核对过）。
 改动之后 42–44（参考结果）、1–3 与从没看过的 4–6 各运行一次（AMD EPYC，与 R = 1 的参考结果不是同一种 CPU），
 三组的判定不论结果都写进讲义：42–44 上"提高准确率""KL 的代价"成立，"β=0.04 的 KL"与"不裁剪会把策略推坏"未确立；
 bound、种子、lr、步数都没有改。
@@ -50,6 +51,7 @@ import torch  # noqa: E402
 import rl_lab as lab  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std  # noqa: E402
 from modules.common.noise import compare_runs, equivalent_runs, exceeds  # noqa: E402
+from modules.common.parallel import add_workers_argument, map_seeds, resolve_workers  # noqa: E402
 from modules.common.replicates import add_replicates_argument, replicate_seed, resolve_replicates  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
 from trainer.rl.losses import k3_kl, masked_mean, policy_loss  # noqa: E402
@@ -71,6 +73,8 @@ FULL = dict(start_epochs=4, steps=20, batch_prompts=16, group=8, eval_prompts=30
 # 每个种子、每种设置训练几次（只换训练的随机数：批次、采样；起点不变）。完整模式 R = 2 是看过判定之后的改动（见文件开头）
 QUICK_REPLICATES, FULL_REPLICATES = 1, 2
 REFERENCE = "experiments/results/reference/exp3_kl_clip.json"
+METRICS = ("accuracy", "reply_len", "kl", "entropy")  # 留出题上每个种子记录的指标
+CURVE_KEYS = ("accuracy", "kl", "entropy", "clip_fraction", "reply_len", "batch_kl")  # 训练曲线
 # quick 不判定的结论及原因（数字的来历见文件开头）
 QUICK_TRAINING_NOISE = ("比较的是两次独立训练的结果，差值里有训练噪声，逐题检验只量到评估噪声：quick 种子 42/1/7/5/2 上，"
                         "\"不裁剪会把策略推坏\"在 7、5 上反向（−0.03、−0.06），\"KL 的代价\"在 42、7 上、"
@@ -81,6 +85,7 @@ QUICK_TRAINING_NOISE = ("比较的是两次独立训练的结果，差值里有�
 def add_args(parser):
     parser.add_argument("--steps", type=int, default=None, help="每种设置的 RL 步数（默认 quick 10，完整 20）")
     add_replicates_argument(parser, QUICK_REPLICATES, FULL_REPLICATES, "只换训练的随机数：批次与采样，起点不变")
+    add_workers_argument(parser)
 
 
 def settings(exp: Experiment) -> dict:
@@ -221,54 +226,64 @@ def clipping_is_inactive_on_policy() -> bool:
                for eps in (0.01, 0.2))
 
 
+def run_seed(seed: int, cfg: dict, replicates: int, device: str) -> dict:
+    """一个种子要做的全部事情：起点、单批探针、起点的留出指标，每种设置 R 次训练（只换训练的随机数，r = 0 用种子本身）
+    各自的留出指标与训练曲线。在顶层定义，map_seeds 才能把它交给单线程子进程（完整模式在 CPU 上几个种子同时跑）。"""
+    tokenizer = lab.load_tokenizer()
+    train_set, eval_set = lab.eval_prompts(tokenizer, lab.RL_TRAIN), lab.eval_prompts(tokenizer)
+    eval_idx = list(range(cfg["eval_prompts"]))
+    Experiment.seed_everything(seed)
+    start = lab.train_task_start(seed, cfg["start_epochs"]).to(device)
+    probe = step_size_probe(start, tokenizer, train_set, cfg, seed)
+
+    def evaluate(policy, reference):
+        Experiment.seed_everything(seed)  # 各设置、各次训练在留出题上用同样的随机数状态采样
+        return heldout_stats(policy, reference, tokenizer, eval_set, eval_idx, cfg["eval_samples"])
+
+    start_stats = evaluate(start, start)
+    runs = {}
+    for name in SETTINGS:
+        runs[name] = []
+        for r in range(replicates):
+            policy, reference, curve, clip0 = train_setting(start, tokenizer, train_set, cfg, name, replicate_seed(seed, r))
+            runs[name].append({"heldout": evaluate(policy, reference), "curve": curve, "first_clip": clip0})
+    return {"probe": probe, "start": start_stats, "runs": runs}
+
+
 def main():
     exp = Experiment(__file__, description="KL 惩罚 β 与裁剪 ε：奖励、到参考模型的 KL、熵、裁剪比例、留出准确率与回答长度",
                      extra_args=add_args)
     cfg = settings(exp)
     replicates = resolve_replicates(exp.args.replicates, exp.quick, QUICK_REPLICATES, FULL_REPLICATES)
-    tokenizer = lab.load_tokenizer()
-    train_set, eval_set = lab.eval_prompts(tokenizer, lab.RL_TRAIN), lab.eval_prompts(tokenizer)
-    eval_idx = list(range(cfg["eval_prompts"]))
     print(f"每步 {cfg['batch_prompts']} 题 × G={cfg['group']}，每批采样优化 μ={ITERATIONS} 次，{cfg['steps']} 步，lr {LR}；"
           f"留出 {cfg['eval_prompts']} 题 × {cfg['eval_samples']} 条；每个种子每种设置平均 {replicates} 次训练（只换训练的随机数）")
 
     names = list(SETTINGS)
-    metrics = ("accuracy", "reply_len", "kl", "entropy")
-    held = {k: {m: [] for m in metrics} for k in ["start"] + names}  # 每个种子的全体平均（R 次训练再平均）
-    held_replicates = {k: {m: [] for m in metrics} for k in names}  # 每个种子 R 次训练各自的值
+    workers = resolve_workers(exp.args.workers, exp.quick, exp.device, len(exp.seeds))
+    per_seed = map_seeds(run_seed, exp.seeds, workers, cfg, replicates, str(exp.device))
+    held = {k: {m: [] for m in METRICS} for k in ["start"] + names}  # 每个种子的全体平均（R 次训练再平均）
+    held_replicates = {k: {m: [] for m in METRICS} for k in names}  # 每个种子 R 次训练各自的值
     held_prompts = {}  # 第一个种子逐题的值（R 次训练再平均；quick 模式按题配对）
-    curves = {k: {m: [] for m in ("accuracy", "kl", "entropy", "clip_fraction", "reply_len", "batch_kl")} for k in names}
+    curves = {k: {m: [] for m in CURVE_KEYS} for k in names}
     first_clip = []
     probe = {"clip": [], "no_clip": []}  # 每个种子一项：每批一条长 PROBE_ITERATIONS 的 KL(π_old‖π_new) 曲线
-    for seed in exp.seeds:
-        Experiment.seed_everything(seed)
-        start = lab.train_task_start(seed, cfg["start_epochs"]).to(exp.device)
-        for key, batches in step_size_probe(start, tokenizer, train_set, cfg, seed).items():
+    for seed, result in zip(exp.seeds, per_seed):
+        for key, batches in result["probe"].items():
             probe[key].append(batches)
-
-        def evaluate(policy, reference):
-            Experiment.seed_everything(seed)  # 各设置、各次训练在留出题上用同样的随机数状态采样
-            return heldout_stats(policy, reference, tokenizer, eval_set, eval_idx, cfg["eval_samples"])
-
-        start_stats = evaluate(start, start)
-        held_prompts.setdefault("start", start_stats)
-        for m in metrics:
-            held["start"][m].append(float(np.mean(start_stats[m])))
+        held_prompts.setdefault("start", result["start"])
+        for m in METRICS:
+            held["start"][m].append(float(np.mean(result["start"][m])))
         for name in names:
-            # 同一个起点上 R 次训练，只换训练的随机数（r = 0 用种子本身）；留出指标与训练曲线逐项平均成这个种子的值
-            results, run_curves = [], []
-            for r in range(replicates):
-                policy, reference, curve, clip0 = train_setting(start, tokenizer, train_set, cfg, name,
-                                                                replicate_seed(seed, r))
-                results.append(evaluate(policy, reference))
-                run_curves.append(curve)
-                first_clip += clip0
-            held_prompts.setdefault(name, {m: np.mean([result[m] for result in results], axis=0).tolist() for m in metrics})
-            for m in metrics:
-                held_replicates[name][m].append([float(np.mean(result[m])) for result in results])
+            # R 次训练的留出指标与训练曲线逐项平均成这个种子的值
+            runs_of_setting = result["runs"][name]
+            held_prompts.setdefault(name, {m: np.mean([run["heldout"][m] for run in runs_of_setting], axis=0).tolist()
+                                           for m in METRICS})
+            for m in METRICS:
+                held_replicates[name][m].append([float(np.mean(run["heldout"][m])) for run in runs_of_setting])
                 held[name][m].append(float(np.mean(held_replicates[name][m][-1])))
             for m in curves[name]:
-                curves[name][m].append(np.mean([c[m] for c in run_curves], axis=0).tolist())
+                curves[name][m].append(np.mean([run["curve"][m] for run in runs_of_setting], axis=0).tolist())
+            first_clip += [clip for run in runs_of_setting for clip in run["first_clip"]]
         print(f"[seed {seed}] " + "；".join(f"{LABELS[k] if k in LABELS else k}: 准确率 {held[k]['accuracy'][-1]:.3f}，"
                                             f"KL {held[k]['kl'][-1]:.3f}，熵 {held[k]['entropy'][-1]:.3f}"
                                             for k in ["start"] + names))
@@ -290,7 +305,7 @@ def main():
                     title=f"单批探针：同一个起点、同一批采样（{cfg['probe_batches']} 批，各 {cfg['batch_prompts']} 题 × G={cfg['group']}），"
                           f"β=0，连续优化 μ={PROBE_ITERATIONS} 次；各批几何平均")
     exp.print_table(["setting", "held-out acc", "reply tokens", "exact KL(π‖π_ref)", "entropy"],
-                    [[LABELS.get(k, "start (no RL)"), *(format_mean_std(held[k][m], 3) for m in metrics)]
+                    [[LABELS.get(k, "start (no RL)"), *(format_mean_std(held[k][m], 3) for m in METRICS)]
                      for k in ["start"] + names], title=f"训练后，留出 {cfg['eval_prompts']} 题 × {cfg['eval_samples']} 条采样")
 
     # 训练噪声：同一个起点上单次训练之间的差值标准差 vs 种子之间（R 次平均后）的标准差；起点没有复制，取它本身
