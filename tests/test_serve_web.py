@@ -70,7 +70,7 @@ def ask(page, text):
     page.press("#input", "Enter")
 
 
-def test_chat_page_streams_a_reply_stops_and_keeps_multi_turn_history(visit, server, engine):
+def test_chat_page_streams_a_reply_stops_and_keeps_multi_turn_history(visit, server, engine, monkeypatch):
     page = open_chat(visit, max_tokens=40)
     ask(page, "你好")
     page.wait_for_selector("#send:has-text('停止')")
@@ -89,6 +89,15 @@ def test_chat_page_streams_a_reply_stops_and_keeps_multi_turn_history(visit, ser
     page.route("**/v1/chat/completions",
                lambda route: route.continue_(post_data=json.dumps(dict(json.loads(route.request.post_data),
                                                                        ignore_eos=True))))
+    # 服务端每步多等 5 ms：3000 个 token 至少 15 s，"停止"一定在写完之前到达。不加时这个很小的模型 1～2 s 就写完
+    # 3000 个 token，CI 在负载下出现过点"停止"之前已经写完（f8ec1b0 的 CI：状态是"已达到 max_tokens"，不是"已停止"）
+    forward = engine.model.forward
+
+    def slow_forward(*args, **kwargs):
+        time.sleep(0.005)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "forward", slow_forward)
     before = engine.completed
     ask(page, "再说长一点")
     page.wait_for_function("document.querySelectorAll('.message.assistant .content')[1].textContent.length > 20")
@@ -100,6 +109,7 @@ def test_chat_page_streams_a_reply_stops_and_keeps_multi_turn_history(visit, ser
         assert time.time() < deadline, "停止后服务端的生成没有结束"
         time.sleep(0.05)
     assert engine.recent[-1].finish_reason == "cancelled"
+    monkeypatch.undo()
     partial = page.inner_text(".message.assistant >> nth=1")
     page.unroute("**/v1/chat/completions")
 
