@@ -175,7 +175,7 @@ def test_exp1_margin_rises_and_generalises(tmp_path):
     成立的结论再断言效应本身的方向。"""
     from modules.common.noise import compare, exceeds
 
-    record, _ = run_quick("exp1_dpo_basics.py", tmp_path)
+    record, stdout = run_quick("exp1_dpo_basics.py", tmp_path)
     m = record["metrics"]
     steps, beta, n_folds = m["eval_steps"], m["config"]["beta"], m["config"]["n_folds"]
     # quick 不复制训练（--replicates 默认 1）：唯一一次复制的 log KL 增长就是曲线上的增长
@@ -218,8 +218,6 @@ def test_exp1_margin_rises_and_generalises(tmp_path):
     shift = {key: np.subtract(values("heldout", late, key), values("heldout", "0", key)) for key in ("chosen_logp", "rejected_logp")}
     v = checked("奖励差主要来自压低 rejected", compare(shift["rejected_logp"], shift["chosen_logp"], "less", "batches"))
     assert v.holds and shift["rejected_logp"].mean() < shift["chosen_logp"].mean() < 0  # chosen 自己也下降
-    v = checked("[对照] 训练过的算术对", exceeds(correct("train", late, "arithmetic"), 0.5, unit="batches"))
-    assert v.holds and np.mean(correct("train", late, "arithmetic")) > 0.5
 
     def folds(kind):
         c = correct("heldout", late, kind)
@@ -227,13 +225,22 @@ def test_exp1_margin_rises_and_generalises(tmp_path):
 
     v = checked("refusal 的留出准确率高于 wrong_fact", compare(folds("refusal"), folds("wrong_fact"), "greater", "batches"))
     assert v.holds and np.mean(correct("heldout", late, "refusal")) > 0.8  # "敷衍回答"这种表面特征推广得很好
-    # 下面两条在 60 个留出对的噪声边缘：quick 种子之间判定不一（refusal > arithmetic：种子 1 未确立；
-    # 准确率 > 0.5：种子 42、1 未确立，Δ ≈ +0.10–0.12 而 2·SE ≈ 0.13；种子 7、5 成立）。
+    # 下面这条在 60 个留出对的噪声边缘：quick 种子之间判定不一（refusal > arithmetic：种子 1 未确立）。
     # 这里断言判定与重算一致、方向不反、效应本身的方向与参考运行相同
     v = checked("refusal 的留出准确率高于 arithmetic", compare(folds("refusal"), folds("arithmetic"), "greater", "batches"))
     assert v.status != "fails" and v.mean_delta > 0
-    v = checked("偏好准确率高于 0.5（随机猜）", exceeds(correct("heldout", late), 0.5, unit="batches"))
-    assert v.status != "fails" and v.mean_delta > 0
+    # quick 不判定的两条"比例高于 0.5"（原因见 exp1_dpo_basics.py 的 QUICK_HELDOUT_ACCURACY / QUICK_TRAIN_ARITHMETIC）：
+    # 不是结论，记进 quick_undecided，打印的 Δ 就是逐对数据重算的
+    undecided = m["quick_undecided"]
+    assert len(undecided) == 2, [u["claim"] for u in undecided]
+    for fragment, pair_correct in (("留出对上的偏好准确率高于 0.5（随机猜）", correct("heldout", late)),
+                                   ("[对照] 训练过的算术对", correct("train", late, "arithmetic"))):
+        assert not [c for c in record["conclusions"] if fragment in c["claim"]], fragment
+        entry = next(u for u in undecided if fragment in u["claim"])
+        v = exceeds(pair_correct, 0.5, unit="batches")
+        assert f"Δ={v.mean_delta:+.3g}" in entry["evidence"] and entry["reason"], entry
+        assert v.mean_delta > 0, entry  # 方向与完整参考结果相同：quick 种子 42/1/7/5/11/13 上都为正（+0.03～+0.28）
+    assert stdout.count("quick 模式不判定") == len(undecided)
     assert len(m["reference_prefers_chosen_by_kind"]["arithmetic"]) == 1
 
     # 算术：160 道参考模型和偏好训练都没见过的加法题，逐题的值（第一个种子），判定按题配对重算
@@ -252,11 +259,11 @@ def test_exp1_margin_rises_and_generalises(tmp_path):
     v = checked("会加法的参考模型比只在 sft.jsonl", compare(can["ref_correct"], cannot["ref_correct"], "greater", "batches"))
     assert v.holds and np.mean(can["ref_correct"]) > np.mean(cannot["ref_correct"])
     # "DPO 学会了'算对'"在文献的设定里成立：DPOP 的损失（λ = 50，Pal et al. 2024）+ 722 道加法题的偏好对、300 步，
-    # 没见过的加法题上偏好准确率高于 0.5（quick 种子 42、1、7、5 都成立）
+    # 没见过的加法题上偏好准确率高于 0.5（quick 种子 42、1、7、11、13 成立；2026-12-06 重跑时种子 5 未确立：0.537，见讲义）
     v = checked("DPO 式的偏好训练学会了'算对'", exceeds(dpop_many["dpo_correct"], 0.5, unit="batches"))
     assert v.holds and np.mean(dpop_many["dpo_correct"]) > 0.5
     # 对照（课程原来的设定）：标准 DPO 只在 78 个 dpo.jsonl 算术对上训练 50 步，准确率在 0.5 附近——
-    # quick 种子 42、1、7、5 都是"未确立"，断言判定与重算一致且不是"成立"
+    # quick 种子 42、1、7、5、11、13 都是"未确立"，断言判定与重算一致且不是"成立"（完整种子 42–44 上低于 0.5，❌ 也是预期的一面）
     v = checked("对照：参考模型会加法、但用标准 DPO", exceeds(can["dpo_correct"], 0.5, unit="batches"))
     assert v.status != "holds", v
     # 机制（Pal et al. 2024）：同样的 78 对、50 步，标准 DPO 把 chosen 的对数概率压低，DPOP 的惩罚项挡住了这一点
@@ -267,10 +274,11 @@ def test_exp1_margin_rises_and_generalises(tmp_path):
     v = checked("DPO 反而压低了它已有的能力", compare(can["policy_correct"], can["ref_correct"], "less", "batches"))
     assert v.holds and np.mean(can["policy_correct"]) < np.mean(can["ref_correct"])
     # 对照：不会加法的参考模型自己是瞎猜，DPO 之后也是
+    # 这两条对照预期"未确立"（瞎猜，比例在 0.5 附近）：quick 种子 42/1/7/5/11/13 上都是 ❔，所以断言的就是 ❔
     v = checked("对照：参考模型不会加法时（只在 sft.jsonl 上 SFT）", exceeds(cannot["ref_correct"], 0.5, unit="batches"))
-    assert v.status != "holds" and abs(np.mean(cannot["ref_correct"]) - 0.5) < 0.1, v
+    assert v.status == "not_established" and abs(np.mean(cannot["ref_correct"]) - 0.5) < 0.1, v
     v = checked("对照：参考模型不会加法时，没见过的", exceeds(cannot["dpo_correct"], 0.5, unit="batches"))
-    assert v.status != "holds", v
+    assert v.status == "not_established", v
 
 
 @pytest.mark.experiment
@@ -305,9 +313,13 @@ def test_exp2_larger_beta_stays_closer_to_reference(tmp_path):
     #   quick 种子 42/1/7/5/2/3 上判定不一（Δ 在种子 1、2 未确立；准确率在种子 42、1、3 上有未确立的）。
     not_judged = [f"β={higher} 的 KL 小于 β={lower}" for lower, higher in zip(betas, betas[1:])]
     not_judged += [f"β={small} 的 Δ 大于 β={large}"] + [f"β={b} 在留出对上的偏好准确率高于 0.5" for b in betas]
+    undecided = m["quick_undecided"]
+    assert len(undecided) == len(not_judged), [u["claim"] for u in undecided]
     for fragment in not_judged:
         assert not [c for c in record["conclusions"] if fragment in c["claim"]], fragment
         assert fragment in stdout, fragment
+        entry = next(u for u in undecided if fragment in u["claim"])
+        assert entry["reason"] and "Δ=" in entry["evidence"] and "SE=" in entry["evidence"], entry  # 测得的值与噪声
     assert stdout.count("quick 模式不判定") == len(not_judged)
     assert len(record["conclusions"]) == 1, [c["claim"] for c in record["conclusions"]]
     # 打印的值就是 JSON 里的单次测量
@@ -320,7 +332,7 @@ def test_exp2_larger_beta_stays_closer_to_reference(tmp_path):
 
 @pytest.mark.experiment
 def test_exp3_dpo_pushes_rejected_down_more_than_sft(tmp_path):
-    record, _ = run_quick("exp3_sft_vs_dpo.py", tmp_path)
+    record, stdout = run_quick("exp3_sft_vs_dpo.py", tmp_path)
     shifts = record["metrics"]["shifts"]
     n_pairs = {split: len(record["metrics"]["pair_shifts_first_seed"]["dpo"][split]["chosen"])
                for split in ("heldout", "train")}
@@ -346,9 +358,6 @@ def test_exp3_dpo_pushes_rejected_down_more_than_sft(tmp_path):
     for split in ("heldout", "train"):
         assert measured(f"[{split}] 与此同时，DPO 让 chosen 自己的对数概率下降", split)["status"] == "holds"
         assert np.mean(shifts["dpo"][split]["chosen"]) < 0
-    # SFT(chosen) 在留出对上的两条效应（约 +0.2～+0.4 nat）与 60 个偏好对的噪声同一量级：quick 种子 42 上未确立、种子 1 上成立
-    for fragment in ("SFT(chosen) 抬高了 chosen", "[heldout] SFT(chosen) 也把 rejected"):
-        assert measured(fragment)["status"] != "fails"
 
     # 按类型：判定用 JSON 里第一个种子的逐对变化重算（只取这一类的留出对，逐对配对）
     from modules.common.noise import exceeds
@@ -370,9 +379,22 @@ def test_exp3_dpo_pushes_rejected_down_more_than_sft(tmp_path):
     v, rejected = kind_check("[heldout arithmetic：好坏回答只差结果数字]", "arithmetic")
     chosen = [sft_pairs["chosen"][p] for p in m["heldout_kind_positions"]["arithmetic"]]
     assert v.holds and np.mean(rejected) > 0.5 * np.mean(chosen) > 0
-    # 对照：refusal 对的 rejected 是敷衍话，与 chosen 几乎不共享 token——SFT(chosen) 没有把它抬高，反而压低
-    v, rejected = kind_check("对照：[heldout refusal", "refusal")
-    assert v.status != "holds" and np.mean(rejected) < 0, v
+    # quick 不判定的三条（原因见 exp3_sft_vs_dpo.py 的 QUICK_SFT_HELDOUT / QUICK_REFUSAL_CONTRAST）：SFT(chosen) 在留出对上
+    # 的两条和 refusal 对照。不是结论，记进 quick_undecided，打印的 Δ 就是逐对数据重算的
+    undecided = m["quick_undecided"]
+    assert len(undecided) == 3, [u["claim"] for u in undecided]
+    refusal = [sft_pairs["rejected"][p] for p in m["heldout_kind_positions"]["refusal"]]
+    for fragment, pairs in (("[heldout] SFT(chosen) 抬高了 chosen", sft_pairs["chosen"]),
+                            ("[heldout] SFT(chosen) 也把 rejected 一起抬高了", sft_pairs["rejected"]),
+                            ("对照：[heldout refusal", refusal)):
+        assert not [c for c in record["conclusions"] if fragment in c["claim"]], fragment
+        entry = next(u for u in undecided if fragment in u["claim"])
+        v = exceeds(pairs, 0.0, unit="batches")
+        assert v.n == len(pairs) and f"Δ={v.mean_delta:+.3g}" in entry["evidence"] and entry["reason"], entry
+    # 对照的机制（概率质量挪给 chosen 的说法）：SFT(chosen) 把 refusal 的 rejected 压低——quick 种子 42/1/7/5/11/13 上
+    # 都为负（−0.33～−2.02），判定在 ❌ 与 ❔ 之间翻转
+    assert np.mean(refusal) < 0, refusal
+    assert stdout.count("quick 模式不判定") == len(undecided)
 
 
 @pytest.mark.parametrize("script, args, fragment", [

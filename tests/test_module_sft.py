@@ -180,14 +180,18 @@ def test_exp3_sft_answers_follow_the_template(tmp_path, experiment_env):
     for fragment, kind, n in (("事实题完全答对", "fact", 22), ("算术题完全答对", "arithmetic", 21)):
         c = check(fragment, exceeds(per["sft"][f"exact_{kind}"], 0.5, "less", unit="batches"))
         assert c["status"] == "holds" and len(per["sft"][f"exact_{kind}"]) == n and avg(per["sft"][f"exact_{kind}"]) < 0.5, c
-    # 会停（对照）、长度更接近参考：quick 下依赖种子——只核对判定由逐问题数据重算一致，再登记豁免
-    c = check("以 <|im_end|> 结束的回答比例", compare(per["sft"]["ended"], per["pretrained"]["ended"], "greater", unit="batches"))
-    assert c["claim"].startswith("对照："), c
+    # 会停（对照）：quick 不判定（完整模式的预训练模型已在天花板；quick 只预训练 120 步，预训练模型会停的比例随种子变，
+    # 42/1/7/5/11/13 上 0.85/0.60/0.15/0.92/1.00/1.00，对照的判定 ❔/✅/✅/✅/❔/❔）：不是结论，记进 quick_undecided，
+    # 打印的是逐问题数据算出的差
+    assert not [c for c in record["conclusions"] if "以 <|im_end|> 结束的回答比例" in c["claim"]]
+    undecided = m["quick_undecided"]
+    assert len(undecided) == 1 and undecided[0]["claim"].startswith("对照：SFT 后以 <|im_end|> 结束"), undecided
+    stop = compare(per["sft"]["ended"], per["pretrained"]["ended"], "greater", unit="batches")
+    assert f"Δ={stop.mean_delta:+.3g}" in undecided[0]["evidence"] and undecided[0]["reason"], undecided
+    assert stdout.count("quick 模式不判定") == 1
+    # 长度更接近参考：quick 下依赖种子——只核对判定由逐问题数据重算一致，再登记豁免
     check("长度更接近", compare(per["sft"]["length_error"], per["pretrained"]["length_error"], "less", unit="batches"))
     exempt_conclusions(record, {
-        "以 <|im_end|> 结束的回答比例": "对照（完整模式的预训练模型已在天花板）；quick 只预训练 120 步，预训练模型会停的比例"
-                                   "随种子变（42/1/7：85%/60%/15%），SFT 后的提高在 42 上在噪声以内、在 1、7 上成立"
-                                   "（见 README 的逐种子表）",
         "长度更接近": "quick 种子 42 的 SFT 模型（80 步）有几条回答停不下来、重复到 48 个 token，长度误差 9.1 → 6.4 "
-                  "只在噪声以内（quick 1、7 与完整模式成立，见 README 的逐种子表）"})
+                  "只在噪声以内（quick 1、7、5、11、13 与完整模式成立，见 README 的逐种子表）"})
     assert "Same prompts" in stdout

@@ -85,7 +85,13 @@ def test_exp1_post_norm_suffers_at_high_lr(tmp_path, experiment_env, char_unigra
     # 最低点 3.27～3.30），种子 3、2 却先学到 3.19、2.88 再回升 0.32、0.60——出不出尖峰随种子变，单种子的一个数量不到这个噪声
     claims = " ".join(c["claim"] for c in record["conclusions"])
     assert "变差的幅度" not in claims and "最大回升" not in claims
-    assert "quick 模式不判定" in stdout
+    not_judged = ("Post-Norm 损失变差的幅度大于 Pre-Norm", "最大回升（loss spike）大于 Pre-Norm", "对照：标准调度")
+    undecided = m["quick_undecided"]
+    assert len(undecided) == len(not_judged), [u["claim"] for u in undecided]
+    for fragment in not_judged:
+        entry = next(u for u in undecided if fragment in u["claim"])
+        assert fragment in stdout and entry["reason"] and "无法估计噪声" in entry["evidence"], entry  # 单种子只有一个数
+    assert stdout.count("quick 模式不判定") == len(not_judged)
     assert f"最大回升 Post-Norm {ramp['post']['max_rise'][0]:.3f}、Pre-Norm {ramp['pre']['max_rise'][0]:.3f}" in stdout
 
 

@@ -277,37 +277,39 @@ def main():
 
     post_rise, pre_rise = results[high]["post"]["max_rise"], results[high]["pre"]["max_rise"]
     ramp_post, ramp_pre = ramp["post"]["max_rise"], ramp["pre"]["max_rise"]
-    if exp.quick:
-        # 这三条只在完整模式（300 步 × 3 个种子）下结论：quick 的 100 步里 Post-Norm 在正常学习率下也还停在
-        # 一元熵的平台上（"变差的幅度"无从比较）；100 步的斜坡升得太快，多数种子上 Post-Norm 还没离开平台学习率就过了
-        # 它的上限，无从"回升"（quick 种子 2、3 例外：先学到 2.88、3.19 再回升 0.60、0.32）——出不出尖峰随种子变，
-        # 而最大回升每次运行只有一个数，单种子量不到它的噪声
-        print("quick 模式不判定\"Post-Norm 变差的幅度大于 Pre-Norm\"与两条\"最大回升大于 Pre-Norm\"：100 步时 Post-Norm "
-              f"在正常学习率下也还在平台上（{m(normal, 'post'):.3f}）；斜坡上 Post-Norm 平滑训练损失的最低点 "
-              f"{ramp['post']['min_smoothed_loss'][0]:.3f}（一元熵 {unigram:.3f}），最大回升 Post-Norm {ramp_post[0]:.3f}、"
-              f"Pre-Norm {ramp_pre[0]:.3f}：出不出尖峰随种子变，每次运行只有一个数；见完整模式")
-    else:
-        exp.conclude_verdict(f"学习率从 {LRS[normal]:g} 升到 {LRS[high]:g}，Post-Norm 损失变差的幅度大于 Pre-Norm",
-                             compare_runs(damage("post"), damage("pre"), "greater"),
-                             evidence=f"Post-Norm {m(normal, 'post'):.4f} → {m(high, 'post'):.4f}；"
-                                      f"Pre-Norm {m(normal, 'pre'):.4f} → {m(high, 'pre'):.4f}")
-        floor = format_mean_std(results[normal]["pre"]["max_rise"], 3)
-        exp.conclude_verdict(f"学习率斜坡（整个训练从 0 线性升到 {LRS[high]:g}）上，Post-Norm 训练损失"
-                             f"（{SMOOTH_WINDOW} 步滑动平均）的最大回升（loss spike）大于 Pre-Norm",
-                             compare_runs(ramp_post, ramp_pre, "greater"),
-                             evidence=f"最大回升：Post-Norm {format_mean_std(ramp_post, 3)}，"
-                                      f"Pre-Norm {format_mean_std(ramp_pre, 3)} nats；Post-Norm 回升前的最低点 "
-                                      f"{format_mean_std(ramp['post']['min_smoothed_loss'], 3)}，开始回升时学习率 "
-                                      f"{format_mean_std(ramp['post']['lr_at_rise_start'], 3)}；噪声底：正常学习率下 "
-                                      f"Pre-Norm {floor}")
-        exp.conclude_verdict(f"对照：标准调度（10% warmup + 余弦衰减）、学习率 {LRS[high]:g} 下，Post-Norm 训练损失"
-                             f"（{SMOOTH_WINDOW} 步滑动平均）的最大回升大于 Pre-Norm",
-                             compare_runs(post_rise, pre_rise, "greater"),
-                             evidence=f"最大回升：Post-Norm {format_mean_std(post_rise, 3)}，"
-                                      f"Pre-Norm {format_mean_std(pre_rise, 3)} nats；Post-Norm 平滑训练损失最低只到 "
-                                      f"{format_mean_std(results[high]['post']['min_smoothed_loss'], 3)}（一元熵 "
-                                      f"{unigram:.3f}，Pre-Norm {format_mean_std(results[high]['pre']['min_smoothed_loss'], 3)}）："
-                                      f"没有先学会，就无从回升；噪声底 {floor}")
+    # 下面三条只在完整模式（300 步 × 3 个种子）下判定；quick 只打印测得的值与原因（conclude_verdict 的 quick_reason）
+    plateau_reason = (f"100 步时 Post-Norm 在正常学习率下也还在一元熵（{unigram:.3f}）的平台上"
+                      f"（{m(normal, 'post'):.3f}），\"变差的幅度\"无从比较；每个种子只有一个差值，单种子量不到它的噪声")
+    spike_reason = (f"100 步的斜坡上 Post-Norm 平滑训练损失的最低点 {ramp['post']['min_smoothed_loss'][0]:.3f}"
+                    f"（一元熵 {unigram:.3f}），最大回升 Post-Norm {ramp_post[0]:.3f}、Pre-Norm {ramp_pre[0]:.3f}："
+                    "quick 种子 42/1/7/5 上 Post-Norm 还没离开平台学习率就过了上限，种子 2、3 却先学到 2.88、3.19 再回升"
+                    " 0.60、0.32——出不出尖峰随种子变，每次运行只有一个数，单种子量不到它的噪声")
+    plateau_rise_reason = (f"标准调度下 Post-Norm 平滑训练损失最低只到 {results[high]['post']['min_smoothed_loss'][0]:.3f}"
+                           f"（一元熵 {unigram:.3f}），最大回升每次运行只有一个数，单种子量不到它的噪声")
+    exp.conclude_verdict(f"学习率从 {LRS[normal]:g} 升到 {LRS[high]:g}，Post-Norm 损失变差的幅度大于 Pre-Norm",
+                         compare_runs(damage("post"), damage("pre"), "greater"),
+                         evidence=f"Post-Norm {m(normal, 'post'):.4f} → {m(high, 'post'):.4f}；"
+                                  f"Pre-Norm {m(normal, 'pre'):.4f} → {m(high, 'pre'):.4f}",
+                         quick_reason=plateau_reason)
+    floor = format_mean_std(results[normal]["pre"]["max_rise"], 3)
+    exp.conclude_verdict(f"学习率斜坡（整个训练从 0 线性升到 {LRS[high]:g}）上，Post-Norm 训练损失"
+                         f"（{SMOOTH_WINDOW} 步滑动平均）的最大回升（loss spike）大于 Pre-Norm",
+                         compare_runs(ramp_post, ramp_pre, "greater"),
+                         evidence=f"最大回升：Post-Norm {format_mean_std(ramp_post, 3)}，"
+                                  f"Pre-Norm {format_mean_std(ramp_pre, 3)} nats；Post-Norm 回升前的最低点 "
+                                  f"{format_mean_std(ramp['post']['min_smoothed_loss'], 3)}，开始回升时学习率 "
+                                  f"{format_mean_std(ramp['post']['lr_at_rise_start'], 3)}；噪声底：正常学习率下 "
+                                  f"Pre-Norm {floor}",
+                         quick_reason=spike_reason)
+    exp.conclude_verdict(f"对照：标准调度（10% warmup + 余弦衰减）、学习率 {LRS[high]:g} 下，Post-Norm 训练损失"
+                         f"（{SMOOTH_WINDOW} 步滑动平均）的最大回升大于 Pre-Norm",
+                         compare_runs(post_rise, pre_rise, "greater"),
+                         evidence=f"最大回升：Post-Norm {format_mean_std(post_rise, 3)}，"
+                                  f"Pre-Norm {format_mean_std(pre_rise, 3)} nats；Post-Norm 平滑训练损失最低只到 "
+                                  f"{format_mean_std(results[high]['post']['min_smoothed_loss'], 3)}（一元熵 "
+                                  f"{unigram:.3f}，Pre-Norm {format_mean_std(results[high]['pre']['min_smoothed_loss'], 3)}）："
+                                  f"没有先学会，就无从回升；噪声底 {floor}",
+                         quick_reason=plateau_rise_reason)
     for lr_name in LRS:
         par, pre = results[lr_name]["parallel"], results[lr_name]["pre"]
         exp.conclude_verdict(

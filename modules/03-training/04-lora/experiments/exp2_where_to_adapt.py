@@ -15,6 +15,9 @@
 - 留出 loss：48 条没训练过的对话上的 loss——泛化，论文报告的是这一种（下游任务的验证集）。
 比较都经共享噪声检验（modules/common/noise.py）：完整模式按种子配对；quick 只有一个种子时按对话逐条配对
 （每条对话是一个评估单元：拟合用 230 条训练对话，留出用 48 条留出对话），只量到评估数据的噪声。
+"留出 loss 上 attn+FFN 好于其余每一种"quick 不判定、只打印测得的值（QUICK_HELDOUT_BEST）：它与 q,k,v,o 的差主要来自基座本身
+（见 teaching.md），完整模式两组种子也未确立，单种子的逐条配对量不到它；2026-12-06 的 quick 种子 42/1/7/5/11/13 上是 ❔/❔/❔/❔/❔/✅。
+这是看过 quick 判定之后的改动，完整模式的结果不变。
 """
 import sys
 from pathlib import Path
@@ -37,6 +40,10 @@ PLACEMENTS = {  # 名字 → target_modules（按 Linear 名字的最后一段�
 }
 ALL_LINEAR = "attn+FFN"
 EVAL_BATCH = 1  # quick 模式单种子时的配对单元：一条对话一个评估批次
+# quick 不判定"留出 loss 上 attn+FFN 好于其余每一种"（交给 exp.conclude_verdict 的 quick_reason；数字的来历见文件开头）
+QUICK_HELDOUT_BEST = ("留出 loss 上 attn+FFN 与 q,k,v,o 的差主要随基座变（完整模式种子间 std 0.027，同一基座只换微调 0.016），"
+                      "完整模式两组种子也未确立；单种子按 48 段留出对话逐条配对只量到评估噪声，量不到基座的差。"
+                      "quick 种子 42/1/7/5/11/13 上 q,k,v,o − attn+FFN 的留出 loss 差是 −0.026/+0.027/+0.007/+0.032/+0.010/+0.022，判定 ❔/❔/❔/❔/❔/✅，随种子翻转")
 SPREAD_FACTOR = 5  # "远小于"的界（看结果之前定好）：挂载位置的最大差距不到 LoRA 相对基座下降量的 1/5
 
 
@@ -159,14 +166,16 @@ def main():
         return compare_runs(runs[a][key], runs[b][key], direction, runs[a][batches], runs[b][batches])
 
     others = [n for n in PLACEMENTS if n != ALL_LINEAR]
-    for key, what in [("fit_loss", "对新任务训练对话的拟合 loss（容量）"), ("new_loss", "留出对话的新任务 loss（泛化）")]:
+    for key, what, quick_reason in [("fit_loss", "对新任务训练对话的拟合 loss（容量）", None),
+                                    ("new_loss", "留出对话的新任务 loss（泛化）", QUICK_HELDOUT_BEST)]:
         pairwise = {n: verdict(ALL_LINEAR, n, key) for n in others}
         exp.conclude_verdict(f"参数量相同时，挂到注意力 + FFN 所有 Linear 上的{what}低于其余每一种挂载方案"
                              "（与三种逐一比较，每一次都超出噪声）",
                              weakest(pairwise),
                              "；".join(f"vs {n}：{mean[key][n]:.3f} − {mean[key][ALL_LINEAR]:.3f} = "
                                        f"{mean[key][n] - mean[key][ALL_LINEAR]:+.3f}（{v.status}）"
-                                       for n, v in pairwise.items()) + "；下面是决定结论的那一次比较")
+                                       for n, v in pairwise.items()) + "；下面是决定结论的那一次比较",
+                             quick_reason=quick_reason)
     exp.conclude_verdict("参数量相同时，q,k,v,o 全部挂，留出对话的新任务 loss 低于只挂 q,v",
                          verdict("q,k,v,o", "q,v", "new_loss"),
                          f"q,k,v,o {mean['new_loss']['q,k,v,o']:.3f} vs q,v {mean['new_loss']['q,v']:.3f}")

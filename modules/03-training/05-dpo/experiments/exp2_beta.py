@@ -50,8 +50,7 @@ N_TRAIN_EVAL = 60  # 测梯度权重用的训练对（固定的前 60 对，同�
 # 完整模式每个种子每个 β 训练几次：按 CPU 预算定（每次 4 个 β 约 10 s CPU，5 次让完整模式单独运行约 3 min），
 # 在看任何判定之前定下
 QUICK_REPLICATES, FULL_REPLICATES = 1, 5
-REFERENCE = "experiments/results/reference/exp2_beta.json"
-# quick 不判定的结论及原因（数字的来历见文件开头）
+# quick 不判定的结论及原因（数字的来历见文件开头），交给 exp.conclude_verdict 的 quick_reason
 QUICK_TRAINING_NOISE = ("相邻两档的 KL 差只有单次训练标准差的 1.5–2.5 倍（完整参考结果每个种子 5 次训练：对照档 0.055、"
                         "0.1 → 0.5 为 0.14、0.5 → 2 为 0.23），一次训练的逐对检验量不到它，判定随批次顺序翻转")
 QUICK_EVAL_NOISE = "60 个留出对的评估噪声与效应同量级（Δ 的逐对 SE 0.66–1.23，准确率的 SE ≈ 0.06），quick 种子之间判定不一"
@@ -142,15 +141,6 @@ def main():
         return (f"KL: β={beta_a} → {kl[beta_a]:.4f}, β={beta_b} → {kl[beta_b]:.4f} nat/token；"
                 f"训练对上的梯度权重 σ(−β·Δ): β={beta_a} → {weight[beta_a]:.3f}, β={beta_b} → {weight[beta_b]:.3f}")
 
-    def conclude(claim: str, verdict, evidence: str, quick_reason: str | None = None):
-        """完整模式判定；quick 模式下给了 quick_reason 的结论不判定，只打印单次训练测得的值和原因（见文件开头）。"""
-        if exp.quick and quick_reason:
-            print(f"\nquick 模式不判定\"{claim}\"：{evidence}；单次训练、逐对：Δ={verdict.mean_delta:+.3g}，"
-                  f"SE={verdict.se:.3g}。{quick_reason}；见完整模式（3 个种子按种子配对，每个种子每个 β 平均 "
-                  f"{FULL_REPLICATES} 次训练）的参考结果 {REFERENCE}")
-        else:
-            exp.conclude_verdict(claim, verdict, evidence)
-
     small, large = betas[0], betas[-1]
     exp.conclude_verdict(f"β 越大，策略离参考模型越近：β={large} 的 KL 小于 β={small}（对数尺度上比较）",
                          kl_verdict(large, small), kl_evidence(small, large))
@@ -160,11 +150,13 @@ def main():
                      f"两档的更新相近：β={higher} 的 KL 小于 β={lower}")
         else:
             claim = f"KL 随 β 逐档下降（β 改变梯度权重 σ(−β·Δ) 的区间）：β={higher} 的 KL 小于 β={lower}"
-        conclude(claim, kl_verdict(higher, lower), kl_evidence(lower, higher), QUICK_TRAINING_NOISE)
-    conclude(f"β 越小，chosen 与 rejected 的对数概率差被推得越开：β={small} 的 Δ 大于 β={large}",
-             compare_runs(values(small, "log_ratio_margin"), values(large, "log_ratio_margin"), "greater",
-                          pair_values(small, "log_ratio"), pair_values(large, "log_ratio")),
-             f"Δ log-ratio: β={small} → {delta[small]:.2f}, β={large} → {delta[large]:.2f}", QUICK_EVAL_NOISE)
+        exp.conclude_verdict(claim, kl_verdict(higher, lower), kl_evidence(lower, higher),
+                             quick_reason=QUICK_TRAINING_NOISE)
+    exp.conclude_verdict(f"β 越小，chosen 与 rejected 的对数概率差被推得越开：β={small} 的 Δ 大于 β={large}",
+                         compare_runs(values(small, "log_ratio_margin"), values(large, "log_ratio_margin"), "greater",
+                                      pair_values(small, "log_ratio"), pair_values(large, "log_ratio")),
+                         f"Δ log-ratio: β={small} → {delta[small]:.2f}, β={large} → {delta[large]:.2f}",
+                         quick_reason=QUICK_EVAL_NOISE)
     # "准确率高于 0.5"说的是留出对这个总体：每个种子都在同一组固定的留出对上评估，按种子配对的 SE 只量到训练噪声，
     # 量不到"抽到的是哪些对"的噪声（60 对、准确率 ≈ 0.6 时二项 SE ≈ 0.06）。所以两种噪声都要过：
     # (a) 按种子配对；(b) 逐对——每一对在所有种子、所有复制训练上被判对的比例，对 0.5 检验（n = 留出对数），
@@ -174,11 +166,12 @@ def main():
         by_seed = compare_runs(values(beta, "accuracy"), [0.5] * len(exp.seeds), "greater",
                                pair_values(beta, "correct"), [0.5] * len(heldout_idx))
         by_pair = exceeds(pair_correct, 0.5, unit="batches")
-        conclude(f"β={beta} 在留出对上的偏好准确率高于 0.5",
-                 weakest([by_seed, by_pair]),
-                 f"accuracy = {format_mean_std(values(beta, 'accuracy'), 3)}；按种子配对 {by_seed.status}"
-                 f"（SE={by_seed.se:.3g}），逐对（{len(heldout_idx)} 对，每对判对的比例取 {len(exp.seeds)} 个种子 × "
-                 f"{replicates} 次训练的平均）{by_pair.status}（SE={by_pair.se:.3g}），取较弱的", QUICK_EVAL_NOISE)
+        exp.conclude_verdict(f"β={beta} 在留出对上的偏好准确率高于 0.5",
+                             weakest([by_seed, by_pair]),
+                             f"accuracy = {format_mean_std(values(beta, 'accuracy'), 3)}；按种子配对 {by_seed.status}"
+                             f"（SE={by_seed.se:.3g}），逐对（{len(heldout_idx)} 对，每对判对的比例取 {len(exp.seeds)} 个种子 × "
+                             f"{replicates} 次训练的平均）{by_pair.status}（SE={by_pair.se:.3g}），取较弱的",
+                             quick_reason=QUICK_EVAL_NOISE)
 
     set_style()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
