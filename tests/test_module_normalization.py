@@ -17,10 +17,6 @@ MODULE = REPO_ROOT / "modules" / "01-foundation" / "01-normalization"
 EXPERIMENTS = MODULE / "experiments"
 
 
-def run_quick(script_name, tmp_path, env):
-    return run_quick_experiment(EXPERIMENTS / script_name, tmp_path, env)[0]
-
-
 def claim(record, fragment):
     return find_conclusion(record, fragment)["holds"]
 
@@ -42,29 +38,27 @@ def test_exp2_norm_comparison(tmp_path, experiment_env):
     sens = {name: sum(v) / len(v) - min(v) for name, v in loss.items()}
     for name, value in sens.items():
         assert abs(value - s[name]["lr_sensitivity"][0]) < 1e-9 and all(x <= cap for x in loss[name])
-    # 关键效应（quick：lr 3e-3 / 1e-2 / 3e-2，单种子按 8 个验证 batch 配对）：
-    # 两个 Pre-LN 比 Post-LN 和 No-Norm 都更不挑学习率
-    for other in ("Post-LN (LayerNorm)", "No-Norm"):
-        c = find_conclusion(record, f"两个 Pre-LN 的学习率敏感度都低于 {other}")
-        assert c["status"] == "holds" and c["noise"]["unit"] == "batches" and c["noise"]["n"] == 8, c
-        for pre in ("Pre-LN (LayerNorm)", "Pre-LN (RMSNorm)"):
-            assert sens[pre] < sens[other], sens
-    # "Post-LN 的差距随学习率变大"比扫描两端（最大 vs 最小学习率）：中间的 1e-2 是 Post-LN 的临界点，卡不卡住随种子变
-    # （quick 种子 1 上 1e-2 的 Post-LN 反而比 Pre-LN 低 0.48），两端的差在 quick 种子 42/1/7/5/2/3 上都超出批次噪声
-    gap = [loss["Post-LN (LayerNorm)"][i] - loss["Pre-LN (LayerNorm)"][i] for i in range(len(lrs))]
-    c = find_conclusion(record, "差的幅度随学习率变大")
-    assert f"lr {lrs[-1]:g} 时的差距大于 lr {lrs[0]:g} 时" in c["claim"], c["claim"]
-    assert c["status"] == "holds" and c["noise"]["unit"] == "batches" and gap[-1] > gap[0], (c, gap)
+    # 关键效应（quick：lr 3e-3 / 1e-2 / 3e-2，单种子按 8 个验证 batch 配对）：两个 Pre-LN 都比 No-Norm 更不挑学习率
+    # （quick 种子 42/1/7/5/11/13 上都成立）
+    c = find_conclusion(record, "两个 Pre-LN 的学习率敏感度都低于 No-Norm")
+    assert c["status"] == "holds" and c["noise"]["unit"] == "batches" and c["noise"]["n"] == 8, c
+    for pre in ("Pre-LN (LayerNorm)", "Pre-LN (RMSNorm)"):
+        assert sens[pre] < sens["No-Norm"], sens
+    # quick 不判定的三条（脚本的 QUICK_UNDECIDED）：与 Post-LN 的两条主结论在种子 11 上未确立（Post-LN 在 3e-3 就卡住了一部分），
+    # "对照：各取最优学习率"在 6 个种子上 ✅/❔/❌ 都有；不进结论，只打印测得的值（含批次噪声检验的 Δ）与原因
+    undecided = m["quick_undecided"]
+    fragments = ("两个 Pre-LN 的学习率敏感度都低于 Post-LN", "差的幅度随学习率变大", "各取最优学习率时，Pre-LN(LayerNorm)")
+    assert len(undecided) == len(fragments) and stdout.count("quick 模式不判定") == len(fragments), undecided
+    for fragment, u in zip(fragments, undecided):
+        assert fragment in u["claim"] and "Δ=" in u["evidence"] and "42/1/7/5/11/13" in u["reason"], (fragment, u)
+        assert not [c for c in record["conclusions"] if fragment in c["claim"]], fragment
+    # "差距随学习率变大"比扫描两端（最大 vs 最小学习率）：中间的 1e-2 是 Post-LN 的临界点，卡不卡住随种子变
+    assert f"lr {lrs[-1]:g} 时的差距大于 lr {lrs[0]:g} 时" in undecided[1]["claim"], undecided[1]["claim"]
     # 最大学习率下 No-Norm 发散（梯度裁剪仍开着），带归一化的都不发散
     nan_steps = s["No-Norm"]["by_lr"][f"{lrs[-1]:g}"]["diverged_at"]
     assert claim(record, "No-Norm 在每个种子都发散") and all(d is not None for d in nan_steps), nan_steps
     normed = [d for name, v in s.items() if name != "No-Norm" for r in v["by_lr"].values() for d in r["diverged_at"]]
     assert claim(record, "都没有发散") and all(d is None for d in normed), normed
-    # 最优学习率上的比较：单种子时结论必须与测量一致（均值不更低就不可能"成立"）
-    best = {name: v["best_loss"][0] for name, v in s.items()}
-    lower = find_conclusion(record, "各取最优学习率时，Pre-LN(LayerNorm)")
-    if best["Pre-LN (LayerNorm)"] >= best["Post-LN (LayerNorm)"]:
-        assert lower["status"] != "holds", (lower, best)
     # "RMSNorm ≈ LayerNorm"实验 2 两种模式都不判定：120 / 150 步时两者还在离开平台的途中，最优损失之差量的是哪一次先离开
     # （quick 种子 42 +0.30、种子 1 −0.12；完整模式 42–44 成立、1–3 与 4–6 未确立）；脚本打印测量值并指向实验 4
     # （400 步、单一学习率，它的测试断言等价成立；完整模式两组种子都成立）
@@ -122,10 +116,13 @@ def test_exp3_prenorm_vs_postnorm(tmp_path, experiment_env):
         # 两态：失败的运行停在字符频率的平台上（离一元熵不到 0.2；完整模式两组种子里最远 0.14），不是发散
         assert all(abs(v - entropy) < 0.2 for v, f in zip(finals, failed[name]) if f), (name, finals)
     pre_none = failed[f"Pre-LN, L={deep}, warmup=0"]
-    # 三条失败率结论 quick 不下：一个种子的精确符号检验永远只能是"未确立"（至少要 5 个结果不同的种子），
-    # 脚本只打印这个种子上的结果并指向完整模式；成立与否由下面的 test_exp3_reference_failure_rates 对参考结果断言
+    # 三条失败率结论 quick 不下（quick_reason）：一个种子的精确符号检验永远只能是"未确立"（至少要 5 个结果不同的种子），
+    # 脚本只打印这个种子上的结果与原因并指向完整模式；成立与否由下面的 test_exp3_reference_failure_rates 对参考结果断言
     assert len(seeds) == 1 and not [c for c in record["conclusions"] if "训练失败" in c["claim"]], record["conclusions"]
-    assert "quick 模式不判定三条失败率结论" in stdout and "exp3_prenorm_vs_postnorm.json" in stdout, stdout[-2000:]
+    undecided = m["quick_undecided"]
+    assert len(undecided) == 3 and all("训练失败" in u["claim"] for u in undecided), undecided
+    assert all(u["evidence"].startswith("失败 ") and "exp3_prenorm_vs_postnorm.json" in u["reason"] for u in undecided)
+    assert stdout.count("quick 模式不判定") == 3, stdout[-2000:]
     # 测得的结果：不用 warmup 的 12 层 Pre-LN 训得动（完整模式两组种子 32 次里 0 次失败，最高 3.07 < 阈值 3.21）；
     # Post-LN 这个种子卡不卡住随种子变（约一半），不断言
     assert not any(pre_none), (pre_none, grid[f"Pre-LN, L={deep}, warmup=0"]["final_val_loss"])
@@ -173,7 +170,7 @@ def test_lab_config_xavier_init_switch():
 
 @pytest.mark.experiment
 def test_exp4_layernorm_vs_rmsnorm(tmp_path, experiment_env):
-    record = run_quick("exp4_layernorm_vs_rmsnorm.py", tmp_path, experiment_env)
+    record, stdout = run_quick_experiment(EXPERIMENTS / "exp4_layernorm_vs_rmsnorm.py", tmp_path, experiment_env)
     m = record["metrics"]
     inv = m["invariance"]
     assert inv["LayerNorm"]["shift"] < 1e-4 and inv["LayerNorm"]["scale"] < 1e-4
@@ -194,14 +191,19 @@ def test_exp4_layernorm_vs_rmsnorm(tmp_path, experiment_env):
     saved, one_tensor = m["saved_bytes"], 8 * 256 * 512 * 4
     assert saved["RMSNorm (fused backward)"] < 1.1 * one_tensor < 1.9 * one_tensor < saved["RMSNorm (readable)"], saved
     assert claim(record, "手写反向为反向保存的激活")
-    # 速度：交替计时过噪声检验。写法相同时 RMSNorm 快、融合的 nn.LayerNorm 比逐步的 RMSNorm 快——差距都在 1.5 倍以上，
-    # 断言成立；手写反向只快 1.1–1.2 倍，单测时负载大起大落可能判为未确立，只要求不是"不成立"
+    # 速度：交替计时过噪声检验。写法相同时 RMSNorm 快、融合的 nn.LayerNorm 比逐步的 RMSNorm 快——差距都在 1.4 倍以上，
+    # 断言成立（quick 种子 5/11/13 上也都成立）；手写反向只快 1.0–1.3 倍，quick 不判定（7 个窗口在共享机器上量不稳：
+    # 种子 42/1/7/5/11/13 上 ✅/❔/✅/❔/❔/✅），只打印测得的值与原因
     ms = m["median_ms"]
     for fragment, fast, slow in (("写法相同", "RMSNorm (readable)", "LayerNorm (readable)"),
                                  ("融合内核的 nn.LayerNorm", "nn.LayerNorm", "RMSNorm (readable)")):
         c = find_conclusion(record, fragment)
         assert c["status"] == "holds" and c["noise"]["unit"] == "windows" and ms[fast] < ms[slow], (c, ms)
-    assert find_conclusion(record, "手写反向的 RMSNorm 比可读实现")["status"] != "fails"
+    undecided = m["quick_undecided"]
+    assert len(undecided) == 1 and "手写反向的 RMSNorm 比可读实现" in undecided[0]["claim"], undecided
+    assert "ms vs" in undecided[0]["evidence"] and "✅/❔/✅/❔/❔/✅" in undecided[0]["reason"], undecided
+    assert not [c for c in record["conclusions"] if "手写反向的 RMSNorm 比可读实现" in c["claim"]]
+    assert stdout.count("quick 模式不判定") == 1, stdout[-2000:]
 
 
 @pytest.mark.parametrize("script", ["exp2_norm_comparison.py", "exp3_prenorm_vs_postnorm.py",

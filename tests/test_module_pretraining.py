@@ -45,9 +45,9 @@ def _batch_mean(a, b):
 
 @pytest.mark.experiment
 def test_exp2_lr_sweep_schedules_and_warmup(tmp_path, experiment_env):
-    # quick 种子 42、1、7 上除"WSD 与 cosine 相差不超过 0.05"外每条结论都成立（README 的逐种子表）；
-    # 那一条在 42、7 上是"未确立"，所以下面只按逐批差值重算它的状态，不断言成立
-    record, _ = run_quick("exp2_lr_schedule.py", tmp_path, experiment_env)
+    # quick 种子 42/1/7/5/11/13 上下面断言成立的每条都成立（README 的逐种子表）；"cosine 低于 constant"与
+    # "WSD 与 cosine 相差不超过 0.05"随种子翻转（种子 11 上 ❔ / ❌），quick 不判定（QUICK_UNDECIDED），只打印测得的值
+    record, stdout = run_quick("exp2_lr_schedule.py", tmp_path, experiment_env)
     m = record["metrics"]
     sweep = sorted(m["sweep"].values(), key=lambda v: v["lr"])
     # quick 只扫完整网格（1e-4 … 6.3 的 7 个对数等距点）里的 5 个：两端都在，省掉 6.3e-4 与 1.0
@@ -81,19 +81,18 @@ def test_exp2_lr_sweep_schedules_and_warmup(tmp_path, experiment_env):
     assert lr_wsd[:plateau] == lr_const[:plateau]
     assert all(b < a for a, b in zip(lr_wsd[plateau:], lr_wsd[plateau + 1:]))
     assert lr_wsd[-1] < 0.15 * m["peak_lr"]
-    for name, run in (("warmup+cosine 的最终 loss 低于 warmup+constant", cosine),
-                      ("WSD（只在最后 20% 步退火）的最终 loss 低于 warmup+constant", wsd)):
-        c = find_conclusion(record, name)
-        assert c["status"] == "holds" and c["noise"]["unit"] == "batches" and c["noise"]["n"] == 16, c
-        assert run["final_val_loss"] < const["final_val_loss"]
-        assert _batch_mean(const["runs"][0]["final_val_batches"], run["runs"][0]["final_val_batches"]) > 0
-    # WSD 与 cosine 的等价检验：状态由逐批差值独立重算；两种衰减彼此接近，离 constant 远
-    from modules.common.noise import equivalent
-    c = find_conclusion(record, "WSD 与 warmup+cosine")
-    assert c["status"] == equivalent(wsd["runs"][0]["final_val_batches"], cosine["runs"][0]["final_val_batches"],
-                                     m["match_margin"], unit="batches").status
-    assert abs(wsd["final_val_loss"] - cosine["final_val_loss"]) < (
-        const["final_val_loss"] - min(wsd["final_val_loss"], cosine["final_val_loss"]))
+    c = find_conclusion(record, "WSD（只在最后 20% 步退火）的最终 loss 低于 warmup+constant")
+    assert c["status"] == "holds" and c["noise"]["unit"] == "batches" and c["noise"]["n"] == 16, c
+    assert wsd["final_val_loss"] < const["final_val_loss"]
+    assert _batch_mean(const["runs"][0]["final_val_batches"], wsd["runs"][0]["final_val_batches"]) > 0
+    # quick 不判定的两条：不进结论，只打印测得的值（含批次噪声检验的 Δ 与界）与原因，记进 metrics["quick_undecided"]
+    undecided = {u["claim"]: u for u in m["quick_undecided"]}
+    assert len(undecided) == 2 and stdout.count("quick 模式不判定") == 2, list(undecided)
+    for fragment, reason in (("warmup+cosine 的最终 loss 低于 warmup+constant", "✅/✅/✅/✅/❔/✅"),
+                             ("WSD 与 warmup+cosine 的最终 loss 相差不超过", "❔/✅/❔/✅/❌/✅")):
+        assert not [c for c in record["conclusions"] if fragment in c["claim"]], fragment
+        (u,) = [u for claim, u in undecided.items() if fragment in claim]
+        assert "Δ=" in u["evidence"] and reason in u["reason"], u
     # 对照：短训练里衰减的收益（constant − cosine）比长训练小
     short = m["short"]
     gain_long = const["final_val_loss"] - cosine["final_val_loss"]

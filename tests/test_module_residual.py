@@ -27,10 +27,11 @@ def test_exp1_residual_trains_and_keeps_gradients_balanced(tmp_path, experiment_
     assert abs(val["no residual"] - m["unigram_entropy"]) < 0.3, (val, m["unigram_entropy"])
     assert val["residual"] < m["unigram_entropy"] - 0.3
 
-    # 初始化时：有残差各层梯度同一量级；没残差（有 RMSNorm）层间相差十倍以上，且第 0 层最大
+    # 初始化时：有残差各层梯度同一量级（不到一个数量级）；没残差（有 RMSNorm）层间相差十倍以上，且第 0 层最大。
+    # issue 19：旧的界 < 5 比"同一量级"严，quick 种子 11 上 12 层是 5.11；21 个种子上有残差 2.10–5.13、没残差 20.2–57.3
     res, nores = m["init"]["residual"]["grad_per_layer"], m["init"]["no residual"]["grad_per_layer"]
     assert len(res) == len(nores) == layers
-    assert max(res) / min(res) < 5
+    assert max(res) / min(res) < 10 < max(nores) / min(nores)
     assert max(nores) / min(nores) > 10 * (max(res) / min(res))
     assert nores[0] == max(nores) and nores[0] > 10 * res[0]
     # 连 norm 也去掉：经典的梯度消失
@@ -84,7 +85,10 @@ def test_exp2_stream_grows_and_scaled_init_tames_it(tmp_path, experiment_env, ch
     # （scaled − default，种子 42 / 1 / 7 / 5：+0.056 / −0.021 / +0.117 / −0.085），是训练噪声，批次噪声量不到；
     # 脚本只打印这个差，按种子配对的检验在完整模式里（test_exp2_reference_scaled_init_verdict）
     assert not [c for c in record["conclusions"] if "scaled_init 没有带来明显的 loss 优势" in c["claim"]]
-    assert "quick 模式不判定" in stdout and "见完整模式" in stdout, stdout[-2000:]
+    undecided = record["metrics"]["quick_undecided"]
+    assert len(undecided) == 1 and "scaled_init 没有带来明显的 loss 优势" in undecided[0]["claim"], undecided
+    assert "scaled" in undecided[0]["evidence"] and "+0.056/−0.021/+0.117/−0.085" in undecided[0]["reason"], undecided
+    assert stdout.count("quick 模式不判定") == 1 and "判定见完整模式" in stdout, stdout[-2000:]
     assert find_conclusion(record, "主干是累加和：trained 模型")["status"] == "holds"
     assert find_conclusion(record, "第 0 块写得最多")["status"] == "holds"
 

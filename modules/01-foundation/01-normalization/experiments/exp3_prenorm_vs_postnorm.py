@@ -245,22 +245,20 @@ def main():
     def failure_counts(a, b):
         return f"失败 {a['n_failed']}/{n} vs {b['n_failed']}/{n}（{failure_rule}）"
 
-    if exp.quick:
-        # quick 不下这三条结论：一个种子的失败率检验按设计只能是"未确立"，永远不会成立的结论是缺陷。
-        # 要成立至少得有 5 个结果不同、全部支持声明的种子；12 层 Post-LN 不用 warmup 约一半种子失败，
-        # 这需要 10 个以上的种子 × 4 个配置（12 层 200 步一次约 7 s CPU），远超 quick 的 60 s
-        print("\nquick 模式不判定三条失败率结论（只有 1 个种子，精确符号检验至少要 5 个结果不同的种子）：本种子上 "
-              + "；".join(f"{name} {'失败' if r['failed'][0] else '训得动'}（{r['final_val_loss'][0]:.3f}）"
-                         for name, r in grid.items())
-              + f"。{FAILURE_SEEDS['full']} 个种子的判定见完整模式（results/reference/exp3_prenorm_vs_postnorm.json）")
-    else:
-        exp.conclude_verdict(f"{DEEP} 层 Post-LN 用 {WARMUP_STEPS} 步 warmup 比不用时更少训练失败（卡在字符频率平台）",
-                             fewer_failures(post_wu["failed"], post_none["failed"]), failure_counts(post_wu, post_none))
-        exp.conclude_verdict(f"{DEEP} 层、都不用 warmup 时，Pre-LN 比 Post-LN 更少训练失败",
-                             fewer_failures(pre_none["failed"], post_none["failed"]), failure_counts(pre_none, post_none))
-        exp.conclude_verdict(f"不用 warmup 时，{SHALLOW} 层 Post-LN 比 {DEEP} 层 Post-LN 更少训练失败（越深越难训）",
-                             fewer_failures(post_shallow["failed"], post_none["failed"]),
-                             failure_counts(post_shallow, post_none))
+    # quick 不下这三条结论（共享的 quick_reason 机制：只打印本种子的结果与原因，记进 metrics["quick_undecided"]）：
+    # 一个种子的失败率检验按设计只能是"未确立"，永远不会成立的结论是缺陷。要成立至少得有 5 个结果不同、全部支持声明的种子；
+    # 12 层 Post-LN 不用 warmup 约一半种子失败，这需要 10 个以上的种子 × 4 个配置（12 层 200 步一次约 7 s CPU），远超 quick 的 60 s
+    quick_reason = (f"quick 只跑 1 个种子，精确符号检验至少要 5 个结果不同的种子才可能成立，"
+                    f"{FAILURE_SEEDS['full']} 个种子的判定见 results/reference/exp3_prenorm_vs_postnorm.json")
+    exp.conclude_verdict(f"{DEEP} 层 Post-LN 用 {WARMUP_STEPS} 步 warmup 比不用时更少训练失败（卡在字符频率平台）",
+                         fewer_failures(post_wu["failed"], post_none["failed"]), failure_counts(post_wu, post_none),
+                         quick_reason=quick_reason)
+    exp.conclude_verdict(f"{DEEP} 层、都不用 warmup 时，Pre-LN 比 Post-LN 更少训练失败",
+                         fewer_failures(pre_none["failed"], post_none["failed"]), failure_counts(pre_none, post_none),
+                         quick_reason=quick_reason)
+    exp.conclude_verdict(f"不用 warmup 时，{SHALLOW} 层 Post-LN 比 {DEEP} 层 Post-LN 更少训练失败（越深越难训）",
+                         fewer_failures(post_shallow["failed"], post_none["failed"]),
+                         failure_counts(post_shallow, post_none), quick_reason=quick_reason)
     exp.finish()
 
 

@@ -11,6 +11,7 @@
   4. 快不快（交替计时，同一进程里轮流测，过共享噪声检验）：写法相同（都逐步实现）的 RMSNorm vs LayerNorm；
      手写反向 vs autograd；PyTorch 的融合内核 nn.LayerNorm vs 逐步实现的 RMSNorm。
      --compile 再让 torch.compile 把两者各编译成融合内核比一次（CPU 上首次编译要几分钟，所以默认不开）。
+     quick 模式不判定"手写反向比可读实现快"（QUICK_FUSED_BACKWARD_REASON）：7 个窗口在共享机器上量不稳 1.0～1.3 倍的差距。
 """
 import sys
 from pathlib import Path
@@ -39,6 +40,11 @@ LM_LAYERS, LM_LR = 6, 3e-3  # 实验 2 改成学习率扫描之前的单一设�
 INVARIANT_TOL = 1e-4  # 输出最大差 < 1e-4 算"不变"（float32 舍入误差量级）
 CHANGED_TOL = 1e-2  # 输出最大差 > 1e-2 算"明显改变"
 QUALITY_MARGIN = 0.05  # "质量相当"的等价界（nats），在看结果之前定好（与实验 2 的同一条声明相同）
+# quick 不判定"手写反向比可读实现快"（完整模式 15 个窗口照常判定）：差距只有 1.0～1.3 倍，quick 的 7 个交替窗口在共享机器上
+# 量不稳。issue 19 的种子扫描（单线程，load 约 6.5～6.9，另有别的训练任务占着两个核）：种子 5 / 11 / 13 上
+# 1.29×（❔）/ 0.99×（❔）/ 1.10×（✅）；此前种子 42 / 7 成立、1 未确立
+QUICK_FUSED_BACKWARD_REASON = ("quick 只有 7 个交替计时窗口，差距只有 1.0～1.3 倍：种子 42/1/7/5/11/13 上 ✅/❔/✅/❔/❔/✅"
+                               "（5/11/13：1.29×/0.99×/1.10×，单线程、机器负载约 6.5～6.9）")
 
 
 class FunctionalRMSNorm(nn.Module):
@@ -248,12 +254,14 @@ def main():
                  saved["RMSNorm (fused backward)"] < saved["RMSNorm (readable)"],
                  f"{saved['RMSNorm (fused backward)'] / 2 ** 20:.1f} vs {saved['RMSNorm (readable)'] / 2 ** 20:.1f} MiB")
 
-    def faster(a, b, claim):
+    def faster(a, b, claim, quick_reason=None):
         exp.conclude_verdict(claim, compare_speed(times[a], times[b]),
-                             f"{a} {ms[a]:.2f} ms vs {b} {ms[b]:.2f} ms（{speed_ratio(times[a], times[b]):.2f}×）")
+                             f"{a} {ms[a]:.2f} ms vs {b} {ms[b]:.2f} ms（{speed_ratio(times[a], times[b]):.2f}×）",
+                             quick_reason=quick_reason)
 
     faster("RMSNorm (readable)", "LayerNorm (readable)", "写法相同（都逐步实现）时，RMSNorm 的前向 + 反向比 LayerNorm 快")
-    faster("RMSNorm (fused backward)", "RMSNorm (readable)", "手写反向的 RMSNorm 比可读实现（autograd 逐步求导）快")
+    faster("RMSNorm (fused backward)", "RMSNorm (readable)", "手写反向的 RMSNorm 比可读实现（autograd 逐步求导）快",
+           quick_reason=QUICK_FUSED_BACKWARD_REASON)
     faster("nn.LayerNorm", "RMSNorm (readable)",
            "融合内核的 nn.LayerNorm 比逐步实现的 RMSNorm 快：实现是否融合，比公式少几步更重要")
     if exp.args.compile:
