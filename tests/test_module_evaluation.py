@@ -173,10 +173,11 @@ def test_exp4_contamination_inflates_and_is_detected(tmp_path):
     assert abs(m["accuracy_clean"]["0"][0] - 0.25) < 0.15  # 随机造的事实：不泄漏就只能瞎猜
     for fragment in ("泄漏的题答得比", "Min-K% prob"):
         assert find_conclusion(record, fragment)["status"] == "holds", fragment
-    # 总分的上涨 = 一半题的涨幅，还要扣掉另一半干净题的随机起伏：quick 的 120 道题上种子 42 超出噪声，种子 1 在噪声以内
-    # （0.358 vs 0.292）；完整模式 3 个种子。这里只要求它不反向。
+    # 总分的上涨：quick 原来训练 300 步时泄漏的题还没背下，种子 1、11 上在噪声以内；改成与完整模式一样的 400 步之后
+    # （脚本 docstring 的"设计的修改"），泄漏题基本背下，quick 种子 42、1、7、5、11、13 上都超出噪声。断言它成立与不等式本身
+    assert m["config"]["steps"] == 400
     jump = find_conclusion(record, "让总分上涨")
-    assert jump["status"] != "fails" and m["accuracy"][top][0] > m["accuracy"]["0"][0], jump
+    assert jump["status"] == "holds" and m["accuracy"][top][0] > m["accuracy"]["0"][0], jump
     assert find_conclusion(record, "查出了全部逐字泄漏的题")["holds"]
     assert find_conclusion(record, "被 n-gram 重叠误判")["holds"]
     assert m["detection"][0]["auc_min_k"] > 0.7

@@ -4,13 +4,15 @@
 （quick 的每条结论在种子 42、1、7、5 上都成立；只在完整模式里下的结论断言它们没有出现在 quick 里）。
 MLA 本身（吸收形式 = 显式形式、缓存形状、与窗口/记录路径的配合）的测试在 tests/test_lab_model.py 的末尾。
 """
+import json
+
 import pytest
 import torch
 
 from conftest import REPO_ROOT, find_conclusion, load_experiment_module, run_quick_experiment
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM
 from modules.common.lab_model import LabConfig, LabModel
-from modules.common.noise import compare_runs, equivalent_runs
+from modules.common.noise import compare_runs, noninferior_runs
 
 EXPERIMENTS = REPO_ROOT / "modules" / "04-advanced" / "02-inference" / "experiments"
 
@@ -125,8 +127,8 @@ def test_quick_run_measures_bytes_and_the_quality_effects(tmp_path, experiment_e
     def cmp(a, b, direction):
         return compare_runs([mean(a)], [mean(b)], direction, batches[a], batches[b])
 
-    def eq(a, b):
-        return equivalent_runs([mean(a)], [mean(b)], margin, batches[a], batches[b])
+    def noninferior(a, b):
+        return noninferior_runs([mean(a)], [mean(b)], margin, "less", batches[a], batches[b])
 
     # quick 的 150 步里各模型离开平台期有早有晚：MQA 反而更好（对照）；同参数量的三条质量结论只在完整模式里下
     check("对照：quick（150 步", cmp("MQA", "MHA", "less"))
@@ -141,5 +143,17 @@ def test_quick_run_measures_bytes_and_the_quality_effects(tmp_path, experiment_e
     assert mean("MQA mean-pool uptrained") < mean("MQA first-head uptrained")
     check("好于同结构从头训练 38 步", cmp("GQA mean-pool uptrained", "GQA scratch uptrained", "less"))
     assert mean("GQA mean-pool uptrained") < mean("GQA scratch uptrained")
-    check("的 GQA 与原 MHA 相差不超过", eq("GQA mean-pool uptrained", "MHA"))
+    # 单侧非劣界（原来的双侧界在 quick 种子 11 上因 GQA 更好 0.064 而失败，见脚本 docstring 的修正）
+    check("的 GQA 不比原 MHA 差", noninferior("GQA mean-pool uptrained", "MHA"))
+    assert mean("GQA mean-pool uptrained") < mean("MHA") + margin
     assert "KV cache：真实缓存张量的字节 vs 公式" in stdout
+
+
+def test_reference_uptrained_gqa_is_noninferior_to_mha():
+    """完整参考结果（种子 42–44）上，改成单侧界之后的\"uptraining 后的 GQA 不比 MHA 差 0.05 以上\"由记录的各种子验证 loss 重算：
+    成立（参考 JSON 是改界之前生成的，记录的是原来的双侧结论，也成立；双侧成立蕴含单侧成立）。"""
+    record = json.loads((EXPERIMENTS / "results" / "reference" / "exp1_kv_cache.json").read_text(encoding="utf-8"))
+    val = record["metrics"]["val_loss"]
+    margin = record["metrics"]["config"]["equivalence_margin"]
+    verdict = noninferior_runs(val["GQA mean-pool uptrained"], val["MHA"], margin, "less")
+    assert verdict.status == "holds" and verdict.n == 3, verdict.describe()

@@ -134,19 +134,23 @@ def test_exp1_qk_norm_bounds_logits_and_trains_at_high_lr(tmp_path, experiment_e
                      "对学习率更不敏感", "学习率敏感度 E_lr"):
         c = find_conclusion(record, fragment)
         assert c["status"] == "holds" and c["noise"]["unit"] == "batches", c
-    # 两种回升量都是整条曲线上的一个数，单种子没有噪声可估：只能是"未确立"（完整模式按种子检验）。
-    # 后段回升从记录的训练 loss 独立重算
+    # 两种回升量都是整条曲线上的一个数，单种子没有噪声可估（n = 1，噪声检验只能给"未确立"）：quick 不判定它们
+    # （conclude_verdict 的 quick_reason），只打印测量值，完整模式按种子检验。后段回升从记录的训练 loss 独立重算
     late_rise = load_script("exp1_qk_norm").late_rise
     for v in (off, on):
         run_hi = m["runs"][f"{v} @ {hi}"][0]
         assert run_hi["late_rise"] == pytest.approx(late_rise(run_hi["train_loss"], m["late_start_fraction"], m["smooth_window"]))
+    undecided = m["quick_undecided"]
+    assert len(undecided) == 2 == stdout.count("quick 模式不判定")
     for fragment in ("早期尖峰", "训练后段"):
-        c = find_conclusion(record, fragment)
-        assert c["status"] == "not_established" and c["noise"]["n"] == 1, c
-    # 对照：fp32 下的 NaN/inf 发散，结论必须与记录的 diverged_at 一致（实测没有出现，结论照实判"不成立"）
-    diverged = any(r["diverged_at"] is not None for r in m["runs"][f"{off} @ {hi}"])
+        assert not [c for c in record["conclusions"] if fragment in c["claim"]], fragment
+        u = next(u for u in undecided if fragment in u["claim"])
+        assert "只有 1 对测量" in u["evidence"] and "n = 1" in u["reason"], u
+    # 对照：fp32 下的 NaN/inf 发散。预期的结果是"不成立"（fp32 的 softmax 先减最大值，logit 上十万也不溢出）：
+    # 断言这个预期本身——每个学习率、两个变体都没有 diverged_at，结论判 ❌；哪次真的发散了，这个测试就失败
+    assert all(r["diverged_at"] is None for runs in m["runs"].values() for r in runs)
     contrast = find_conclusion(record, "出现了发散")
-    assert contrast["claim"].startswith("对照：fp32") and contrast["holds"] == diverged
+    assert contrast["claim"].startswith("对照：fp32") and contrast["status"] == "fails" and not contrast["holds"]
     # fp16 注意力分数：无 QK-norm 在最大学习率下有一部分注意力行溢出成 inf，有 QK-norm 一行也没有
     # （|logit| < 100 时 |q·k| < 100·√hd，离 65504 很远）；小学习率下无 QK-norm 也不溢出
     fp16 = find_conclusion(record, "fp16 存储")
@@ -246,15 +250,20 @@ def test_exp3_moe_equal_active_params_and_aux_loss_balances(tmp_path, experiment
     dense, moe = curve["runs"]["dense"][0], curve["runs"]["moe3 top1 +aux"][0]
     assert len(curve["val_steps"]) == 10 and curve["val_steps"][-1] == m["steps"]
     assert curve["gaps"][0] == pytest.approx([a - b for a, b in zip(moe["val_curve"], dense["val_curve"])])
-    # 数据受限的对照：quick 只训练 200 步，MoE 的专家各只见到约 1/4 的 token，还在"落后"阶段（完整模式 1500 步才追平）。
-    # 这两条比较在 quick 里是对照，不要求成立；这里从逐 batch 的验证 loss 独立重算噪声检验，核对脚本的判定
+    # 数据受限的对照：quick 只训练 200 步，MoE 的专家各只见到约 1/4 的 token，大多还在"落后"阶段（完整模式 1500 步才追平）。
+    # 这两条比较在 quick 种子之间翻转（对照：42、1、11 上 ❌，7 上 ✅；差距变小：42、1 上 ❔，7、11 上 ✅），quick 不判定
+    # （quick_reason），只打印测量值；这里核对它们不在结论里，而在 quick_undecided 里，带从逐 batch 验证 loss 重算的 Δ
+    undecided = {u["claim"]: u for u in m["quick_undecided"]}
+    assert len(undecided) == 2 == stdout.count("quick 模式不判定")
+    assert not [c for c in record["conclusions"] if "验证 loss 低于稠密" in c["claim"] or "差距随训练变小" in c["claim"]]
+    contrast = next(u for claim, u in undecided.items() if "验证 loss 低于稠密" in claim)
     expected = compare_runs([moe["val_loss"]], [dense["val_loss"]], "less", moe["val_batches"], dense["val_batches"])
-    contrast = find_conclusion(record, "验证 loss 低于稠密")
-    assert contrast["claim"].startswith("对照：") and contrast["status"] == expected.status
+    assert contrast["claim"].startswith("对照：") and expected.describe() in contrast["evidence"]
     mid = curve["mid_index"]
     gap_batches = {j: [a - b for a, b in zip(moe["val_curve_batches"][j], dense["val_curve_batches"][j])] for j in (mid, -1)}
     expected = compare_runs([curve["gaps"][0][-1]], [curve["gaps"][0][mid]], "less", gap_batches[-1], gap_batches[mid])
-    assert find_conclusion(record, "差距随训练变小")["status"] == expected.status
+    gap = next(u for claim, u in undecided.items() if "差距随训练变小" in claim)
+    assert expected.describe() in gap["evidence"]
     # 共享专家版不差于宽专家版（非劣界在看结果前定为 0.05 nats）：从逐 batch 验证 loss 重算，并断言不等式本身
     margin = m["shared_margin"]
     assert margin == 0.05

@@ -148,9 +148,9 @@ def test_exp2_weight_quantization(tmp_path, experiment_env):
     alphas = m["chosen_alpha"]["outlier"][0]
     assert min(a for n, a in alphas.items() if n.endswith(("q_proj", "gate_proj"))) >= 0.5
     assert all(v[0] > 0 for regime in kl for s, v in kl[regime].items() if s != "fp32")
-    # quick 不判定的比较（脚本的 QUICK_UNDECIDED）：不进结论，只打印测得的值与原因；恰好是这 11 条
+    # quick 不判定的比较（脚本的 QUICK_UNDECIDED 11 条与"down_proj 最怕量化"2 条）：不进结论，只打印测得的值与原因
     undecided = {u["claim"]: u for u in m["quick_undecided"]}
-    assert len(undecided) == 11 and all(u["reason"] and "Δ=" in u["evidence"] for u in undecided.values())
+    assert len(undecided) == 13 and all(u["reason"] and "Δ=" in u["evidence"] for u in undecided.values())
     # 每条判定的比较，三态判定由 JSON 里的逐批次值重算，必须与打印的一致；方向也与测量一致
     comparisons = (("int4 per-channel（每个输出通道一个 scale）好于 per-tensor", "int4 per-channel", "int4 per-tensor"),
                    ("int4 group 32 好于 per-channel", "int4 group 32", "int4 per-channel"),
@@ -188,12 +188,16 @@ def test_exp2_weight_quantization(tmp_path, experiment_env):
             assert values["outlier"][awq][0] < values["outlier"]["int4 per-channel"][0]
     # 离群通道让 per-channel RTN 的 KL 至少翻几倍（小权重被舍成 0、乘上最大的激活）
     assert kl["outlier"]["int4 per-channel"][0] > 3 * kl["natural"]["int4 per-channel"][0]
+    # "down_proj 最怕量化"（事先的假设）quick 不判定：200 步的模型上它在 quick 种子之间 ❌ 与 ❔ 之间变
+    # （脚本的 DOWN_PROJ_QUICK_REASON）。它不在结论里，而在 quick_undecided 里，带从逐批次值重算的最弱一对的噪声检验
     for metric, values, per_batch in (("loss 增量", m["layer_increase"], m["layer_batches_seed0"]),
                                       ("KL 到 fp32", m["layer_kl"], m["layer_kl_batches_seed0"])):
-        c = find_conclusion(record, f"down_proj 造成的{metric}大于其余每一类层")
+        fragment = f"down_proj 造成的{metric}大于其余每一类层"
+        assert not [c for c in record["conclusions"] if fragment in c["claim"]], fragment
+        u = next(u for claim, u in undecided.items() if fragment in claim)
         verdicts = {t: compare_runs(values["down_proj"], values[t], "greater", per_batch["down_proj"], per_batch[t])
                     for t in values if t != "down_proj"}
-        assert c["status"] == weakest(verdicts).status
+        assert weakest(verdicts).describe() in u["evidence"] and "quick 种子" in u["reason"]
     # 离群程度：自然模型里 down_proj 的输入（SwiGLU 的乘积）比 q/k/v 的输入（RMSNorm 之后）更"尖"
     assert ratio["natural"]["down_proj"][0] > ratio["natural"]["q_proj"][0]
 
@@ -217,3 +221,7 @@ def test_exp3_memory_and_speed(tmp_path):
     # quick 的 4 个种子（12 个窗口）❌/❔/❔/❔（见 README）。所以它和两条对照一样，只核对判定与记录的时间一致
     for fragment in ("int8（fp32 激活", "int4（fp32 激活"):
         assert find_conclusion(record, fragment)["claim"].startswith("对照：")
+    # int4 这条对照的预期结果是"不成立"：先解包、还原再乘，每步多做一遍整个权重的解包（完整模式 0.46×、0.47×，
+    # quick 种子 42、1、7、5、11 都 ❌）。断言它没有反向成"更快"（3 个窗口时也可能只是 ❔）。int8 那条（完整模式 0.69×）
+    # 在 2026-12-06 的 seed 11 普查里（机器上还有别的进程）判成了成立，随负载变，只核对判定与时间一致
+    assert find_conclusion(record, "int4（fp32 激活")["status"] != "holds"

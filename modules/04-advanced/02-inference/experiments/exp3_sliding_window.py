@@ -67,7 +67,8 @@ loss 分两段看：第 0 位"刚被挤出"（位置 W..2W-1）与"远处"（位
     新加一条"这个代价随训练变大"（训练结束 vs 训练 10% 处，同一批验证序列）——这是 Gu et al."sink 随优化出现"的干预版本；
     注意力版的"最强的头随训练变大"保留原样、照实报告；
   - quick（300 步、单个种子）不再判定在 quick 种子 42、1、7、5、2、3 上随种子变的结论（W=32 的 loss 结论、W=8 刚挤出的
-    "纯滑窗更高"与远处的对照、W=8/16 的"收回一半"与前提、两个"随训练变大"），只打印测量值，指向完整模式的参考结果。
+    "纯滑窗更高"与远处的对照、W=8/16 的"收回一半"与前提、两个"随训练变大"），只打印测量值与原因（共享的
+    Experiment.conclude_verdict(quick_reason=...)，记进 metrics["quick_undecided"]），判定见完整模式的参考结果。
 
 GPU 上放大（Gu et al. 的默认设定是约 60M 参数的 LLaMA 式模型、batch 512 条序列 × 20000 步、5B token 的数据；
 这里 1600 步 × 8 条 × 127 ≈ 1.6M 个字符。下面的命令把模型与步数往那个方向放大，没有 GPU 测过，不保证出现）：
@@ -115,6 +116,21 @@ EVICT_WINDOW = WINDOWS[0]  # "挤出 <s> 的代价随训练变大"用的窗口�
 # （见 docstring"看过完整模式……之后改的设计"），这些窗口上那一行换成前提的对照
 PREMISE_CONTRAST_WINDOWS = (32,)
 QUICK_UNDECIDED_WINDOWS = (32,)  # quick 不判定这些窗口的 loss 结论：效应 0.001–0.02 nats，与 300 步单个模型的训练噪声同量级
+# quick 模式（一个种子训练 300 步）只量得到评估批次的噪声，量不到"换一个种子重新训练"的噪声。下面这些结论在 quick 种子
+# 42、1、7、5、2、3（2026-12-06 又加 11、13）上（modules.common.seed_sweep）随种子在成立与未确立（或不成立）之间变，quick 只打印测量值与原因
+# （Experiment.conclude_verdict 的 quick_reason），判定以完整模式（3 个种子）为准
+QUICK_REASON_SMALL_EFFECT = ("W=32 的 loss 效应只有 0.001–0.02 nats，quick 种子 42/1/7/5/2/3/11/13 上在成立与未确立之间变："
+                             "单个种子 300 步量不到换种子重新训练的噪声")
+QUICK_REASON_W8_EVICTION = ("quick 种子 7、2、13 上未确立（远处的对照在 11、13 上未确立），其余种子上成立：300 步时模型对 <s> 的"
+                            "依赖还在形成（见\"挤出 <s> 的代价随训练变大\"），单个种子量不到换种子重新训练的噪声")
+QUICK_REASON_RECOVERY = ("quick 种子 7、2、13 上（W=8）与种子 7、13 上（W=16）未确立：300 步时对 <s> 的依赖还在形成，"
+                         "单个种子量不到换种子重新训练的噪声")
+QUICK_REASON_PREMISE = ("quick 种子 7、13 上 W=8、16 都未确立：300 步时对 <s> 的依赖还在形成，"
+                        "单个种子量不到换种子重新训练的噪声")
+QUICK_REASON_HEAD_GROWTH = ("quick 种子 42、1、7、2、3、11、13 上不成立、种子 5 上未确立：第 30 步的模型还在平台期，"
+                            "最强的头反而更偏向 <s>")
+QUICK_REASON_EVICT_GROWTH = ("quick 种子 1、3 上成立、7 上不成立、42、5、11、13 上未确立：第 30 步与第 300 步之间的代价"
+                             "随种子差得多，单个种子量不到换种子重新训练的噪声")
 WINDOW_TRAINED_MARGIN = 0.02  # "窗口训练的模型不需要 sink"：不加 sink 的 loss 最多比加 sink 高这么多（nats，事先定好）
 
 
@@ -414,18 +430,7 @@ def main():
                       "outside_mass": [r["outside_mass"] for r in rows],
                       "train_loss": [r["train_loss"] for r in rows]})
 
-    # ---- 结论 ----
-    # quick 模式（一个种子训练 300 步）只量得到评估批次的噪声，量不到"换一个种子重新训练"的噪声。下面 quick_decides 为假
-    # 的结论在 quick 种子 42、1、7、5、2、3 上随种子在成立与未确立（或不成立）之间变：效应与训练噪声同量级。
-    # quick 只打印它们的测量值，判定以完整模式（3 个种子）为准
-    undecided_in_quick = []
-
-    def judge(claim, verdict, evidence, quick_decides=True):
-        if exp.quick and not quick_decides:
-            undecided_in_quick.append(f"  - {claim}：{evidence}")
-        else:
-            exp.conclude_verdict(claim, verdict, evidence)
-
+    # ---- 结论 ----（quick_reason 不为 None 的结论 quick 不判定，原因见开头的 QUICK_REASON_*）
     worst = max((losses[f"W{w} S{s}"][:, :, :w] - losses["full"][:, :, :w]).abs().max().item()
                 for w in WINDOWS for s in (0,) + SINKS)
     exp.conclude("位置 < W 时窗口装得下整个前文：滑窗（加不加 sink）与全注意力的逐位置 loss 相同（差 < 1e-4）",
@@ -435,10 +440,8 @@ def main():
         return [scale * (x - y) for x, y in zip(a, b)]
 
     for w in WINDOWS:
-        decided = w not in QUICK_UNDECIDED_WINDOWS  # W=32 的 loss 效应只有 0.001–0.02 nats，quick 判不了
-        # W=8 的"刚挤出时纯滑窗更高"与远处的对照在 quick 种子 7、2 上未确立（300 步时对 <s> 的依赖还在形成，
-        # 见"挤出 <s> 的代价随训练变大"），quick 也不判定
-        decided_at_8 = decided and w != WINDOWS[0]
+        small_effect = QUICK_REASON_SMALL_EFFECT if w in QUICK_UNDECIDED_WINDOWS else None
+        at_8 = small_effect or (QUICK_REASON_W8_EVICTION if w == WINDOWS[0] else None)
         for where, span in (("刚被挤出（位置 W..2W-1）", (w, 2 * w)), ("远处（位置 >= 2W）", (2 * w, BLOCK_SIZE - 1))):
             near = span[0] == w
             full_l, full_b = span_loss("full", span)
@@ -446,24 +449,25 @@ def main():
             one_l, one_b = span_loss(f"W{w} S1", span)
             four_l, four_b = span_loss(f"W{w} S4", span)
             redo_l, redo_b = span_loss(f"W{w} recompute", span)
-            judge(f"W={w}，第 0 位{where}：纯滑窗的 loss 高于全注意力",
-                  compare_runs(plain_l, full_l, "greater", plain_b, full_b),
-                  f"纯滑窗 {format_mean_std(plain_l)} vs 全注意力 {format_mean_std(full_l)}",
-                  decided_at_8 if near else decided)
-            judge(f"W={w}，第 0 位{where}：滑窗 + 1 个 sink 的 loss 低于纯滑窗",
-                  compare_runs(one_l, plain_l, "less", one_b, plain_b),
-                  f"S=1 {format_mean_std(one_l)} vs 纯滑窗 {format_mean_std(plain_l)}", decided)
+            exp.conclude_verdict(f"W={w}，第 0 位{where}：纯滑窗的 loss 高于全注意力",
+                                 compare_runs(plain_l, full_l, "greater", plain_b, full_b),
+                                 f"纯滑窗 {format_mean_std(plain_l)} vs 全注意力 {format_mean_std(full_l)}",
+                                 quick_reason=at_8 if near else small_effect)
+            exp.conclude_verdict(f"W={w}，第 0 位{where}：滑窗 + 1 个 sink 的 loss 低于纯滑窗",
+                                 compare_runs(one_l, plain_l, "less", one_b, plain_b),
+                                 f"S=1 {format_mean_std(one_l)} vs 纯滑窗 {format_mean_std(plain_l)}",
+                                 quick_reason=small_effect)
             r = 1 - SINK_RECOVERY
             recovery_evidence = (f"比滑窗重算多出的 loss：S=4 {format_mean_std(excess(four_l, redo_l), 3)}，"
                                  f"纯滑窗 {format_mean_std(excess(plain_l, redo_l), 3)}（比全注意力多出的："
                                  f"S=4 {format_mean_std(excess(four_l, full_l), 3)}，重算 "
                                  f"{format_mean_std(excess(redo_l, full_l), 3)}）")
             if near and w not in PREMISE_CONTRAST_WINDOWS:  # 刚被挤出：StreamingLLM 的说法，照原样检验
-                judge(f"W={w}，第 0 位{where}：滑窗 + 4 个 sink 收回了纯滑窗比滑窗重算多出来的 loss 的至少 "
-                      f"{SINK_RECOVERY:.0%}（S=4 比重算多出的 < {r:.0%}×纯滑窗比重算多出的，界事先定好）",
-                      compare_runs(excess(four_l, redo_l), excess(plain_l, redo_l, r), "less",
-                                   excess(four_b, redo_b), excess(plain_b, redo_b, r)),
-                      recovery_evidence, quick_decides=False)
+                exp.conclude_verdict(f"W={w}，第 0 位{where}：滑窗 + 4 个 sink 收回了纯滑窗比滑窗重算多出来的 loss 的至少 "
+                                     f"{SINK_RECOVERY:.0%}（S=4 比重算多出的 < {r:.0%}×纯滑窗比重算多出的，界事先定好）",
+                                     compare_runs(excess(four_l, redo_l), excess(plain_l, redo_l, r), "less",
+                                                  excess(four_b, redo_b), excess(plain_b, redo_b, r)),
+                                     recovery_evidence, quick_reason=QUICK_REASON_RECOVERY)
             if near:  # 前提：保留 <s> 收回的（纯滑窗 − S=1）多于 4 个 sink 也收不回的（S=4 − 重算）
                 returned_l, returned_b = excess(plain_l, one_l), excess(plain_b, one_b)
                 left_l, left_b = excess(four_l, redo_l), excess(four_b, redo_b)
@@ -471,78 +475,79 @@ def main():
                                     f"{format_mean_std(left_l, 3)}")
                 if w in PREMISE_CONTRAST_WINDOWS:
                     recovered = [1 - a / b for a, b in zip(left_l, excess(plain_l, redo_l))]
-                    judge(f"对照：W={w}，第 0 位{where}：<s> 在这里已不是 sink——保留 <s> 收回的 loss（纯滑窗 − S=1）少于"
-                          f" 4 个 sink 也收不回的（S=4 − 滑窗重算），\"4 个 sink 收回至少 {SINK_RECOVERY:.0%}\"的前提不成立"
-                          f"（同一个量在 W={WINDOWS[0]}、{WINDOWS[1]} 刚被挤出时方向相反，见上面的配对结论）",
-                          compare_runs(returned_l, left_l, "less", returned_b, left_b),
-                          premise_evidence + f"；4 个 sink 收回了纯滑窗比重算多出的 {format_mean_std(recovered, 2)}；"
-                          + recovery_evidence, decided)
+                    exp.conclude_verdict(
+                        f"对照：W={w}，第 0 位{where}：<s> 在这里已不是 sink——保留 <s> 收回的 loss（纯滑窗 − S=1）少于"
+                        f" 4 个 sink 也收不回的（S=4 − 滑窗重算），\"4 个 sink 收回至少 {SINK_RECOVERY:.0%}\"的前提不成立"
+                        f"（同一个量在 W={WINDOWS[0]}、{WINDOWS[1]} 刚被挤出时方向相反，见上面的配对结论）",
+                        compare_runs(returned_l, left_l, "less", returned_b, left_b),
+                        premise_evidence + f"；4 个 sink 收回了纯滑窗比重算多出的 {format_mean_std(recovered, 2)}；"
+                        + recovery_evidence, quick_reason=small_effect)
                 else:
-                    judge(f"W={w}，第 0 位{where}：<s> 是 sink——保留 <s> 收回的 loss（纯滑窗 − S=1）多于 4 个 sink 也收不回的"
-                          f"（S=4 − 滑窗重算）",
-                          compare_runs(returned_l, left_l, "greater", returned_b, left_b), premise_evidence,
-                          quick_decides=False)  # quick 种子 7 上 W=8、16 都未确立：300 步时对 <s> 的依赖还在形成
+                    exp.conclude_verdict(
+                        f"W={w}，第 0 位{where}：<s> 是 sink——保留 <s> 收回的 loss（纯滑窗 − S=1）多于 4 个 sink 也收不回的"
+                        f"（S=4 − 滑窗重算）",
+                        compare_runs(returned_l, left_l, "greater", returned_b, left_b), premise_evidence,
+                        quick_reason=QUICK_REASON_PREMISE)
             else:  # 远处：同一个量、同一个界，这个弱 sink 的小模型上方向相反，作为对照（与上面"刚被挤出"的那条配对）
                 far_out, near_out = outside(f"W{w} far")[0], outside(f"W{w} near")[0]
-                judge(f"对照：W={w}，第 0 位{where}：滑窗 + 4 个 sink 收回的不到纯滑窗比滑窗重算多出来的 loss 的 "
-                      f"{SINK_RECOVERY:.0%}（S=4 比重算多出的 > {r:.0%}×纯滑窗比重算多出的，界事先定好；"
-                      f"同一个量在第 0 位刚被挤出时见上面的配对结论）",
-                      compare_runs(excess(four_l, redo_l), excess(plain_l, redo_l, r), "greater",
-                                   excess(four_b, redo_b), excess(plain_b, redo_b, r)),
-                      recovery_evidence + f"；落在 4 个 sink + 窗口之外的注意力：远处 "
-                      f"{format_mean_std(far_out, 3)}，刚被挤出时 {format_mean_std(near_out, 3)}", decided_at_8)
+                exp.conclude_verdict(
+                    f"对照：W={w}，第 0 位{where}：滑窗 + 4 个 sink 收回的不到纯滑窗比滑窗重算多出来的 loss 的 "
+                    f"{SINK_RECOVERY:.0%}（S=4 比重算多出的 > {r:.0%}×纯滑窗比重算多出的，界事先定好；"
+                    f"同一个量在第 0 位刚被挤出时见上面的配对结论）",
+                    compare_runs(excess(four_l, redo_l), excess(plain_l, redo_l, r), "greater",
+                                 excess(four_b, redo_b), excess(plain_b, redo_b, r)),
+                    recovery_evidence + f"；落在 4 个 sink + 窗口之外的注意力：远处 "
+                    f"{format_mean_std(far_out, 3)}，刚被挤出时 {format_mean_std(near_out, 3)}", quick_reason=at_8)
         far = (2 * w, BLOCK_SIZE - 1)
         full_l, full_b = span_loss("full", far)
         redo_l, redo_b = span_loss(f"W{w} recompute", far)
-        judge(f"W={w}，远处（位置 >= 2W）：滑窗重算的 loss 也高于全注意力（窗口外的上下文本身有用，这部分 sink 补不回来）",
-              compare_runs(redo_l, full_l, "greater", redo_b, full_b),
-              f"重算 {format_mean_std(redo_l)} vs 全注意力 {format_mean_std(full_l)}", decided)
+        exp.conclude_verdict(f"W={w}，远处（位置 >= 2W）：滑窗重算的 loss 也高于全注意力（窗口外的上下文本身有用，"
+                             f"这部分 sink 补不回来）",
+                             compare_runs(redo_l, full_l, "greater", redo_b, full_b),
+                             f"重算 {format_mean_std(redo_l)} vs 全注意力 {format_mean_std(full_l)}",
+                             quick_reason=small_effect)
         far_l, far_b = outside(f"W{w} far")
         near_l, near_b = outside(f"W{w} near")
-        judge(f"W={w}：全注意力模型在远处（位置 >= 2W）落在 {OUTSIDE_SINKS} 个 sink + 窗口之外的注意力多于"
-              f"第 0 位刚被挤出时（位置 W..2W-1）：远处滑窗 + sink 拿走、要重新归一化的权重更多",
-              compare_runs(far_l, near_l, "greater", far_b, near_b),
-              f"远处 {format_mean_std(far_l, 3)} vs 刚被挤出 {format_mean_std(near_l, 3)}")
+        exp.conclude_verdict(f"W={w}：全注意力模型在远处（位置 >= 2W）落在 {OUTSIDE_SINKS} 个 sink + 窗口之外的注意力多于"
+                             f"第 0 位刚被挤出时（位置 W..2W-1）：远处滑窗 + sink 拿走、要重新归一化的权重更多",
+                             compare_runs(far_l, near_l, "greater", far_b, near_b),
+                             f"远处 {format_mean_std(far_l, 3)} vs 刚被挤出 {format_mean_std(near_l, 3)}")
     last, first_step = snapshot_steps[-1], snapshot_steps[0]
     end_seeds, end_batches = head_mass(last)
     early_seeds, early_batches = head_mass(first_step)
     uniform_all = uniform_first_mass(1, BLOCK_SIZE)
-    judge(f"对照：最强的头落在第 0 位上的平均注意力（query 位置 1-{BLOCK_SIZE - 1}）不到 ε = {SINK_EPSILON}"
-          f"（Gu et al. 2024 的 sink 判据，ε 取论文的值）：这个规模上没有 Gu et al. 意义上的 sink"
-          f"（与它配对的是干预：把 <s> 挤出窗口的代价，见上面 W={EVICT_WINDOW} 刚被挤出的结论与下面随训练变大的结论）",
-          compare_runs(end_seeds, [SINK_EPSILON] * len(end_seeds), "less",
-                       end_batches, [SINK_EPSILON] * len(end_batches)),
-          f"{format_mean_std(end_seeds, 3)}，是均匀分配（{uniform_all:.4f}）的 "
-          f"{format_mean_std([v / uniform_all for v in end_seeds], 2)} 倍；第 {first_step} 步时 "
-          f"{format_mean_std(early_seeds, 3)}")
-    judge(f"最强的头落在第 0 位上的注意力：训练结束时高于训练第 {first_step} 步时（sink 随训练出现）",
-          compare_runs(end_seeds, early_seeds, "greater", end_batches, early_batches),
-          f"第 {last} 步 {format_mean_std(end_seeds, 3)} vs 第 {first_step} 步 {format_mean_std(early_seeds, 3)}",
-          quick_decides=False)
+    exp.conclude_verdict(f"对照：最强的头落在第 0 位上的平均注意力（query 位置 1-{BLOCK_SIZE - 1}）不到 ε = {SINK_EPSILON}"
+                         f"（Gu et al. 2024 的 sink 判据，ε 取论文的值）：这个规模上没有 Gu et al. 意义上的 sink"
+                         f"（与它配对的是干预：把 <s> 挤出窗口的代价，见上面 W={EVICT_WINDOW} 刚被挤出的结论与下面随训练变大的结论）",
+                         compare_runs(end_seeds, [SINK_EPSILON] * len(end_seeds), "less",
+                                      end_batches, [SINK_EPSILON] * len(end_batches)),
+                         f"{format_mean_std(end_seeds, 3)}，是均匀分配（{uniform_all:.4f}）的 "
+                         f"{format_mean_std([v / uniform_all for v in end_seeds], 2)} 倍；第 {first_step} 步时 "
+                         f"{format_mean_std(early_seeds, 3)}")
+    exp.conclude_verdict(f"最强的头落在第 0 位上的注意力：训练结束时高于训练第 {first_step} 步时（sink 随训练出现）",
+                         compare_runs(end_seeds, early_seeds, "greater", end_batches, early_batches),
+                         f"第 {last} 步 {format_mean_std(end_seeds, 3)} vs 第 {first_step} 步 {format_mean_std(early_seeds, 3)}",
+                         quick_reason=QUICK_REASON_HEAD_GROWTH)
     cost_end, cost_end_b = evicted(last)
     cost_early, cost_early_b = evicted(first_step)
-    judge(f"把 <s> 挤出窗口的代价随训练变大：W={EVICT_WINDOW}、位置 {EVICT_WINDOW}-{2 * EVICT_WINDOW - 1} 上纯滑窗比"
-          f"滑窗 + 1 个 sink 多出的 loss，训练结束时大于训练第 {first_step} 步时（模型随训练越来越依赖 <s>）",
-          compare_runs(cost_end, cost_early, "greater", cost_end_b, cost_early_b),
-          f"第 {last} 步 {format_mean_std(cost_end, 3)} vs 第 {first_step} 步 {format_mean_std(cost_early, 3)}",
-          quick_decides=False)
+    exp.conclude_verdict(f"把 <s> 挤出窗口的代价随训练变大：W={EVICT_WINDOW}、位置 {EVICT_WINDOW}-{2 * EVICT_WINDOW - 1} 上纯滑窗比"
+                         f"滑窗 + 1 个 sink 多出的 loss，训练结束时大于训练第 {first_step} 步时（模型随训练越来越依赖 <s>）",
+                         compare_runs(cost_end, cost_early, "greater", cost_end_b, cost_early_b),
+                         f"第 {last} 步 {format_mean_std(cost_end, 3)} vs 第 {first_step} 步 {format_mean_std(cost_early, 3)}",
+                         quick_reason=QUICK_REASON_EVICT_GROWTH)
     w = TRAIN_WINDOW
     near = (w, 2 * w)
     trained_l, trained_b = span_loss("window-trained", near)
     for sinks in SINKS:
         s_l, s_b = span_loss(f"window-trained S{sinks}", near)
-        judge(f"窗口训练（W={w}）的模型不需要 sink：位置 W..2W-1 上不加 sink 的 loss 最多比加 {sinks} 个 sink "
-              f"高 {WINDOW_TRAINED_MARGIN} nats（单侧界，事先定好）",
-              noninferior_runs(trained_l, s_l, WINDOW_TRAINED_MARGIN, "less", trained_b, s_b),
-              f"不加 {format_mean_std(trained_l)} vs S={sinks} {format_mean_std(s_l)}")
+        exp.conclude_verdict(f"窗口训练（W={w}）的模型不需要 sink：位置 W..2W-1 上不加 sink 的 loss 最多比加 {sinks} 个 sink "
+                             f"高 {WINDOW_TRAINED_MARGIN} nats（单侧界，事先定好）",
+                             noninferior_runs(trained_l, s_l, WINDOW_TRAINED_MARGIN, "less", trained_b, s_b),
+                             f"不加 {format_mean_std(trained_l)} vs S={sinks} {format_mean_std(s_l)}")
     plain_l, plain_b = span_loss(f"W{w} S0", near)
-    judge(f"W={w}，位置 W..2W-1：窗口训练的模型的 loss 低于全注意力训练、用同一窗口评估（不加 sink）的模型",
-          compare_runs(trained_l, plain_l, "less", trained_b, plain_b),
-          f"窗口训练 {format_mean_std(trained_l)} vs 全注意力训练 + 纯滑窗 {format_mean_std(plain_l)}")
-    if undecided_in_quick:
-        print(f"\nquick 模式不判定下面 {len(undecided_in_quick)} 条（{steps} 步、单个种子：效应与换种子重新训练的噪声同量级，"
-              "评估批次的噪声量不到；quick 种子 42、1、7、5、2、3 上它们随种子在成立与未确立之间变），只打印本种子的测量值；"
-              "3 个种子的判定见完整模式（results/reference/exp3_sliding_window.json）：\n" + "\n".join(undecided_in_quick))
+    exp.conclude_verdict(f"W={w}，位置 W..2W-1：窗口训练的模型的 loss 低于全注意力训练、用同一窗口评估（不加 sink）的模型",
+                         compare_runs(trained_l, plain_l, "less", trained_b, plain_b),
+                         f"窗口训练 {format_mean_std(trained_l)} vs 全注意力训练 + 纯滑窗 {format_mean_std(plain_l)}")
 
     # ---- 图 ----
     set_style()

@@ -10,6 +10,13 @@
   Min-K% prob（Shi et al. 2023）：只看模型对这段文字最没把握的 K% 个 token 的平均对数概率——背过的文字连难 token 都不难。
   后者只需要模型，不需要训练语料：闭源模型也能查。
 完整模式 3 个种子；quick 模式 1 个种子，噪声用逐题配对（unit="batches"）。
+
+设计的修改（2026-12-06，看过 quick 的判定之后）：quick 原来每个模型只训练 300 步（完整 400 步）。seed 11 的普查里
+"泄漏 50% 让总分上涨"未确立：300 步的模型还没背下泄漏的题（泄漏题准确率 0.433，总分 0.333 vs 0.250，Δ = +0.083，
+2·SE = 0.105；种子 1 上早先也在噪声以内，0.358 vs 0.292）。要检验的是"逐字泄漏、模型背下了"的情形（完整模式 400 步时
+泄漏题准确率 0.983），300 步落在刚开始背的边上，所以 quick 改成与完整模式一样训练 TRAIN_STEPS = 400 步
+（同一种子 11：泄漏题 0.917，总分 0.592 vs 0.250，Δ = +0.342，2·SE = 0.117）。完整模式不变；quick 在种子 42、1、7、5
+与没用过的 13 上各跑一次确认（结果见讲义实验 4）。
 """
 import random
 import sys
@@ -30,6 +37,7 @@ from trainer.evaluation.multiple_choice import evaluate_mc  # noqa: E402
 N_GRAM = 20         # 字符 n-gram 的长度（事先定的）
 DIRTY_SHARE = 0.5   # 一道题有一半以上的 n-gram 在训练语料里出现过，就判为"脏"（事先定的）
 MIN_K = 0.2         # Min-K% 的 K：取最低的 20% 个 token（Shi et al. 2023 的常用值）
+TRAIN_STEPS = 400   # 每个模型的训练步数，quick 与完整相同：300 步时泄漏的题还没背下（见文件开头"设计的修改"）
 
 
 def char_ngrams(text: str, n: int = N_GRAM) -> set:
@@ -72,17 +80,19 @@ def main():
         parser.add_argument("--test", type=int, default=120, help="测试题数（默认 120）")
         parser.add_argument("--leak-rates", type=float, nargs="+", default=None,
                             help="泄漏率（默认 quick 0 0.5，完整 0 0.25 0.5）")
-        parser.add_argument("--steps", type=int, default=None, help="训练步数（默认 quick 300，完整 400）")
+        parser.add_argument("--steps", type=int, default=TRAIN_STEPS, help=f"训练步数（默认 {TRAIN_STEPS}，quick 与完整相同）")
 
     exp = Experiment(__file__, description=(
         "评测实验 4：把测试题泄漏进训练集，看分数随泄漏率上涨多少；再用 n-gram 重叠和 Min-K% prob 把泄漏的题找出来。"),
         extra_args=extra_args)
     rates = sorted(set(exp.args.leak_rates or ([0.0, 0.5] if exp.quick else [0.0, 0.25, 0.5])))
-    steps = exp.args.steps or (300 if exp.quick else 400)
+    steps = exp.args.steps
     if rates[0] != 0.0 or not all(0 < r < 1 for r in rates[1:]):
         raise SystemExit(f"错误：--leak-rates 必须包含 0（干净的对照），其余在 (0, 1) 内，收到 {rates}")
     if exp.args.test < 20 or exp.args.practice < 20:
         raise SystemExit("错误：--test 与 --practice 至少 20")
+    if steps < 1:
+        raise SystemExit(f"错误：--steps 至少 1，收到 {steps}")
     tokenizer = eval_lab.samples_tokenizer()
     top = rates[-1]
 
