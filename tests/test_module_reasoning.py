@@ -58,22 +58,25 @@ def test_formats_verifier_and_pass_at_k_estimators():
 
 def test_exp1_addition_formats(tmp_path):
     """默认 3 位加法（进位链长到一次前向算不完的区间），quick 每步 512 个 token、1000 步：草稿写法在预算内起飞，
-    plain 与 reverse 还接近 0（开发用的种子 42 之外，种子 1、7、5 上两条"scratchpad 高于…"都 ✅）。"""
-    record, _ = run_quick("exp1_addition_formats.py", tmp_path)
+    plain 还接近 0（"scratchpad 高于 plain"在种子 42、1、7、5、11、13 上都 ✅）；倒序什么时候起飞随种子变，与它相比的两条 quick 不判定。"""
+    record, stdout = run_quick("exp1_addition_formats.py", tmp_path)
     m = record["metrics"]
     assert m["digits"] == 3 and m["steps"] == 1000 and m["token_budget"] == 512
     assert len(m["curves"]["plain"]["steps"]) == 3
     curve = {fmt: m["curve_mean"][fmt][0] for fmt in ("plain", "reverse", "scratchpad")}
-    for worse in ("plain", "reverse"):
-        c = find_conclusion(record, f"scratchpad 的学习曲线（各检查点平均准确率）高于 {worse}")
-        assert c["status"] == "holds" and curve["scratchpad"] > curve[worse], c
-    # reverse 在 quick 的预算里还没起飞（种子 42、1、7 上终点 0.015、0.005、0.01，与 plain 一样在地板上）：两者的差是地板上
-    # 一两道题的差别，按评估批次的噪声检验会判 ❔ 或 ❌（种子 1），随种子变化。只要求判定与测得的方向自洽；
-    # 倒序要到完整模式 1200 步 × 1024 token 才起飞；那里 reverse 高于 plain 在种子 1–3 上 ✅、在 42–44 上 ❔（起飞早晚的训练噪声，
-    # 每个种子平均两次训练时两组都 ✅，见 teaching.md 实验 1）
-    c = find_conclusion(record, "reverse 的学习曲线（各检查点平均准确率）高于 plain")
-    assert (c["status"] == "holds") <= (curve["reverse"] > curve["plain"]), c
-    assert (c["status"] == "fails") <= (curve["reverse"] < curve["plain"]), c
+    c = find_conclusion(record, "scratchpad 的学习曲线（各检查点平均准确率）高于 plain")
+    assert c["status"] == "holds" and curve["scratchpad"] > curve["plain"], c
+    # 倒序在 quick 的预算里什么时候起飞随种子变（本机上种子 42 终点 0.015、13 刚起飞 0.115、1 已练成 0.975）：
+    # "reverse 高于 plain"与"scratchpad 高于 reverse"比的是起飞早晚，判定随种子翻转，quick 不判定（QUICK_REVERSE_UNDECIDED）。
+    # 完整模式 1200 步 × 1024 token：reverse 高于 plain 在种子 1–3 上 ✅、在 42–44 上 ❔（起飞早晚的训练噪声，
+    # 每个种子平均两次训练时两组都 ✅），草稿与倒序按 token 打平（❔），见 teaching.md 实验 1
+    exp1 = load_experiment_module(EXPERIMENTS, "exp1_addition_formats")
+    expected = [(f"等 token 预算下，{better} 的学习曲线（各检查点平均准确率）高于 {worse}", reason)
+                for (better, worse), reason in exp1.QUICK_REVERSE_UNDECIDED.items()]
+    assert sorted((u["claim"], u["reason"]) for u in m["quick_undecided"]) == sorted(expected)
+    for u in m["quick_undecided"]:
+        assert "Δ=" in u["evidence"] and not [c for c in record["conclusions"] if c["claim"] == u["claim"]], u
+    assert stdout.count("quick 模式不判定") == len(expected)
     ratio = m["problems_seen"]["scratchpad"][0] / m["problems_seen"]["plain"][0]
     c = find_conclusion(record, "scratchpad 见到的题不到 plain 的一半")
     assert c["holds"] and ratio < 0.5, c
@@ -128,9 +131,9 @@ def test_exp2_test_time_compute(tmp_path):
 def test_exp3_rl_verifiable_rewards(tmp_path):
     """GRPO 只奖励答对（+ 格式）：2 位题上"先打草稿"的比例与回答长度都上升（quick 30 步：种子 42、1、7、5、2 上都 ✅）。
     题库题与留出题的准确率在种子 42、1、7、5 上 ✅，种子 2 上 ❔（它的 SFT 起点弱：留出 2 位题采样准确率 0.125，
-    别的种子约 0.3，30 步里涨 +0.035/+0.078，在评估噪声以内）；格式合格率那条贴着天花板（起点不合格的只有 5–10%），
-    种子 42、1、7 上 ❔、种子 5、2 上 ✅。这三条只要求判定与方向自洽。"""
-    record, _ = run_quick("exp3_rl_verifiable_rewards.py", tmp_path)
+    别的种子约 0.3，30 步里涨 +0.035/+0.078，在评估噪声以内），这两条只要求判定与方向自洽；格式合格率那条贴着天花板
+    （起点不合格的只有 5–10%），本机上种子 42 ✅、11、13 ❔，之前的记录里 1、7 ❔、5、2 ✅：quick 不判定。"""
+    record, stdout = run_quick("exp3_rl_verifiable_rewards.py", tmp_path)
     probes = record["metrics"]["probes"]
 
     def start_end(name, key):
@@ -142,11 +145,18 @@ def test_exp3_rl_verifiable_rewards(tmp_path):
         start, end = start_end(name, key)
         assert c["status"] == "holds" and end > start, (c, start, end)
     for claim, name, key in (("题库里 2 位题（训练过的题）上的准确率", "pool", "correct"),
-                             ("留出 2 位题（没训练过的题）上的准确率", "2digit", "correct"),
-                             ("留出 2 位题上格式合格的回答更多", "2digit", "well_formed")):
+                             ("留出 2 位题（没训练过的题）上的准确率", "2digit", "correct")):
         c = find_conclusion(record, claim)
         start, end = start_end(name, key)
         assert c["status"] != "fails" and (c["status"] == "holds") <= (end > start), c
+    # 格式合格率贴着天花板（起点不合格的只有 5–10%），quick 不判定（QUICK_FORMAT_CEILING），只打印测得的值与原因
+    exp3 = load_experiment_module(EXPERIMENTS, "exp3_rl_verifiable_rewards")
+    claim = "GRPO 之后留出 2 位题上格式合格的回答更多"
+    assert not [c for c in record["conclusions"] if c["claim"] == claim]
+    undecided = record["metrics"]["quick_undecided"]
+    assert [(u["claim"], u["reason"]) for u in undecided] == [(claim, exp3.QUICK_FORMAT_CEILING)]
+    assert "Δ=" in undecided[0]["evidence"] and stdout.count("quick 模式不判定") == 1
+    assert start_end("2digit", "well_formed")[0] > 0.85  # 起点已经贴着天花板
     # 为什么"先想比例的增幅：2 位 > 1 位"不成立（quick 种子 42、1、7、5 与完整模式两组种子都 ❔）：1 位题上先想同样有用——
     # 起点上先想的 1 位题采样答对率高于直接答的（完整模式种子 42–44 的起点见讲义），奖励里又没有让它少想的力量
     split = record["metrics"]["by_first_token"]["1digit"]
@@ -157,8 +167,9 @@ def test_exp3_rl_verifiable_rewards(tmp_path):
 
 def test_exp4_reasoning_distillation(tmp_path):
     """推理蒸馏：学老师轨迹的学生远好于只学答案的学生、标准草稿好于过滤后的轨迹（quick 种子 42、1、7、5 上都 ✅）。
-    老师在进位题上更常被拒取决于老师（只查自洽）；过滤 vs 不过滤在 quick 的 300 步里是起飞噪声，豁免（理由见下）。"""
-    record, _ = run_quick("exp4_reasoning_distillation.py", tmp_path)
+    老师在进位题上更常被拒取决于老师（只查自洽）；过滤 vs 不过滤在 quick 的 300 步里是起飞噪声，quick 不判定（理由见下）。"""
+    exp4 = load_experiment_module(EXPERIMENTS, "exp4_reasoning_distillation")
+    record, stdout = run_quick("exp4_reasoning_distillation.py", tmp_path)
     students, teacher = record["metrics"]["students"], record["metrics"]["teacher"]
 
     def acc(arm, key):
@@ -178,11 +189,16 @@ def test_exp4_reasoning_distillation(tmp_path):
     assert record["metrics"]["pass_samples"] == 4
     # 过滤 vs 不过滤：quick 的学生只练 300 步，还在"起飞"途中，名次由起飞早晚决定，不由数据好坏决定。
     # 实测（种子 7，同一个老师、同一批轨迹，只换学生的初始化与取样顺序，3 次训练）：filtered 贪心 0.37、0.58、0.575，
-    # unfiltered 0.605、0.50、0.285——单次训练之间相差 0.2–0.3，比两组之差还大。完整模式 800 步时学生已练满，
-    # 过滤的价值在两组种子上都 ✅（results/reference/）
-    exempt_conclusions(record, {
-        "贪心准确率高于不过滤的轨迹": "quick 300 步时学生还在起飞途中，单次训练之间的差大于效应（种子 7、5 上 ❌，1、2、42 上 ❔）",
-        "采样准确率高于不过滤的轨迹": "同上：quick 300 步的起飞噪声（种子 7 上 ❌，1、2、5 上 ❔，42 上 ✅）；完整模式 800 步在两组种子上 ✅"})
+    # unfiltered 0.605、0.50、0.285——单次训练之间相差 0.2–0.3，比两组之差还大；quick 种子 42/1/7/5/2/11 上判定翻转。
+    # quick 不判定这两条（quick_reason），只打印测得的值与原因；完整模式 800 步时学生已练满，两组种子上都 ✅（results/reference/）
+    not_judged = ("过滤后的轨迹教出的学生，采样准确率高于不过滤的轨迹", "过滤后的轨迹教出的学生，贪心准确率高于不过滤的轨迹")
+    undecided = record["metrics"]["quick_undecided"]
+    assert [u["claim"] for u in undecided] == list(not_judged)
+    for u in undecided:
+        assert u["reason"].startswith(exp4.QUICK_TAKEOFF_NOISE) and "Δ=" in u["evidence"], u
+        assert not [c for c in record["conclusions"] if c["claim"] == u["claim"]], u
+    assert stdout.count("quick 模式不判定") == len(not_judged)
+    assert len(record["conclusions"]) == 3, [c["claim"] for c in record["conclusions"]]
     # 训练数据：answers 与 filtered 是同一批题；filtered 是 unfiltered 的子集
     assert students["answers"]["n_pairs"] == students["filtered"]["n_pairs"]
     assert students["filtered"]["n_pairs"][0] < students["unfiltered"]["n_pairs"][0]

@@ -25,6 +25,11 @@ C. 学习曲线：每隔几次更新在留出题上每题采 4 条，算采样�
    - 同样的训练时间：横轴换成这个方法自己那些更新的实测秒数之和（不含评测），在 [0, T] 上平均，
      T = 两种方法里较便宜的那个做完 U 次更新的用时（贵的那个只在它的曲线内插值，不外推，也就没有删失）。
    完整模式按种子配对；quick 只有一个种子，按留出题配对（每道题的曲线平均是同一组权重下的逐题值）。
+   quick 不判定 C 里的五条比较（三种方法各自高于起点、两条同样更新次数的曲线比较；QUICK_UNDECIDED 的前五项）：12 次更新的差值小，
+   逐题检验量不到训练噪声，quick 种子 42/1/7/5/2/11 上它们在 ✅ 与 ❔ 之间变。quick 只打印测得的值与原因（看过这些 quick 判定之后的改动，
+   测得的值不变）；完整模式照常判定，参考结果不变。对照"DPO 用 RL 的 lr 1e-3 时高于起点"原先在 quick 里判定（种子 42/1/7/5/2/11 上都成立），
+   从没用过的种子 13 上它在 12 次更新内就崩了（❌）：大 lr 下崩不崩随种子变，一个种子判不了，看过种子 13 之后也改为 quick 不判定。
+   "按时间量 PPO 的优势缩小"在 quick 里照常判定。
 DPO 的 lr（在跑 1–3 号种子之前、按文献定下）：DPO 论文（Rafailov et al. 2023）用 β=0.1、lr 1e-6，约为 PPO 式 RLHF
    （Ouyang et al. 2022）所用 lr 的 1/10；MiniMind 自己的默认值也是 DPO 4e-8 对 GRPO 3e-7（约 1/7.5）。这里 RL 的 lr 是 1e-3，DPO 取 1e-4。
    上一版 DPO 用 RL 的 1e-3，30 次后的留出准确率在种子间散得很开（0.102 / 0.336 / 0.004），同一个种子只换训练随机数也一样散；
@@ -72,6 +77,20 @@ LONG_REPLY = 64  # D 的长回答档：每条回答写满的 token 数（真实 
 # pair_prompts：造偏好对用的训练题数，让偏好对至少够 updates × 32 次抽取（每对最多用一遍）
 QUICK = dict(start_epochs=1, updates=12, eval_every=4, eval_prompts=128, eval_samples=4, pair_prompts=576, cost_windows=4)
 FULL = dict(start_epochs=4, updates=30, eval_every=2, eval_prompts=256, eval_samples=4, pair_prompts=1200, cost_windows=6)
+# C 里 quick 不判定的比较（交给 exp.conclude_verdict 的 quick_reason；完整模式照常按种子配对判定）：键是比较的两方，
+# 值是原因与 quick 种子上实测的判定
+QUICK_NOISE = ("quick 只有 12 次更新、一个种子，按留出题配对的检验只量到评估噪声，量不到换种子重训的噪声；差值小，"
+               "判定随种子在 ✅ 与 ❔ 之间变")
+QUICK_UNDECIDED = {
+    ("grpo", "start"): f"{QUICK_NOISE}：种子 42、1、5、13 上 ✅，7、2、11 上 ❔（11：0.133 → 0.123）",
+    ("ppo", "start"): f"{QUICK_NOISE}：种子 42、1、5、2、11、13 上 ✅，7 上 ❔",
+    ("dpo", "start"): f"{QUICK_NOISE}：lr 1e-4 的 DPO 12 次更新几乎不动（42：0.195 → 0.197，11：0.133 → 0.135），"
+                      "种子 5、2 上 ✅，42、1、7、11、13 上 ❔",
+    ("ppo", "grpo"): f"{QUICK_NOISE}：种子 2、11、13 上 ✅，42、1、7、5 上 ❔",
+    ("grpo", "dpo"): f"{QUICK_NOISE}：种子 1、5 上 ✅，42、7、2、13 上 ❔，11 上 ❔（反向 −0.014）",
+    ("dpo_lr_rl", "start"): "大 lr 下 DPO 会不会崩随种子与训练随机数变：quick 种子 42、1、7、5、2、11 上 12 次更新还在上升期、高于起点（✅），"
+                            "从没用过的种子 13 上 12 次内就崩了（0.156 → 0.076，❌）；完整模式种子 43 第 6 次更新 0.020、种子 1 第 22 次 0.057",
+}
 
 
 def add_args(parser):
@@ -81,6 +100,11 @@ def add_args(parser):
 def count(values) -> str:
     """整数计数的 mean ± std（一个种子时只写数）。"""
     return f"{np.mean(values):.0f}" if len(values) == 1 else f"{np.mean(values):.0f} ± {np.std(values):.0f}"
+
+
+def quick_reason(better: str, worse: str) -> str | None:
+    """C 里这对比较 quick 不判定的原因（QUICK_UNDECIDED 里没有的照常判定）。"""
+    return QUICK_UNDECIDED.get((better, worse))
 
 
 def settings(exp: Experiment) -> dict:
@@ -455,7 +479,8 @@ def main():
                     ("dpo_lr_rl", "对照：DPO 用 RL 的 lr 1e-3 时，")):
         exp.conclude_verdict(f"{name}训练 {U} 次更新后留出采样准确率高于起点",
                              compare_runs(final(m), start_acc, "greater", prompt_curves[m][-1].tolist(), start_prompts()),
-                             f"{format_mean_std(start_acc, 3)} → {format_mean_std(final(m), 3)}")
+                             f"{format_mean_std(start_acc, 3)} → {format_mean_std(final(m), 3)}",
+                             quick_reason=quick_reason(m, "start"))
     for high, low in (("ppo", "grpo"), ("grpo", "dpo")):
         exp.conclude_verdict(f"同样的更新次数（每次 {REPLIES} 条回答），{high.upper()} 的学习曲线高于 {low.upper()}："
                              f"{U} 次更新内留出采样准确率曲线的平均",
@@ -463,7 +488,7 @@ def main():
                                           update_avg_prompts[low]),
                              f"{high.upper()} {format_mean_std(update_avg[high], 3)} vs {low.upper()} "
                              f"{format_mean_std(update_avg[low], 3)}（{U} 次后 {format_mean_std(final(high), 3)} vs "
-                             f"{format_mean_std(final(low), 3)}）")
+                             f"{format_mean_std(final(low), 3)}）", quick_reason=quick_reason(high, low))
     gap_updates = np.subtract(update_avg["ppo"], update_avg["grpo"])
     gap_time = np.subtract(grpo_budget["ppo"][0], grpo_budget["grpo"][0])
     exp.conclude_verdict(f"按训练时间量，PPO 相对 GRPO 的优势比按更新次数量时小：GRPO 做完 {U} 次更新的用时内，"

@@ -12,6 +12,9 @@ scratchpad "2+4+0=06;1+3+0=04;|046" 先打草稿。于是回答的第一个 toke
 每隔一段按温度 1 采样（就是策略本身，不是贪心），测：准确率、"先想"的比例、回答长度、格式合格率——
 分三组题看：题库里的 2 位题（训练过）、留出的 2 位题（没训练过）、全部 1 位题（想是不是用在了有用的地方）。
 
+quick（30 步）不判定"格式合格的回答更多"（QUICK_FORMAT_CEILING）：起点只有 5–10% 不合格，贴着天花板，30 步的涨幅在评估噪声上下，
+判定随种子变（本机上 42、1 ✅，7、11、13 ❔；之前的记录里 1、7 ❔，5、2 ✅）。这是看过种子 11 的判定之后的改动，测得的值不变；完整模式照常判定。
+
     python exp3_rl_verifiable_rewards.py --quick
 """
 import random
@@ -33,6 +36,9 @@ FORMAT_WEIGHT = 0.1  # 格式奖励的权重：远小于答对的 1，只用来�
 EVAL_BATCHES = 10
 SETS = ("1digit", "2digit")
 POOL_2DIGIT, POOL_1DIGIT = 32, 16  # RL 的题库（相当于 RL 的 prompt 数据集）：32 道 2 位题 + 16 道 1 位题
+# quick 不判定"格式合格的回答更多"的原因（交给 exp.conclude_verdict 的 quick_reason，完整模式照常判定）
+QUICK_FORMAT_CEILING = ("起点只有 5–10% 的回答格式不合格，贴着天花板，quick 30 步的涨幅在评估噪声上下：本机（AMD EPYC）上种子 42 ✅"
+                        "（+0.065，界 0.042）、1 ✅，7、11、13 ❔（13：+0.000）；之前的记录里 1、7 ❔、5、2 ✅；一个种子判不了")
 
 
 def add_args(parser):
@@ -237,7 +243,8 @@ def main():
     exp.conclude_verdict("GRPO 之后留出 2 位题上的回答更长（想得更久）", gain("2digit", "length"),
                          evidence=f"{ev('2digit', 'length', 0)} → {ev('2digit', 'length', -1)} token")
     exp.conclude_verdict("GRPO 之后留出 2 位题上格式合格的回答更多", gain("2digit", "well_formed"),
-                         evidence=f"{ev('2digit', 'well_formed', 0)} → {ev('2digit', 'well_formed', -1)}")
+                         evidence=f"{ev('2digit', 'well_formed', 0)} → {ev('2digit', 'well_formed', -1)}",
+                         quick_reason=QUICK_FORMAT_CEILING)
     think_gain = {name: [e - s for e, s in zip(seeds(name, "think", -1), seeds(name, "think", 0))] for name in SETS}
     exp.conclude_verdict("先想比例的增幅：留出 2 位题（草稿有用）大于 1 位题（直接答也常对）",
                          compare_runs(think_gain["2digit"], think_gain["1digit"], "greater",

@@ -12,6 +12,9 @@ DeepSeek-R1（2025）把 R1 的推理轨迹蒸馏进小模型：老师对每道�
 评估：留出的 2 位题，学生贪心解码的准确率，以及温度 1 采样一条的准确率（学生学到的分布本身）。
 另外数一数过滤掉了哪些题：老师在有进位的题上更常出错、被验证器拒掉，所以过滤后的题库里有进位的题比例变低——
 拒绝采样的覆盖偏差（学生恰恰少见了难题）。
+quick（学生 300 步）不判定"过滤后的轨迹教出的学生高于不过滤的"两条（QUICK_TAKEOFF_NOISE）：学生还在起飞途中，单次训练之间的差
+大于效应，quick 种子 42/1/7/5/2/11/13 上判定在 ✅、❔、❌ 之间翻转（同一个种子换一种 CPU 也会翻转）（原来测试里把它们列为豁免；看过种子 11 的判定之后改成 quick 不判定，
+测得的值不变）。完整模式（800 步，学生练满）照常判定，两组种子上都成立。
 
     python exp4_reasoning_distillation.py --quick
 """
@@ -37,6 +40,11 @@ EVAL_BATCHES = 10
 # 每题只采一条时，一个种子的"无进位 − 有进位"通过率之差光采样误差就有约 ±0.03，与效应同量级；
 # 每题 4 条把它降到约一半（R1 之类的流水线本来就对每道题多采几条）。条数按 CPU 预算定（多采的 3 条只占运行时间的几秒）
 PASS_SAMPLES = 4
+# quick 不判定"过滤后高于不过滤"两条的原因（交给 exp.conclude_verdict 的 quick_reason，完整模式照常判定）：
+# quick 的学生只练 300 步、还在起飞途中，名次由起飞早晚决定；同一个老师、同一批轨迹只换学生的训练随机数（种子 7，3 次训练），
+# filtered 的贪心 0.37、0.58、0.575，unfiltered 0.605、0.50、0.285——单次训练之间的差比两组之差还大，判定随种子翻转
+QUICK_TAKEOFF_NOISE = ("quick 300 步时学生还在起飞途中，单次训练之间的差（种子 7 只换学生的训练随机数：filtered 贪心 0.37/0.58/0.575，"
+                       "unfiltered 0.605/0.50/0.285）大于两组之差，一个种子量不到；判定随种子翻转")
 
 
 def add_args(parser):
@@ -191,15 +199,17 @@ def main():
                                          "final_loss": [r["students"][arm]["final_loss"] for r in rows]}
                                    for arm in ARMS}})
 
-    def versus(claim, better, worse, key):
+    def versus(claim, better, worse, key, quick_reason=None):
         exp.conclude_verdict(claim, compare_runs(student(better, key), student(worse, key), "greater",
                                                  batches(better, key), batches(worse, key)),
                              evidence=f"{better} {format_mean_std(student(better, key), 3)} vs "
-                                      f"{worse} {format_mean_std(student(worse, key), 3)}")
+                                      f"{worse} {format_mean_std(student(worse, key), 3)}", quick_reason=quick_reason)
 
     versus("学推理轨迹（过滤后）的学生贪心准确率高于只学答案的学生（同一批题、同一批答案）", "filtered", "answers", "greedy")
-    versus("过滤后的轨迹教出的学生，采样准确率高于不过滤的轨迹", "filtered", "unfiltered", "sampled")
-    versus("过滤后的轨迹教出的学生，贪心准确率高于不过滤的轨迹", "filtered", "unfiltered", "greedy")
+    versus("过滤后的轨迹教出的学生，采样准确率高于不过滤的轨迹", "filtered", "unfiltered", "sampled",
+           QUICK_TAKEOFF_NOISE + "：采样准确率在本机（AMD EPYC）上种子 42、1、7 ✅，13 ❔，11 ❌；之前的记录里 2、5 ❔、7 ❌")
+    versus("过滤后的轨迹教出的学生，贪心准确率高于不过滤的轨迹", "filtered", "unfiltered", "greedy",
+           QUICK_TAKEOFF_NOISE + "：贪心准确率在本机上种子 7 ✅，42、1、13 ❔，11 ❌；之前的记录里 2 ❔、7、5 ❌")
     versus("标准草稿教出的学生，贪心准确率高于过滤后的老师轨迹", "ground_truth", "filtered", "greedy")
     exp.conclude_verdict("老师在有进位的题上更常被验证器拒掉，所以过滤后的题库里有进位的题变少（拒绝采样的覆盖偏差）",
                          compare_runs(teacher("pass_no_carry"), teacher("pass_carry"), "greater",
