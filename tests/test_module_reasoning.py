@@ -83,8 +83,10 @@ def test_exp1_addition_formats(tmp_path):
     for fmt in ("plain", "reverse", "scratchpad"):
         c = find_conclusion(record, f"长度外推差：{fmt}")
         assert c["status"] == "holds" and m["final_longer"][fmt][0] < 0.1
-    # 同分布上确实学到了东西：4 位题全错不是因为什么都没学会（草稿写法终点：种子 42、1、7 上 0.59、0.74、0.85）
-    assert m["final_in_dist"]["scratchpad"][0] > 0.3 > m["final_longer"]["scratchpad"][0]
+    # 同分布上确实学到了东西：4 位题全错不是因为什么都没学会。界用实验事先定好的"全错"界 OOD_THRESHOLD = 0.1：
+    # 草稿写法的同分布终点高于它、4 位题低于它（原来的界 0.3 是照种子 42、1、7 定的；本机 quick 种子 42/1/7/5/13 上
+    # 同分布终点 0.96、0.76、0.92、0.27、0.395，4 位题都是 0）
+    assert m["final_in_dist"]["scratchpad"][0] > 0.1 > m["final_longer"]["scratchpad"][0]
 
 
 def test_exp2_test_time_compute(tmp_path):

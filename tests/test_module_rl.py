@@ -100,8 +100,11 @@ def test_exp2_advantage_estimators(tmp_path):
     zero = {int(g): np.mean(v["measured"]) for g, v in m["zero_adv_groups"].items()}
     assert all(zero[a] > zero[b] for a, b in zip(sorted(zero), sorted(zero)[1:])), zero  # G 越大越少
     by_task, acc_task = m["zero_adv_groups_by_task"], m["start_accuracy_by_task"]
-    hardest = min(acc_task, key=lambda t: np.mean(acc_task[t]))  # 答对率最低的任务（max）零优势组最多
-    assert all(np.mean(by_task[hardest]["8"]) >= np.mean(by_task[t]["8"]) for t in by_task), by_task
+    # 起点答对率最低的任务零优势组多于最高的（全错的组更多）。只比两端：中间两个任务的答对率可能几乎相同（quick 种子 5：
+    # min 0.128、max 0.131），那时谁的零优势组多取决于逐题答对率的分布，不只是平均值
+    by_accuracy = sorted(acc_task, key=lambda t: np.mean(acc_task[t]))
+    hardest, easiest = by_accuracy[0], by_accuracy[-1]
+    assert np.mean(by_task[hardest]["8"]) > np.mean(by_task[easiest]["8"]), (by_task, acc_task)
     var = {e: np.mean(v) for e, v in m["grad_variance"].items()}
     assert var["none+1"] > 3 * var["mean"], var  # 种子 42、1、7 上都是 7–9 倍
     held = {e: np.mean(v) for e, v in m["heldout_sampled_accuracy"].items()}
