@@ -119,19 +119,17 @@ def test_exp1_qk_norm_bounds_logits_and_trains_at_high_lr(tmp_path, experiment_e
     # 低 0.1 以上——一个按开发机器定的界，2026-12-05 在另一种 CPU（AMD EPYC）上种子 42 只低 0.073，已去掉）；小学习率下两者相近
     assert s[f"{on} @ {hi}"]["val_loss"] < s[f"{off} @ {hi}"]["val_loss"]
     assert abs(s[f"{on} @ {lo}"]["val_loss"] - s[f"{off} @ {lo}"]["val_loss"]) < 0.2
-    # 论文定义的学习率敏感度：有 QK-norm 的更小（从逐 LR 的验证 loss 独立重算）
+    # 论文定义的学习率敏感度（从逐 LR 的验证 loss 独立重算）。"有 QK-norm 的更小"quick 不判定（种子 13 上反向），见下
     sens = {v: m["lr_sensitivity"][v][0] for v in (off, on)}
     for v in (off, on):
         losses = [s[f"{v} @ {lr:g}"]["val_loss"] for lr in m["lrs"]]
         capped = [min(x, m["init_loss"]) for x in losses]
         assert sens[v] == pytest.approx(sum(capped) / len(capped) - min(capped))
-    assert sens[on] < sens[off]
     # 逐步记录的 logit / 熵轨迹与训练步一一对应
     run = m["runs"][f"{off} @ {hi}"][0]
     assert len(run["max_logit_trace"]) == len(run["min_entropy_trace"]) == len(run["train_loss"]) == m["steps"]
     # 比较结论经噪声检验（单种子：logit、熵按末 10 个训练步配对，验证 loss 按 4 个验证 batch 配对）且必须成立
-    for fragment in ("最大注意力 logit 高于", "学习率越大 logit 越大", "注意力熵坍缩", "验证 loss 更低",
-                     "对学习率更不敏感", "学习率敏感度 E_lr"):
+    for fragment in ("最大注意力 logit 高于", "学习率越大 logit 越大", "注意力熵坍缩", "验证 loss 更低"):
         c = find_conclusion(record, fragment)
         assert c["status"] == "holds" and c["noise"]["unit"] == "batches", c
     # 两种回升量都是整条曲线上的一个数，单种子没有噪声可估（n = 1，噪声检验只能给"未确立"）：quick 不判定它们
@@ -141,11 +139,16 @@ def test_exp1_qk_norm_bounds_logits_and_trains_at_high_lr(tmp_path, experiment_e
         run_hi = m["runs"][f"{v} @ {hi}"][0]
         assert run_hi["late_rise"] == pytest.approx(late_rise(run_hi["train_loss"], m["late_start_fraction"], m["smooth_window"]))
     undecided = m["quick_undecided"]
-    assert len(undecided) == 2 == stdout.count("quick 模式不判定")
+    assert len(undecided) == 4 == stdout.count("quick 模式不判定")
     for fragment in ("早期尖峰", "训练后段"):
         assert not [c for c in record["conclusions"] if fragment in c["claim"]], fragment
         u = next(u for u in undecided if fragment in u["claim"])
         assert "只有 1 对测量" in u["evidence"] and "n = 1" in u["reason"], u
+    # 学习率敏感度的两条：单次训练的差，4 个验证 batch 量不到训练噪声（quick 种子 13 上反向），只打印测得的值与原因
+    for fragment in ("对学习率更不敏感", "学习率敏感度 E_lr"):
+        assert not [c for c in record["conclusions"] if fragment in c["claim"]], fragment
+        u = next(u for u in undecided if fragment in u["claim"])
+        assert "Δ=" in u["evidence"] and "种子 13 上反向" in u["reason"], u
     # 对照：fp32 下的 NaN/inf 发散。预期的结果是"不成立"（fp32 的 softmax 先减最大值，logit 上十万也不溢出）：
     # 断言这个预期本身——每个学习率、两个变体都没有 diverged_at，结论判 ❌；哪次真的发散了，这个测试就失败
     assert all(r["diverged_at"] is None for runs in m["runs"].values() for r in runs)
