@@ -225,21 +225,21 @@ def test_exp1_margin_rises_and_generalises(tmp_path):
 
     v = checked("refusal 的留出准确率高于 wrong_fact", compare(folds("refusal"), folds("wrong_fact"), "greater", "batches"))
     assert v.holds and np.mean(correct("heldout", late, "refusal")) > 0.8  # "敷衍回答"这种表面特征推广得很好
-    # 下面这条在 60 个留出对的噪声边缘：quick 种子之间判定不一（refusal > arithmetic：种子 1 未确立）。
-    # 这里断言判定与重算一致、方向不反、效应本身的方向与参考运行相同
-    v = checked("refusal 的留出准确率高于 arithmetic", compare(folds("refusal"), folds("arithmetic"), "greater", "batches"))
-    assert v.status != "fails" and v.mean_delta > 0
-    # quick 不判定的两条"比例高于 0.5"（原因见 exp1_dpo_basics.py 的 QUICK_HELDOUT_ACCURACY / QUICK_TRAIN_ARITHMETIC）：
-    # 不是结论，记进 quick_undecided，打印的 Δ 就是逐对数据重算的
+    # quick 不判定的四条（原因见 exp1_dpo_basics.py 的 QUICK_HELDOUT_ACCURACY / QUICK_TRAIN_ARITHMETIC /
+    # QUICK_REFUSAL_VS_ARITHMETIC / QUICK_DPOP_ADDITION）：不是结论，记进 quick_undecided，打印的 Δ 就是逐对（逐题）数据重算的
     undecided = m["quick_undecided"]
-    assert len(undecided) == 2, [u["claim"] for u in undecided]
-    for fragment, pair_correct in (("留出对上的偏好准确率高于 0.5（随机猜）", correct("heldout", late)),
-                                   ("[对照] 训练过的算术对", correct("train", late, "arithmetic"))):
+    assert len(undecided) == 4, [u["claim"] for u in undecided]
+    add_first = m["addition"]["can_add_dpop_many"]["dpo_correct"][0]
+    for fragment, verdict in (("留出对上的偏好准确率高于 0.5（随机猜）", exceeds(correct("heldout", late), 0.5, unit="batches")),
+                              ("[对照] 训练过的算术对", exceeds(correct("train", late, "arithmetic"), 0.5, unit="batches")),
+                              ("refusal 的留出准确率高于 arithmetic",
+                               compare(folds("refusal"), folds("arithmetic"), "greater", "batches")),
+                              ("DPO 式的偏好训练学会了'算对'", exceeds(add_first, 0.5, unit="batches"))):
         assert not [c for c in record["conclusions"] if fragment in c["claim"]], fragment
         entry = next(u for u in undecided if fragment in u["claim"])
-        v = exceeds(pair_correct, 0.5, unit="batches")
-        assert f"Δ={v.mean_delta:+.3g}" in entry["evidence"] and entry["reason"], entry
-        assert v.mean_delta > 0, entry  # 方向与完整参考结果相同：quick 种子 42/1/7/5/11/13 上都为正（+0.03～+0.28）
+        assert f"Δ={verdict.mean_delta:+.3g}" in entry["evidence"] and entry["reason"], entry
+        # 方向与完整参考结果相同（quick 种子 42/1/7/5/11/13 上：前两条 +0.03～+0.28，DPOP 最低 0.537）
+        assert verdict.mean_delta > 0, entry
     assert stdout.count("quick 模式不判定") == len(undecided)
     assert len(m["reference_prefers_chosen_by_kind"]["arithmetic"]) == 1
 
@@ -258,10 +258,7 @@ def test_exp1_margin_rises_and_generalises(tmp_path):
     assert v.holds and np.mean(can["ref_correct"]) > 0.7
     v = checked("会加法的参考模型比只在 sft.jsonl", compare(can["ref_correct"], cannot["ref_correct"], "greater", "batches"))
     assert v.holds and np.mean(can["ref_correct"]) > np.mean(cannot["ref_correct"])
-    # "DPO 学会了'算对'"在文献的设定里成立：DPOP 的损失（λ = 50，Pal et al. 2024）+ 722 道加法题的偏好对、300 步，
-    # 没见过的加法题上偏好准确率高于 0.5（quick 种子 42、1、7、11、13 成立；2026-12-06 重跑时种子 5 未确立：0.537，见讲义）
-    v = checked("DPO 式的偏好训练学会了'算对'", exceeds(dpop_many["dpo_correct"], 0.5, unit="batches"))
-    assert v.holds and np.mean(dpop_many["dpo_correct"]) > 0.5
+    # "DPO 学会了'算对'"在文献的设定里（DPOP λ = 50，722 道加法题的偏好对、300 步）：quick 不判定（上面），完整模式判定
     # 对照（课程原来的设定）：标准 DPO 只在 78 个 dpo.jsonl 算术对上训练 50 步，准确率在 0.5 附近——
     # quick 种子 42、1、7、5、11、13 都是"未确立"，断言判定与重算一致且不是"成立"（完整种子 42–44 上低于 0.5，❌ 也是预期的一面）
     v = checked("对照：参考模型会加法、但用标准 DPO", exceeds(can["dpo_correct"], 0.5, unit="batches"))

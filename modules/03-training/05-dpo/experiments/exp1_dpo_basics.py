@@ -22,6 +22,8 @@
 quick 不判定两条"比例高于 0.5"（留出对的偏好准确率、训练过的算术对），只打印测得的值（QUICK_HELDOUT_ACCURACY、
 QUICK_TRAIN_ARITHMETIC）：quick 只有一个种子、一次训练，60 个留出对 / 27 个监控的训练算术对的评估噪声与效应同量级，
 2026-12-06 的 quick 种子 42/1/7/5/11/13 上判定随种子翻转。这是看过 quick 判定之后的改动，完整模式的结果不变。
+同样不判定的还有"refusal 的留出准确率高于 arithmetic"（QUICK_REFUSAL_VS_ARITHMETIC，种子 1 上未确立）与
+"DPOP 学会了'算对'"（QUICK_DPOP_ADDITION，种子 5 上 0.537 未确立）：同一次重跑里看到的，完整模式照常判定。
 算术部分（DPO 式的偏好训练能不能学会"算对"）：在 160 道参考模型和偏好训练都没见过的加法题
 （每题一对：正确结果 vs 差 1–2）上测四种设定：
   can_add            会加法的参考模型（在其余 0–20 加法题上 SFT --add-ref-steps 步）+ 标准 DPO，
@@ -60,6 +62,11 @@ QUICK_HELDOUT_ACCURACY = ("60 个留出对的评估噪声（2·SE ≈ 0.12–0.1
                           "quick 种子 42/1/7/5/11/13 上判定 ❔/❔/✅/✅/❔/✅，随种子翻转")
 QUICK_TRAIN_ARITHMETIC = ("监控的 27 个训练算术对的评估噪声（2·SE ≈ 0.16–0.19）与高出 0.5 的量（+0.09～+0.28）同量级，"
                           "quick 种子 42/1/7/5/11/13 上判定 ✅/✅/✅/✅/❔/❔，随种子翻转")
+# 另外两条在 quick 种子 42/1/7/5/11/13 的重跑（2026-12-06）里各有一个种子未确立，看到之后也改为 quick 不判定（完整模式照常判定）
+QUICK_REFUSAL_VS_ARITHMETIC = ("单种子按 5 个固定留出子集配对，量不到换一次训练的噪声："
+                               "quick 种子 42/7/5/11/13 上成立，种子 1 上未确立")
+QUICK_DPOP_ADDITION = ("一次 DPOP 训练、160 道题的逐题噪声（2·SE ≈ 0.08）量不到换一次训练的噪声："
+                       "quick 种子 42/1/7/11/13 上成立，种子 5 上 0.537（+0.04）未确立")
 DPOP_LAMBDA = 50.0  # DPOP 惩罚项的 λ：取论文的值（Pal et al. 2024 用 λ = 50），不按这里的结果调
 # 算术设定的显示顺序：(名字, 参考模型, 损失, 训练偏好对)
 ADDITION_REGIMES = (("can_add", "can add", "DPO", "dpo.jsonl arithmetic"),
@@ -290,7 +297,8 @@ def main():
                                           fold_accuracy("refusal"), fold_accuracy(other)),
                              f"refusal {format_mean_std(kind_acc['refusal'], 3)}, "
                              f"{other} {format_mean_std(kind_acc[other], 3)}"
-                             + (f"（单种子：按 {N_FOLDS} 个固定的留出子集配对）" if n_seeds == 1 else ""))
+                             + (f"（单种子：按 {N_FOLDS} 个固定的留出子集配对）" if n_seeds == 1 else ""),
+                             quick_reason=QUICK_REFUSAL_VS_ARITHMETIC if other == "arithmetic" else None)
     train_arith = curve("train", "accuracy_arithmetic")[:, late]
     # 监控的 27 个算术对是 78 个训练算术对里抽出的一部分：同样要过逐对的噪声
     conclude_above_chance("[对照] 训练过的算术对上偏好准确率高于 0.5：DPO 能逐题记住哪个结果是对的",
@@ -307,9 +315,9 @@ def main():
     def addition_pairs(regime, key):
         return runs[0]["addition"][regime][key]
 
-    def conclude_above_half(claim, evidence, regime, key):  # 这个比例高于 0.5（瞎猜）：见 conclude_above_chance
+    def conclude_above_half(claim, evidence, regime, key, quick_reason=None):  # 这个比例高于 0.5（瞎猜）：见 conclude_above_chance
         conclude_above_chance(claim, evidence, addition(regime, key), addition_pairs(regime, key),
-                              np.mean([run["addition"][regime][key] for run in runs], axis=0))
+                              np.mean([run["addition"][regime][key] for run in runs], axis=0), quick_reason=quick_reason)
 
     n_add = len(add_idx)
     exp.print_table(["regime", "reference", "loss", "training pairs", "steps", "reference prefers correct",
@@ -337,7 +345,7 @@ def main():
                         f"DPOP accuracy = {format_mean_std(addition('can_add_dpop_many', 'dpo_correct'), 3)}；"
                         f"参考模型自己 = {format_mean_std(addition('can_add', 'ref_correct'), 3)} → "
                         f"训练后策略自己 = {format_mean_std(addition('can_add_dpop_many', 'policy_correct'), 3)}",
-                        "can_add_dpop_many", "dpo_correct")
+                        "can_add_dpop_many", "dpo_correct", quick_reason=QUICK_DPOP_ADDITION)
     conclude_above_half(f"对照：参考模型会加法、但用标准 DPO 只在 dpo.jsonl 的 {len(arith_train_idx)} 个训练算术对上训练 "
                         f"{dpo_steps} 步时，没见过的加法题上 DPO 的偏好准确率（margin > 0）高于 0.5",
                         f"DPO accuracy = {format_mean_std(addition('can_add', 'dpo_correct'), 3)}；"
