@@ -115,7 +115,7 @@ def test_quick_run_measures_bytes_and_the_quality_effects(tmp_path, experiment_e
     assert all(len(v) == 16 for v in batches.values())
     for name, v in batches.items():  # 记录的平均 loss 就是逐批次 loss 的平均
         assert m["val_loss"][name][0] == pytest.approx(sum(v) / 16)
-    margin = m["config"]["equivalence_margin"]
+    margin = m["config"]["noninferiority_margin"]
 
     def mean(name):
         return m["val_loss"][name][0]
@@ -133,14 +133,18 @@ def test_quick_run_measures_bytes_and_the_quality_effects(tmp_path, experiment_e
     # quick 的 150 步里各模型离开平台期有早有晚：MQA 反而更好（对照）；同参数量的三条质量结论只在完整模式里下
     check("对照：quick（150 步", cmp("MQA", "MHA", "less"))
     assert mean("MQA") < mean("MHA")
-    for fragment in ("与 MHA 的验证 loss 相差不超过", "的验证 loss 高于 MHA（Shazeer", "MLA（cache 为 MHA 的"):
+    for fragment in ("(n_kv=2，cache 为 MHA 的 1/2) 的验证 loss 不比 MHA", "的验证 loss 高于 MHA（Shazeer", "MLA（cache 为 MHA 的"):
         assert not [c for c in record["conclusions"] if fragment in c["claim"]], fragment
     check("刚用 mean-pool 转成 GQA", cmp("GQA mean-pool converted", "MHA", "greater"))
     assert mean("GQA mean-pool converted") > mean("MHA") + 0.1
     # 刚转成 MQA 时谁好：quick 里随种子变，只在完整模式里下结论（对照）
     assert not [c for c in record["conclusions"] if "还没 uptraining" in c["claim"]]
-    check("mean-pool 好于只留第一个头（Ainslie 2023 图 5）", cmp("MQA mean-pool uptrained", "MQA first-head uptrained", "less"))
-    assert mean("MQA mean-pool uptrained") < mean("MQA first-head uptrained")
+    # 转成 MQA 并 uptraining 之后 mean-pool 好于第一个头：quick 不判定（种子 3 上反向，见 QUICK_REASON_MQA_UPTRAIN），只打印
+    (u,) = [u for u in m["quick_undecided"] if "mean-pool 好于只留第一个头（Ainslie 2023 图 5）" in u["claim"]]
+    expected = cmp("MQA mean-pool uptrained", "MQA first-head uptrained", "less")
+    assert expected.describe() in u["evidence"] and "种子 3 上反向" in u["reason"], u
+    assert not [c for c in record["conclusions"] if "mean-pool 好于只留第一个头" in c["claim"]]
+    assert stdout.count("quick 模式不判定") == len(m["quick_undecided"]) == 1
     check("好于同结构从头训练 38 步", cmp("GQA mean-pool uptrained", "GQA scratch uptrained", "less"))
     assert mean("GQA mean-pool uptrained") < mean("GQA scratch uptrained")
     # 单侧非劣界（原来的双侧界在 quick 种子 11 上因 GQA 更好 0.064 而失败，见脚本 docstring 的修正）
@@ -149,11 +153,16 @@ def test_quick_run_measures_bytes_and_the_quality_effects(tmp_path, experiment_e
     assert "KV cache：真实缓存张量的字节 vs 公式" in stdout
 
 
-def test_reference_uptrained_gqa_is_noninferior_to_mha():
-    """完整参考结果（种子 42–44）上，改成单侧界之后的\"uptraining 后的 GQA 不比 MHA 差 0.05 以上\"由记录的各种子验证 loss 重算：
-    成立（参考 JSON 是改界之前生成的，记录的是原来的双侧结论，也成立；双侧成立蕴含单侧成立）。"""
+def test_reference_noninferiority_rows_recompute():
+    """完整参考结果（种子 42–44）的三条单侧非劣结论（GQA、MLA、uptraining 后的 GQA 不比 MHA 差 0.05 以上）
+    由记录的各种子验证 loss 重算，状态与记下的相同；uptraining 后的 GQA 与从头训练的 GQA 在这组种子上成立。"""
     record = json.loads((EXPERIMENTS / "results" / "reference" / "exp1_kv_cache.json").read_text(encoding="utf-8"))
     val = record["metrics"]["val_loss"]
-    margin = record["metrics"]["config"]["equivalence_margin"]
-    verdict = noninferior_runs(val["GQA mean-pool uptrained"], val["MHA"], margin, "less")
-    assert verdict.status == "holds" and verdict.n == 3, verdict.describe()
+    margin = record["metrics"]["config"]["noninferiority_margin"]
+    for name, fragment in (("GQA", "GQA(n_kv=2，cache 为 MHA 的 1/2) 的验证 loss 不比 MHA"),
+                           ("MLA", "MLA（cache 为 MHA 的"),
+                           ("GQA mean-pool uptrained", "的 GQA 不比原 MHA 差")):
+        verdict = noninferior_runs(val[name], val["MHA"], margin, "less")
+        assert verdict.n == 3 and find_conclusion(record, fragment)["status"] == verdict.status, (name, verdict.describe())
+    for name in ("GQA", "GQA mean-pool uptrained"):
+        assert noninferior_runs(val[name], val["MHA"], margin, "less").status == "holds", name
