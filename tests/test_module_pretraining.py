@@ -45,8 +45,8 @@ def _batch_mean(a, b):
 
 @pytest.mark.experiment
 def test_exp2_lr_sweep_schedules_and_warmup(tmp_path, experiment_env):
-    # quick 种子 42/1/7/5/11/13 上下面断言成立的每条都成立（README 的逐种子表）；"cosine 低于 constant"与
-    # "WSD 与 cosine 相差不超过 0.05"随种子翻转（种子 11 上 ❔ / ❌），quick 不判定（QUICK_UNDECIDED），只打印测得的值
+    # quick 种子 42/1/7/5/11/13 上下面断言成立的每条都成立（README 的逐种子表）；"cosine 低于 constant"
+    # 随种子翻转（种子 11 上 ❔），quick 不判定（QUICK_UNDECIDED），只打印测得的值
     record, stdout = run_quick("exp2_lr_schedule.py", tmp_path, experiment_env)
     m = record["metrics"]
     sweep = sorted(m["sweep"].values(), key=lambda v: v["lr"])
@@ -85,20 +85,23 @@ def test_exp2_lr_sweep_schedules_and_warmup(tmp_path, experiment_env):
     assert c["status"] == "holds" and c["noise"]["unit"] == "batches" and c["noise"]["n"] == 16, c
     assert wsd["final_val_loss"] < const["final_val_loss"]
     assert _batch_mean(const["runs"][0]["final_val_batches"], wsd["runs"][0]["final_val_batches"]) > 0
-    # quick 不判定的两条：不进结论，只打印测得的值（含批次噪声检验的 Δ 与界）与原因，记进 metrics["quick_undecided"]
+    # WSD 不比 cosine 差 0.05 以上（单侧非劣，按同一组验证批配对）：断言的是测得的差，不只是记下的状态
+    c = find_conclusion(record, "WSD 的最终 loss 不比 warmup+cosine 高出 0.05")
+    assert c["status"] == "holds" and c["noise"]["unit"] == "batches", c
+    assert _batch_mean(wsd["runs"][0]["final_val_batches"], cosine["runs"][0]["final_val_batches"]) < 0.05
+    # quick 不判定的两条（单次训练之差，批次噪声量不到训练噪声）：不进结论，只打印测得的值（含批次噪声检验的 Δ 与界）与原因，
+    # 记进 metrics["quick_undecided"]。"衰减的收益随训练长度增长"只断言方向（quick 种子 42/1/7/5/11/13 上都为正，种子 1 只有 +0.001）
     undecided = {u["claim"]: u for u in m["quick_undecided"]}
-    assert len(undecided) == 2 and stdout.count("quick 模式不判定") == 2, list(undecided)
+    assert len(undecided) == 2 == stdout.count("quick 模式不判定"), list(undecided)
     for fragment, reason in (("warmup+cosine 的最终 loss 低于 warmup+constant", "✅/✅/✅/✅/❔/✅"),
-                             ("WSD 与 warmup+cosine 的最终 loss 相差不超过", "❔/✅/❔/✅/❌/✅")):
+                             ("衰减的收益随训练长度增长", "✅/❔/✅/✅/✅/✅")):
         assert not [c for c in record["conclusions"] if fragment in c["claim"]], fragment
         (u,) = [u for claim, u in undecided.items() if fragment in claim]
         assert "Δ=" in u["evidence"] and reason in u["reason"], u
-    # 对照：短训练里衰减的收益（constant − cosine）比长训练小
     short = m["short"]
     gain_long = const["final_val_loss"] - cosine["final_val_loss"]
     gain_short = short["warmup+constant"]["final_val_loss"] - short["warmup+cosine"]["final_val_loss"]
     assert gain_long > gain_short
-    assert find_conclusion(record, "衰减的收益随训练长度增长")["status"] == "holds"
 
     # 10 倍峰值：不预热时每个种子前 10% 步都冲过初始 loss，预热后每个种子都更低
     spike = m["spike"]
