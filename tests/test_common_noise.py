@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from modules.common.noise import (FAILS, HOLDS, NOT_ESTABLISHED, compare, compare_runs, equivalent, equivalent_runs, exceeds,
-                                  fewer_failures, noninferior, noninferior_runs, weakest)
+from modules.common.noise import (FAILS, HOLDS, NOT_ESTABLISHED, compare, compare_runs, diverged_as, equivalent,
+                                  equivalent_runs, exceeds, fewer_failures, noninferior, noninferior_runs, weakest)
 
 
 def test_consistent_effect_beyond_noise_holds():
@@ -37,6 +37,15 @@ def test_one_pair_cannot_estimate_noise_and_nan_is_not_compared():
     v = compare([1.0], [2.0], "less")
     assert v.status == NOT_ESTABLISHED and v.n == 1 and "无法估计噪声" in v.describe()
     assert compare([1.0, float("nan"), 1.0], [2.0, 2.0, 2.1], "less").status == NOT_ESTABLISHED
+
+
+def test_diverged_as_lets_a_nan_seed_count_as_the_stated_worst_value():
+    high_lr, best = [4.0, float("nan"), 4.1], [2.0, 2.05, 1.98]  # 第二个种子发散成 NaN
+    assert compare(high_lr, best, "greater").status == NOT_ESTABLISHED
+    assert diverged_as(high_lr, 4.17) == [4.0, 4.17, 4.1]
+    assert compare(diverged_as(high_lr, 4.17), best, "greater").status == HOLDS
+    # 补进去的值不比声明需要的更差时，声明照样可以不成立：这个辅助函数不会凭空制造效应
+    assert compare(diverged_as([2.0, float("nan"), 2.1], 2.0), [2.0, 2.05, 1.98], "greater").status == NOT_ESTABLISHED
 
 
 def test_batch_noise_does_not_require_every_batch_to_agree():

@@ -128,7 +128,8 @@ def paired_deltas(a, b, direction: str) -> list[float]:
 def compare(a, b, direction: str, unit: str = "seeds") -> Verdict:
     """声明"a 比 b 更 {less|greater}"（a、b 按种子或评估批次配对），返回三态判定。
 
-    NaN（发散）让这一对无法比较：任何一对是 NaN 都判为 NOT_ESTABLISHED，由调用者另写"发散"的结论。
+    NaN（发散）让这一对无法比较：任何一对是 NaN 都判为 NOT_ESTABLISHED，由调用者另写"发散"的结论；
+    声明"发散的一边更差"时可以先用 diverged_as 把 NaN 换成一个不比发散更好的值。
     """
     _check_unit(unit)
     deltas = paired_deltas(a, b, direction)
@@ -230,6 +231,15 @@ def fewer_failures(a_failed, b_failed, unit: str = "seeds") -> Verdict:
     else:
         status = NOT_ESTABLISHED
     return Verdict(status, unit, n, mean, se, deltas, p_value=p_for)
+
+
+def diverged_as(values, worst: float) -> list[float]:
+    """把发散（NaN）的测量换成一个事先说明的"最差值"，让它能参加比较：compare 把含 NaN 的一对判为无法比较。
+
+    只在声明是"这一边更差"时用，而且 worst 要真的不比发散更好——例如语言模型的 loss 按 ln V（均匀乱猜）计：
+    输出 NaN 的模型比均匀乱猜还差，这样算只会让"更差"的声明更难成立，不会更容易。
+    声明"这一边更好"时不能这样补（补进去的值会替发散的一方说好话）：那里 NaN 应当让结论无法确立。"""
+    return [float(worst) if math.isnan(float(v)) else float(v) for v in values]
 
 
 def weakest(verdicts) -> Verdict:

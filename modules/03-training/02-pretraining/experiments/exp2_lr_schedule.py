@@ -5,7 +5,7 @@
      看太小（学得慢）/ 合适 / 太大（loss 爆炸后停在接近 unigram 熵的位置，或直接 NaN）三个区间。
   B. 调度对比，训练足够长（默认 full 1600 步），峰值取 A 里"仍在好区间"的最大 LR（最终 loss 比最好的高不到 0.2；
      实践中峰值尽量取大，衰减的好处也正是在峰值接近稳定上限时最明显）：
-     warmup+constant / warmup+cosine（training.py::lr_at，trainer/ 同款）/ WSD（warmup + 平台 + 最后 20% 步线性退火，
+     warmup+constant / warmup+cosine（training.py::lr_at，trainer/ 同款）/ WSD（warmup + 平台 + 最后 20% 步线性退火到 0，
      Hägele et al. 2024）。衰减的好处来自末段退火：LR 降下来后梯度噪声被平均掉，loss 再降一截。
   C. 短训练对照（steps/8 步）：同样的峰值下 constant 与 cosine 的差距小得多（甚至反过来）——训练远未进入
      "被 LR 噪声卡住"的阶段时，退火没什么可收的。
@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
-from modules.common.noise import compare, compare_runs, noninferior_runs, weakest  # noqa: E402
+from modules.common.noise import compare, compare_runs, diverged_as, noninferior_runs, weakest  # noqa: E402
 from modules.common.text_data import char_lm_batches, unigram_entropy  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
@@ -46,6 +46,7 @@ QUICK_SWEEP_LRS = [SWEEP_LRS[i] for i in (0, 2, 3, 4, 6)]
 BLOWUP_MARGIN = 1.0  # 训练 loss 的最大值比 ln(V)（均匀乱猜）还高 1 nat 以上（或出现 NaN）就算"爆炸"
 FAR_MARGIN = 0.2  # "太小 / 太大"：最终 loss 比最好的 LR 高出这么多以上
 COOLDOWN_FRACTION = 0.2  # WSD 在最后 20% 步退火（Hägele et al. 2024 的常用设置）
+WSD_MIN_LR_RATIO = 0.0  # WSD 线性退火到 0（Hägele et al. 2024 的设置；余弦按惯例只降到峰值的 10%）
 MATCH_MARGIN = 0.05  # "WSD 不比 cosine 差"的非劣界（nats），在看结果之前定好
 SHORT_DIVISOR = 8  # 短训练对照的步数 = steps // 8
 SPIKE_DIVISOR = 4  # 预热对照的步数 = steps // 4（其中 10% 预热）
@@ -71,7 +72,7 @@ def schedule_kwargs(steps: int, lr: float) -> dict:
     return {
         "warmup+constant": dict(lr=lr, warmup_steps=warmup, min_lr_ratio=1.0),
         "warmup+cosine": dict(lr=lr, warmup_steps=warmup, min_lr_ratio=0.1),
-        "WSD (20% cooldown)": dict(lr=lr, warmup_steps=warmup, min_lr_ratio=0.1,
+        "WSD (20% cooldown)": dict(lr=lr, warmup_steps=warmup, min_lr_ratio=WSD_MIN_LR_RATIO,
                                    cooldown_steps=max(1, int(steps * COOLDOWN_FRACTION))),
         f"no warmup, cosine {HIGH_FACTOR}x": dict(lr=HIGH_FACTOR * lr, warmup_steps=1, min_lr_ratio=0.1),
         f"warmup+cosine {HIGH_FACTOR}x": dict(lr=HIGH_FACTOR * lr, warmup_steps=warmup, min_lr_ratio=0.1),
@@ -250,10 +251,10 @@ def main():
         return [v + delta for v in runs_or_batches]
 
     def as_loss(values):
-        """发散（NaN）的运行按 ln V（均匀乱猜）计：发散的模型输出 NaN，比均匀乱猜还差，所以这样算对"比最好的更差"
-        是保守的。噪声检验把含 NaN 的一对当作无法比较（LR 6.3 在本机种子 43、44 上与种子 1–3 里的种子 3 上都在训练后段变成 NaN，
-        U 形那一条因此只能判 ❔——看到这两次之后加的，界和阈值都没动）。"""
-        return [ln_v if math.isnan(v) else v for v in values]
+        """发散（NaN）的运行按 ln V（均匀乱猜）计（diverged_as）：只用在"比最好的更差"的声明上，对它是保守的。
+        LR 6.3 在本机种子 43、44 上与种子 1–3 里的种子 3 上都在训练后段变成 NaN，不补的话 U 形那一条只能判 ❔——
+        看到这几次之后加的，界和阈值都没动。"""
+        return diverged_as(values, ln_v)
 
     def worse_by_margin(runs):  # 声明"runs 的 loss 比最好的 LR 高 FAR_MARGIN 以上"
         return compare_runs(as_loss(finals(runs)), shifted(finals(best), FAR_MARGIN), "greater",

@@ -27,7 +27,7 @@ from model.model_minimind import apply_rotary_pos_emb, repeat_kv  # noqa: E402
 from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.lab_model import LabConfig, LabModel, record_attention  # noqa: E402
-from modules.common.noise import compare_runs  # noqa: E402
+from modules.common.noise import compare_runs, diverged_as  # noqa: E402
 from modules.common.text_data import char_lm_batches  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
@@ -181,7 +181,7 @@ def fp16_overflow(model: LabModel, get_batch, n_batches: int, device) -> dict:
 def lr_sensitivity(losses_by_lr: list[float], init_loss: float) -> float:
     """Wortsman et al. 2023 的学习率敏感度：E_lr[min(L(lr), L0) − L*]，L* 是扫描里最好的 loss，
     L0 是初始化时的 loss（比 L0 还差、或发散成 NaN 的运行按 L0 计，免得一次爆炸主导平均）。越小越不敏感。"""
-    capped = [min(loss, init_loss) if math.isfinite(loss) else init_loss for loss in losses_by_lr]
+    capped = [min(loss, init_loss) for loss in diverged_as(losses_by_lr, init_loss)]
     return sum(capped) / len(capped) - min(capped)
 
 
