@@ -26,7 +26,6 @@ if str(REPO_ROOT) not in sys.path:
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from model.model_minimind import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from modules.common.datasets import get_experiment_data  # noqa: E402
@@ -114,8 +113,6 @@ def main():
         raise SystemExit(f"--steps 至少为 {10 * SHORT_DIVISOR}（收到 {steps}）：短训练对照用 1/{SHORT_DIVISOR} 的步数，"
                          "其中 warmup 占 10%，至少要有 1 步")
     sweep_lrs = QUICK_SWEEP_LRS if exp.quick else SWEEP_LRS
-    if exp.device.type == "cpu":
-        torch.set_num_threads(1)  # 这么小的模型，2 个线程在 2 核机器上几乎不更快，机器一忙反而慢很多
     text = get_experiment_data("shakespeare")
     ln_v = math.log(len(set(text)))
     h_unigram = unigram_entropy(text[: int(len(text) * 0.9)])
