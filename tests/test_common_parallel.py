@@ -102,6 +102,20 @@ def test_seed_replicate_runs_are_named_by_both_seeds(capfd):
     assert all(f"[seed {s}/{s + 1000}] trained" in out and f"种子 {s}（复制 {s + 1000}） 完成" in out for s in (42, 43)), out
 
 
+def announce_part(run: tuple) -> str:
+    print("trained")
+    return f"{run[1]}@{run[0]}"
+
+
+def test_seed_part_runs_are_named_by_seed_and_part(capfd):
+    # 一个种子的活按实验的几部分拆开（minimind2→3 实验 3）：(种子, 部分名)，名字里是部分名而不是"复制"
+    assert map_seeds(announce_part, [(42, "memory"), (42, "curve")], 2) == ["memory@42", "curve@42"]
+    out = capfd.readouterr().out
+    assert "2 个运行（种子 × 部分）分给 2 个单线程子进程" in out, out
+    assert all(f"[seed 42/{p}] trained" in out and f"种子 42（{p}） 完成" in out for p in ("memory", "curve")), out
+    assert "复制" not in out, out
+
+
 def test_one_worker_runs_in_process_without_spawning(monkeypatch):
     def no_pool(*args, **kwargs):
         raise AssertionError("workers = 1 不应该起子进程")

@@ -97,8 +97,11 @@ class _SeedPrefixedLines:
 
 def _run_name(seed) -> tuple[str, str]:
     """一个运行在进度行与输出前缀里的名字：整数种子是"种子 42" / "seed 42"；
-    (主种子, 复制种子) 是"种子 42（复制 1042）" / "seed 42/1042"（见 modules/common/replicates.py）。"""
+    (主种子, 复制种子) 是"种子 42（复制 1042）" / "seed 42/1042"（见 modules/common/replicates.py）；
+    (主种子, 部分名) 是"种子 42（memory）" / "seed 42/memory"（一个种子的活按实验的几部分拆开时）。"""
     if isinstance(seed, tuple) and len(seed) == 2:
+        if isinstance(seed[1], str):
+            return f"种子 {seed[0]}（{seed[1]}）", f"seed {seed[0]}/{seed[1]}"
         return f"种子 {seed[0]}（复制 {seed[1]}）", f"seed {seed[0]}/{seed[1]}"
     return f"种子 {seed}", f"seed {seed}"
 
@@ -160,7 +163,9 @@ def map_seeds(fn, seeds, workers: int, *args) -> list:
     except (pickle.PicklingError, AttributeError, TypeError) as e:
         raise TypeError(f"map_seeds 的 fn 必须是模块顶层的函数、参数要能 pickle（子进程按名字重新导入它们）：{e}") from e
     workers = min(workers, len(seeds))
-    what = "个运行（种子 × 复制）" if any(isinstance(seed, tuple) for seed in seeds) else "个种子"
+    what = "个种子"
+    if any(isinstance(seed, tuple) for seed in seeds):
+        what = "个运行（种子 × 部分）" if any(isinstance(seed[1], str) for seed in seeds) else "个运行（种子 × 复制）"
     print(f"{len(seeds)} {what}分给 {workers} 个单线程子进程并行（结果与依次运行逐位相同）", flush=True)
     t0 = time.perf_counter()
     results = [None] * len(seeds)

@@ -8,6 +8,8 @@ q·k/√d（softmax 之前、因果 mask 内）的最大绝对值，以及每个
 训练用 fp32；训练完再在几批验证数据上把每层的 QKᵀ 以 float16 算一遍（同未融合的 eager 注意力在 fp16 混合精度下存分数），
 数有多少注意力行出现 inf（softmax 后就是 NaN）——论文里的大模型用 bf16/fp16 训练，数值发散出现在这种精度下，
 而 fp32 的 softmax 先减去最大值，logit 上十万也不会溢出。另记整个模型放进 fp16 autocast 时输出为 NaN/inf 的 token 比例。
+完整模式 5 个种子；在 CPU 上每个种子的全部训练（顶层函数 train_seed）交给一个单线程子进程（--workers，modules/common/parallel.py），
+数值与在一个进程里依次、单线程地跑逐位相同。
 预期（Dehghani et al. 2023；Wortsman et al. 2023；Zhai et al. 2023）：没有 QK-norm 时 logit 随训练增大、注意力熵坍缩，
 大学习率下最终 loss 明显变差；有 QK-norm 时 logit 被 RMSNorm 的 weight 管住，对学习率不敏感。
 """
@@ -28,6 +30,7 @@ from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.lab_model import LabConfig, LabModel, record_attention  # noqa: E402
 from modules.common.noise import compare_runs, diverged_as  # noqa: E402
+from modules.common.parallel import add_workers_argument, map_seeds, resolve_workers  # noqa: E402
 from modules.common.text_data import char_lm_batches  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
@@ -58,6 +61,7 @@ def add_args(parser):
     parser.add_argument("--steps", type=int, default=None, help="每个配置的训练步数（默认 quick 120 / full 250）")
     parser.add_argument("--spike-threshold", type=float, default=0.3,
                         help="训练 loss 比此前最低值高出多少 nats 记为一次尖峰（默认 0.3）")
+    add_workers_argument(parser)
 
 
 def attention_qk(attn, x, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,13 +79,14 @@ def attention_qk(attn, x, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
 
 @contextmanager
 def track_attention_logits(model: LabModel):
-    """训练模式下每次前向记录两个数：所有层中注意力 logit（q·k·scale，因果 mask 内）的最大绝对值，
-    以及所有层、所有头里最小的平均注意力熵（每个 query 那一行 softmax 的熵，对 batch 和位置取平均）。
+    """训练模式下每次前向记录三个数：所有层中注意力 logit（q·k·scale，因果 mask 内）的最大绝对值；
+    每个头的平均注意力熵（每个 query 那一行 softmax 的熵，对 batch 和位置取平均）在所有层、所有头上的平均，
+    以及其中最小的那个（最尖的头）。
 
     用前向预钩子拿到注意力层的输入，借同一层的 q_proj / k_proj / q_norm / k_norm 重算一遍 q、k（不参与反向）。
-    产出 {"max_logit": [每步一个], "min_entropy": [每步一个]}。
+    产出 {"max_logit": [...], "mean_entropy": [...], "min_entropy": [...]}，每个训练步一个数。
     """
-    trace = {"max_logit": [], "min_entropy": []}
+    trace = {"max_logit": [], "mean_entropy": [], "min_entropy": []}
     step_max, step_entropy = {}, {}
 
     def hook(attn, args):
@@ -96,10 +101,12 @@ def track_attention_logits(model: LabModel):
             step_max[id(attn)] = scores.abs().masked_fill(~causal, 0).max().item()
             probs = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)  # (B, nh, T, T)
             entropy = -torch.special.xlogy(probs, probs).sum(dim=-1)  # (B, nh, T)，被 mask 的位置 p=0 贡献 0
-            step_entropy[id(attn)] = entropy.mean(dim=(0, 2)).min().item()  # 最"尖"的那个头
+            step_entropy[id(attn)] = entropy.mean(dim=(0, 2))  # (nh,)：每个头的平均熵
         if len(step_max) == len(handles):  # 最后一层也算完了：记一个训练步
+            heads = torch.cat(list(step_entropy.values()))  # (层数·nh,)
             trace["max_logit"].append(max(step_max.values()))
-            trace["min_entropy"].append(min(step_entropy.values()))
+            trace["mean_entropy"].append(heads.mean().item())
+            trace["min_entropy"].append(heads.min().item())
             step_max.clear()
             step_entropy.clear()
 
@@ -185,8 +192,50 @@ def lr_sensitivity(losses_by_lr: list[float], init_loss: float) -> float:
     return sum(capped) / len(capped) - min(capped)
 
 
+def train_seed(seed: int, text: str, lrs: list, steps: int, warmup: int, spike_threshold: float, size: dict,
+               device) -> dict:
+    """一个种子的全部训练：每个 (变体, 学习率) 训练一次，返回 {"runs": {(变体, 学习率): 记录}, "vocab_size": 词表大小}。
+    在顶层定义，map_seeds 才能把它交给单线程子进程；每次训练自己设随机种子，与别的种子无关。"""
+    runs = {}
+    for lr in lrs:
+        for variant, qk_norm in VARIANTS.items():
+            Experiment.seed_everything(seed)
+            tokenizer, get_batch = char_lm_batches(text, 64, batch_size=12, seed=seed, device=device)
+            model = LabModel(LabConfig(vocab_size=tokenizer.vocab_size, qk_norm=qk_norm, **size)).to(device)
+            with track_attention_logits(model) as trace:
+                hist = train_model(model, get_batch, steps=steps, lr=lr, warmup_steps=warmup, grad_clip=1.0,
+                                   eval_every=steps, eval_batches=EVAL_BATCHES, device=device,
+                                   desc=f"{variant} lr={lr:g} seed={seed}")
+            spikes, worst = count_spikes(hist["train_loss"], spike_threshold, skip=warmup)
+            diverged = hist["diverged_at"] is not None
+            fp16 = fp16_overflow(model, get_batch, EVAL_BATCHES, device)
+            n_done = len(hist["train_loss"])
+            logits = trace["max_logit"][:n_done]
+            entropies, sharpest = trace["mean_entropy"][:n_done], trace["min_entropy"][:n_done]
+            runs[(variant, lr)] = {
+                "max_logit_trace": logits,
+                "mean_entropy_trace": entropies,
+                "min_entropy_trace": sharpest,
+                "train_loss": hist["train_loss"],
+                "final_max_logit": max(logits[-10:]) if logits else float("nan"),
+                "peak_max_logit": max(logits) if logits else float("nan"),
+                "final_mean_entropy": sum(entropies[-10:]) / len(entropies[-10:]) if entropies else float("nan"),
+                "final_min_entropy": min(sharpest[-10:]) if sharpest else float("nan"),
+                "val_loss": hist["val_loss"][-1] if (hist["val_loss"] and not diverged) else float("nan"),
+                # 最后一次验证的逐 batch loss：同一种子下各配置读的是同一批验证数据，quick 模式按 batch 配对
+                "val_batches": hist["final_val_batches"] if not diverged else [float("nan")] * EVAL_BATCHES,
+                "spikes": spikes, "max_rise": worst, "late_rise": late_rise(hist["train_loss"]),
+                "diverged_at": hist["diverged_at"],
+                # fp16 测量的逐 batch 值（同一种子下各配置读同一批验证数据，quick 模式按 batch 配对）
+                "fp16_attn_batches": fp16["attn_rows"],
+                "fp16_attn_overflow": sum(fp16["attn_rows"]) / EVAL_BATCHES,
+                "fp16_model_nonfinite": sum(fp16["model_tokens"]) / EVAL_BATCHES}
+    return {"runs": runs, "vocab_size": tokenizer.vocab_size}
+
+
 def main():
-    exp = Experiment(__file__, extra_args=add_args, description=(
+    # 完整模式 5 个种子：3 个种子时另一台机器上的重跑有两条方向不变（3/3）却丢了余量，种子数按测得的散布事先定下（见 README）
+    exp = Experiment(__file__, extra_args=add_args, full_seeds=5, description=(
         "minimind2→3 实验 1：有无 QK-norm 时，注意力 logit 的增长与大学习率下的训练稳定性。\n"
         "三个学习率 × {无 QK-norm, QK-norm}，记录每步最大注意力 logit、loss 尖峰、发散与验证 loss。"))
     lrs = exp.args.lrs or ([1e-3, 1e-1, 3e-1] if exp.quick else [1e-3, 1e-2, 1e-1, 3e-1])
@@ -200,37 +249,11 @@ def main():
     size = dict(hidden_size=128, num_layers=2, n_heads=4, max_seq_len=64)
     warmup = max(1, round(WARMUP_FRACTION * steps))
 
-    runs = {}  # (variant, lr) -> 每个种子一条记录
-    for lr in lrs:
-        for variant, qk_norm in VARIANTS.items():
-            for seed in exp.seeds:
-                Experiment.seed_everything(seed)
-                tokenizer, get_batch = char_lm_batches(text, 64, batch_size=12, seed=seed, device=exp.device)
-                model = LabModel(LabConfig(vocab_size=tokenizer.vocab_size, qk_norm=qk_norm, **size)).to(exp.device)
-                with track_attention_logits(model) as trace:
-                    hist = train_model(model, get_batch, steps=steps, lr=lr, warmup_steps=warmup, grad_clip=1.0,
-                                       eval_every=steps, eval_batches=EVAL_BATCHES, device=exp.device, desc=f"{variant} lr={lr:g} seed={seed}")
-                spikes, worst = count_spikes(hist["train_loss"], exp.args.spike_threshold, skip=warmup)
-                diverged = hist["diverged_at"] is not None
-                fp16 = fp16_overflow(model, get_batch, EVAL_BATCHES, exp.device)
-                n_done = len(hist["train_loss"])
-                logits, entropies = trace["max_logit"][:n_done], trace["min_entropy"][:n_done]
-                runs.setdefault((variant, lr), []).append({
-                    "max_logit_trace": logits,
-                    "min_entropy_trace": entropies,
-                    "train_loss": hist["train_loss"],
-                    "final_max_logit": max(logits[-10:]) if logits else float("nan"),
-                    "peak_max_logit": max(logits) if logits else float("nan"),
-                    "final_min_entropy": min(entropies[-10:]) if entropies else float("nan"),
-                    "val_loss": hist["val_loss"][-1] if (hist["val_loss"] and not diverged) else float("nan"),
-                    # 最后一次验证的逐 batch loss：同一种子下各配置读的是同一批验证数据，quick 模式按 batch 配对
-                    "val_batches": hist["final_val_batches"] if not diverged else [float("nan")] * EVAL_BATCHES,
-                    "spikes": spikes, "max_rise": worst, "late_rise": late_rise(hist["train_loss"]),
-                    "diverged_at": hist["diverged_at"],
-                    # fp16 测量的逐 batch 值（同一种子下各配置读同一批验证数据，quick 模式按 batch 配对）
-                    "fp16_attn_batches": fp16["attn_rows"],
-                    "fp16_attn_overflow": sum(fp16["attn_rows"]) / EVAL_BATCHES,
-                    "fp16_model_nonfinite": sum(fp16["model_tokens"]) / EVAL_BATCHES})
+    jobs = exp.seeds
+    workers = resolve_workers(exp.args.workers, exp.quick, exp.device, len(jobs))
+    per_seed = map_seeds(train_seed, jobs, workers, text, lrs, steps, warmup, exp.args.spike_threshold, size, exp.device)
+    vocab_size = per_seed[0]["vocab_size"]
+    runs = {key: [done["runs"][key] for done in per_seed] for key in per_seed[0]["runs"]}  # (variant, lr) -> 每个种子一条记录
 
     def agg(variant, lr, key):
         return [r[key] for r in runs[(variant, lr)]]
@@ -241,12 +264,14 @@ def main():
             diverged = sum(r["diverged_at"] is not None for r in runs[(variant, lr)])
             rows.append([f"{lr:g}", variant, format_mean_std(agg(variant, lr, "peak_max_logit"), 3),
                          format_mean_std(agg(variant, lr, "final_max_logit"), 3),
+                         format_mean_std(agg(variant, lr, "final_mean_entropy"), 3),
                          format_mean_std(agg(variant, lr, "final_min_entropy"), 3),
                          format_mean_std(agg(variant, lr, "spikes"), 2), format_mean_std(agg(variant, lr, "max_rise"), 2),
                          format_mean_std(agg(variant, lr, "late_rise"), 3), f"{diverged}/{len(exp.seeds)}",
                          format_mean_std(agg(variant, lr, "fp16_attn_overflow"), 3),
                          format_mean_std(agg(variant, lr, "fp16_model_nonfinite"), 3), format_mean_std(agg(variant, lr, "val_loss"), 4)])
-    exp.print_table(["lr", "variant", "peak max logit", "final max logit", "min attn entropy", "spike steps", "max loss rise",
+    exp.print_table(["lr", "variant", "peak max logit", "final max logit", "mean attn entropy", "sharpest head entropy",
+                     "spike steps", "max loss rise",
                      "late rise", "diverged", "fp16 attn inf rows", "fp16 model NaN tokens", "val loss"], rows,
                     title=f"QK-norm vs none, {steps} steps per run")
 
@@ -258,15 +283,16 @@ def main():
             for i, r in enumerate(runs[(variant, lr)]):
                 label = variant if i == 0 else None
                 axes[row, 0].plot(r["max_logit_trace"], color=colors[variant], alpha=0.8, lw=1, label=label)
-                axes[row, 1].plot(r["min_entropy_trace"], color=colors[variant], alpha=0.8, lw=1, label=label)
+                axes[row, 1].plot(r["mean_entropy_trace"], color=colors[variant], alpha=0.8, lw=1, label=label)
+                axes[row, 1].plot(r["min_entropy_trace"], color=colors[variant], alpha=0.5, lw=0.7, ls=":")
                 axes[row, 2].plot(r["train_loss"], color=colors[variant], alpha=0.8, lw=1, label=label)
         axes[row, 0].set_yscale("log")
         axes[row, 0].set_ylabel(f"lr={lr:g}\nmax |attention logit|")
-        axes[row, 1].set_ylabel("min attn entropy (nats)")
+        axes[row, 1].set_ylabel("attn entropy (nats)")
         axes[row, 2].set_ylabel("train loss")
         axes[row, 0].legend(fontsize=8)
     axes[0, 0].set_title("Max attention logit (pre-softmax)")
-    axes[0, 1].set_title("Attention entropy of the sharpest head")
+    axes[0, 1].set_title("Attention entropy\nsolid: mean of all heads, dotted: sharpest head")
     axes[0, 2].set_title("Training loss")
     for ax in axes[-1]:
         ax.set_xlabel("step")
@@ -284,7 +310,6 @@ def main():
     ax.legend(fontsize=8)
     exp.save_figure(fig, "exp1_lr_sensitivity.png")
 
-    vocab_size = tokenizer.vocab_size
     init_loss = math.log(vocab_size)  # 初始化时输出近似均匀分布：loss ≈ ln(词表大小)
     sensitivity = {v: [lr_sensitivity([runs[(v, lr)][i]["val_loss"] for lr in lrs], init_loss)
                        for i in range(len(exp.seeds))] for v in VARIANTS}
@@ -294,7 +319,8 @@ def main():
                       "model": size, "runs": {f"{variant} @ {lr:g}": runs[(variant, lr)]
                                               for lr in lrs for variant in VARIANTS},
                       "summary": {f"{variant} @ {lr:g}": {key: mean_std(agg(variant, lr, key))[0] for key in
-                                                          ("peak_max_logit", "final_max_logit", "final_min_entropy",
+                                                          ("peak_max_logit", "final_max_logit", "final_mean_entropy",
+                                                           "final_min_entropy",
                                                            "spikes", "max_rise", "late_rise", "fp16_attn_overflow",
                                                            "fp16_model_nonfinite", "val_loss")}
                                   for lr in lrs for variant in VARIANTS}})
@@ -323,15 +349,18 @@ def main():
                          log_logit_verdict((off, hi), (off, lo)),
                          f"{m(off, lo, 'final_max_logit'):.2f} → {m(off, hi, 'final_max_logit'):.2f}；"
                          f"有 QK-norm：{m(on, lo, 'final_max_logit'):.2f} → {m(on, hi, 'final_max_logit'):.2f}（检验的是 log logit）")
-    # 熵坍缩（Zhai et al. 2023）：logit 变大 → softmax 变尖 → 注意力熵变小。单种子时按末 10 个训练步配对
-    entropy_steps = {key: runs[key][0]["min_entropy_trace"][-10:] for key in ((off, hi), (on, hi))}
+    # 熵坍缩（Zhai et al. 2023）：logit 变大 → softmax 变尖 → 注意力熵变小。比较所有头的平均熵：字符级模型本来就有
+    # 几乎只看一个位置的头（如"前一个字符"头），最尖的那个头两种模型都可能接近 0，它量的不是坍缩（只打印，不判定）。
+    # 单种子时按末 10 个训练步配对
+    entropy_steps = {key: runs[key][0]["mean_entropy_trace"][-10:] for key in ((off, hi), (on, hi))}
     n_tail = min(len(v) for v in entropy_steps.values())
-    exp.conclude_verdict(f"最大学习率 {hi:g} 下，无 QK-norm 的注意力熵坍缩：最尖的头的平均注意力熵低于有 QK-norm",
-                         compare_runs(agg(off, hi, "final_min_entropy"), agg(on, hi, "final_min_entropy"), "less",
+    exp.conclude_verdict(f"最大学习率 {hi:g} 下，无 QK-norm 的注意力熵坍缩：所有头的平均注意力熵低于有 QK-norm",
+                         compare_runs(agg(off, hi, "final_mean_entropy"), agg(on, hi, "final_mean_entropy"), "less",
                                       entropy_steps[(off, hi)][-n_tail:], entropy_steps[(on, hi)][-n_tail:]),
-                         f"训练末 10 步的最小平均熵：无 {m(off, hi, 'final_min_entropy'):.3f} vs 有 "
-                         f"{m(on, hi, 'final_min_entropy'):.3f} nats（lr={lo:g} 时：无 {m(off, lo, 'final_min_entropy'):.3f}，"
-                         f"有 {m(on, lo, 'final_min_entropy'):.3f}）")
+                         f"训练末 10 步所有头的平均熵：无 {m(off, hi, 'final_mean_entropy'):.3f} vs 有 "
+                         f"{m(on, hi, 'final_mean_entropy'):.3f} nats（lr={lo:g} 时：无 {m(off, lo, 'final_mean_entropy'):.3f}，"
+                         f"有 {m(on, lo, 'final_mean_entropy'):.3f}）；最尖的头：无 {m(off, hi, 'final_min_entropy'):.3f} vs "
+                         f"有 {m(on, hi, 'final_min_entropy'):.3f}")
     # 数值发散。fp32 训练里 softmax 先减去每行最大值，logit 上十万也不溢出：这一条是对照，照实记录有没有 NaN/inf
     n_div = {v: sum(r["diverged_at"] is not None for r in runs[(v, hi)]) for v in VARIANTS}
     exp.conclude(f"对照：fp32 训练（softmax 先减最大值）下，最大学习率 {hi:g} 无 QK-norm 出现了发散（loss 变成 NaN/inf）",

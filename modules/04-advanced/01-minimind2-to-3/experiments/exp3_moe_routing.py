@@ -20,6 +20,8 @@
   路由      五个 MoE 变体各训练较短（完整模式 200 步）：验证集上每层每个专家分到的 token 比例、"死"专家
             （比例 < 公平份额的 1/4）、训练中负载最重的专家份额、验证 loss。
 另用 meta 设备算出真实尺寸的总参数 / 每 token 激活参数。
+完整模式 5 个种子；在 CPU 上把 (种子, 部分) 的每一对分给单线程子进程同时跑（--workers，modules/common/parallel.py；
+每一对的全部训练在顶层函数 run_part 里），数值与在一个进程里依次、单线程地跑逐位相同。
 """
 import sys
 from contextlib import contextmanager
@@ -38,6 +40,7 @@ from modules.common.datasets import get_experiment_data  # noqa: E402
 from modules.common.experiment_base import Experiment, format_mean_std, mean_std  # noqa: E402
 from modules.common.facts import make_facts, recall_per_fact  # noqa: E402
 from modules.common.noise import compare_runs  # noqa: E402
+from modules.common.parallel import add_workers_argument, map_seeds, resolve_workers  # noqa: E402
 from modules.common.text_data import char_lm_batches  # noqa: E402
 from modules.common.training import train_model  # noqa: E402
 from modules.common.visualization import set_style  # noqa: E402
@@ -87,6 +90,7 @@ def add_args(parser):
     parser.add_argument("--ffn-size", type=int, default=64, help="每个 token 激活的 FFN 中间层合计 I（默认 64）")
     parser.add_argument("--memory-steps", type=int, default=None,
                         help="容量部分（背随机事实，dense vs moe3 top1 +aux）的训练步数（默认 quick 1000 / full 2000）")
+    add_workers_argument(parser)
 
 
 def build_config(variant: str, vocab_size: int, ffn_size: int, size: dict = SIZE, seq_len: int = SEQ_LEN) -> MiniMindConfig:
@@ -187,8 +191,22 @@ def train_memory(variant: str, seed: int, steps: int, device) -> tuple[dict, dic
             "val_steps": [s + 1 for s in hist["val_steps"]], "val_curve": hist["val_loss"]}, count_params(model)
 
 
+PARTS = ("memory", "curve", "routing")  # 每个种子的三部分；CPU 上 (种子, 部分) 各交给一个单线程子进程
+
+
+def run_part(job: tuple, text: str, memory_steps: int, steps: int, routing_steps: int, ffn_size: int, device) -> dict:
+    """一件活：job = (种子, 部分)，训练这一部分的全部变体，返回 {变体: (这次运行的记录, 参数量)}。
+    在顶层定义，map_seeds 才能把它交给单线程子进程；每次训练自己设随机种子，与别的活的先后无关。"""
+    seed, part = job
+    if part == "memory":
+        return {v: train_memory(v, seed, memory_steps, device) for v in MEMORY_VARIANTS}
+    variants, n_steps = (CURVE_VARIANTS, steps) if part == "curve" else (ROUTING_VARIANTS, routing_steps)
+    return {v: train_variant(v, text, seed, n_steps, ffn_size, device) for v in variants}
+
+
 def main():
-    exp = Experiment(__file__, extra_args=add_args, description=(
+    # 完整模式 5 个种子：3 个种子时另一台机器上的重跑有两条方向不变（3/3）却丢了余量，种子数按测得的散布事先定下（见 README）
+    exp = Experiment(__file__, extra_args=add_args, full_seeds=5, description=(
         "minimind2→3 实验 3：相同激活参数下的稠密 vs MoE——容量受限的随机事实记忆、数据受限的语言模型学习曲线；\n"
         "有无共享专家、有无负载均衡 aux loss、两代的门；\n"
         "比较验证 loss 随训练步的差距、专家负载分布与死专家，并给出真实尺寸的总参数 / 激活参数。"))
@@ -211,13 +229,19 @@ def main():
                     [[n, f"{c['total'] / 1e6:.2f}", f"{c['active'] / 1e6:.2f}"] for n, c in real.items()],
                     title="Real model sizes (computed on the meta device)")
 
+    # ---- 训练：每个种子三部分（容量、学习曲线、路由），(种子, 部分) 各是一件活，CPU 上分给单线程子进程 ----
+    jobs = [(seed, part) for part in PARTS for seed in exp.seeds]
+    workers = resolve_workers(exp.args.workers, exp.quick, exp.device, len(jobs))
+    done = dict(zip(jobs, map_seeds(run_part, jobs, workers, text, memory_steps, steps, routing_steps, ffn_size,
+                                    exp.device)))
+
+    def collect(part, variants):
+        """({变体: [每个种子的记录]}, {变体: 参数量})"""
+        runs = {v: [done[(seed, part)][v][0] for seed in exp.seeds] for v in variants}
+        return runs, {v: done[(exp.seeds[0], part)][v][1] for v in variants}
+
     # ---- 第一部分：容量受限的任务——背随机事实，dense vs minimind-3 配方的 MoE（同激活参数）----
-    memory = {v: [] for v in MEMORY_VARIANTS}
-    memory_params = {}
-    for variant in MEMORY_VARIANTS:
-        for seed in exp.seeds:
-            run, memory_params[variant] = train_memory(variant, seed, memory_steps, exp.device)
-            memory[variant].append(run)
+    memory, memory_params = collect("memory", MEMORY_VARIANTS)
     n_facts = MEMORY_N_A ** 2
     exp.print_table(["variant", "total params", "active params", "recall accuracy", "val loss"],
                     [[v, memory_params[v]["total"], memory_params[v]["active"],
@@ -228,12 +252,7 @@ def main():
                           f"chance = {1 / MEMORY_N_VALUES:.3f}")
 
     # ---- 第二部分：学习曲线（数据受限的对照），dense vs minimind-3 配方的 MoE ----
-    params = {}
-    curve = {v: [] for v in CURVE_VARIANTS}
-    for variant in CURVE_VARIANTS:
-        for seed in exp.seeds:
-            run, params[variant] = train_variant(variant, text, seed, steps, ffn_size, exp.device)
-            curve[variant].append(run)
+    curve, params = collect("curve", CURVE_VARIANTS)
     dense, moe = CURVE_VARIANTS
     val_steps = [s + 1 for s in curve[dense][0]["val_steps"]]  # 第几步之后评估（从 1 数）
     n_seeds = len(exp.seeds)
@@ -247,11 +266,8 @@ def main():
                     title=f"Learning curve at equal active FFN size I={ffn_size}, {steps} steps")
 
     # ---- 第三部分：五个 MoE 变体的路由 ----
-    results = {v: [] for v in ROUTING_VARIANTS}
-    for variant in ROUTING_VARIANTS:
-        for seed in exp.seeds:
-            run, params[variant] = train_variant(variant, text, seed, routing_steps, ffn_size, exp.device)
-            results[variant].append(run)
+    results, routing_params = collect("routing", ROUTING_VARIANTS)
+    params.update(routing_params)
 
     def m(variant, key):
         return mean_std([r[key] for r in results[variant]])[0]
